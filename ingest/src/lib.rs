@@ -1,0 +1,29 @@
+//! # vigil-ingest: Kafka records in, Arrow record batches out
+//!
+//! This crate owns the first stage of Vigil's data path. It reads metric records from Kafka topics
+//! as a member of a consumer group ([`KafkaSource`]) and decodes them in batches straight into
+//! Arrow record batches with the [`points schema`](points_schema) ([`JsonPointDecoder`]).
+//!
+//! A record that cannot be decoded never stops the stream: it comes back as a [`Rejected`]
+//! record carrying the reason and its source position, for the dead-letter sink to publish.
+//! Every decoded row keeps its [`SourcePos`] so that the pipeline can tell which offsets are safe
+//! to commit once the results computed from them are durable.
+//!
+//! A *series* is a metric name plus its sorted labels; [`series_key`] renders it canonically
+//! (`name{k="v",...}`) and [`series_id`] hashes that rendering to a stable 64-bit id (XXH3, which
+//! is specified and does not change between releases or machines).
+//!
+//! Main types: [`JsonPointDecoder`], [`DecodedBatch`], [`Rejected`], [`KafkaSource`].
+#![deny(missing_docs)]
+
+mod error;
+mod json;
+mod schema;
+mod series;
+mod source;
+
+pub use error::{Error, Result};
+pub use json::{DecodedBatch, IngestCounters, JsonPointDecoder, RawRecord, Rejected};
+pub use schema::{points_schema, col};
+pub use series::{series_id, series_key};
+pub use source::{KafkaSource, KafkaSourceConfig, SourcePos};
