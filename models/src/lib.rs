@@ -1,1 +1,22 @@
-//! placeholder
+//! # vigil-models: anomaly scoring and decision rules
+//!
+//! Pure functions over Arrow arrays plus explicit per-series state, nothing else: no I/O, no
+//! clocks, no Kafka. The engine hands this crate the `features` batch of the windows that just
+//! closed and gets back the `anomalies` batch and the [`Decision`]s to publish.
+//!
+//! - [`RobustDetector`]: a streaming, causal detector. Each series learns its own baseline from
+//!   the median and MAD of its recent windows; after a warm-up it scores every new window with a
+//!   robust z-score mapped to a score in [0, 1], an expected value, a normal band and a sentence
+//!   that explains it. The state per series is a bounded ring of recent values.
+//! - [`DecisionRule`]: turns anomalies at or above a score into [`Decision`]s with deterministic
+//!   ids (rule + series + window), so a replay of the same input yields the same ids, and
+//!   suppresses repeats while a series stays anomalous.
+#![deny(missing_docs)]
+
+mod decision;
+mod detector;
+mod error;
+
+pub use decision::{anomalies_schema, decisions_schema, Decision, DecisionConfig, DecisionRule, Evidence, Recommendation, SeriesRef};
+pub use detector::{DetectorConfig, RobustDetector, Score};
+pub use error::{Error, Result};

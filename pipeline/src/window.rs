@@ -1,0 +1,309 @@
+//! Event-time tumbling windows, the watermark and the offsets that are safe to commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::TimestampMillisecondType;
+use vigil_ingest::SourcePos;
+
+use crate::Result;
+
+/// Window settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowConfig {
+    /// Tumbling window length in milliseconds (> 0).
+    pub size_ms: i64,
+    /// How far behind the highest event time seen a record may be and still count (>= 0).
+    pub allowed_lag_ms: i64,
+}
+
+/// One closed window's rows.
+#[derive(Debug, Clone)]
+pub struct ClosedWindow {
+    /// Inclusive start, epoch ms.
+    pub start_ms: i64,
+    /// Exclusive end, epoch ms.
+    pub end_ms: i64,
+    /// Rows in the points schema.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl ClosedWindow {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// What one [`Windower::push`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushStats {
+    /// Rows added to open windows.
+    pub accepted: usize,
+    /// Rows dropped because their window had already closed.
+    pub late: usize,
+}
+
+type PartKey = (Arc<str>, i32);
+
+#[derive(Debug, Default)]
+struct OpenWindow {
+    batches: Vec<RecordBatch>,
+    /// Lowest offset per partition among the rows of this window.
+    min_offset: HashMap<PartKey, i64>,
+}
+
+/// Assigns rows to tumbling windows by event time and closes them as the watermark passes.
+///
+/// Semantics, per row in arrival order: the row is late if its window's end is at or before the
+/// current watermark; otherwise it joins its window. Then the watermark becomes
+/// `max(watermark, ts - allowed_lag)`. A window `[start, end)` closes once `watermark >= end`.
+/// Computing lateness row by row (not batch by batch) makes the result independent of how the
+/// records were grouped into polls, so a replay of the same partition produces the same windows.
+#[derive(Debug)]
+pub struct Windower {
+    cfg: WindowConfig,
+    watermark: i64,
+    open: BTreeMap<i64, OpenWindow>,
+    /// Next offset to read, per partition, over everything consumed.
+    next_offset: HashMap<PartKey, i64>,
+    late_total: u64,
+}
+
+impl Windower {
+    /// A windower with no state.
+    pub fn new(cfg: WindowConfig) -> Self {
+        assert!(cfg.size_ms > 0 && cfg.allowed_lag_ms >= 0, "validated by the config layer");
+        Self { cfg, watermark: i64::MIN, open: BTreeMap::new(), next_offset: HashMap::new(), late_total: 0 }
+    }
+
+    /// The current watermark (epoch ms), `None` before any row.
+    pub fn watermark(&self) -> Option<i64> {
+        (self.watermark != i64::MIN).then_some(self.watermark)
+    }
+
+    /// Rows dropped as late so far.
+    pub fn late_total(&self) -> u64 {
+        self.late_total
+    }
+
+    /// Number of windows still open.
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Start of the window holding `ts`.
+    pub fn window_start(&self, ts: i64) -> i64 {
+        ts - ts.rem_euclid(self.cfg.size_ms)
+    }
+
+    /// Records that the given records were consumed (decoded or not), so that their offsets can be
+    /// committed once nothing open holds them.
+    pub fn consumed<'a>(&mut self, positions: impl IntoIterator<Item = &'a SourcePos>) {
+        for p in positions {
+            let e = self.next_offset.entry((p.topic.clone(), p.partition)).or_insert(p.offset + 1);
+            *e = (*e).max(p.offset + 1);
+        }
+    }
+
+    /// Adds a batch of points (points schema) whose rows came from `positions`.
+    pub fn push(&mut self, points: &RecordBatch, positions: &[SourcePos]) -> Result<PushStats> {
+        debug_assert_eq!(points.num_rows(), positions.len());
+        self.consumed(positions);
+        let n = points.num_rows();
+        if n == 0 {
+            return Ok(PushStats::default());
+        }
+        let ts = points.column(0).as_primitive::<TimestampMillisecondType>();
+        let ts = ts.values();
+        let size = self.cfg.size_ms;
+        let lag = self.cfg.allowed_lag_ms;
+
+        // Pass 1: lateness and window of every row, advancing the watermark row by row.
+        let mut wm = self.watermark;
+        let mut starts: Vec<i64> = Vec::with_capacity(n);
+        let mut late = 0usize;
+        for &t in ts.iter() {
+            let start = t - t.rem_euclid(size);
+            let end = start.saturating_add(size);
+            if end <= wm {
+                starts.push(i64::MIN);
+                late += 1;
+            } else {
+                starts.push(start);
+            }
+            wm = wm.max(t.saturating_sub(lag));
+        }
+        self.watermark = wm;
+        self.late_total += late as u64;
+
+        // Pass 2: split rows by window. A poll usually spans one or two windows.
+        let mut distinct: Vec<i64> = starts.iter().copied().filter(|s| *s != i64::MIN).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for start in distinct {
+            let w = self.open.entry(start).or_default();
+            for (i, s) in starts.iter().enumerate() {
+                if *s == start {
+                    let p = &positions[i];
+                    let e = w.min_offset.entry((p.topic.clone(), p.partition)).or_insert(p.offset);
+                    *e = (*e).min(p.offset);
+                }
+            }
+            let batch = if starts.iter().all(|s| *s == start) {
+                points.clone()
+            } else {
+                let mask: BooleanArray = starts.iter().map(|s| Some(*s == start)).collect();
+                filter_record_batch(points, &mask)?
+            };
+            if batch.num_rows() > 0 {
+                w.batches.push(batch);
+            }
+        }
+        Ok(PushStats { accepted: n - late, late })
+    }
+
+    /// Removes and returns, oldest first, every window whose end the watermark has reached.
+    pub fn take_closed(&mut self) -> Vec<ClosedWindow> {
+        let mut out = Vec::new();
+        while let Some((&start, _)) = self.open.first_key_value() {
+            let end = start + self.cfg.size_ms;
+            if end > self.watermark {
+                break;
+            }
+            let w = self.open.remove(&start).expect("first key exists");
+            out.push(ClosedWindow { start_ms: start, end_ms: end, batches: w.batches });
+        }
+        out
+    }
+
+    /// Removes and returns every open window regardless of the watermark (end of a bounded input).
+    pub fn take_all(&mut self) -> Vec<ClosedWindow> {
+        let size = self.cfg.size_ms;
+        std::mem::take(&mut self.open)
+            .into_iter()
+            .map(|(start, w)| ClosedWindow { start_ms: start, end_ms: start + size, batches: w.batches })
+            .collect()
+    }
+
+    /// For each partition seen, the offset of the next record to read that is safe to commit:
+    /// the lowest offset still held by an open window, or else the next offset after everything
+    /// consumed. Call it only after the results of closed windows are durable.
+    pub fn commit_positions(&self) -> Vec<(Arc<str>, i32, i64)> {
+        let mut out: Vec<(Arc<str>, i32, i64)> = self
+            .next_offset
+            .iter()
+            .map(|((t, p), next)| {
+                let held = self.open.values().filter_map(|w| w.min_offset.get(&(t.clone(), *p))).min();
+                (t.clone(), *p, held.map_or(*next, |h| (*h).min(*next)))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The number of rows in open windows (for progress reporting).
+    pub fn buffered_rows(&self) -> usize {
+        self.open.values().flat_map(|w| w.batches.iter()).map(|b| b.num_rows()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_ingest::{JsonPointDecoder, RawRecord};
+
+    fn batch(rows: &[(i64, i64)]) -> (RecordBatch, Vec<SourcePos>) {
+        // (offset, ts) pairs on partition 0 of topic "m".
+        let recs: Vec<RawRecord> = rows
+            .iter()
+            .map(|(off, ts)| RawRecord {
+                payload: Some(format!(r#"{{"ts": {ts}, "name": "x", "value": 1}}"#).into_bytes()),
+                key: None,
+                pos: SourcePos { topic: "m".into(), partition: 0, offset: *off },
+            })
+            .collect();
+        let out = JsonPointDecoder::default().decode(&recs).unwrap();
+        (out.points, out.positions)
+    }
+
+    fn windower() -> Windower {
+        Windower::new(WindowConfig { size_ms: 10_000, allowed_lag_ms: 5_000 })
+    }
+
+    #[test]
+    fn record_exactly_at_a_boundary_opens_the_next_window() {
+        let mut w = windower();
+        let (b, p) = batch(&[(0, 9_999), (1, 10_000), (2, 20_000)]);
+        w.push(&b, &p).unwrap();
+        // watermark = 15_000: only [0, 10_000) has closed.
+        let closed = w.take_closed();
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].start_ms, closed[0].end_ms, closed[0].rows()), (0, 10_000, 1));
+        let (b, p) = batch(&[(3, 25_000)]);
+        w.push(&b, &p).unwrap();
+        let closed = w.take_closed();
+        assert_eq!((closed[0].start_ms, closed[0].rows()), (10_000, 1));
+        assert_eq!(w.open_windows(), 1, "20_000 and 25_000 share [20s, 30s)");
+    }
+
+    #[test]
+    fn out_of_order_within_the_allowed_lag_is_kept() {
+        let mut w = windower();
+        let (b, p) = batch(&[(0, 12_000), (1, 14_000), (2, 9_000), (3, 5_000)]);
+        let s = w.push(&b, &p).unwrap();
+        assert_eq!(s, PushStats { accepted: 4, late: 0 });
+        let (b, p) = batch(&[(4, 16_000)]);
+        w.push(&b, &p).unwrap();
+        let closed = w.take_closed();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].rows(), 2, "both out-of-order rows of [0,10s) are in it");
+    }
+
+    #[test]
+    fn late_beyond_the_lag_is_counted_and_dropped() {
+        let mut w = windower();
+        let (b, p) = batch(&[(0, 1_000), (1, 21_000)]);
+        w.push(&b, &p).unwrap();
+        assert_eq!(w.take_closed().len(), 1); // [0,10s) closed at watermark 16s
+        let (b, p) = batch(&[(2, 9_999), (3, 10_500), (4, 15_000)]);
+        let s = w.push(&b, &p).unwrap();
+        assert_eq!(s, PushStats { accepted: 2, late: 1 });
+        assert_eq!(w.late_total(), 1);
+    }
+
+    #[test]
+    fn lateness_does_not_depend_on_batching() {
+        let rows = [(0, 1_000), (1, 30_000), (2, 2_000), (3, 31_000), (4, 24_000)];
+        let mut one = windower();
+        let (b, p) = batch(&rows);
+        let a = one.push(&b, &p).unwrap();
+        let mut split = windower();
+        let mut late = 0;
+        for r in rows {
+            let (b, p) = batch(&[r]);
+            late += split.push(&b, &p).unwrap().late;
+        }
+        assert_eq!(a.late, late);
+        assert_eq!(a.late, 1);
+    }
+
+    #[test]
+    fn commit_positions_hold_back_offsets_of_open_windows() {
+        let mut w = windower();
+        let (b, p) = batch(&[(10, 1_000), (11, 12_000), (12, 13_000)]);
+        w.push(&b, &p).unwrap();
+        // Nothing closed: the lowest offset of the open windows is the commit point.
+        assert_eq!(w.commit_positions(), vec![("m".into(), 0, 10)]);
+        let (b, p) = batch(&[(13, 16_000)]);
+        w.push(&b, &p).unwrap();
+        assert_eq!(w.take_closed().len(), 1);
+        assert_eq!(w.commit_positions(), vec![("m".into(), 0, 11)]);
+        // A rejected record consumed after everything else moves the point only when nothing is open.
+        let mut w2 = windower();
+        w2.consumed(&[SourcePos { topic: "m".into(), partition: 1, offset: 41 }]);
+        assert_eq!(w2.commit_positions(), vec![("m".into(), 1, 42)]);
+    }
+}

@@ -1,0 +1,20 @@
+-- Per-series features of the windows that just closed.
+--
+-- `points` holds the rows of those windows: ts, series_id, series, name, labels, value,
+-- window_start, window_end. The detector needs window_start, window_end, series_id, series, name
+-- and the feature it scores (`mean` by default, see [detector] feature in the config); add
+-- columns freely, they are kept in the `features` table.
+SELECT
+  window_start,
+  window_end,
+  series_id,
+  series,
+  name,
+  count(*)                            AS count,
+  avg(value)                          AS mean,
+  min(value)                          AS min,
+  max(value)                          AS max,
+  approx_percentile_cont(value, 0.95) AS p95
+FROM points
+GROUP BY window_start, window_end, series_id, series, name
+ORDER BY window_start, series_id
