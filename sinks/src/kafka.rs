@@ -1,0 +1,179 @@
+//! Kafka sinks.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use vigil_ingest::Rejected;
+use vigil_models::Decision;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of the sinks.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Occurs when the producer cannot be created.
+    #[error("kafka producer: {0}")]
+    Create(rdkafka::error::KafkaError),
+    /// Occurs when the broker did not acknowledge a record (after librdkafka's retries).
+    #[error("delivery to `{topic}` failed for {failed} of {total} records: {first}")]
+    Delivery {
+        /// Topic written to.
+        topic: String,
+        /// Records not acknowledged.
+        failed: usize,
+        /// Records sent.
+        total: usize,
+        /// The first error.
+        first: rdkafka::error::KafkaError,
+    },
+    /// Occurs when a decision cannot be serialised (a bug in Vigil).
+    #[error("serialising a decision: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Producer settings shared by the sinks.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// How long librdkafka keeps retrying a record before reporting it failed.
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka properties, passed through unchanged.
+    pub properties: BTreeMap<String, String>,
+}
+
+fn producer(cfg: &KafkaSinkConfig) -> Result<FutureProducer> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &cfg.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", cfg.delivery_timeout.as_millis().to_string());
+    for (k, v) in &cfg.properties {
+        cc.set(k, v);
+    }
+    cc.create().map_err(Error::Create)
+}
+
+async fn deliver<'a>(
+    producer: &FutureProducer,
+    topic: &str,
+    records: impl Iterator<Item = FutureRecord<'a, [u8], [u8]>>,
+) -> Result<usize> {
+    let futs: Vec<_> = records.map(|r| producer.send(r, Duration::from_secs(5))).collect();
+    let total = futs.len();
+    let results = join_all(futs).await;
+    let mut failed = 0;
+    let mut first = None;
+    for r in results {
+        if let Err((e, _)) = r {
+            failed += 1;
+            first.get_or_insert(e);
+        }
+    }
+    match first {
+        None => Ok(total),
+        Some(first) => Err(Error::Delivery { topic: topic.to_string(), failed, total, first }),
+    }
+}
+
+/// Publishes decisions to Kafka as CloudEvents (binary mode) with JSON bodies.
+pub struct DecisionSink {
+    producer: FutureProducer,
+    topic: String,
+    source: String,
+}
+
+impl std::fmt::Debug for DecisionSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionSink").field("topic", &self.topic).finish()
+    }
+}
+
+impl DecisionSink {
+    /// A sink writing to `topic`; `source` becomes the CloudEvents `ce_source`.
+    pub fn new(cfg: &KafkaSinkConfig, topic: &str, source: &str) -> Result<Self> {
+        Ok(Self { producer: producer(cfg)?, topic: topic.to_string(), source: source.to_string() })
+    }
+
+    /// Sends every decision and waits until the broker acknowledged all of them.
+    pub async fn publish(&self, decisions: &[Decision]) -> Result<usize> {
+        if decisions.is_empty() {
+            return Ok(0);
+        }
+        let bodies: Vec<Vec<u8>> = decisions.iter().map(serde_json::to_vec).collect::<Result<_, _>>()?;
+        let ce_type: Vec<String> = decisions.iter().map(|d| format!("dev.vigil.decision.{}", d.kind)).collect();
+        let records = decisions.iter().zip(&bodies).zip(&ce_type).map(|((d, body), ty)| {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "ce_specversion", value: Some("1.0") })
+                .insert(Header { key: "ce_id", value: Some(d.id.as_str()) })
+                .insert(Header { key: "ce_type", value: Some(ty.as_str()) })
+                .insert(Header { key: "ce_source", value: Some(self.source.as_str()) })
+                .insert(Header { key: "ce_time", value: Some(d.time.as_str()) })
+                .insert(Header { key: "ce_subject", value: Some(d.entity()) })
+                .insert(Header { key: "content-type", value: Some("application/json") });
+            FutureRecord::to(&self.topic).key(d.entity().as_bytes()).payload(body.as_slice()).headers(headers)
+        });
+        let n = deliver(&self.producer, &self.topic, records).await?;
+        tracing::debug!(topic = %self.topic, decisions = n, "decisions acknowledged");
+        Ok(n)
+    }
+
+    /// Waits for anything still queued (at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+/// Header names on dead-lettered records.
+pub const DLQ_HEADERS: [&str; 5] =
+    ["vigil.error", "vigil.error.kind", "vigil.source.topic", "vigil.source.partition", "vigil.source.offset"];
+
+/// Publishes undecodable records to the dead-letter topic.
+pub struct DeadLetterSink {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for DeadLetterSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetterSink").field("topic", &self.topic).finish()
+    }
+}
+
+impl DeadLetterSink {
+    /// A sink writing to `topic`.
+    pub fn new(cfg: &KafkaSinkConfig, topic: &str) -> Result<Self> {
+        Ok(Self { producer: producer(cfg)?, topic: topic.to_string() })
+    }
+
+    /// Sends every rejected record, original key and payload, with the reason and source position
+    /// in headers, and waits for the broker's acknowledgement.
+    pub async fn publish(&self, rejected: &[Rejected]) -> Result<usize> {
+        if rejected.is_empty() {
+            return Ok(0);
+        }
+        let meta: Vec<[String; 3]> =
+            rejected.iter().map(|r| [r.pos.topic.to_string(), r.pos.partition.to_string(), r.pos.offset.to_string()]).collect();
+        let records = rejected.iter().zip(&meta).map(|(r, m)| {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: DLQ_HEADERS[0], value: Some(r.reason.as_str()) })
+                .insert(Header { key: DLQ_HEADERS[1], value: Some(r.kind) })
+                .insert(Header { key: DLQ_HEADERS[2], value: Some(m[0].as_str()) })
+                .insert(Header { key: DLQ_HEADERS[3], value: Some(m[1].as_str()) })
+                .insert(Header { key: DLQ_HEADERS[4], value: Some(m[2].as_str()) });
+            let mut rec = FutureRecord::to(&self.topic).payload(r.payload.as_slice()).headers(headers);
+            if let Some(k) = &r.key {
+                rec = rec.key(k.as_slice());
+            }
+            rec
+        });
+        deliver(&self.producer, &self.topic, records).await
+    }
+}
