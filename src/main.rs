@@ -1,1 +1,295 @@
-fn main() {}
+//! The `vigil` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::ClientConfig;
+use vigil::config::Config;
+use vigil::demo::{GenStats, Scorecard, SimSpec, Simulation};
+use vigil::engine::{counters_fn, Engine, Stats};
+use vigil_models::Decision;
+use vigil_pipeline::ResultTables;
+use vigil_queries::SqlService;
+
+/// Vigil: streaming anomaly detection and decisions for operations metrics on Kafka, with SQL
+/// over every result.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the pipeline against real Kafka brokers.
+    ///
+    /// Reads JSON metric points from `kafka.input_topics` as consumer group `kafka.group_id`,
+    /// cuts them into `window.size` event-time windows (closing each once the watermark, the
+    /// newest event time minus `window.allowed_lag`, passes its end), computes features with the
+    /// SQL in `features.sql_file`, scores every series, publishes decisions to
+    /// `kafka.decisions_topic` and undecodable records to `kafka.dlq_topic`, and serves SQL on
+    /// `server.listen` (POST /sql). Every key can be overridden by an environment variable
+    /// VIGIL_<SECTION>_<KEY>, e.g. VIGIL_KAFKA_BROKERS=host:9092 or VIGIL_WINDOW_SIZE=30s.
+    Run {
+        /// TOML configuration file (see `vigil config` for every key and its default).
+        #[arg(long, short, env = "VIGIL_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the embedded demo: an in-process Kafka mock cluster, a simulated fleet with injected
+    /// incidents, and the real pipeline and SQL server against it.
+    ///
+    /// While it runs, try: curl -s -X POST 127.0.0.1:7878/sql -d 'select count(*) from anomalies'
+    Demo {
+        /// How long to run (wall clock), e.g. 60s or 2m.
+        #[arg(long = "for", default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Event time simulated per second of wall clock.
+        #[arg(long, default_value_t = 360.0)]
+        speedup: f64,
+        /// Hosts per service (6 services, 5 metrics per host).
+        #[arg(long, default_value_t = 10)]
+        hosts: usize,
+        /// SQL/HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: SocketAddr,
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Print the effective configuration (defaults, file, environment) as TOML, or the error.
+    Config {
+        /// TOML configuration file.
+        #[arg(long, short, env = "VIGIL_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let res = rt.block_on(async {
+        match cli.command {
+            Command::Run { config } => run(config).await,
+            Command::Demo { duration, speedup, hosts, listen, seed } => demo(duration, speedup, hosts, listen, seed).await,
+            Command::Config { config } => {
+                let cfg = Config::load(config.as_deref())?;
+                print!("{}", cfg.to_toml());
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    });
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve_sql(listen: SocketAddr, tables: Arc<ResultTables>, counters: vigil_queries::CountersFn) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("config key `server.listen`: cannot listen on {listen}; choose a free address"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if let Err(e) = vigil_queries::serve(listener, SqlService::new(tables), counters, async { let _ = rx.await; }).await {
+            tracing::error!(error = %e, "SQL server stopped");
+        }
+    });
+    tracing::info!(%listen, "SQL server listening: POST /sql, GET /healthz, GET /metrics");
+    Ok(tx)
+}
+
+fn log_decision(d: &Decision) {
+    tracing::info!(
+        id = %d.id, kind = %d.kind, severity = %d.severity, action = %d.recommendation.action,
+        "decision: {}", d.explanation
+    );
+}
+
+async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config.as_deref())?;
+    let tables = Arc::new(ResultTables::new());
+    let mut engine = Engine::new(&cfg, tables.clone()).await?;
+    let stop_server = serve_sql(cfg.server.listen, tables, counters_fn(engine.stats(), engine.ingest_counters())).await?;
+    tracing::info!(brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.input_topics, group = %cfg.kafka.group_id, "running");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: committing what is durable");
+    };
+    engine.run(shutdown, log_decision).await?;
+    let _ = stop_server.send(());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr, seed: u64) -> anyhow::Result<ExitCode> {
+    if !(speedup > 0.0 && speedup.is_finite()) {
+        bail!("--speedup must be a positive number, e.g. 360");
+    }
+    if hosts == 0 {
+        bail!("--hosts must be at least 1");
+    }
+    let cluster = MockCluster::new(1).context("starting the Kafka mock cluster")?;
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("metrics", 6, 1).context("creating topic metrics")?;
+    cluster.create_topic("vigil.dlq", 1, 1).context("creating topic vigil.dlq")?;
+    cluster.create_topic("vigil.decisions", 3, 1).context("creating topic vigil.decisions")?;
+
+    let mut cfg = Config::default();
+    cfg.kafka.brokers = brokers.clone();
+    cfg.kafka.group_id = "vigil-demo".into();
+    cfg.server.listen = listen;
+    cfg.validate()?;
+
+    let window_ms = cfg.window.size.as_millis() as i64;
+    let start_ms = 1_767_571_200_000; // 2026-01-05T00:00:00Z, a Monday
+    let span_ms = ((duration.as_secs_f64() * speedup * 1000.0) as i64 / window_ms) * window_ms;
+    let sim = Arc::new(Simulation::new(SimSpec {
+        start_ms,
+        span_ms,
+        step_ms: 5_000,
+        hosts_per_service: hosts,
+        seed,
+        corrupt_fraction: 0.0005,
+        late_fraction: 0.0002,
+    }));
+    println!(
+        "vigil demo: {} series over {} of event time at {}x ({} wall), mock Kafka at {brokers}",
+        sim.series.len(),
+        humantime::format_duration(Duration::from_millis(span_ms as u64)),
+        speedup,
+        humantime::format_duration(duration)
+    );
+    for inc in &sim.incidents {
+        println!("  incident planned: {:<11} {} at +{}", inc.kind, inc.series, humantime::format_duration(Duration::from_secs(((inc.start_ms - start_ms) / 1000) as u64)));
+    }
+    println!("  SQL: curl -s -X POST {listen}/sql -d 'select count(*) from anomalies'");
+
+    let tables = Arc::new(ResultTables::new());
+    let mut engine = Engine::new(&cfg, tables.clone()).await?;
+    let stats = engine.stats();
+    let ingest = engine.ingest_counters();
+    let stop_server = serve_sql(listen, tables.clone(), counters_fn(stats.clone(), ingest.clone())).await?;
+
+    let gen_stats = Arc::new(GenStats::default());
+    let gen = {
+        let (sim, brokers, gs) = (sim.clone(), brokers.clone(), gen_stats.clone());
+        std::thread::spawn(move || vigil::demo::generate(&sim, &brokers, "metrics", speedup, &gs))
+    };
+
+    let began = Instant::now();
+    let progress = {
+        let (stats, gs) = (stats.clone(), gen_stats.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let wm = stats.watermark_ms.load(Ordering::Relaxed);
+                let wm = chrono::DateTime::from_timestamp_millis(wm).map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default();
+                tracing::info!(
+                    "progress: produced {} consumed {} windows {} anomalies {} decisions {} dlq {} late {} watermark {wm}",
+                    gs.produced.load(Ordering::Relaxed),
+                    Stats::get(&stats.records),
+                    Stats::get(&stats.windows_closed),
+                    Stats::get(&stats.anomalies),
+                    Stats::get(&stats.decisions),
+                    Stats::get(&stats.dead_lettered),
+                    Stats::get(&stats.late),
+                );
+            }
+        })
+    };
+
+    // Stop once the generator is done and everything it produced has been consumed (or 20 s after).
+    let shutdown = {
+        let (stats, gs) = (stats.clone(), gen_stats.clone());
+        async move {
+            let mut done_at: Option<Instant> = None;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if gs.done.load(Ordering::Acquire) {
+                    let at = *done_at.get_or_insert_with(Instant::now);
+                    if Stats::get(&stats.records) >= gs.produced.load(Ordering::Relaxed) || at.elapsed() > Duration::from_secs(20) {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let mut decisions: Vec<Decision> = Vec::new();
+    let res = engine
+        .run(shutdown, |d| {
+            log_decision(d);
+            decisions.push(d.clone());
+        })
+        .await;
+    progress.abort();
+    let gen_res = gen.join().map_err(|_| anyhow::anyhow!("the demo generator thread panicked"))?;
+    res?;
+    gen_res.context("demo generator")?;
+    let wall = began.elapsed();
+
+    let on_topic = count_topic(&brokers, "vigil.decisions");
+    let dlq_on_topic = count_topic(&brokers, "vigil.dlq");
+    let sql = SqlService::new(tables.clone());
+    let anomalies_sql = sql.query_json("select count(*) as n from anomalies").await.map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
+    let card = Scorecard::score(&sim, &decisions);
+    let _ = stop_server.send(());
+
+    let produced = gen_stats.produced.load(Ordering::Relaxed);
+    println!();
+    println!("== vigil demo summary ==");
+    println!("records produced        {produced} ({} corrupted, {} sent late)", gen_stats.corrupted.load(Ordering::Relaxed), gen_stats.late.load(Ordering::Relaxed));
+    println!("records consumed        {} in {:.1}s ({:.0} records/s)", Stats::get(&stats.records), wall.as_secs_f64(), Stats::get(&stats.records) as f64 / wall.as_secs_f64());
+    println!("dead-lettered           {} (on topic vigil.dlq: {dlq_on_topic})", Stats::get(&stats.dead_lettered));
+    println!("late (dropped)          {}", Stats::get(&stats.late));
+    println!("windows closed          {}", Stats::get(&stats.windows_closed));
+    println!("feature rows            {}", Stats::get(&stats.feature_rows));
+    println!("anomalies               {} (SQL: {anomalies_sql})", Stats::get(&stats.anomalies));
+    println!("decisions               {} (on topic vigil.decisions: {on_topic})", decisions.len());
+    for (kind, series, first) in &card.incidents {
+        match first {
+            Some(at) => println!("  detected  {kind:<11} {series} (window {at})"),
+            None => println!("  MISSED    {kind:<11} {series}"),
+        }
+    }
+    println!("incidents detected: {}/{}", card.detected(), card.incidents.len());
+    println!("false decisions: {}", card.false_decisions.len());
+    for f in card.false_decisions.iter().take(10) {
+        println!("  false: {f}");
+    }
+    drop(cluster);
+    Ok(if card.detected() == card.incidents.len() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+/// Counts the records on `topic` (all partitions) by reading it from the start.
+fn count_topic(brokers: &str, topic: &str) -> u64 {
+    let Ok(c) = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", "vigil-demo-audit").create::<BaseConsumer>() else {
+        return 0;
+    };
+    let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return 0 };
+    let mut n = 0;
+    for t in md.topics() {
+        for p in t.partitions() {
+            if let Ok((lo, hi)) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(5)) {
+                n += (hi - lo).max(0) as u64;
+            }
+        }
+    }
+    n
+}

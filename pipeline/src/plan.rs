@@ -78,8 +78,8 @@ impl FeaturePlan {
         self.points_schema.clone()
     }
 
-    /// Runs the plan over `windows` and returns one batch of features.
-    pub async fn run(&self, windows: &[ClosedWindow]) -> Result<RecordBatch> {
+    /// Runs the plan over `windows`; returns the `points` rows it saw and the features.
+    pub async fn run(&self, windows: &[ClosedWindow]) -> Result<(RecordBatch, RecordBatch)> {
         let mut parts = Vec::new();
         for w in windows {
             for b in &w.batches {
@@ -91,7 +91,8 @@ impl FeaturePlan {
             }
         }
         let points = concat_batches(&self.points_schema, &parts)?;
-        self.execute(points).await
+        let features = self.execute(points.clone()).await?;
+        Ok((points, features))
     }
 
     async fn execute(&self, points: RecordBatch) -> Result<RecordBatch> {
@@ -133,7 +134,7 @@ mod tests {
         let plan = FeaturePlan::new(DEFAULT_FEATURES_SQL, "mean").await.unwrap();
         let mut rows: Vec<(&str, i64, f64)> = (1..=100).map(|i| ("a", 1_000 + i, i as f64)).collect();
         rows.push(("b", 2_000, 7.0));
-        let f = plan.run(&window(&rows)).await.unwrap();
+        let (_, f) = plan.run(&window(&rows)).await.unwrap();
         assert_eq!(f.num_rows(), 2);
         let series = f.column_by_name("series").unwrap().as_string::<i32>();
         let i = (0..2).find(|&i| series.value(i) == r#"cpu{host="a"}"#).unwrap();

@@ -1,0 +1,362 @@
+//! Vigil's configuration: one TOML file, every key overridable by a `VIGIL_<SECTION>_<KEY>`
+//! environment variable (e.g. `VIGIL_KAFKA_BROKERS`, `VIGIL_WINDOW_SIZE=30s`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// A configuration problem, naming the key and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable does not parse, or a key is unknown or mistyped.
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    /// A value parses but is not acceptable.
+    #[error("config key `{key}`: {problem}; {fix}")]
+    Invalid {
+        /// Dotted key, e.g. `window.size`.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        fix: String,
+    },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, problem: problem.into(), fix: fix.into() }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Brokers, topics and client settings.
+    pub kafka: KafkaConfig,
+    /// Event-time windows.
+    pub window: WindowConfig,
+    /// The feature SQL.
+    pub features: FeaturesConfig,
+    /// The anomaly detector.
+    pub detector: DetectorConfig,
+    /// The decision rule.
+    pub decisions: DecisionsConfig,
+    /// The SQL/HTTP server.
+    pub server: ServerConfig,
+    /// How much of each result table is kept in memory.
+    pub retention: RetentionConfig,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Consumer group id; input offsets are committed for this group.
+    pub group_id: String,
+    /// Topics carrying JSON metric points (a list, or one comma-separated string).
+    #[serde(deserialize_with = "string_or_list")]
+    pub input_topics: Vec<String>,
+    /// Where records that do not decode go, with the reason in headers.
+    pub dlq_topic: String,
+    /// Where decisions go (JSON, CloudEvents headers).
+    pub decisions_topic: String,
+    /// Most records decoded per poll.
+    pub max_batch: usize,
+    /// How long one poll waits for a first record.
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    /// How long the producers retry a record before the engine stops with an error.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// How often input offsets are committed when no window closes.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Extra librdkafka consumer properties (e.g. `"security.protocol" = "ssl"`).
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka producer properties.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".into(),
+            group_id: "vigil".into(),
+            input_topics: vec!["metrics".into()],
+            dlq_topic: "vigil.dlq".into(),
+            decisions_topic: "vigil.decisions".into(),
+            max_batch: 10_000,
+            poll_timeout: Duration::from_millis(200),
+            delivery_timeout: Duration::from_secs(30),
+            commit_interval: Duration::from_secs(1),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[window]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Tumbling window length, e.g. `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub size: Duration,
+    /// How far behind the newest event time a record may arrive and still count, e.g. `"5s"`.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lag: Duration,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self { size: Duration::from_secs(10), allowed_lag: Duration::from_secs(5) }
+    }
+}
+
+/// `[features]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesConfig {
+    /// SQL file computing per-series features from `points`; the shipped `sql/features.sql`
+    /// when unset.
+    pub sql_file: Option<PathBuf>,
+}
+
+/// `[detector]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// The feature column scored (a DOUBLE column of the feature SQL).
+    pub feature: String,
+    /// Windows in each series' baseline.
+    pub history_windows: usize,
+    /// Windows a series must see before it may be scored.
+    pub warmup_windows: usize,
+    /// Robust z-score at which the anomaly score is 0.5.
+    pub z_mid: f64,
+    /// Anomaly scores at or above this are kept in the `anomalies` table.
+    pub anomaly_threshold: f64,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        let d = vigil_models::DetectorConfig::default();
+        Self { feature: "mean".into(), history_windows: d.history, warmup_windows: d.warmup, z_mid: d.z_mid, anomaly_threshold: d.anomaly_threshold }
+    }
+}
+
+/// `[decisions]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionsConfig {
+    /// Anomalies scoring at or above this become decisions.
+    pub threshold: f64,
+    /// While a series keeps scoring high, no new decision about it until it has been quiet this long.
+    #[serde(with = "humantime_serde")]
+    pub rearm_after: Duration,
+}
+
+impl Default for DecisionsConfig {
+    fn default() -> Self {
+        Self { threshold: 0.8, rearm_after: Duration::from_secs(300) }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address of the SQL/HTTP server.
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: ([127, 0, 0, 1], 7878).into() }
+    }
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Rows kept per result table (`points`, `features`, `anomalies`, `decisions`); oldest dropped first.
+    pub max_rows: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { max_rows: 1_000_000 }
+    }
+}
+
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if given; it must exist), then `VIGIL_*` variables, and
+    /// validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            fig = fig.merge(Toml::file_exact(p));
+        }
+        // VIGIL_KAFKA_GROUP_ID -> kafka.group_id: the first `_` separates section and key.
+        // VIGIL_CONFIG (the file path) and other single-word variables are not keys.
+        let env = Env::prefixed("VIGIL_").filter_map(|k| {
+            let k = k.as_str();
+            k.find('_').map(|i| format!("{}.{}", &k[..i], &k[i + 1..]).into())
+        });
+        let cfg: Config = fig.merge(env).extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value; the error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "is empty", "set it to host:port of a broker, e.g. \"localhost:9092\""));
+        }
+        if k.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "is empty", "set a consumer group id, e.g. \"vigil\""));
+        }
+        if k.input_topics.is_empty() {
+            return Err(invalid("kafka.input_topics", "lists no topic", "list the metrics topics, e.g. [\"metrics\"]"));
+        }
+        for (key, t) in [("kafka.dlq_topic", &k.dlq_topic), ("kafka.decisions_topic", &k.decisions_topic)] {
+            if t.trim().is_empty() {
+                return Err(invalid(key, "is empty", "name a topic"));
+            }
+            if k.input_topics.contains(t) {
+                return Err(invalid(key, format!("`{t}` is also an input topic"), "use a topic Vigil does not read"));
+            }
+        }
+        if k.max_batch == 0 || k.max_batch > 1_000_000 {
+            return Err(invalid("kafka.max_batch", format!("is {}", k.max_batch), "use a value from 1 to 1000000, e.g. 10000"));
+        }
+        let size = self.window.size.as_millis();
+        if size == 0 {
+            return Err(invalid("window.size", "is zero or below a millisecond", "use a duration such as \"10s\""));
+        }
+        if self.window.size.as_nanos() % 1_000_000 != 0 {
+            return Err(invalid("window.size", "is not a whole number of milliseconds", "use a duration such as \"10s\" or \"250ms\""));
+        }
+        if self.window.allowed_lag > Duration::from_secs(7 * 86_400) {
+            return Err(invalid("window.allowed_lag", "is over 7 days", "windows would stay open for days; use e.g. \"5s\""));
+        }
+        let d = &self.detector;
+        if d.feature.trim().is_empty() {
+            return Err(invalid("detector.feature", "is empty", "name a DOUBLE column of the feature SQL, e.g. \"mean\""));
+        }
+        if d.history_windows < 3 {
+            return Err(invalid("detector.history_windows", format!("is {}", d.history_windows), "use at least 3 (120 is the default)"));
+        }
+        if d.warmup_windows < 3 || d.warmup_windows > d.history_windows {
+            return Err(invalid(
+                "detector.warmup_windows",
+                format!("is {} with history_windows = {}", d.warmup_windows, d.history_windows),
+                "use a value from 3 to detector.history_windows (20 is the default)",
+            ));
+        }
+        if !(d.z_mid.is_finite() && d.z_mid > 0.0) {
+            return Err(invalid("detector.z_mid", format!("is {}", d.z_mid), "use a positive number, e.g. 6.0"));
+        }
+        if !(d.anomaly_threshold > 0.0 && d.anomaly_threshold < 1.0) {
+            return Err(invalid("detector.anomaly_threshold", format!("is {}", d.anomaly_threshold), "use a score between 0 and 1, e.g. 0.5"));
+        }
+        let t = self.decisions.threshold;
+        if !(t > 0.0 && t <= 1.0) || t < d.anomaly_threshold {
+            return Err(invalid(
+                "decisions.threshold",
+                format!("is {t} with detector.anomaly_threshold = {}", d.anomaly_threshold),
+                "use a score in (0, 1] not below detector.anomaly_threshold, e.g. 0.8",
+            ));
+        }
+        if self.retention.max_rows == 0 {
+            return Err(invalid("retention.max_rows", "is 0", "keep at least one row, e.g. 1000000"));
+        }
+        if let Some(p) = &self.features.sql_file {
+            if let Err(e) = std::fs::metadata(p) {
+                return Err(invalid("features.sql_file", format!("cannot read {}: {e}", p.display()), "point it at a SQL file, or remove it to use the shipped features SQL"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The feature SQL text: the configured file or the shipped default.
+    pub fn features_sql(&self) -> Result<String, ConfigError> {
+        match &self.features.sql_file {
+            None => Ok(vigil_pipeline::DEFAULT_FEATURES_SQL.to_string()),
+            Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                invalid("features.sql_file", format!("cannot read {}: {e}", p.display()), "point it at a readable SQL file")
+            }),
+        }
+    }
+
+    /// The configuration as TOML (what `vigil config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile();
+        f.1.write_all(toml.as_bytes()).unwrap();
+        Config::load(Some(&f.0))
+    }
+
+    fn tempfile() -> (PathBuf, std::fs::File) {
+        let p = std::env::temp_dir().join(format!("vigil-cfg-{}-{:?}.toml", std::process::id(), std::thread::current().id()));
+        let f = std::fs::File::create(&p).unwrap();
+        (p, f)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_a_file_overrides_them() {
+        Config::default().validate().unwrap();
+        let c = load_str("[kafka]\nbrokers = \"b:9092\"\ninput_topics = [\"a\", \"b\"]\n[window]\nsize = \"30s\"\n").unwrap();
+        assert_eq!(c.kafka.brokers, "b:9092");
+        assert_eq!(c.kafka.input_topics, vec!["a", "b"]);
+        assert_eq!(c.window.size, Duration::from_secs(30));
+        assert_eq!(c.window.allowed_lag, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load_str("[kafka]\nbrokerz = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("brokerz") && e.contains("kafka"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_fix() {
+        let e = load_str("[window]\nsize = \"0s\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("config key `window.size`: is zero"), "{e}");
+        let e = load_str("[window]\nsize = \"ten seconds\"\n").unwrap_err().to_string();
+        assert!(e.contains("size"), "{e}");
+        let e = load_str("[decisions]\nthreshold = 0.2\n").unwrap_err().to_string();
+        assert!(e.contains("`decisions.threshold`"), "{e}");
+    }
+}

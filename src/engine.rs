@@ -1,0 +1,298 @@
+//! The engine: wires ingest → pipeline → models → sinks into one consume-process-commit loop.
+//!
+//! One step: poll a batch from Kafka, decode it (rejects go to the dead-letter topic and are
+//! acknowledged), add the points to their windows, and for the windows the watermark has closed
+//! run the feature SQL, score the features, decide, publish the decisions and wait for the
+//! broker's acknowledgement. Only then are input offsets committed, and only up to the lowest
+//! offset still held by an open window: a crash at any point replays, and never skips, input.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use vigil_ingest::{IngestCounters, JsonPointDecoder, KafkaSource, KafkaSourceConfig};
+use vigil_models::{Decision, DecisionConfig, DecisionRule, RobustDetector};
+use vigil_pipeline::{FeaturePlan, ResultTables, Windower};
+use vigil_sinks::{DeadLetterSink, DecisionSink, KafkaSinkConfig};
+
+use crate::config::{Config, ConfigError};
+
+/// Errors that stop the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Kafka consumer failure.
+    #[error(transparent)]
+    Ingest(#[from] vigil_ingest::Error),
+    /// The feature plan failed.
+    #[error(transparent)]
+    Pipeline(#[from] vigil_pipeline::Error),
+    /// The detector or decision rule rejected its input.
+    #[error(transparent)]
+    Models(#[from] vigil_models::Error),
+    /// A sink could not deliver: nothing is committed past the undelivered results.
+    #[error(transparent)]
+    Sink(#[from] vigil_sinks::Error),
+}
+
+/// Engine counters, readable while it runs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Polls that returned at least one record.
+    pub polls: AtomicU64,
+    /// Records consumed.
+    pub records: AtomicU64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Points dropped because their window had closed.
+    pub late: AtomicU64,
+    /// Windows closed and processed.
+    pub windows_closed: AtomicU64,
+    /// Feature rows computed.
+    pub feature_rows: AtomicU64,
+    /// Anomalies (score at or above the anomaly threshold).
+    pub anomalies: AtomicU64,
+    /// Decisions published and acknowledged.
+    pub decisions: AtomicU64,
+    /// Offset commits.
+    pub commits: AtomicU64,
+    /// Current watermark, epoch ms (`i64::MIN` before any data).
+    pub watermark_ms: AtomicI64,
+}
+
+impl Stats {
+    fn add(c: &AtomicU64, n: usize) {
+        c.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// The running pipeline. See the module docs.
+pub struct Engine {
+    source: KafkaSource,
+    decoder: JsonPointDecoder,
+    windower: Windower,
+    plan: FeaturePlan,
+    detector: RobustDetector,
+    rule: DecisionRule,
+    feature: String,
+    decisions: DecisionSink,
+    dlq: DeadLetterSink,
+    tables: Arc<ResultTables>,
+    stats: Arc<Stats>,
+    commit_interval: std::time::Duration,
+    last_commit: Instant,
+    dirty: bool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("source", &self.source).finish()
+    }
+}
+
+/// Names of the result tables the engine keeps.
+pub const TABLES: [&str; 4] = ["points", "features", "anomalies", "decisions"];
+
+impl Engine {
+    /// Builds every stage from `cfg`, creates the result tables in `tables`, and subscribes.
+    pub async fn new(cfg: &Config, tables: Arc<ResultTables>) -> Result<Self, EngineError> {
+        cfg.validate()?;
+        let k = &cfg.kafka;
+        let sql = cfg.features_sql()?;
+        let plan = FeaturePlan::new(&sql, &cfg.detector.feature).await?;
+        let keep = cfg.retention.max_rows;
+        tables.create("points", plan.points_schema(), keep);
+        tables.create("features", plan.output_schema(), keep);
+        tables.create("anomalies", vigil_models::anomalies_schema(), keep);
+        tables.create("decisions", vigil_models::decisions_schema(), keep);
+
+        let source = KafkaSource::new(KafkaSourceConfig {
+            brokers: k.brokers.clone(),
+            group_id: k.group_id.clone(),
+            topics: k.input_topics.clone(),
+            max_batch: k.max_batch,
+            poll_timeout: k.poll_timeout,
+            linger: std::time::Duration::from_millis(20),
+            properties: k.consumer.clone(),
+        })?;
+        let sink_cfg = KafkaSinkConfig { brokers: k.brokers.clone(), delivery_timeout: k.delivery_timeout, properties: k.producer.clone() };
+        let decisions = DecisionSink::new(&sink_cfg, &k.decisions_topic, &format!("/vigil/{}", k.group_id))?;
+        let dlq = DeadLetterSink::new(&sink_cfg, &k.dlq_topic)?;
+        let d = &cfg.detector;
+        let detector = RobustDetector::new(vigil_models::DetectorConfig {
+            history: d.history_windows,
+            warmup: d.warmup_windows,
+            z_mid: d.z_mid,
+            anomaly_threshold: d.anomaly_threshold,
+            ..Default::default()
+        });
+        let rule = DecisionRule::new(DecisionConfig {
+            threshold: cfg.decisions.threshold,
+            rearm_ms: cfg.decisions.rearm_after.as_millis() as i64,
+            full_support: d.history_windows as u32,
+        });
+        let windower = Windower::new(vigil_pipeline::WindowConfig {
+            size_ms: cfg.window.size.as_millis() as i64,
+            allowed_lag_ms: cfg.window.allowed_lag.as_millis() as i64,
+        });
+        Ok(Self {
+            source,
+            decoder: JsonPointDecoder::default(),
+            windower,
+            plan,
+            detector,
+            rule,
+            feature: d.feature.clone(),
+            decisions,
+            dlq,
+            tables,
+            stats: Arc::new(Stats::default()),
+            commit_interval: k.commit_interval,
+            last_commit: Instant::now(),
+            dirty: false,
+        })
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// The decoder's counters.
+    pub fn ingest_counters(&self) -> Arc<IngestCounters> {
+        self.decoder.counters().clone()
+    }
+
+    /// One poll-process-commit cycle. Returns the decisions published (and acknowledged) in it.
+    pub async fn step(&mut self) -> Result<Vec<Decision>, EngineError> {
+        let raw = match self.source.next_batch().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "poll failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                return Ok(Vec::new());
+            }
+        };
+        let mut published = Vec::new();
+        if !raw.is_empty() {
+            let span = tracing::debug_span!("batch", records = raw.len());
+            let _g = span.enter();
+            Stats::add(&self.stats.polls, 1);
+            Stats::add(&self.stats.records, raw.len());
+            let decoded = self.decoder.decode(&raw)?;
+            self.windower.consumed(raw.iter().map(|r| &r.pos));
+            drop(raw);
+            if !decoded.rejected.is_empty() {
+                for r in decoded.rejected.iter().take(3) {
+                    tracing::debug!(topic = %r.pos.topic, partition = r.pos.partition, offset = r.pos.offset, reason = %r.reason, "dead-lettering record");
+                }
+                self.dlq.publish(&decoded.rejected).await?;
+                Stats::add(&self.stats.dead_lettered, decoded.rejected.len());
+            }
+            let pushed = self.windower.push(&decoded.points, &decoded.positions)?;
+            Stats::add(&self.stats.late, pushed.late);
+            self.dirty = true;
+            if let Some(wm) = self.windower.watermark() {
+                self.stats.watermark_ms.store(wm, Ordering::Relaxed);
+            }
+            let closed = self.windower.take_closed();
+            if !closed.is_empty() {
+                published = self.process_closed(closed).await?;
+                self.commit()?;
+            }
+        }
+        if self.dirty && self.last_commit.elapsed() >= self.commit_interval {
+            self.commit()?;
+        }
+        Ok(published)
+    }
+
+    async fn process_closed(&mut self, closed: Vec<vigil_pipeline::ClosedWindow>) -> Result<Vec<Decision>, EngineError> {
+        let span = tracing::debug_span!("close", windows = closed.len(), first_start = closed[0].start_ms);
+        let _g = span.enter();
+        let (points, features) = self.plan.run(&closed).await?;
+        let anomalies = self.detector.score_batch(&features, &self.feature)?;
+        let decisions = self.rule.decide(&anomalies)?;
+        // Durable first, then visible: a decision is in the table only once the broker has it.
+        self.decisions.publish(&decisions).await?;
+        Stats::add(&self.stats.windows_closed, closed.len());
+        Stats::add(&self.stats.feature_rows, features.num_rows());
+        Stats::add(&self.stats.anomalies, anomalies.num_rows());
+        Stats::add(&self.stats.decisions, decisions.len());
+        self.tables.append("points", points)?;
+        self.tables.append("features", features)?;
+        self.tables.append("anomalies", anomalies)?;
+        self.tables.append("decisions", DecisionRule::to_batch(&decisions)?)?;
+        Ok(decisions)
+    }
+
+    /// Commits the input offsets whose results are durable.
+    pub fn commit(&mut self) -> Result<(), EngineError> {
+        let pos = self.windower.commit_positions();
+        self.source.commit(&pos)?;
+        Stats::add(&self.stats.commits, 1);
+        self.last_commit = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// The offsets the group has committed (for tests and diagnostics).
+    pub fn committed(&self) -> Result<Vec<(String, i32, i64)>, EngineError> {
+        Ok(self.source.committed(std::time::Duration::from_secs(5))?)
+    }
+
+    /// Runs steps until `shutdown` resolves or an error stops it; calls `on_decision` for each
+    /// acknowledged decision. On shutdown, commits what is durable; open windows are not flushed
+    /// (they are replayed from Kafka on the next start).
+    pub async fn run(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+        mut on_decision: impl FnMut(&Decision),
+    ) -> Result<(), EngineError> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                r = self.step() => {
+                    for d in r? {
+                        on_decision(&d);
+                    }
+                }
+            }
+        }
+        self.commit()?;
+        self.decisions.flush(std::time::Duration::from_secs(5));
+        Ok(())
+    }
+}
+
+/// The counters served on `GET /metrics`.
+pub fn counters_fn(stats: Arc<Stats>, ingest: Arc<IngestCounters>) -> vigil_queries::CountersFn {
+    Arc::new(move || {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let s = &stats;
+        let i = &ingest;
+        vec![
+            ("vigil_records_total".into(), "Records consumed from the input topics.".into(), g(&s.records)),
+            ("vigil_ingest_bytes_total".into(), "Payload bytes consumed (json format).".into(), g(&i.bytes)),
+            ("vigil_points_total".into(), "Records decoded into points.".into(), g(&i.points)),
+            ("vigil_dead_lettered_total".into(), "Records sent to the dead-letter topic.".into(), g(&s.dead_lettered)),
+            ("vigil_rejected_syntax_total".into(), "Rejected: malformed, truncated or empty JSON.".into(), g(&i.rejected_syntax)),
+            ("vigil_rejected_type_total".into(), "Rejected: a field of the wrong type.".into(), g(&i.rejected_type)),
+            ("vigil_rejected_missing_field_total".into(), "Rejected: a required field missing or null.".into(), g(&i.rejected_missing)),
+            ("vigil_late_total".into(), "Points dropped because their window had closed.".into(), g(&s.late)),
+            ("vigil_windows_closed_total".into(), "Windows closed and processed.".into(), g(&s.windows_closed)),
+            ("vigil_anomalies_total".into(), "Anomalies scored at or above the anomaly threshold.".into(), g(&s.anomalies)),
+            ("vigil_decisions_total".into(), "Decisions published and acknowledged.".into(), g(&s.decisions)),
+            ("vigil_commits_total".into(), "Input offset commits.".into(), g(&s.commits)),
+        ]
+    })
+}

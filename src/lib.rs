@@ -1,0 +1,28 @@
+//! # Vigil
+//!
+//! Streaming analytics for operations data. Teams point their metrics topics at Vigil; it cuts
+//! the streams into event-time windows of Arrow record batches, runs DataFusion plans over them,
+//! scores every series for anomalies, publishes decisions to Kafka for remediation executors, and
+//! answers SQL over every result.
+//!
+//! The data path, and the crate that owns each step:
+//!
+//! ```text
+//!  Kafka metrics ──▶ vigil-ingest ──▶ vigil-pipeline ──▶ vigil-models ──▶ vigil-sinks ──▶ Kafka decisions
+//!  (JSON points)     decode → Arrow    windows, watermark,  detector,         idempotent      (CloudEvents)
+//!                    rejects → DLQ     feature SQL, tables  decision rule     producer, DLQ
+//!                                            │
+//!                                            ▼
+//!                                      vigil-queries ──▶ HTTP POST /sql
+//! ```
+//!
+//! This crate wires them: [`config`] is the one TOML file, [`engine`] the consume → process →
+//! publish → commit loop, and [`demo`] the embedded default that runs everything against an
+//! in-process Kafka mock cluster.
+
+pub mod config;
+pub mod demo;
+pub mod engine;
+
+pub use config::Config;
+pub use engine::{Engine, EngineError, Stats};
