@@ -112,11 +112,15 @@ pub struct WindowConfig {
     /// How far behind the newest event time a record may arrive and still count, e.g. `"5s"`.
     #[serde(with = "humantime_serde")]
     pub allowed_lag: Duration,
+    /// A partition that delivers nothing for this long (wall clock) stops holding the watermark
+    /// back, so one quiet partition cannot stall every window.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for WindowConfig {
     fn default() -> Self {
-        Self { size: Duration::from_secs(10), allowed_lag: Duration::from_secs(5) }
+        Self { size: Duration::from_secs(10), allowed_lag: Duration::from_secs(5), idle_timeout: Duration::from_secs(30) }
     }
 }
 

@@ -89,6 +89,7 @@ pub struct Engine {
     commit_interval: std::time::Duration,
     last_commit: Instant,
     dirty: bool,
+    assigned: Vec<(std::sync::Arc<str>, i32)>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -141,6 +142,7 @@ impl Engine {
         let windower = Windower::new(vigil_pipeline::WindowConfig {
             size_ms: cfg.window.size.as_millis() as i64,
             allowed_lag_ms: cfg.window.allowed_lag.as_millis() as i64,
+            idle_timeout: cfg.window.idle_timeout,
         });
         Ok(Self {
             source,
@@ -157,6 +159,7 @@ impl Engine {
             commit_interval: k.commit_interval,
             last_commit: Instant::now(),
             dirty: false,
+            assigned: Vec::new(),
         })
     }
 
@@ -186,6 +189,12 @@ impl Engine {
             let _g = span.enter();
             Stats::add(&self.stats.polls, 1);
             Stats::add(&self.stats.records, raw.len());
+            let assigned = self.source.assignment();
+            if assigned != self.assigned {
+                tracing::info!(partitions = ?assigned.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>(), "assignment changed");
+                self.windower.assign(&assigned);
+                self.assigned = assigned;
+            }
             let decoded = self.decoder.decode(&raw)?;
             self.windower.consumed(raw.iter().map(|r| &r.pos));
             drop(raw);
@@ -271,6 +280,15 @@ impl Engine {
         self.commit()?;
         self.decisions.flush(std::time::Duration::from_secs(5));
         Ok(())
+    }
+
+    /// Closes every open window regardless of the watermark and publishes its results (for a
+    /// bounded input that has ended), then commits.
+    pub async fn drain(&mut self) -> Result<Vec<Decision>, EngineError> {
+        let all = self.windower.take_all();
+        let out = if all.is_empty() { Vec::new() } else { self.process_closed(all).await? };
+        self.commit()?;
+        Ok(out)
     }
 }
 

@@ -273,6 +273,8 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     for f in card.false_decisions.iter().take(10) {
         println!("  false: {f}");
     }
+    // Clients first, then the cluster they talk to.
+    drop(engine);
     drop(cluster);
     Ok(if card.detected() == card.incidents.len() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }

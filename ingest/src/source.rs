@@ -129,6 +129,21 @@ impl KafkaSource {
         self.consumer.commit(&tpl, CommitMode::Sync).map_err(|e| Error::kafka("committing offsets", e))
     }
 
+    /// The partitions currently assigned to this member, as `(topic, partition)`.
+    pub fn assignment(&self) -> Vec<(Arc<str>, i32)> {
+        match self.consumer.assignment() {
+            Ok(tpl) => tpl
+                .elements()
+                .iter()
+                .map(|e| {
+                    let t = self.topics.get(e.topic()).cloned().unwrap_or_else(|| Arc::from(e.topic()));
+                    (t, e.partition())
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The offsets this group has committed for the partitions currently assigned.
     pub fn committed(&self, timeout: Duration) -> Result<Vec<(String, i32, i64)>> {
         let tpl = self.consumer.committed(timeout).map_err(|e| Error::kafka("reading committed offsets", e))?;

@@ -124,7 +124,7 @@ mod tests {
             })
             .collect();
         let out = JsonPointDecoder::default().decode(&recs).unwrap();
-        let mut w = Windower::new(WindowConfig { size_ms: 10_000, allowed_lag_ms: 0 });
+        let mut w = Windower::new(WindowConfig { size_ms: 10_000, allowed_lag_ms: 0, idle_timeout: std::time::Duration::from_secs(60) });
         w.push(&out.points, &out.positions).unwrap();
         w.take_all()
     }

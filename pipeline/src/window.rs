@@ -17,6 +17,8 @@ pub struct WindowConfig {
     pub size_ms: i64,
     /// How far behind the highest event time seen a record may be and still count (>= 0).
     pub allowed_lag_ms: i64,
+    /// A partition that has delivered nothing for this long stops holding the watermark back.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// One closed window's rows.
@@ -57,11 +59,18 @@ struct OpenWindow {
 
 /// Assigns rows to tumbling windows by event time and closes them as the watermark passes.
 ///
+/// The watermark is tracked per source partition, as Flink does: each partition's watermark is
+/// the highest event time it has delivered minus the allowed lag, and the overall watermark is the
+/// lowest of them (never moving backwards). A consumer reads partitions in bursts, so one
+/// partition is often seconds of event time ahead of another; a single "highest seen" watermark
+/// would turn that skew into spurious lateness. A partition idle for `idle_timeout` stops holding
+/// the watermark back.
+///
 /// Semantics, per row in arrival order: the row is late if its window's end is at or before the
-/// current watermark; otherwise it joins its window. Then the watermark becomes
-/// `max(watermark, ts - allowed_lag)`. A window `[start, end)` closes once `watermark >= end`.
-/// Computing lateness row by row (not batch by batch) makes the result independent of how the
-/// records were grouped into polls, so a replay of the same partition produces the same windows.
+/// current watermark; otherwise it joins its window. Then its partition's watermark, and the
+/// overall one, advance. A window `[start, end)` closes once `watermark >= end`. Computing
+/// lateness row by row (not batch by batch) makes the result independent of how the records were
+/// grouped into polls.
 #[derive(Debug)]
 pub struct Windower {
     cfg: WindowConfig,
@@ -69,6 +78,8 @@ pub struct Windower {
     open: BTreeMap<i64, OpenWindow>,
     /// Next offset to read, per partition, over everything consumed.
     next_offset: HashMap<PartKey, i64>,
+    /// Per partition: highest event time delivered and when it last delivered anything.
+    part_max: HashMap<PartKey, (i64, std::time::Instant)>,
     late_total: u64,
 }
 
@@ -76,7 +87,7 @@ impl Windower {
     /// A windower with no state.
     pub fn new(cfg: WindowConfig) -> Self {
         assert!(cfg.size_ms > 0 && cfg.allowed_lag_ms >= 0, "validated by the config layer");
-        Self { cfg, watermark: i64::MIN, open: BTreeMap::new(), next_offset: HashMap::new(), late_total: 0 }
+        Self { cfg, watermark: i64::MIN, open: BTreeMap::new(), next_offset: HashMap::new(), part_max: HashMap::new(), late_total: 0 }
     }
 
     /// The current watermark (epoch ms), `None` before any row.
@@ -97,6 +108,18 @@ impl Windower {
     /// Start of the window holding `ts`.
     pub fn window_start(&self, ts: i64) -> i64 {
         ts - ts.rem_euclid(self.cfg.size_ms)
+    }
+
+    /// Tells the windower which partitions this consumer owns. An owned partition that has not
+    /// delivered anything yet holds the watermark back (until it has been idle for
+    /// `idle_timeout`), so a backlog read one partition at a time is not cut short; partitions
+    /// no longer owned stop counting.
+    pub fn assign(&mut self, partitions: &[(Arc<str>, i32)]) {
+        let now = std::time::Instant::now();
+        self.part_max.retain(|k, _| partitions.contains(k));
+        for k in partitions {
+            self.part_max.entry(k.clone()).or_insert((i64::MIN, now));
+        }
     }
 
     /// Records that the given records were consumed (decoded or not), so that their offsets can be
@@ -122,10 +145,13 @@ impl Windower {
         let lag = self.cfg.allowed_lag_ms;
 
         // Pass 1: lateness and window of every row, advancing the watermark row by row.
+        let now = std::time::Instant::now();
+        let idle = self.cfg.idle_timeout;
         let mut wm = self.watermark;
         let mut starts: Vec<i64> = Vec::with_capacity(n);
         let mut late = 0usize;
-        for &t in ts.iter() {
+        let mut last_key: Option<PartKey> = None;
+        for (i, &t) in ts.iter().enumerate() {
             let start = t - t.rem_euclid(size);
             let end = start.saturating_add(size);
             if end <= wm {
@@ -134,7 +160,27 @@ impl Windower {
             } else {
                 starts.push(start);
             }
-            wm = wm.max(t.saturating_sub(lag));
+            let p = &positions[i];
+            let same = matches!(&last_key, Some((tp, pp)) if *pp == p.partition && Arc::ptr_eq(tp, &p.topic));
+            if !same {
+                last_key = Some((p.topic.clone(), p.partition));
+            }
+            let key = last_key.as_ref().expect("set above");
+            let e = self.part_max.entry(key.clone()).or_insert((i64::MIN, now));
+            e.1 = now;
+            if t > e.0 {
+                e.0 = t;
+                let low = self
+                    .part_max
+                    .values()
+                    .filter(|(_, seen)| now.duration_since(*seen) < idle)
+                    .map(|(m, _)| *m)
+                    .min()
+                    .unwrap_or(t);
+                if low != i64::MIN {
+                    wm = wm.max(low.saturating_sub(lag));
+                }
+            }
         }
         self.watermark = wm;
         self.late_total += late as u64;
@@ -217,12 +263,16 @@ mod tests {
 
     fn batch(rows: &[(i64, i64)]) -> (RecordBatch, Vec<SourcePos>) {
         // (offset, ts) pairs on partition 0 of topic "m".
+        batch_on(0, rows)
+    }
+
+    fn batch_on(partition: i32, rows: &[(i64, i64)]) -> (RecordBatch, Vec<SourcePos>) {
         let recs: Vec<RawRecord> = rows
             .iter()
             .map(|(off, ts)| RawRecord {
                 payload: Some(format!(r#"{{"ts": {ts}, "name": "x", "value": 1}}"#).into_bytes()),
                 key: None,
-                pos: SourcePos { topic: "m".into(), partition: 0, offset: *off },
+                pos: SourcePos { topic: "m".into(), partition, offset: *off },
             })
             .collect();
         let out = JsonPointDecoder::default().decode(&recs).unwrap();
@@ -230,7 +280,7 @@ mod tests {
     }
 
     fn windower() -> Windower {
-        Windower::new(WindowConfig { size_ms: 10_000, allowed_lag_ms: 5_000 })
+        Windower::new(WindowConfig { size_ms: 10_000, allowed_lag_ms: 5_000, idle_timeout: std::time::Duration::from_secs(60) })
     }
 
     #[test]
@@ -288,6 +338,48 @@ mod tests {
         }
         assert_eq!(a.late, late);
         assert_eq!(a.late, 1);
+    }
+
+    #[test]
+    fn a_partition_ahead_of_another_does_not_make_the_other_late() {
+        let mut w = windower();
+        let (b, p) = batch_on(0, &[(0, 1_000), (1, 2_000)]);
+        w.push(&b, &p).unwrap();
+        // Partition 1 arrives in a burst 60 s of event time ahead.
+        let (b, p) = batch_on(1, &[(0, 60_000), (1, 62_000)]);
+        w.push(&b, &p).unwrap();
+        assert_eq!(w.watermark(), Some(-3_000), "held back by partition 0");
+        let (b, p) = batch_on(0, &[(2, 3_000), (3, 61_000)]);
+        let s = w.push(&b, &p).unwrap();
+        assert_eq!(s.late, 0, "partition 0's rows are on time for partition 0");
+        assert_eq!(w.watermark(), Some(56_000));
+        let closed: Vec<_> = w.take_closed().iter().map(|c| (c.start_ms, c.rows())).collect();
+        assert_eq!(closed, vec![(0, 3)]);
+    }
+
+    #[test]
+    fn an_assigned_partition_that_has_not_delivered_yet_holds_the_watermark() {
+        let mut w = windower();
+        w.assign(&[("m".into(), 0), ("m".into(), 1)]);
+        let (b, p) = batch_on(0, &[(0, 1_000), (1, 90_000)]);
+        w.push(&b, &p).unwrap();
+        assert_eq!(w.watermark(), None);
+        assert!(w.take_closed().is_empty());
+        let (b, p) = batch_on(1, &[(0, 2_000)]);
+        let s = w.push(&b, &p).unwrap();
+        assert_eq!(s.late, 0, "partition 1's backlog is not late");
+        assert_eq!(w.watermark(), Some(-3_000));
+    }
+
+    #[test]
+    fn an_idle_partition_stops_holding_the_watermark() {
+        let mut w = Windower::new(WindowConfig { size_ms: 10_000, allowed_lag_ms: 0, idle_timeout: std::time::Duration::from_millis(50) });
+        let (b, p) = batch_on(0, &[(0, 1_000)]);
+        w.push(&b, &p).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        let (b, p) = batch_on(1, &[(0, 30_000)]);
+        w.push(&b, &p).unwrap();
+        assert_eq!(w.watermark(), Some(30_000));
     }
 
     #[test]

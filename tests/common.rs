@@ -1,0 +1,157 @@
+//! Shared helpers for the end-to-end tests: a librdkafka mock cluster reached over TCP.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use vigil::Config;
+
+pub struct Kafka {
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub brokers: String,
+}
+
+impl Kafka {
+    pub fn start(input_partitions: i32) -> Self {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        let brokers = cluster.bootstrap_servers();
+        cluster.create_topic("metrics", input_partitions, 1).unwrap();
+        cluster.create_topic("vigil.dlq", 1, 1).unwrap();
+        cluster.create_topic("vigil.decisions", 2, 1).unwrap();
+        Self { cluster, brokers }
+    }
+
+    pub fn config(&self, group: &str) -> Config {
+        let mut c = Config::default();
+        c.kafka.brokers = self.brokers.clone();
+        c.kafka.group_id = group.into();
+        c.kafka.poll_timeout = Duration::from_millis(100);
+        c.validate().unwrap();
+        c
+    }
+
+    /// Produces `(key, payload)` records (payload `None` is a tombstone) and waits for every ack.
+    pub async fn produce(&self, records: &[(String, Option<Vec<u8>>)]) {
+        let p: FutureProducer = ClientConfig::new().set("bootstrap.servers", &self.brokers).set("linger.ms", "5").create().unwrap();
+        let futs = records.iter().map(|(k, v)| {
+            let mut r = FutureRecord::<str, [u8]>::to("metrics").key(k.as_str());
+            if let Some(v) = v {
+                r = r.payload(v.as_slice());
+            }
+            p.send(r, Duration::from_secs(10))
+        });
+        for r in futures::future::join_all(futs).await {
+            r.expect("produce acked");
+        }
+    }
+
+    /// Reads every record of `topic` from the beginning (all partitions).
+    pub fn read_all(&self, topic: &str, expect_at_least: usize, timeout: Duration) -> Vec<Record> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("reader-{topic}-{}", rand_id()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline {
+            match c.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let mut headers = Vec::new();
+                    if let Some(h) = m.headers() {
+                        for i in 0..h.count() {
+                            let hh = h.get(i);
+                            headers.push((hh.key.to_string(), String::from_utf8_lossy(hh.value.unwrap_or_default()).to_string()));
+                        }
+                    }
+                    out.push(Record {
+                        partition: m.partition(),
+                        key: m.key().map(|k| String::from_utf8_lossy(k).to_string()),
+                        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        headers,
+                    });
+                    quiet_since = Instant::now();
+                }
+                _ => {
+                    if out.len() >= expect_at_least && quiet_since.elapsed() > Duration::from_millis(500) {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed) ^ (std::process::id() as u64) << 20
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, k: &str) -> Option<&str> {
+        self.headers.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn point(ts: i64, name: &str, host: &str, service: &str, value: f64) -> (String, Option<Vec<u8>>) {
+    let key = vigil_ingest::series_key(name, [("host", host), ("service", service)]);
+    let body = format!(r#"{{"ts":{ts},"name":"{name}","labels":{{"service":"{service}","host":"{host}"}},"value":{value}}}"#);
+    (key, Some(body.into_bytes()))
+}
+
+/// Steps `engine` until `done` holds or `timeout` passes; returns the decisions it published.
+pub async fn step_until(
+    engine: &mut vigil::Engine,
+    timeout: Duration,
+    mut done: impl FnMut(&vigil::Stats) -> bool,
+) -> Vec<vigil_models::Decision> {
+    let stats = engine.stats();
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&stats) {
+        assert!(Instant::now() < deadline, "timed out; stats {stats:?}");
+        out.extend(engine.step().await.expect("engine step"));
+    }
+    out
+}
+
+/// A minimal HTTP/1.1 client over TCP: `POST path` with `body`; returns (status, body).
+pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+pub fn tables() -> Arc<vigil_pipeline::ResultTables> {
+    Arc::new(vigil_pipeline::ResultTables::new())
+}

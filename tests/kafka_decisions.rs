@@ -1,0 +1,128 @@
+//! End to end through librdkafka's mock cluster over TCP: metrics in, one spike, exactly one
+//! decision out with every field, offsets committed after the ack, stable ids on replay, and the
+//! results answerable over HTTP SQL.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use rand::{rngs::StdRng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use vigil::Stats;
+
+const SERIES: usize = 30;
+const WINDOWS: i64 = 64;
+const SPIKE_HOST: usize = 7;
+const SPIKE_WINDOW: i64 = 50;
+const T0: i64 = 1_767_571_200_000;
+
+fn traffic() -> Vec<(String, Option<Vec<u8>>)> {
+    let mut rng = StdRng::seed_from_u64(11);
+    let noise = Normal::new(0.0, 0.01).unwrap();
+    let mut out = Vec::new();
+    for w in 0..WINDOWS {
+        for half in 0..2 {
+            for s in 0..SERIES {
+                let ts = T0 + w * 10_000 + half * 5_000 + (s as i64 * 37) % 4_000;
+                let mut v = 0.5 + noise.sample(&mut rng);
+                if s == SPIKE_HOST && w == SPIKE_WINDOW {
+                    v = 0.97;
+                }
+                out.push(point(ts, "cpu_utilization", &format!("h{s:02}"), "checkout", v));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_replays_identically() {
+    let kafka = Kafka::start(3);
+    let input = traffic();
+    kafka.produce(&input).await;
+
+    let tables = tables();
+    let mut engine = vigil::Engine::new(&kafka.config("vigil-e2e"), tables.clone()).await.unwrap();
+    // The last window stays open (the watermark, 5 s behind the newest point, has not passed its end).
+    let closable = (WINDOWS - 1) as u64;
+    let first = step_until(&mut engine, Duration::from_secs(120), |s| Stats::get(&s.windows_closed) >= closable).await;
+    engine.commit().unwrap();
+
+    // Exactly one decision, about the spiking series.
+    let spiking = vigil_ingest::series_key("cpu_utilization", [("host", "h07"), ("service", "checkout")]);
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert_eq!(first[0].series.key, spiking);
+
+    let on_topic = kafka.read_all("vigil.decisions", 1, Duration::from_secs(10));
+    assert_eq!(on_topic.len(), 1, "no decision for any normal series");
+    let rec = &on_topic[0];
+    assert_eq!(rec.key.as_deref(), Some(spiking.as_str()), "keyed by the series");
+    let body: serde_json::Value = serde_json::from_slice(&rec.payload).unwrap();
+    for field in ["id", "time", "kind", "severity", "series", "evidence", "confidence", "recommendation", "explanation"] {
+        assert!(body.get(field).is_some(), "decision lacks `{field}`: {body}");
+    }
+    assert_eq!(body["kind"], "anomaly.spike");
+    assert_eq!(body["series"]["name"], "cpu_utilization");
+    assert_eq!(body["series"]["labels"]["host"], "h07");
+    assert_eq!(body["series"]["labels"]["service"], "checkout");
+    let ev = &body["evidence"];
+    assert!((ev["value"].as_f64().unwrap() - 0.97).abs() < 1e-9);
+    assert!((ev["expected"].as_f64().unwrap() - 0.5).abs() < 0.01);
+    assert!(ev["band"][1].as_f64().unwrap() < 0.97 && ev["band"][0].as_f64().unwrap() < 0.5);
+    assert!(ev["score"].as_f64().unwrap() >= 0.8);
+    let spike_start = chrono::DateTime::from_timestamp_millis(T0 + SPIKE_WINDOW * 10_000).unwrap();
+    assert_eq!(ev["window_start"], spike_start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    assert_eq!(body["recommendation"]["action"], "scale_out");
+    assert_eq!(body["recommendation"]["parameters"]["service"], "checkout");
+    let confidence = body["confidence"].as_f64().unwrap();
+    assert!(confidence > 0.0 && confidence <= 1.0);
+    assert!(body["explanation"].as_str().unwrap().contains("above its baseline"));
+    // CloudEvents binary mode.
+    assert_eq!(rec.header("ce_specversion"), Some("1.0"));
+    assert_eq!(rec.header("ce_id"), body["id"].as_str());
+    assert_eq!(rec.header("ce_type"), Some("dev.vigil.decision.anomaly.spike"));
+    assert_eq!(rec.header("ce_source"), Some("/vigil/vigil-e2e"));
+    assert_eq!(rec.header("ce_time"), body["time"].as_str());
+    assert_eq!(rec.header("content-type"), Some("application/json"));
+
+    // Offsets: committed, but not past the records of the windows still open.
+    let committed = engine.committed().unwrap();
+    assert_eq!(committed.len(), 3, "{committed:?}");
+    let total: i64 = committed.iter().map(|c| c.2).sum();
+    assert!(total > 0 && total < input.len() as i64, "committed {total} of {}", input.len());
+
+    // SQL over HTTP, with a real TCP client.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = vigil::engine::counters_fn(engine.stats(), engine.ingest_counters());
+    tokio::spawn(vigil_queries::serve(listener, vigil_queries::SqlService::new(tables.clone()), counters, std::future::pending()));
+    let (status, body) = http(addr, "POST", "/sql", "select series, kind from decisions").await;
+    assert_eq!(status, 200, "{body}");
+    let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["series"], spiking.as_str());
+    let (status, body) = http(addr, "POST", "/sql", "select count(*) as n from features").await;
+    assert_eq!(status, 200);
+    let n = serde_json::from_str::<serde_json::Value>(&body).unwrap()[0]["n"].as_i64().unwrap();
+    assert_eq!(n, SERIES as i64 * closable as i64, "one feature row per series per closed window");
+    let (status, body) = http(addr, "POST", "/sql", "select nope from decisions").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("error"), "{body}");
+    let (status, _) = http(addr, "GET", "/healthz", "").await;
+    assert_eq!(status, 200);
+    let (_, metrics) = http(addr, "GET", "/metrics", "").await;
+    assert!(metrics.contains(&format!("vigil_decisions_total 1")), "{metrics}");
+
+    // Replay the same input under another group: the same decision, with the same id.
+    let mut replay = vigil::Engine::new(&kafka.config("vigil-e2e-replay"), common::tables()).await.unwrap();
+    let second = step_until(&mut replay, Duration::from_secs(120), |s| Stats::get(&s.windows_closed) >= closable).await;
+    let ids = |d: &[vigil_models::Decision]| d.iter().map(|d| d.id.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(ids(&first), ids(&second));
+    let on_topic = kafka.read_all("vigil.decisions", 2, Duration::from_secs(10));
+    assert_eq!(on_topic.len(), 2);
+    assert_eq!(on_topic[0].header("ce_id"), on_topic[1].header("ce_id"), "consumers can deduplicate on ce_id");
+    assert_eq!(engine.stats().records.load(Ordering::Relaxed), input.len() as u64);
+}
