@@ -76,12 +76,7 @@ impl Stats {
 /// The running pipeline. See the module docs.
 pub struct Engine {
     source: KafkaSource,
-    decoder: JsonPointDecoder,
-    windower: Windower,
-    plan: FeaturePlan,
-    detector: RobustDetector,
-    rule: DecisionRule,
-    feature: String,
+    core: Processor,
     decisions: DecisionSink,
     dlq: DeadLetterSink,
     tables: Arc<ResultTables>,
@@ -98,34 +93,39 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Names of the result tables the engine keeps.
-pub const TABLES: [&str; 4] = ["points", "features", "anomalies", "decisions"];
+/// The results of closing a set of windows.
+#[derive(Debug)]
+pub struct Closed {
+    /// Windows closed.
+    pub windows: usize,
+    /// Their rows, as the feature SQL saw them.
+    pub points: arrow::array::RecordBatch,
+    /// The feature SQL's output.
+    pub features: arrow::array::RecordBatch,
+    /// Rows scoring at or above the anomaly threshold.
+    pub anomalies: arrow::array::RecordBatch,
+    /// New decisions.
+    pub decisions: Vec<Decision>,
+}
 
-impl Engine {
-    /// Builds every stage from `cfg`, creates the result tables in `tables`, and subscribes.
-    pub async fn new(cfg: &Config, tables: Arc<ResultTables>) -> Result<Self, EngineError> {
+/// The Kafka-free core of the engine: decode, window, run the feature plan, score, decide.
+/// The engine drives it from Kafka; `vigil bench` drives it from a file, so both measure and run
+/// exactly the same code.
+pub struct Processor {
+    decoder: JsonPointDecoder,
+    windower: Windower,
+    plan: FeaturePlan,
+    detector: RobustDetector,
+    rule: DecisionRule,
+    feature: String,
+}
+
+impl Processor {
+    /// Builds the stages from `cfg` (the Kafka sections are not used).
+    pub async fn new(cfg: &Config) -> Result<Self, EngineError> {
         cfg.validate()?;
-        let k = &cfg.kafka;
         let sql = cfg.features_sql()?;
         let plan = FeaturePlan::new(&sql, &cfg.detector.feature).await?;
-        let keep = cfg.retention.max_rows;
-        tables.create("points", plan.points_schema(), keep);
-        tables.create("features", plan.output_schema(), keep);
-        tables.create("anomalies", vigil_models::anomalies_schema(), keep);
-        tables.create("decisions", vigil_models::decisions_schema(), keep);
-
-        let source = KafkaSource::new(KafkaSourceConfig {
-            brokers: k.brokers.clone(),
-            group_id: k.group_id.clone(),
-            topics: k.input_topics.clone(),
-            max_batch: k.max_batch,
-            poll_timeout: k.poll_timeout,
-            linger: std::time::Duration::from_millis(20),
-            properties: k.consumer.clone(),
-        })?;
-        let sink_cfg = KafkaSinkConfig { brokers: k.brokers.clone(), delivery_timeout: k.delivery_timeout, properties: k.producer.clone() };
-        let decisions = DecisionSink::new(&sink_cfg, &k.decisions_topic, &format!("/vigil/{}", k.group_id))?;
-        let dlq = DeadLetterSink::new(&sink_cfg, &k.dlq_topic)?;
         let d = &cfg.detector;
         let detector = RobustDetector::new(vigil_models::DetectorConfig {
             history: d.history_windows,
@@ -144,14 +144,89 @@ impl Engine {
             allowed_lag_ms: cfg.window.allowed_lag.as_millis() as i64,
             idle_timeout: cfg.window.idle_timeout,
         });
+        Ok(Self { decoder: JsonPointDecoder::default(), windower, plan, detector, rule, feature: d.feature.clone() })
+    }
+
+    /// Creates the result tables this processor's output goes to.
+    pub fn create_tables(&self, tables: &ResultTables, max_rows: usize) {
+        tables.create("points", self.plan.points_schema(), max_rows);
+        tables.create("features", self.plan.output_schema(), max_rows);
+        tables.create("anomalies", vigil_models::anomalies_schema(), max_rows);
+        tables.create("decisions", vigil_models::decisions_schema(), max_rows);
+    }
+
+    /// Decodes a batch, notes every record as consumed, and adds the points to their windows.
+    pub fn ingest(&mut self, raw: &[vigil_ingest::RawRecord]) -> Result<(Vec<vigil_ingest::Rejected>, vigil_pipeline::PushStats), EngineError> {
+        let decoded = self.decoder.decode(raw)?;
+        self.windower.consumed(raw.iter().map(|r| &r.pos));
+        let pushed = self.windower.push(&decoded.points, &decoded.positions)?;
+        Ok((decoded.rejected, pushed))
+    }
+
+    /// Processes the windows the watermark has closed, if any.
+    pub async fn close_ready(&mut self) -> Result<Option<Closed>, EngineError> {
+        let closed = self.windower.take_closed();
+        self.close(closed).await
+    }
+
+    /// Processes every open window (end of a bounded input).
+    pub async fn close_all(&mut self) -> Result<Option<Closed>, EngineError> {
+        let all = self.windower.take_all();
+        self.close(all).await
+    }
+
+    async fn close(&mut self, closed: Vec<vigil_pipeline::ClosedWindow>) -> Result<Option<Closed>, EngineError> {
+        if closed.is_empty() {
+            return Ok(None);
+        }
+        let span = tracing::debug_span!("close", windows = closed.len(), first_start = closed[0].start_ms);
+        let _g = span.enter();
+        let (points, features) = self.plan.run(&closed).await?;
+        let anomalies = self.detector.score_batch(&features, &self.feature)?;
+        let decisions = self.rule.decide(&anomalies)?;
+        Ok(Some(Closed { windows: closed.len(), points, features, anomalies, decisions }))
+    }
+
+    /// The decoder's counters.
+    pub fn ingest_counters(&self) -> Arc<IngestCounters> {
+        self.decoder.counters().clone()
+    }
+
+    /// Series the detector holds state for.
+    pub fn series(&self) -> usize {
+        self.detector.series()
+    }
+
+    /// The windower (watermark, commit positions).
+    pub fn windower(&self) -> &Windower {
+        &self.windower
+    }
+}
+
+/// Names of the result tables the engine keeps.
+pub const TABLES: [&str; 4] = ["points", "features", "anomalies", "decisions"];
+
+impl Engine {
+    /// Builds every stage from `cfg`, creates the result tables in `tables`, and subscribes.
+    pub async fn new(cfg: &Config, tables: Arc<ResultTables>) -> Result<Self, EngineError> {
+        let core = Processor::new(cfg).await?;
+        core.create_tables(&tables, cfg.retention.max_rows);
+        let k = &cfg.kafka;
+        let source = KafkaSource::new(KafkaSourceConfig {
+            brokers: k.brokers.clone(),
+            group_id: k.group_id.clone(),
+            topics: k.input_topics.clone(),
+            max_batch: k.max_batch,
+            poll_timeout: k.poll_timeout,
+            linger: std::time::Duration::from_millis(20),
+            properties: k.consumer.clone(),
+        })?;
+        let sink_cfg = KafkaSinkConfig { brokers: k.brokers.clone(), delivery_timeout: k.delivery_timeout, properties: k.producer.clone() };
+        let decisions = DecisionSink::new(&sink_cfg, &k.decisions_topic, &format!("/vigil/{}", k.group_id))?;
+        let dlq = DeadLetterSink::new(&sink_cfg, &k.dlq_topic)?;
         Ok(Self {
             source,
-            decoder: JsonPointDecoder::default(),
-            windower,
-            plan,
-            detector,
-            rule,
-            feature: d.feature.clone(),
+            core,
             decisions,
             dlq,
             tables,
@@ -170,7 +245,7 @@ impl Engine {
 
     /// The decoder's counters.
     pub fn ingest_counters(&self) -> Arc<IngestCounters> {
-        self.decoder.counters().clone()
+        self.core.ingest_counters()
     }
 
     /// One poll-process-commit cycle. Returns the decisions published (and acknowledged) in it.
@@ -192,28 +267,25 @@ impl Engine {
             let assigned = self.source.assignment();
             if assigned != self.assigned {
                 tracing::info!(partitions = ?assigned.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>(), "assignment changed");
-                self.windower.assign(&assigned);
+                self.core.windower.assign(&assigned);
                 self.assigned = assigned;
             }
-            let decoded = self.decoder.decode(&raw)?;
-            self.windower.consumed(raw.iter().map(|r| &r.pos));
+            let (rejected, pushed) = self.core.ingest(&raw)?;
             drop(raw);
-            if !decoded.rejected.is_empty() {
-                for r in decoded.rejected.iter().take(3) {
+            if !rejected.is_empty() {
+                for r in rejected.iter().take(3) {
                     tracing::debug!(topic = %r.pos.topic, partition = r.pos.partition, offset = r.pos.offset, reason = %r.reason, "dead-lettering record");
                 }
-                self.dlq.publish(&decoded.rejected).await?;
-                Stats::add(&self.stats.dead_lettered, decoded.rejected.len());
+                self.dlq.publish(&rejected).await?;
+                Stats::add(&self.stats.dead_lettered, rejected.len());
             }
-            let pushed = self.windower.push(&decoded.points, &decoded.positions)?;
             Stats::add(&self.stats.late, pushed.late);
             self.dirty = true;
-            if let Some(wm) = self.windower.watermark() {
+            if let Some(wm) = self.core.windower.watermark() {
                 self.stats.watermark_ms.store(wm, Ordering::Relaxed);
             }
-            let closed = self.windower.take_closed();
-            if !closed.is_empty() {
-                published = self.process_closed(closed).await?;
+            if let Some(closed) = self.core.close_ready().await? {
+                published = self.publish(closed).await?;
                 self.commit()?;
             }
         }
@@ -223,28 +295,23 @@ impl Engine {
         Ok(published)
     }
 
-    async fn process_closed(&mut self, closed: Vec<vigil_pipeline::ClosedWindow>) -> Result<Vec<Decision>, EngineError> {
-        let span = tracing::debug_span!("close", windows = closed.len(), first_start = closed[0].start_ms);
-        let _g = span.enter();
-        let (points, features) = self.plan.run(&closed).await?;
-        let anomalies = self.detector.score_batch(&features, &self.feature)?;
-        let decisions = self.rule.decide(&anomalies)?;
+    async fn publish(&mut self, c: Closed) -> Result<Vec<Decision>, EngineError> {
         // Durable first, then visible: a decision is in the table only once the broker has it.
-        self.decisions.publish(&decisions).await?;
-        Stats::add(&self.stats.windows_closed, closed.len());
-        Stats::add(&self.stats.feature_rows, features.num_rows());
-        Stats::add(&self.stats.anomalies, anomalies.num_rows());
-        Stats::add(&self.stats.decisions, decisions.len());
-        self.tables.append("points", points)?;
-        self.tables.append("features", features)?;
-        self.tables.append("anomalies", anomalies)?;
-        self.tables.append("decisions", DecisionRule::to_batch(&decisions)?)?;
-        Ok(decisions)
+        self.decisions.publish(&c.decisions).await?;
+        Stats::add(&self.stats.windows_closed, c.windows);
+        Stats::add(&self.stats.feature_rows, c.features.num_rows());
+        Stats::add(&self.stats.anomalies, c.anomalies.num_rows());
+        Stats::add(&self.stats.decisions, c.decisions.len());
+        self.tables.append("points", c.points)?;
+        self.tables.append("features", c.features)?;
+        self.tables.append("anomalies", c.anomalies)?;
+        self.tables.append("decisions", DecisionRule::to_batch(&c.decisions)?)?;
+        Ok(c.decisions)
     }
 
     /// Commits the input offsets whose results are durable.
     pub fn commit(&mut self) -> Result<(), EngineError> {
-        let pos = self.windower.commit_positions();
+        let pos = self.core.windower.commit_positions();
         self.source.commit(&pos)?;
         Stats::add(&self.stats.commits, 1);
         self.last_commit = Instant::now();
@@ -265,16 +332,16 @@ impl Engine {
         shutdown: impl Future<Output = ()>,
         mut on_decision: impl FnMut(&Decision),
     ) -> Result<(), EngineError> {
+        use futures::FutureExt;
         tokio::pin!(shutdown);
+        // Shutdown is checked between steps, never inside one: a step is not cancelled halfway
+        // through publishing (each step waits at most `kafka.poll_timeout` for input).
         loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                r = self.step() => {
-                    for d in r? {
-                        on_decision(&d);
-                    }
-                }
+            if (&mut shutdown).now_or_never().is_some() {
+                break;
+            }
+            for d in self.step().await? {
+                on_decision(&d);
             }
         }
         self.commit()?;
@@ -285,8 +352,10 @@ impl Engine {
     /// Closes every open window regardless of the watermark and publishes its results (for a
     /// bounded input that has ended), then commits.
     pub async fn drain(&mut self) -> Result<Vec<Decision>, EngineError> {
-        let all = self.windower.take_all();
-        let out = if all.is_empty() { Vec::new() } else { self.process_closed(all).await? };
+        let out = match self.core.close_all().await? {
+            Some(c) => self.publish(c).await?,
+            None => Vec::new(),
+        };
         self.commit()?;
         Ok(out)
     }

@@ -20,6 +20,7 @@
 //! publish → commit loop, and [`demo`] the embedded default that runs everything against an
 //! in-process Kafka mock cluster.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -65,6 +65,28 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Measure the processing core (decode, windows, feature SQL, detector, decisions) without
+    /// Kafka: events/s per core, batch latency percentiles, state per series.
+    ///
+    /// Input is a JSON-lines file of metric points (one per line), or, without --input, a
+    /// synthetic set of --events points.
+    Bench {
+        /// JSON-lines file of metric points.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Points to synthesise when no --input is given.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+        /// Hosts in the synthetic set (5 metrics each).
+        #[arg(long, default_value_t = 2_000)]
+        hosts: usize,
+        /// Records per batch (as one Kafka poll).
+        #[arg(long, default_value_t = 10_000)]
+        batch: usize,
+        /// TOML configuration file (window, features and detector sections apply).
+        #[arg(long, short, env = "VIGIL_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Print the effective configuration (defaults, file, environment) as TOML, or the error.
     Config {
         /// TOML configuration file.
@@ -84,6 +106,19 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::Demo { duration, speedup, hosts, listen, seed } => demo(duration, speedup, hosts, listen, seed).await,
+            Command::Bench { input, events, hosts, batch, config } => {
+                let cfg = Config::load(config.as_deref())?;
+                if batch == 0 {
+                    bail!("--batch must be at least 1");
+                }
+                let lines = match &input {
+                    Some(p) => vigil::bench::read_lines(p).with_context(|| format!("reading {}", p.display()))?,
+                    None => vigil::bench::synthesize(events, hosts.max(1)),
+                };
+                let report = vigil::bench::run(&cfg, lines, batch).await?;
+                print!("{}", report.render());
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Config { config } => {
                 let cfg = Config::load(config.as_deref())?;
                 print!("{}", cfg.to_toml());

@@ -46,7 +46,9 @@ impl FeaturePlan {
         fields.push(Field::new("window_start", window_ts_type(), false));
         fields.push(Field::new("window_end", window_ts_type(), false));
         let points_schema = Arc::new(Schema::new(fields));
-        let ctx = SessionContext::new();
+        // One partition: a window's table is small, and the engine's loop is the unit of
+        // parallelism (one per consumer), so spreading a plan over every core only adds overhead.
+        let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(1));
         let mut plan = Self { ctx, sql: sql.to_string(), points_schema: points_schema.clone(), output_schema: points_schema };
         let out = plan.execute(RecordBatch::new_empty(plan.points_schema.clone())).await?;
         plan.output_schema = out.schema();
