@@ -14,8 +14,15 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file or an environment variable does not parse, or a key is unknown or mistyped.
-    #[error("{0}")]
-    Parse(Box<figment::Error>),
+    #[error("config key `{key}`: {problem} (in {origin})")]
+    Parse {
+        /// Dotted key (or section, for an unknown key).
+        key: String,
+        /// What is wrong.
+        problem: String,
+        /// Where the value came from: the file or the environment.
+        origin: String,
+    },
     /// A value parses but is not acceptable.
     #[error("config key `{key}`: {problem}; {fix}")]
     Invalid {
@@ -225,10 +232,18 @@ impl Config {
         // VIGIL_KAFKA_GROUP_ID -> kafka.group_id: the first `_` separates section and key.
         // VIGIL_CONFIG (the file path) and other single-word variables are not keys.
         let env = Env::prefixed("VIGIL_").filter_map(|k| {
-            let k = k.as_str();
+            let k = k.as_str().to_ascii_lowercase();
             k.find('_').map(|i| format!("{}.{}", &k[..i], &k[i + 1..]).into())
         });
-        let cfg: Config = fig.merge(env).extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let cfg: Config = fig.merge(env).extract().map_err(|e| {
+            let origin = match (&e.metadata, &e.metadata.as_ref().and_then(|m| m.source.as_ref())) {
+                (_, Some(src)) => src.to_string(),
+                (Some(m), None) => m.name.to_string(),
+                _ => "the configuration".to_string(),
+            };
+            let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".").to_ascii_lowercase() };
+            ConfigError::Parse { key, problem: e.kind.to_string(), origin }
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
