@@ -275,7 +275,7 @@ impl Config {
         if size == 0 {
             return Err(invalid("window.size", "is zero or below a millisecond", "use a duration such as \"10s\""));
         }
-        if self.window.size.as_nanos() % 1_000_000 != 0 {
+        if !self.window.size.as_nanos().is_multiple_of(1_000_000) {
             return Err(invalid("window.size", "is not a whole number of milliseconds", "use a duration such as \"10s\" or \"250ms\""));
         }
         if self.window.allowed_lag > Duration::from_secs(7 * 86_400) {

@@ -114,7 +114,7 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     let (status, _) = http(addr, "GET", "/healthz", "").await;
     assert_eq!(status, 200);
     let (_, metrics) = http(addr, "GET", "/metrics", "").await;
-    assert!(metrics.contains(&format!("vigil_decisions_total 1")), "{metrics}");
+    assert!(metrics.contains("vigil_decisions_total 1"), "{metrics}");
 
     // Replay the same input under another group: the same decision, with the same id.
     let mut replay = vigil::Engine::new(&kafka.config("vigil-e2e-replay"), common::tables()).await.unwrap();

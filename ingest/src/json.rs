@@ -267,7 +267,7 @@ fn to_points(
 
     let mut rejected = Vec::new();
     let mut keep = Vec::with_capacity(n);
-    for i in 0..n {
+    for (i, record) in records.iter().enumerate().take(n) {
         let missing: Vec<&str> = [(col::TS, ts.is_null(i)), (col::NAME, name.is_null(i)), (col::VALUE, value.is_null(i))]
             .iter()
             .filter(|(_, null)| *null)
@@ -278,7 +278,7 @@ fn to_points(
         } else {
             keep.push(false);
             let fields = missing.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ");
-            rejected.push(reject(records[i], "missing_field", format!("missing or null required field {fields}")));
+            rejected.push(reject(record, "missing_field", format!("missing or null required field {fields}")));
         }
     }
     let wire = if rejected.is_empty() { wire.clone() } else { filter_record_batch(wire, &BooleanArray::from(keep.clone()))? };
