@@ -24,6 +24,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod eval;
 
 pub use config::Config;
 pub use engine::{Engine, EngineError, Stats};

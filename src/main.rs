@@ -87,9 +87,29 @@ enum Command {
         #[arg(long, short, env = "VIGIL_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Evaluate the detector on labelled data.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Print the effective configuration (defaults, file, environment) as TOML, or the error.
     Config {
         /// TOML configuration file.
+        #[arg(long, short, env = "VIGIL_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EvalCommand {
+    /// Stream every NAB file through the live detector, one point at a time (no look-ahead),
+    /// and score it with NAB's rules for the three profiles.
+    Nab {
+        /// The NAB corpus folder (with data/ and labels/).
+        #[arg(long, default_value = "../shared/data/nab")]
+        data: PathBuf,
+        /// Write per-row scores here as CSV (file,row,score,label).
+        #[arg(long)]
+        scores: Option<PathBuf>,
+        /// TOML configuration file (the detector section applies).
         #[arg(long, short, env = "VIGIL_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -117,6 +137,36 @@ fn main() -> ExitCode {
                 };
                 let report = vigil::bench::run(&cfg, lines, batch).await?;
                 print!("{}", report.render());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Eval(EvalCommand::Nab { data, scores, config }) => {
+                let cfg = Config::load(config.as_deref())?;
+                let d = &cfg.detector;
+                let det = vigil_models::DetectorConfig {
+                    history: d.history_windows,
+                    warmup: d.warmup_windows,
+                    z_mid: d.z_mid,
+                    anomaly_threshold: d.anomaly_threshold,
+                    ..Default::default()
+                };
+                let (files, us) = vigil::eval::run_nab(&data, &det)?;
+                if let Some(path) = scores {
+                    let mut out = String::from("file,row,score,label\n");
+                    for f in &files {
+                        for (i, s) in f.scores.iter().enumerate() {
+                            let label = f.windows.iter().any(|(l, r)| (*l..=*r).contains(&i)) as u8;
+                            out.push_str(&format!("{},{i},{s},{label}\n", f.name));
+                        }
+                    }
+                    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+                }
+                let points: usize = files.iter().map(|f| f.scores.len()).sum();
+                let windows: usize = files.iter().map(|f| f.windows.len()).sum();
+                println!("files {} points {points} windows {windows}", files.len());
+                for r in vigil::eval::score_corpus(&files) {
+                    println!("{} {:.1}   (threshold {:.4})", r.profile, r.score, r.threshold);
+                }
+                println!("microseconds per point {us:.2}");
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config { config } => {
