@@ -154,12 +154,38 @@ pub struct DetectorConfig {
     pub z_mid: f64,
     /// Anomaly scores at or above this are kept in the `anomalies` table.
     pub anomaly_threshold: f64,
+    /// Novelty filter memory in windows (0 = off): when on, a window scores only if its
+    /// deviation exceeds the largest deviation of roughly this many recent windows, so a long
+    /// excursion is flagged at its onset and when it worsens, not on every window of it. Off by
+    /// default: it also hides a second, smaller incident on the same series within that memory.
+    pub novelty_memory_windows: usize,
 }
 
 impl Default for DetectorConfig {
     fn default() -> Self {
         let d = vigil_models::DetectorConfig::default();
-        Self { feature: "mean".into(), history_windows: d.history, warmup_windows: d.warmup, z_mid: d.z_mid, anomaly_threshold: d.anomaly_threshold }
+        Self {
+            feature: "mean".into(),
+            history_windows: d.history,
+            warmup_windows: d.warmup,
+            z_mid: d.z_mid,
+            anomaly_threshold: d.anomaly_threshold,
+            novelty_memory_windows: 0,
+        }
+    }
+}
+
+impl DetectorConfig {
+    /// The model's configuration (shared by the engine and `vigil eval`).
+    pub fn model_config(&self) -> vigil_models::DetectorConfig {
+        vigil_models::DetectorConfig {
+            history: self.history_windows,
+            warmup: self.warmup_windows,
+            z_mid: self.z_mid,
+            anomaly_threshold: self.anomaly_threshold,
+            novelty_decay: (self.novelty_memory_windows > 0).then(|| (-1.0 / self.novelty_memory_windows as f64).exp()),
+            ..Default::default()
+        }
     }
 }
 

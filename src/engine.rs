@@ -127,13 +127,7 @@ impl Processor {
         let sql = cfg.features_sql()?;
         let plan = FeaturePlan::new(&sql, &cfg.detector.feature).await?;
         let d = &cfg.detector;
-        let detector = RobustDetector::new(vigil_models::DetectorConfig {
-            history: d.history_windows,
-            warmup: d.warmup_windows,
-            z_mid: d.z_mid,
-            anomaly_threshold: d.anomaly_threshold,
-            ..Default::default()
-        });
+        let detector = RobustDetector::new(d.model_config());
         let rule = DecisionRule::new(DecisionConfig {
             threshold: cfg.decisions.threshold,
             rearm_ms: cfg.decisions.rearm_after.as_millis() as i64,

@@ -141,14 +141,7 @@ fn main() -> ExitCode {
             }
             Command::Eval(EvalCommand::Nab { data, scores, config }) => {
                 let cfg = Config::load(config.as_deref())?;
-                let d = &cfg.detector;
-                let det = vigil_models::DetectorConfig {
-                    history: d.history_windows,
-                    warmup: d.warmup_windows,
-                    z_mid: d.z_mid,
-                    anomaly_threshold: d.anomaly_threshold,
-                    ..Default::default()
-                };
+                let det = cfg.detector.model_config();
                 let (files, us) = vigil::eval::run_nab(&data, &det)?;
                 if let Some(path) = scores {
                     let mut out = String::from("file,row,score,label\n");

@@ -25,11 +25,15 @@ pub struct DetectorConfig {
     pub z_slope: f64,
     /// Scores at or above this go into the `anomalies` table.
     pub anomaly_threshold: f64,
+    /// Novelty filter: when set, a point scores only by how far its |z| exceeds the largest |z|
+    /// of the recent past (that maximum decays by this factor per point), so a long excursion
+    /// scores at its onset and when it worsens, not on every point of it.
+    pub novelty_decay: Option<f64>,
 }
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        Self { history: 120, warmup: 20, z_mid: 6.0, z_slope: 1.5, anomaly_threshold: 0.5 }
+        Self { history: 120, warmup: 20, z_mid: 6.0, z_slope: 1.5, anomaly_threshold: 0.5, novelty_decay: None }
     }
 }
 
@@ -53,6 +57,8 @@ pub struct Score {
 #[derive(Debug, Default, Clone)]
 struct SeriesState {
     recent: VecDeque<f64>,
+    /// Decayed maximum of recent |z| (novelty filter).
+    zmax: f64,
 }
 
 /// Per-series robust baseline detector. See the crate docs.
@@ -127,8 +133,16 @@ impl RobustDetector {
                 (med.abs() * 1e-3).max(1e-9)
             };
             let z = (value - med) / sigma;
+            let z_eff = match self.cfg.novelty_decay {
+                None => z.abs(),
+                Some(decay) => {
+                    let prev = st.zmax;
+                    st.zmax = (st.zmax * decay).max(z.abs());
+                    if z.abs() > prev { z.abs() } else { 0.0 }
+                }
+            };
             let score = {
-                let s = 1.0 / (1.0 + (-self.cfg.z_slope * (z.abs() - self.cfg.z_mid)).exp());
+                let s = 1.0 / (1.0 + (-self.cfg.z_slope * (z_eff - self.cfg.z_mid)).exp());
                 if s.is_finite() { s } else { 1.0 }
             };
             Some(Score { score, z, expected: med, lower: med - band_z * sigma, upper: med + band_z * sigma, support: st.recent.len() })
@@ -344,6 +358,23 @@ mod tests {
             last = d.observe(1, 30.0 + rng.random::<f64>()).unwrap().score;
         }
         assert!(last < 0.5, "a new level becomes the baseline: {last}");
+    }
+
+    #[test]
+    fn novelty_filter_flags_the_onset_of_an_excursion_and_its_worsening_only() {
+        let cfg = DetectorConfig { novelty_decay: Some((-1.0f64 / 8640.0).exp()), ..Default::default() };
+        let mut d = RobustDetector::new(cfg);
+        let mut rng = StdRng::seed_from_u64(5);
+        let noise = Normal::new(10.0, 0.5).unwrap();
+        for _ in 0..300 {
+            d.observe(1, noise.sample(&mut rng));
+        }
+        let onset = d.observe(1, 20.0).unwrap().score;
+        let same = d.observe(1, 20.0).unwrap().score;
+        let worse = d.observe(1, 30.0).unwrap().score;
+        assert!(onset > 0.99, "onset {onset}");
+        assert!(same < 0.01, "a repeat of the same deviation is not news: {same}");
+        assert!(worse > 0.99, "a bigger deviation is: {worse}");
     }
 
     #[test]
