@@ -70,6 +70,11 @@ pub struct KafkaConfig {
     /// Topics carrying JSON metric points (a list, or one comma-separated string).
     #[serde(deserialize_with = "string_or_list")]
     pub input_topics: Vec<String>,
+    /// Input format per topic: `json` (the default for unlisted topics) or `influx` (Influx line
+    /// protocol, as Telegraf's Kafka output writes it), e.g. `{ telegraf = "influx" }`.
+    pub input_formats: BTreeMap<String, String>,
+    /// Timestamp unit of Influx line protocol input: `ns` (Telegraf's default), `us`, `ms` or `s`.
+    pub influx_precision: String,
     /// Where records that do not decode go, with the reason in headers.
     pub dlq_topic: String,
     /// Where decisions go (JSON, CloudEvents headers).
@@ -97,6 +102,8 @@ impl Default for KafkaConfig {
             brokers: "localhost:9092".into(),
             group_id: "vigil".into(),
             input_topics: vec!["metrics".into()],
+            input_formats: BTreeMap::new(),
+            influx_precision: "ns".into(),
             dlq_topic: "vigil.dlq".into(),
             decisions_topic: "vigil.decisions".into(),
             max_batch: 10_000,
@@ -293,6 +300,17 @@ impl Config {
             if k.input_topics.contains(t) {
                 return Err(invalid(key, format!("`{t}` is also an input topic"), "use a topic Vigil does not read"));
             }
+        }
+        for (topic, format) in &k.input_formats {
+            if !k.input_topics.contains(topic) {
+                return Err(invalid("kafka.input_formats", format!("names topic `{topic}`, which is not in kafka.input_topics"), "add it to kafka.input_topics or remove it here"));
+            }
+            if !matches!(format.as_str(), "json" | "influx") {
+                return Err(invalid("kafka.input_formats", format!("format `{format}` for topic `{topic}` is unknown"), "use \"json\" or \"influx\""));
+            }
+        }
+        if vigil_ingest::Precision::parse(&k.influx_precision).is_none() {
+            return Err(invalid("kafka.influx_precision", format!("is `{}`", k.influx_precision), "use \"ns\", \"us\", \"ms\" or \"s\""));
         }
         if k.max_batch == 0 || k.max_batch > 1_000_000 {
             return Err(invalid("kafka.max_batch", format!("is {}", k.max_batch), "use a value from 1 to 1000000, e.g. 10000"));

@@ -113,6 +113,9 @@ pub struct Closed {
 /// exactly the same code.
 pub struct Processor {
     decoder: JsonPointDecoder,
+    influx: vigil_ingest::InfluxDecoder,
+    /// Topics whose records are Influx line protocol (all others are JSON points).
+    influx_topics: Vec<String>,
     windower: Windower,
     plan: FeaturePlan,
     detector: RobustDetector,
@@ -138,7 +141,11 @@ impl Processor {
             allowed_lag_ms: cfg.window.allowed_lag.as_millis() as i64,
             idle_timeout: cfg.window.idle_timeout,
         });
-        Ok(Self { decoder: JsonPointDecoder::default(), windower, plan, detector, rule, feature: d.feature.clone() })
+        let decoder = JsonPointDecoder::default();
+        let precision = vigil_ingest::Precision::parse(&cfg.kafka.influx_precision).unwrap_or_default();
+        let influx = vigil_ingest::InfluxDecoder::new(precision, decoder.counters().clone());
+        let influx_topics = cfg.kafka.input_formats.iter().filter(|(_, f)| f.as_str() == "influx").map(|(t, _)| t.clone()).collect();
+        Ok(Self { decoder, influx, influx_topics, windower, plan, detector, rule, feature: d.feature.clone() })
     }
 
     /// Creates the result tables this processor's output goes to.
@@ -151,10 +158,23 @@ impl Processor {
 
     /// Decodes a batch, notes every record as consumed, and adds the points to their windows.
     pub fn ingest(&mut self, raw: &[vigil_ingest::RawRecord]) -> Result<(Vec<vigil_ingest::Rejected>, vigil_pipeline::PushStats), EngineError> {
-        let decoded = self.decoder.decode(raw)?;
         self.windower.consumed(raw.iter().map(|r| &r.pos));
-        let pushed = self.windower.push(&decoded.points, &decoded.positions)?;
-        Ok((decoded.rejected, pushed))
+        let is_influx = |r: &vigil_ingest::RawRecord| self.influx_topics.iter().any(|t| **t == *r.pos.topic);
+        if self.influx_topics.is_empty() || !raw.iter().any(is_influx) {
+            let decoded = self.decoder.decode(raw)?;
+            let pushed = self.windower.push(&decoded.points, &decoded.positions)?;
+            return Ok((decoded.rejected, pushed));
+        }
+        let (lines, json): (Vec<_>, Vec<_>) = raw.iter().cloned().partition(is_influx);
+        let mut rejected = Vec::new();
+        let mut pushed = vigil_pipeline::PushStats::default();
+        for decoded in [self.decoder.decode(&json)?, self.influx.decode(&lines)?] {
+            let p = self.windower.push(&decoded.points, &decoded.positions)?;
+            pushed.accepted += p.accepted;
+            pushed.late += p.late;
+            rejected.extend(decoded.rejected);
+        }
+        Ok((rejected, pushed))
     }
 
     /// Processes the windows the watermark has closed, if any.

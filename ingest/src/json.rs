@@ -241,7 +241,7 @@ fn payload(r: &RawRecord) -> &[u8] {
     r.payload.as_deref().unwrap_or_default()
 }
 
-fn reject(r: &RawRecord, kind: &'static str, reason: String) -> Rejected {
+pub(crate) fn reject(r: &RawRecord, kind: &'static str, reason: String) -> Rejected {
     Rejected { payload: payload(r).to_vec(), key: r.key.clone(), pos: r.pos.clone(), kind, reason }
 }
 
@@ -255,7 +255,7 @@ fn clean(e: arrow::error::ArrowError) -> String {
 
 /// Turns decoded wire rows into points: drops rows missing a required field (as rejects) and adds
 /// the series key and id columns.
-fn to_points(
+pub(crate) fn to_points(
     wire: &RecordBatch,
     records: &[&RawRecord],
 ) -> Result<(RecordBatch, Vec<SourcePos>, Vec<Rejected>)> {

@@ -17,12 +17,14 @@
 #![deny(missing_docs)]
 
 mod error;
+mod influx;
 mod json;
 mod schema;
 mod series;
 mod source;
 
 pub use error::{Error, Result};
+pub use influx::{InfluxCounters, InfluxDecoder, Precision};
 pub use json::{DecodedBatch, IngestCounters, JsonPointDecoder, RawRecord, Rejected};
 pub use schema::{points_schema, col};
 pub use series::{series_id, series_key};
