@@ -73,6 +73,9 @@ pub struct KafkaConfig {
     /// Input format per topic: `json` (the default for unlisted topics) or `influx` (Influx line
     /// protocol, as Telegraf's Kafka output writes it), e.g. `{ telegraf = "influx" }`.
     pub input_formats: BTreeMap<String, String>,
+    /// For topics of format `mapped`: which JSON fields make a point, per topic
+    /// (`[kafka.mappings.<topic>]`).
+    pub mappings: BTreeMap<String, MappingConfig>,
     /// Timestamp unit of Influx line protocol input: `ns` (Telegraf's default), `us`, `ms` or `s`.
     pub influx_precision: String,
     /// Where records that do not decode go, with the reason in headers.
@@ -103,6 +106,7 @@ impl Default for KafkaConfig {
             group_id: "vigil".into(),
             input_topics: vec!["metrics".into()],
             input_formats: BTreeMap::new(),
+            mappings: BTreeMap::new(),
             influx_precision: "ns".into(),
             dlq_topic: "vigil.dlq".into(),
             decisions_topic: "vigil.decisions".into(),
@@ -112,6 +116,48 @@ impl Default for KafkaConfig {
             commit_interval: Duration::from_secs(1),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[kafka.mappings.<topic>]`: how a JSON object of any shape becomes metric points. Paths are
+/// dotted (`dimensions.InstanceId`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    /// Path of the timestamp.
+    pub time_field: String,
+    /// Unit of a numeric timestamp: `s`, `ms` (default), `us` or `ns`; strings are RFC 3339.
+    #[serde(default = "default_time_unit")]
+    pub time_unit: String,
+    /// Path of the metric name (or set `name`).
+    #[serde(default)]
+    pub name_field: Option<String>,
+    /// Fixed metric name, when the records carry none.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Paths of the values; each becomes its own series (`<name>_<last segment>` when several).
+    #[serde(deserialize_with = "string_or_list")]
+    pub value_fields: Vec<String>,
+    /// Paths of the labels; the label key is the last path segment.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub label_fields: Vec<String>,
+}
+
+fn default_time_unit() -> String {
+    "ms".into()
+}
+
+impl MappingConfig {
+    /// The ingest crate's mapping.
+    pub fn to_mapping(&self) -> vigil_ingest::JsonMapping {
+        vigil_ingest::JsonMapping {
+            time_field: self.time_field.clone(),
+            time_unit: self.time_unit.clone(),
+            name_field: self.name_field.clone(),
+            name: self.name.clone(),
+            value_fields: self.value_fields.clone(),
+            label_fields: self.label_fields.clone(),
         }
     }
 }
@@ -305,8 +351,23 @@ impl Config {
             if !k.input_topics.contains(topic) {
                 return Err(invalid("kafka.input_formats", format!("names topic `{topic}`, which is not in kafka.input_topics"), "add it to kafka.input_topics or remove it here"));
             }
-            if !matches!(format.as_str(), "json" | "influx") {
-                return Err(invalid("kafka.input_formats", format!("format `{format}` for topic `{topic}` is unknown"), "use \"json\" or \"influx\""));
+            if !matches!(format.as_str(), "json" | "influx" | "mapped") {
+                return Err(invalid("kafka.input_formats", format!("format `{format}` for topic `{topic}` is unknown"), "use \"json\", \"influx\" or \"mapped\""));
+            }
+            if format == "mapped" {
+                match k.mappings.get(topic) {
+                    None => return Err(invalid("kafka.mappings", format!("topic `{topic}` has format \"mapped\" but no [kafka.mappings.{topic}]"), "add its mapping (time_field, name_field or name, value_fields, label_fields)")),
+                    Some(m) => {
+                        if let Err(e) = m.to_mapping().validate() {
+                            return Err(invalid("kafka.mappings", format!("mapping of topic `{topic}`: {e}"), "fix that mapping"));
+                        }
+                    }
+                }
+            }
+        }
+        for topic in k.mappings.keys() {
+            if k.input_formats.get(topic).map(String::as_str) != Some("mapped") {
+                return Err(invalid("kafka.mappings", format!("topic `{topic}` has a mapping but its format is not \"mapped\""), format!("set kafka.input_formats.{topic} = \"mapped\" or remove the mapping")));
             }
         }
         if vigil_ingest::Precision::parse(&k.influx_precision).is_none() {

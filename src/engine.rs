@@ -108,14 +108,29 @@ pub struct Closed {
     pub decisions: Vec<Decision>,
 }
 
+/// A non-default input format's decoder.
+#[derive(Debug)]
+enum TopicDecoder {
+    Influx(vigil_ingest::InfluxDecoder),
+    Mapped(Box<vigil_ingest::MappedJsonDecoder>),
+}
+
+impl TopicDecoder {
+    fn decode(&mut self, raw: &[vigil_ingest::RawRecord]) -> vigil_ingest::Result<vigil_ingest::DecodedBatch> {
+        match self {
+            Self::Influx(d) => d.decode(raw),
+            Self::Mapped(d) => d.decode(raw),
+        }
+    }
+}
+
 /// The Kafka-free core of the engine: decode, window, run the feature plan, score, decide.
 /// The engine drives it from Kafka; `vigil bench` drives it from a file, so both measure and run
 /// exactly the same code.
 pub struct Processor {
     decoder: JsonPointDecoder,
-    influx: vigil_ingest::InfluxDecoder,
-    /// Topics whose records are Influx line protocol (all others are JSON points).
-    influx_topics: Vec<String>,
+    /// Decoders of the topics that are not JSON points.
+    others: std::collections::HashMap<String, TopicDecoder>,
     windower: Windower,
     plan: FeaturePlan,
     detector: RobustDetector,
@@ -143,9 +158,23 @@ impl Processor {
         });
         let decoder = JsonPointDecoder::default();
         let precision = vigil_ingest::Precision::parse(&cfg.kafka.influx_precision).unwrap_or_default();
-        let influx = vigil_ingest::InfluxDecoder::new(precision, decoder.counters().clone());
-        let influx_topics = cfg.kafka.input_formats.iter().filter(|(_, f)| f.as_str() == "influx").map(|(t, _)| t.clone()).collect();
-        Ok(Self { decoder, influx, influx_topics, windower, plan, detector, rule, feature: d.feature.clone() })
+        let mut others = std::collections::HashMap::new();
+        for (topic, format) in &cfg.kafka.input_formats {
+            let dec = match format.as_str() {
+                "influx" => TopicDecoder::Influx(vigil_ingest::InfluxDecoder::new(precision, decoder.counters().clone())),
+                "mapped" => {
+                    let m = cfg.kafka.mappings.get(topic).map(|m| m.to_mapping()).ok_or_else(|| {
+                        ConfigError::Invalid { key: "kafka.mappings", problem: format!("no mapping for topic `{topic}`"), fix: "add one".into() }
+                    })?;
+                    let d = vigil_ingest::MappedJsonDecoder::new(m, decoder.counters().clone())
+                        .map_err(|e| ConfigError::Invalid { key: "kafka.mappings", problem: e, fix: "fix the mapping".into() })?;
+                    TopicDecoder::Mapped(Box::new(d))
+                }
+                _ => continue,
+            };
+            others.insert(topic.clone(), dec);
+        }
+        Ok(Self { decoder, others, windower, plan, detector, rule, feature: d.feature.clone() })
     }
 
     /// Creates the result tables this processor's output goes to.
@@ -159,16 +188,24 @@ impl Processor {
     /// Decodes a batch, notes every record as consumed, and adds the points to their windows.
     pub fn ingest(&mut self, raw: &[vigil_ingest::RawRecord]) -> Result<(Vec<vigil_ingest::Rejected>, vigil_pipeline::PushStats), EngineError> {
         self.windower.consumed(raw.iter().map(|r| &r.pos));
-        let is_influx = |r: &vigil_ingest::RawRecord| self.influx_topics.iter().any(|t| **t == *r.pos.topic);
-        if self.influx_topics.is_empty() || !raw.iter().any(is_influx) {
+        if self.others.is_empty() || !raw.iter().any(|r| self.others.contains_key(&*r.pos.topic)) {
             let decoded = self.decoder.decode(raw)?;
             let pushed = self.windower.push(&decoded.points, &decoded.positions)?;
             return Ok((decoded.rejected, pushed));
         }
-        let (lines, json): (Vec<_>, Vec<_>) = raw.iter().cloned().partition(is_influx);
+        // Mixed topics: decode each format's records together (topics keep their own order).
+        let mut groups: std::collections::BTreeMap<Option<&str>, Vec<vigil_ingest::RawRecord>> = Default::default();
+        for r in raw {
+            let key = self.others.contains_key(&*r.pos.topic).then_some(&*r.pos.topic);
+            groups.entry(key).or_default().push(r.clone());
+        }
         let mut rejected = Vec::new();
         let mut pushed = vigil_pipeline::PushStats::default();
-        for decoded in [self.decoder.decode(&json)?, self.influx.decode(&lines)?] {
+        for (topic, records) in groups {
+            let decoded = match topic.and_then(|t| self.others.get_mut(t)) {
+                Some(d) => d.decode(&records)?,
+                None => self.decoder.decode(&records)?,
+            };
             let p = self.windower.push(&decoded.points, &decoded.positions)?;
             pushed.accepted += p.accepted;
             pushed.late += p.late;

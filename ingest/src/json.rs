@@ -81,19 +81,29 @@ pub struct IngestCounters {
 /// into Arrow batches in the [`points_schema`].
 #[derive(Debug)]
 pub struct JsonPointDecoder {
-    decoder: Decoder,
+    inner: TapeBatchDecoder,
     counters: Arc<IngestCounters>,
+}
+
+/// Decodes JSON objects of any shape into Arrow with a given schema, a batch at a time, isolating
+/// bad records: the shared engine of the JSON-based formats.
+#[derive(Debug)]
+pub(crate) struct TapeBatchDecoder {
+    schema: arrow::datatypes::SchemaRef,
+    coerce_primitive: bool,
+    decoder: Decoder,
 }
 
 /// Most records decoded in one call (the Kafka source caps polls far below this).
 pub(crate) const MAX_ROWS: usize = 1 << 20;
 
-fn new_decoder() -> Decoder {
+fn new_decoder(schema: &arrow::datatypes::SchemaRef, coerce_primitive: bool) -> Decoder {
     // One poll is one batch; polls are capped well below this.
-    ReaderBuilder::new(wire_schema())
+    ReaderBuilder::new(schema.clone())
         .with_batch_size(MAX_ROWS)
+        .with_coerce_primitive(coerce_primitive)
         .build_decoder()
-        .expect("the wire schema is a valid JSON decoding schema")
+        .expect("decoding schemas are built from supported types")
 }
 
 fn looks_like_one_object(p: &[u8]) -> bool {
@@ -110,7 +120,7 @@ impl Default for JsonPointDecoder {
 impl JsonPointDecoder {
     /// A decoder reporting into `counters`.
     pub fn new(counters: Arc<IngestCounters>) -> Self {
-        Self { decoder: new_decoder(), counters }
+        Self { inner: TapeBatchDecoder::new(wire_schema(), false), counters }
     }
 
     /// The counters this decoder updates.
@@ -127,8 +137,41 @@ impl JsonPointDecoder {
         c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
 
         let mut rejected = Vec::new();
-        let mut candidates: Vec<&RawRecord> = Vec::with_capacity(records.len());
-        for r in records {
+        let (wire, candidates) = self.inner.decode_records(records, &mut rejected)?;
+        let (points, positions, missing) = to_points(&wire, &candidates)?;
+        rejected.extend(missing);
+        rejected.sort_by_key(|r| (r.pos.partition, r.pos.offset));
+        count_rejects(&c, &rejected);
+        c.points.fetch_add(points.num_rows() as u64, Ordering::Relaxed);
+        Ok(DecodedBatch { points, positions, rejected })
+    }
+}
+
+pub(crate) fn count_rejects(c: &IngestCounters, rejected: &[Rejected]) {
+    for r in rejected {
+        c.rejected.fetch_add(1, Ordering::Relaxed);
+        match r.kind {
+            "type" => c.rejected_type.fetch_add(1, Ordering::Relaxed),
+            "missing_field" => c.rejected_missing.fetch_add(1, Ordering::Relaxed),
+            _ => c.rejected_syntax.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+impl TapeBatchDecoder {
+    pub(crate) fn new(schema: arrow::datatypes::SchemaRef, coerce_primitive: bool) -> Self {
+        let decoder = new_decoder(&schema, coerce_primitive);
+        Self { schema, coerce_primitive, decoder }
+    }
+
+    /// Decodes `records` into one batch in `schema`; bad ones are appended to `rejected`.
+    /// Returns the batch and the record behind each of its rows.
+    pub(crate) fn decode_records<'a>(
+        &mut self,
+        records: &'a [RawRecord],
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<(RecordBatch, Vec<&'a RawRecord>)> {
+        let mut candidates: Vec<&RawRecord> = Vec::with_capacity(records.len());        for r in records {
             match &r.payload {
                 Some(p) if looks_like_one_object(p) => candidates.push(r),
                 Some(p) if p.trim_ascii().is_empty() => {
@@ -143,7 +186,7 @@ impl JsonPointDecoder {
             }
         }
 
-        let wire = match self.decode_all(&candidates) {
+        let batch = match self.decode_all(&candidates) {
             Some(batch) => batch,
             None => {
                 // Something in the batch is malformed: isolate it record by record.
@@ -163,19 +206,7 @@ impl JsonPointDecoder {
             }
         };
 
-        let (points, positions, missing) = to_points(&wire, &candidates)?;
-        rejected.extend(missing);
-        rejected.sort_by_key(|r| (r.pos.partition, r.pos.offset));
-        for r in &rejected {
-            c.rejected.fetch_add(1, Ordering::Relaxed);
-            match r.kind {
-                "type" => c.rejected_type.fetch_add(1, Ordering::Relaxed),
-                "missing_field" => c.rejected_missing.fetch_add(1, Ordering::Relaxed),
-                _ => c.rejected_syntax.fetch_add(1, Ordering::Relaxed),
-            };
-        }
-        c.points.fetch_add(points.num_rows() as u64, Ordering::Relaxed);
-        Ok(DecodedBatch { points, positions, rejected })
+        Ok((batch, candidates))
     }
 
     /// Decodes all `records` in one pass; `None` if any of them fails or the row count is off.
@@ -201,9 +232,9 @@ impl JsonPointDecoder {
         })();
         match res {
             Ok(Some(b)) if b.num_rows() == records.len() => Some(b),
-            Ok(None) if records.is_empty() => Some(RecordBatch::new_empty(wire_schema())),
+            Ok(None) if records.is_empty() => Some(RecordBatch::new_empty(self.schema.clone())),
             _ => {
-                self.decoder = new_decoder();
+                self.decoder = new_decoder(&self.schema, self.coerce_primitive);
                 None
             }
         }
@@ -230,7 +261,7 @@ impl JsonPointDecoder {
             },
         };
         res.map_err(|(kind, reason)| {
-            self.decoder = new_decoder();
+            self.decoder = new_decoder(&self.schema, self.coerce_primitive);
             let kind = if kind == "syntax" && reason.contains("expected") { "syntax" } else { kind };
             reject(r, kind, reason)
         })

@@ -19,12 +19,14 @@
 mod error;
 mod influx;
 mod json;
+mod mapped;
 mod schema;
 mod series;
 mod source;
 
 pub use error::{Error, Result};
 pub use influx::{InfluxCounters, InfluxDecoder, Precision};
+pub use mapped::{JsonMapping, MappedJsonDecoder};
 pub use json::{DecodedBatch, IngestCounters, JsonPointDecoder, RawRecord, Rejected};
 pub use schema::{points_schema, col};
 pub use series::{series_id, series_key};
