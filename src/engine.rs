@@ -310,6 +310,7 @@ impl Engine {
             }
         };
         let mut published = Vec::new();
+        let raw_was_empty = raw.is_empty();
         if !raw.is_empty() {
             let span = tracing::debug_span!("batch", records = raw.len());
             let _g = span.enter();
@@ -332,6 +333,17 @@ impl Engine {
             }
             Stats::add(&self.stats.late, pushed.late);
             self.dirty = true;
+            if let Some(wm) = self.core.windower.watermark() {
+                self.stats.watermark_ms.store(wm, Ordering::Relaxed);
+            }
+            if let Some(closed) = self.core.close_ready().await? {
+                published = self.publish(closed).await?;
+                self.commit()?;
+            }
+        }
+        if raw_was_empty {
+            // Nothing arrived: a partition may have gone idle, which can release the watermark.
+            self.core.windower.advance_idle();
             if let Some(wm) = self.core.windower.watermark() {
                 self.stats.watermark_ms.store(wm, Ordering::Relaxed);
             }

@@ -122,6 +122,20 @@ impl Windower {
         }
     }
 
+    /// Re-evaluates the watermark without new rows: a partition that has gone idle since the last
+    /// row stops holding it back. Call it when a poll returns nothing.
+    pub fn advance_idle(&mut self) {
+        let now = std::time::Instant::now();
+        let idle = self.cfg.idle_timeout;
+        let low = self.part_max.values().filter(|(_, seen)| now.duration_since(*seen) < idle).map(|(m, _)| *m).min();
+        let high = self.part_max.values().map(|(m, _)| *m).max();
+        // With every partition idle, the newest event time seen is all there is to go by.
+        let low = low.or(high);
+        if let Some(low) = low.filter(|l| *l != i64::MIN) {
+            self.watermark = self.watermark.max(low.saturating_sub(self.cfg.allowed_lag_ms));
+        }
+    }
+
     /// Records that the given records were consumed (decoded or not), so that their offsets can be
     /// committed once nothing open holds them.
     pub fn consumed<'a>(&mut self, positions: impl IntoIterator<Item = &'a SourcePos>) {
@@ -369,6 +383,21 @@ mod tests {
         let s = w.push(&b, &p).unwrap();
         assert_eq!(s.late, 0, "partition 1's backlog is not late");
         assert_eq!(w.watermark(), Some(-3_000));
+    }
+
+    #[test]
+    fn an_idle_partition_is_released_even_when_no_new_rows_arrive() {
+        let mut w = Windower::new(WindowConfig { size_ms: 10_000, allowed_lag_ms: 0, idle_timeout: std::time::Duration::from_millis(50) });
+        w.assign(&[("m".into(), 0), ("m".into(), 1)]);
+        let (b, p) = batch_on(0, &[(0, 1_000), (1, 25_000)]);
+        w.push(&b, &p).unwrap();
+        assert_eq!(w.watermark(), None, "partition 1 has not delivered yet");
+        w.advance_idle();
+        assert_eq!(w.watermark(), None, "not idle yet");
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        w.advance_idle();
+        assert_eq!(w.watermark(), Some(25_000));
+        assert_eq!(w.take_closed().len(), 2);
     }
 
     #[test]
