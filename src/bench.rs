@@ -84,6 +84,24 @@ fn cpu_seconds() -> f64 {
 /// Synthesises `events` JSON lines shaped like the benchmark generator's: `hosts` × 5 metrics,
 /// one point per series per second, with a little jitter.
 pub fn synthesize(events: usize, hosts: usize) -> Vec<Vec<u8>> {
+    synthesize_as(events, hosts, "json")
+}
+
+/// The mapping `vigil bench --format mapped` decodes with (CloudWatch metric stream shape).
+pub fn bench_mapping() -> crate::config::MappingConfig {
+    crate::config::MappingConfig {
+        time_field: "timestamp".into(),
+        time_unit: "ms".into(),
+        name_field: Some("metric_name".into()),
+        name: None,
+        value_fields: vec!["value.max".into()],
+        label_fields: vec!["namespace".into(), "dimensions.host".into(), "dimensions.service".into()],
+    }
+}
+
+/// Like [`synthesize`], in `format`: `json` points, `influx` line protocol (one field per line,
+/// nanosecond timestamps) or `mapped` CloudWatch-style JSON (see [`bench_mapping`]).
+pub fn synthesize_as(events: usize, hosts: usize, format: &str) -> Vec<Vec<u8>> {
     let metrics = ["cpu_utilization", "mem_used_bytes", "http_requests", "http_errors", "latency_ms"];
     let mut out = Vec::with_capacity(events);
     let mut tick = 0i64;
@@ -100,10 +118,16 @@ pub fn synthesize(events: usize, hosts: usize) -> Vec<Vec<u8>> {
                 x ^= x << 17;
                 let jitter = (x % 600) as i64 - 300;
                 let v = 50.0 + (x % 1000) as f64 / 100.0 + (h % 7) as f64;
-                out.push(
-                    format!(r#"{{"ts":{},"name":"{m}","labels":{{"host":"host-{h}","service":"svc-{}"}},"value":{v}}}"#, base + jitter, h % 40)
-                        .into_bytes(),
-                );
+                let ts = base + jitter;
+                let svc = h % 40;
+                let line = match format {
+                    "influx" => format!("{m},host=host-{h},service=svc-{svc} value={v} {}", ts * 1_000_000),
+                    "mapped" => format!(
+                        r#"{{"namespace":"bench","metric_name":"{m}","dimensions":{{"host":"host-{h}","service":"svc-{svc}"}},"timestamp":{ts},"value":{{"max":{v},"min":{v},"sum":{v},"count":1}},"unit":"None"}}"#
+                    ),
+                    _ => format!(r#"{{"ts":{ts},"name":"{m}","labels":{{"host":"host-{h}","service":"svc-{svc}"}},"value":{v}}}"#),
+                };
+                out.push(line.into_bytes());
             }
         }
         tick += 1;

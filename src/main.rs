@@ -83,6 +83,10 @@ enum Command {
         /// Records per batch (as one Kafka poll).
         #[arg(long, default_value_t = 10_000)]
         batch: usize,
+        /// Input format of the records: json, influx or mapped (synthetic input only for the
+        /// last two).
+        #[arg(long, default_value = "json")]
+        format: String,
         /// TOML configuration file (window, features and detector sections apply).
         #[arg(long, short, env = "VIGIL_CONFIG")]
         config: Option<PathBuf>,
@@ -126,14 +130,24 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => run(config).await,
             Command::Demo { duration, speedup, hosts, listen, seed } => demo(duration, speedup, hosts, listen, seed).await,
-            Command::Bench { input, events, hosts, batch, config } => {
-                let cfg = Config::load(config.as_deref())?;
+            Command::Bench { input, events, hosts, batch, format, config } => {
+                let mut cfg = Config::load(config.as_deref())?;
                 if batch == 0 {
                     bail!("--batch must be at least 1");
                 }
+                if !matches!(format.as_str(), "json" | "influx" | "mapped") {
+                    bail!("--format must be json, influx or mapped");
+                }
+                // The bench feeds records as topic `bench`.
+                cfg.kafka.input_topics = vec!["bench".into()];
+                cfg.kafka.input_formats.insert("bench".into(), format.clone());
+                if format == "mapped" {
+                    cfg.kafka.mappings.insert("bench".into(), vigil::bench::bench_mapping());
+                }
+                cfg.validate()?;
                 let lines = match &input {
                     Some(p) => vigil::bench::read_lines(p).with_context(|| format!("reading {}", p.display()))?,
-                    None => vigil::bench::synthesize(events, hosts.max(1)),
+                    None => vigil::bench::synthesize_as(events, hosts.max(1), &format),
                 };
                 let report = vigil::bench::run(&cfg, lines, batch).await?;
                 print!("{}", report.render());
