@@ -9,10 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Builder, MapBuilder, RecordBatch, StringBuilder, TimestampMillisecondBuilder};
-
-use crate::json::{reject, to_points, DecodedBatch, IngestCounters, RawRecord};
-use crate::schema::wire_schema;
+use crate::json::{reject, DecodedBatch, IngestCounters, RawRecord, WireRows};
 use crate::Result;
 
 /// Unit of line protocol timestamps.
@@ -213,11 +210,7 @@ impl InfluxDecoder {
     pub fn decode(&mut self, records: &[RawRecord]) -> Result<DecodedBatch> {
         let c = self.counters.clone();
         c.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-        let mut ts_b = TimestampMillisecondBuilder::new().with_timezone("+00:00");
-        let mut name_b = StringBuilder::new();
-        let mut labels_b = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
-        let mut value_b = Float64Builder::new();
-        let mut row_records: Vec<&RawRecord> = Vec::new();
+        let mut rows = WireRows::new();
         let mut rejected = Vec::new();
         for r in records {
             let payload = r.payload.as_deref().unwrap_or_default();
@@ -240,15 +233,8 @@ impl InfluxDecoder {
                         }
                         good += 1;
                         for (f, v) in &l.fields {
-                            ts_b.append_value(l.ts);
-                            name_b.append_value(format!("{}_{}", l.measurement, f));
-                            for (k, tv) in &l.tags {
-                                labels_b.keys().append_value(k);
-                                labels_b.values().append_value(tv);
-                            }
-                            labels_b.append(true)?;
-                            value_b.append_value(*v);
-                            row_records.push(r);
+                            let name = format!("{}_{}", l.measurement, f);
+                            rows.push(l.ts, &name, l.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())), *v, r)?;
                         }
                     }
                     Err(e) => errors.push(format!("line {}: {e}", n + 1)),
@@ -269,15 +255,7 @@ impl InfluxDecoder {
             }
             self.influx.lines.fetch_add(good as u64, Ordering::Relaxed);
         }
-        let cols: Vec<ArrayRef> =
-            vec![Arc::new(ts_b.finish()), Arc::new(name_b.finish()), Arc::new(labels_b.finish()), Arc::new(value_b.finish())];
-        let wire = RecordBatch::try_new(wire_schema(), cols)?;
-        let (points, positions, missing) = to_points(&wire, &row_records)?;
-        debug_assert!(missing.is_empty());
-        c.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        c.rejected_syntax.fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        c.points.fetch_add(points.num_rows() as u64, Ordering::Relaxed);
-        Ok(DecodedBatch { points, positions, rejected })
+        rows.finish(&c, rejected)
     }
 }
 

@@ -147,6 +147,66 @@ impl JsonPointDecoder {
     }
 }
 
+/// Rows in the wire shape (ts, name, labels, value), built one point at a time by the decoders
+/// that do not go through arrow's JSON decoder directly; `finish` turns them into points.
+pub(crate) struct WireRows<'a> {
+    ts: arrow::array::TimestampMillisecondBuilder,
+    name: StringBuilder,
+    labels: arrow::array::MapBuilder<StringBuilder, StringBuilder>,
+    value: arrow::array::Float64Builder,
+    records: Vec<&'a RawRecord>,
+}
+
+impl<'a> WireRows<'a> {
+    pub(crate) fn new() -> Self {
+        Self {
+            ts: arrow::array::TimestampMillisecondBuilder::new().with_timezone("+00:00"),
+            name: StringBuilder::new(),
+            labels: arrow::array::MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
+            value: arrow::array::Float64Builder::new(),
+            records: Vec::new(),
+        }
+    }
+
+    /// Adds one point that came from `record`.
+    pub(crate) fn push<'l>(
+        &mut self,
+        ts_ms: i64,
+        name: &str,
+        labels: impl IntoIterator<Item = (&'l str, &'l str)>,
+        value: f64,
+        record: &'a RawRecord,
+    ) -> Result<()> {
+        self.ts.append_value(ts_ms);
+        self.name.append_value(name);
+        for (k, v) in labels {
+            self.labels.keys().append_value(k);
+            self.labels.values().append_value(v);
+        }
+        self.labels.append(true)?;
+        self.value.append_value(value);
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// The points, with `rejected` sorted by position and everything counted.
+    pub(crate) fn finish(mut self, c: &IngestCounters, mut rejected: Vec<Rejected>) -> Result<DecodedBatch> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.ts.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.labels.finish()),
+            Arc::new(self.value.finish()),
+        ];
+        let wire = RecordBatch::try_new(wire_schema(), cols)?;
+        let (points, positions, missing) = to_points(&wire, &self.records)?;
+        rejected.extend(missing);
+        rejected.sort_by_key(|r| (r.pos.partition, r.pos.offset));
+        count_rejects(c, &rejected);
+        c.points.fetch_add(points.num_rows() as u64, Ordering::Relaxed);
+        Ok(DecodedBatch { points, positions, rejected })
+    }
+}
+
 pub(crate) fn count_rejects(c: &IngestCounters, rejected: &[Rejected]) {
     for r in rejected {
         c.rejected.fetch_add(1, Ordering::Relaxed);

@@ -9,14 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Builder, MapBuilder, RecordBatch, StringBuilder, StructArray, TimestampMillisecondBuilder,
-};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
 
-use crate::json::{count_rejects, reject, to_points, DecodedBatch, IngestCounters, RawRecord, TapeBatchDecoder};
-use crate::schema::wire_schema;
+use crate::json::{reject, DecodedBatch, IngestCounters, RawRecord, TapeBatchDecoder, WireRows};
 use crate::Result;
 
 /// Which fields of a JSON object make a metric point. Paths are dotted (`dimensions.InstanceId`).
@@ -189,11 +186,7 @@ impl MappedJsonDecoder {
             .map(|p| (p.as_str(), p.rsplit('.').next().unwrap_or(p), column(&batch, p).expect("schema has the label").as_string::<i32>().clone()))
             .collect();
 
-        let mut ts_b = TimestampMillisecondBuilder::new().with_timezone("+00:00");
-        let mut name_b = StringBuilder::new();
-        let mut labels_b = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
-        let mut value_b = Float64Builder::new();
-        let mut row_records = Vec::new();
+        let mut out = WireRows::new();
         for (i, r) in rows.iter().enumerate() {
             let mut missing = Vec::new();
             if !valid(&batch, &m.time_field, i) {
@@ -217,30 +210,14 @@ impl MappedJsonDecoder {
                 Some(n) => n.value(i),
                 None => m.name.as_deref().unwrap_or_default(),
             };
+            let row_labels: Vec<(&str, &str)> =
+                labels.iter().filter(|(path, _, _)| valid(&batch, path, i)).map(|(_, key, arr)| (*key, arr.value(i))).collect();
             for k in present {
                 let (suffix, arr) = &values[k];
-                ts_b.append_value(ts.value(i));
-                name_b.append_value(format!("{base}{suffix}"));
-                for (path, key, arr) in &labels {
-                    if valid(&batch, path, i) {
-                        labels_b.keys().append_value(key);
-                        labels_b.values().append_value(arr.value(i));
-                    }
-                }
-                labels_b.append(true)?;
-                value_b.append_value(arr.value(i));
-                row_records.push(*r);
+                out.push(ts.value(i), &format!("{base}{suffix}"), row_labels.iter().copied(), arr.value(i), r)?;
             }
         }
-        let cols: Vec<ArrayRef> =
-            vec![Arc::new(ts_b.finish()), Arc::new(name_b.finish()), Arc::new(labels_b.finish()), Arc::new(value_b.finish())];
-        let wire = RecordBatch::try_new(wire_schema(), cols)?;
-        let (points, positions, more) = to_points(&wire, &row_records)?;
-        rejected.extend(more);
-        rejected.sort_by_key(|r| (r.pos.partition, r.pos.offset));
-        count_rejects(&c, &rejected);
-        c.points.fetch_add(points.num_rows() as u64, Ordering::Relaxed);
-        Ok(DecodedBatch { points, positions, rejected })
+        out.finish(&c, rejected)
     }
 }
 
