@@ -6,9 +6,7 @@
 //! to move the signals, while incidents sit at known times so the summary can say how many were
 //! detected and how many decisions were false.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -276,11 +274,3 @@ impl Scorecard {
         self.incidents.iter().filter(|i| i.2.is_some()).count()
     }
 }
-
-/// Labels of a series as a map (for display).
-pub fn labels_of(s: &SimSeries) -> BTreeMap<String, String> {
-    s.labels.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
-
-/// Keeps `stats` alive for a progress printer.
-pub type SharedGenStats = Arc<GenStats>;

@@ -116,10 +116,10 @@ enum TopicDecoder {
 }
 
 impl TopicDecoder {
-    fn decode(&mut self, raw: &[vigil_ingest::RawRecord]) -> vigil_ingest::Result<vigil_ingest::DecodedBatch> {
+    fn decode(&mut self, raw: &[&vigil_ingest::RawRecord]) -> vigil_ingest::Result<vigil_ingest::DecodedBatch> {
         match self {
-            Self::Influx(d) => d.decode(raw),
-            Self::Mapped(d) => d.decode(raw),
+            Self::Influx(d) => d.decode_refs(raw),
+            Self::Mapped(d) => d.decode_refs(raw),
         }
     }
 }
@@ -194,17 +194,17 @@ impl Processor {
             return Ok((decoded.rejected, pushed));
         }
         // Mixed topics: decode each format's records together (topics keep their own order).
-        let mut groups: std::collections::BTreeMap<Option<&str>, Vec<vigil_ingest::RawRecord>> = Default::default();
+        let mut groups: std::collections::BTreeMap<Option<&str>, Vec<&vigil_ingest::RawRecord>> = Default::default();
         for r in raw {
             let key = self.others.contains_key(&*r.pos.topic).then_some(&*r.pos.topic);
-            groups.entry(key).or_default().push(r.clone());
+            groups.entry(key).or_default().push(r);
         }
         let mut rejected = Vec::new();
         let mut pushed = vigil_pipeline::PushStats::default();
         for (topic, records) in groups {
             let decoded = match topic.and_then(|t| self.others.get_mut(t)) {
                 Some(d) => d.decode(&records)?,
-                None => self.decoder.decode(&records)?,
+                None => self.decoder.decode_refs(&records)?,
             };
             let p = self.windower.push(&decoded.points, &decoded.positions)?;
             pushed.accepted += p.accepted;
@@ -248,10 +248,6 @@ impl Processor {
         self.detector.series()
     }
 
-    /// The windower (watermark, commit positions).
-    pub fn windower(&self) -> &Windower {
-        &self.windower
-    }
 }
 
 /// Names of the result tables the engine keeps.
@@ -432,10 +428,10 @@ pub fn counters_fn(stats: Arc<Stats>, ingest: Arc<IngestCounters>) -> vigil_quer
         let i = &ingest;
         vec![
             ("vigil_records_total".into(), "Records consumed from the input topics.".into(), g(&s.records)),
-            ("vigil_ingest_bytes_total".into(), "Payload bytes consumed (json format).".into(), g(&i.bytes)),
-            ("vigil_points_total".into(), "Records decoded into points.".into(), g(&i.points)),
+            ("vigil_ingest_bytes_total".into(), "Payload bytes consumed, all formats.".into(), g(&i.bytes)),
+            ("vigil_points_total".into(), "Points decoded (a line-protocol or mapped record can make several).".into(), g(&i.points)),
             ("vigil_dead_lettered_total".into(), "Records sent to the dead-letter topic.".into(), g(&s.dead_lettered)),
-            ("vigil_rejected_syntax_total".into(), "Rejected: malformed, truncated or empty JSON.".into(), g(&i.rejected_syntax)),
+            ("vigil_rejected_syntax_total".into(), "Rejected: malformed, truncated or empty records (JSON or line protocol).".into(), g(&i.rejected_syntax)),
             ("vigil_rejected_type_total".into(), "Rejected: a field of the wrong type.".into(), g(&i.rejected_type)),
             ("vigil_rejected_missing_field_total".into(), "Rejected: a required field missing or null.".into(), g(&i.rejected_missing)),
             ("vigil_late_total".into(), "Points dropped because their window had closed.".into(), g(&s.late)),

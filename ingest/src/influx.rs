@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::json::{reject, DecodedBatch, IngestCounters, RawRecord, WireRows};
+use crate::json::{count_input, reject, DecodedBatch, IngestCounters, RawRecord, WireRows};
 use crate::Result;
 
 /// Unit of line protocol timestamps.
@@ -67,12 +67,11 @@ pub struct InfluxDecoder {
     influx: Arc<InfluxCounters>,
 }
 
-struct Line<'a> {
+struct Line {
     measurement: String,
     tags: Vec<(String, String)>,
     fields: Vec<(String, f64)>,
     ts: i64,
-    _src: &'a str,
 }
 
 fn unescape(s: &str) -> String {
@@ -163,7 +162,7 @@ impl InfluxDecoder {
         &self.influx
     }
 
-    fn parse_line<'a>(&self, line: &'a str) -> std::result::Result<Line<'a>, String> {
+    fn parse_line(&self, line: &str) -> std::result::Result<Line, String> {
         // measurement+tags | fields | timestamp, separated by unescaped spaces outside quotes.
         let parts: Vec<&str> = split_unescaped(line, b' ', true).into_iter().filter(|p| !p.is_empty()).collect();
         if parts.len() < 2 {
@@ -202,19 +201,23 @@ impl InfluxDecoder {
         let Some(ts) = parts.get(2) else { return Err("missing timestamp (Vigil needs event time)".into()) };
         let raw: i64 = ts.parse().map_err(|_| format!("timestamp `{ts}` is not an integer"))?;
         let ts = self.precision.to_ms(raw).ok_or_else(|| format!("timestamp `{ts}` is out of range"))?;
-        Ok(Line { measurement, tags, fields, ts, _src: line })
+        Ok(Line { measurement, tags, fields, ts })
     }
 
     /// Decodes a batch of records. Bad records go to [`DecodedBatch::rejected`]; in a record of
     /// several lines the good lines are kept and the record is also dead-lettered with the reason.
     pub fn decode(&mut self, records: &[RawRecord]) -> Result<DecodedBatch> {
+        self.decode_refs(&records.iter().collect::<Vec<_>>())
+    }
+
+    /// Like [`Self::decode`], over records borrowed from elsewhere (no payload copies).
+    pub fn decode_refs(&mut self, records: &[&RawRecord]) -> Result<DecodedBatch> {
         let c = self.counters.clone();
-        c.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+        count_input(&c, records);
         let mut rows = WireRows::new();
         let mut rejected = Vec::new();
-        for r in records {
+        for &r in records {
             let payload = r.payload.as_deref().unwrap_or_default();
-            c.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
             let Ok(text) = std::str::from_utf8(payload) else {
                 rejected.push(reject(r, "syntax", "record is not UTF-8 text".into()));
                 continue;

@@ -131,10 +131,13 @@ impl JsonPointDecoder {
     /// Decodes a batch of records. Never fails because of a record's content: bad records are
     /// returned in [`DecodedBatch::rejected`] and the good ones in the same batch still decode.
     pub fn decode(&mut self, records: &[RawRecord]) -> Result<DecodedBatch> {
+        self.decode_refs(&records.iter().collect::<Vec<_>>())
+    }
+
+    /// Like [`Self::decode`], over records borrowed from elsewhere (no payload copies).
+    pub fn decode_refs(&mut self, records: &[&RawRecord]) -> Result<DecodedBatch> {
         let c = self.counters.clone();
-        c.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-        let bytes: usize = records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len())).sum();
-        c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        count_input(&c, records);
 
         let mut rejected = Vec::new();
         let (wire, candidates) = self.inner.decode_records(records, &mut rejected)?;
@@ -207,6 +210,13 @@ impl<'a> WireRows<'a> {
     }
 }
 
+/// Counts records and payload bytes coming into a decoder.
+pub(crate) fn count_input(c: &IngestCounters, records: &[&RawRecord]) {
+    c.records.fetch_add(records.len() as u64, Ordering::Relaxed);
+    let bytes: usize = records.iter().map(|r| r.payload.as_ref().map_or(0, Vec::len)).sum();
+    c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
 pub(crate) fn count_rejects(c: &IngestCounters, rejected: &[Rejected]) {
     for r in rejected {
         c.rejected.fetch_add(1, Ordering::Relaxed);
@@ -228,10 +238,11 @@ impl TapeBatchDecoder {
     /// Returns the batch and the record behind each of its rows.
     pub(crate) fn decode_records<'a>(
         &mut self,
-        records: &'a [RawRecord],
+        records: &[&'a RawRecord],
         rejected: &mut Vec<Rejected>,
     ) -> Result<(RecordBatch, Vec<&'a RawRecord>)> {
-        let mut candidates: Vec<&RawRecord> = Vec::with_capacity(records.len());        for r in records {
+        let mut candidates: Vec<&RawRecord> = Vec::with_capacity(records.len());
+        for &r in records {
             match &r.payload {
                 Some(p) if looks_like_one_object(p) => candidates.push(r),
                 Some(p) if p.trim_ascii().is_empty() => {
@@ -322,7 +333,6 @@ impl TapeBatchDecoder {
         };
         res.map_err(|(kind, reason)| {
             self.decoder = new_decoder(&self.schema, self.coerce_primitive);
-            let kind = if kind == "syntax" && reason.contains("expected") { "syntax" } else { kind };
             reject(r, kind, reason)
         })
     }
@@ -352,7 +362,6 @@ pub(crate) fn to_points(
 ) -> Result<(RecordBatch, Vec<SourcePos>, Vec<Rejected>)> {
     let ts = wire.column(0);
     let name = wire.column(1).as_string::<i32>();
-    let labels = wire.column(2).as_map();
     let value = wire.column(3);
     let n = wire.num_rows();
 
@@ -378,7 +387,6 @@ pub(crate) fn to_points(
 
     let name = wire.column(1).as_string::<i32>();
     let labels_col: &MapArray = wire.column(2).as_map();
-    let _ = labels;
     let (keys, ids) = series_columns(name, labels_col);
     let cols: Vec<ArrayRef> = vec![
         wire.column(0).clone(),

@@ -6,14 +6,13 @@
 //! goes through the same batched tape decoder as JSON points, with no per-record value tree.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
 
-use crate::json::{reject, DecodedBatch, IngestCounters, RawRecord, TapeBatchDecoder, WireRows};
+use crate::json::{count_input, reject, DecodedBatch, IngestCounters, RawRecord, TapeBatchDecoder, WireRows};
 use crate::Result;
 
 /// Which fields of a JSON object make a metric point. Paths are dotted (`dimensions.InstanceId`).
@@ -160,9 +159,13 @@ impl MappedJsonDecoder {
 
     /// Decodes a batch of records into points; see the module docs.
     pub fn decode(&mut self, records: &[RawRecord]) -> Result<DecodedBatch> {
+        self.decode_refs(&records.iter().collect::<Vec<_>>())
+    }
+
+    /// Like [`Self::decode`], over records borrowed from elsewhere (no payload copies).
+    pub fn decode_refs(&mut self, records: &[&RawRecord]) -> Result<DecodedBatch> {
         let c = self.counters.clone();
-        c.records.fetch_add(records.len() as u64, Ordering::Relaxed);
-        c.bytes.fetch_add(records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len()) as u64).sum(), Ordering::Relaxed);
+        count_input(&c, records);
         let mut rejected = Vec::new();
         let (batch, rows) = self.inner.decode_records(records, &mut rejected)?;
         let m = &self.mapping;

@@ -91,8 +91,7 @@ impl RobustDetector {
 
     /// Maps a robust z to a score in [0, 1].
     pub fn score_of_z(&self, z: f64) -> f64 {
-        let s = 1.0 / (1.0 + (-self.cfg.z_slope * (z.abs() - self.cfg.z_mid)).exp());
-        if s.is_finite() { s } else { 1.0 }
+        logistic(&self.cfg, z)
     }
 
     /// The |z| at which the score equals `score` (inverse of [`Self::score_of_z`]).
@@ -141,10 +140,7 @@ impl RobustDetector {
                     if z.abs() > prev { z.abs() } else { 0.0 }
                 }
             };
-            let score = {
-                let s = 1.0 / (1.0 + (-self.cfg.z_slope * (z_eff - self.cfg.z_mid)).exp());
-                if s.is_finite() { s } else { 1.0 }
-            };
+            let score = logistic(&self.cfg, z_eff);
             Some(Score { score, z, expected: med, lower: med - band_z * sigma, upper: med + band_z * sigma, support: st.recent.len() })
         } else {
             None
@@ -233,6 +229,12 @@ impl RobustDetector {
         cols.push(Arc::new(explanation.finish()));
         Ok(RecordBatch::try_new(anomalies_schema(), cols)?)
     }
+}
+
+/// The score of a robust |z|: 0.5 at `z_mid`, rising with slope `z_slope`.
+fn logistic(cfg: &DetectorConfig, z: f64) -> f64 {
+    let s = 1.0 / (1.0 + (-cfg.z_slope * (z.abs() - cfg.z_mid)).exp());
+    if s.is_finite() { s } else { 1.0 }
 }
 
 /// One sentence a person on call can read.
