@@ -16,10 +16,13 @@
 //! Main types: [`JsonPointDecoder`], [`DecodedBatch`], [`Rejected`], [`KafkaSource`].
 #![deny(missing_docs)]
 
+mod drain;
 mod error;
 mod influx;
 mod json;
+mod logs;
 mod mapped;
+mod otlp;
 mod schema;
 mod series;
 mod source;
@@ -27,6 +30,9 @@ mod source;
 pub use error::{Error, Result};
 pub use influx::{InfluxCounters, InfluxDecoder, Precision};
 pub use mapped::{JsonMapping, MappedJsonDecoder};
+pub use otlp::{OtlpCounters, OtlpEncoding, OtlpMetricsDecoder, MAX_STREAMS, STREAM_TTL_NS};
+pub use drain::{Drain, DrainConfig, Mined, MAX_TOKENS};
+pub use logs::{log_col, logs_schema, normalize_level, DecodedLogs, JsonLogDecoder, LogCounters, LogMapping, OtlpLogsDecoder, MAX_MESSAGE_BYTES};
 pub use json::{DecodedBatch, IngestCounters, JsonPointDecoder, RawRecord, Rejected};
 pub use schema::{points_schema, col};
 pub use series::{series_id, series_key};

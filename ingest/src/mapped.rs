@@ -67,13 +67,13 @@ impl JsonMapping {
 
 /// A tree of paths, to build the nested decoding schema.
 #[derive(Default)]
-struct Node {
+pub(crate) struct Node {
     ty: Option<DataType>,
     children: BTreeMap<String, Node>,
 }
 
 impl Node {
-    fn insert(&mut self, path: &str, ty: DataType) -> std::result::Result<(), String> {
+    pub(crate) fn insert(&mut self, path: &str, ty: DataType) -> std::result::Result<(), String> {
         let mut n = self;
         for seg in path.split('.') {
             if n.ty.is_some() {
@@ -88,7 +88,7 @@ impl Node {
         Ok(())
     }
 
-    fn fields(&self) -> Fields {
+    pub(crate) fn fields(&self) -> Fields {
         self.children
             .iter()
             .map(|(k, n)| match &n.ty {
@@ -107,7 +107,7 @@ pub struct MappedJsonDecoder {
     counters: Arc<IngestCounters>,
 }
 
-fn column<'a>(batch: &'a RecordBatch, path: &str) -> Option<&'a ArrayRef> {
+pub(crate) fn column<'a>(batch: &'a RecordBatch, path: &str) -> Option<&'a ArrayRef> {
     let mut segs = path.split('.');
     let mut col = batch.column_by_name(segs.next()?)?;
     for s in segs {
@@ -118,7 +118,7 @@ fn column<'a>(batch: &'a RecordBatch, path: &str) -> Option<&'a ArrayRef> {
 }
 
 /// A leaf is null if any struct on its path is null.
-fn valid(batch: &RecordBatch, path: &str, row: usize) -> bool {
+pub(crate) fn valid(batch: &RecordBatch, path: &str, row: usize) -> bool {
     let mut segs = path.split('.');
     let Some(mut col) = segs.next().and_then(|s| batch.column_by_name(s)) else { return false };
     for s in segs {

@@ -1,11 +1,11 @@
 //! Offsets follow acknowledgements: when the broker refuses the decisions, the engine stops with
 //! an error and the input offsets of the window that produced them are not committed.
 
-mod common;
+
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use vigil::Stats;
 

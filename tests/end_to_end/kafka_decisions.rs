@@ -2,13 +2,13 @@
 //! decision out with every field, offsets committed after the ack, stable ids on replay, and the
 //! results answerable over HTTP SQL.
 
-mod common;
+
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use vigil::Stats;
@@ -117,7 +117,7 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     assert!(metrics.contains("vigil_decisions_total 1"), "{metrics}");
 
     // Replay the same input under another group: the same decision, with the same id.
-    let mut replay = vigil::Engine::new(&kafka.config("vigil-e2e-replay"), common::tables()).await.unwrap();
+    let mut replay = vigil::Engine::new(&kafka.config("vigil-e2e-replay"), crate::common::tables()).await.unwrap();
     let second = step_until(&mut replay, Duration::from_secs(120), |s| Stats::get(&s.windows_closed) >= closable).await;
     let ids = |d: &[vigil_models::Decision]| d.iter().map(|d| d.id.clone()).collect::<BTreeSet<_>>();
     assert_eq!(ids(&first), ids(&second));

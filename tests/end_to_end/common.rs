@@ -1,5 +1,5 @@
 //! Shared helpers for the end-to-end tests: a librdkafka mock cluster reached over TCP.
-#![allow(dead_code)]
+
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,11 +2,11 @@
 //! with its reason and source position, the counts are right, and the good records of the same
 //! batches are still processed.
 
-mod common;
+
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use vigil::Stats;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

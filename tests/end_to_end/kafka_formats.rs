@@ -2,11 +2,11 @@
 //! Telegraf's Kafka output writes it) and mapped JSON (CloudWatch metric streams' shape) next to
 //! JSON points, all ending up in `points` and `features`, with bad records dead-lettered.
 
-mod common;
+
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use vigil::Stats;

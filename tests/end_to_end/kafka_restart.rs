@@ -2,14 +2,14 @@
 //! and a new member of the same group started after it together close every window, because
 //! offsets were committed only up to what was durable.
 
-mod common;
+
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::TimestampMillisecondType;
-use common::*;
+use crate::common::*;
 use vigil::Stats;
 
 const T0: i64 = 1_767_571_200_000;

@@ -1,0 +1,846 @@
+//! OTLP metrics as the OpenTelemetry Collector's Kafka exporter writes them: one
+//! `ExportMetricsServiceRequest` per record, as protobuf (`otlp_proto`) or OTLP/JSON (`otlp_json`).
+//!
+//! Every data point becomes one or more points in the points schema:
+//!
+//! | OTLP type | points |
+//! |---|---|
+//! | gauge | `<name>` = the value |
+//! | sum, monotonic | `<name>` = rate per second. Cumulative sums are differenced against the previous point of the same stream; a value that went down or a new start time is a counter reset (the rate is then taken since the new start). The first point of a stream only sets the baseline. |
+//! | sum, not monotonic | `<name>` = the value (an up-down counter is a level, not a rate) |
+//! | histogram, exponential histogram | `<name>.count` and `<name>.sum` as rates per second, `<name>.p50`, `<name>.p95`, `<name>.p99` estimated from the buckets of the interval (linear within a bucket, as Prometheus' `histogram_quantile`) |
+//! | summary | `<name>.count` as a rate, `<name>.p<q>` for each quantile sent |
+//!
+//! Labels are the resource attributes (`service.name`, `host.name`, `k8s.*`, ...) and the data
+//! point's attributes, which win on a clash; keys are kept as OpenTelemetry names them. Data points
+//! without a value (the "no recorded value" flag, or no value at all) are skipped and counted;
+//! the rest of the record is kept. A record that does not parse is dead-lettered.
+//!
+//! Cumulative streams need the previous point: that state is per stream, explicit, and bounded
+//! (streams not seen for [`STREAM_TTL_NS`] are dropped, and at most [`MAX_STREAMS`] are kept).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    exponential_histogram_data_point, metric, number_data_point, ExponentialHistogramDataPoint, HistogramDataPoint, NumberDataPoint,
+};
+use prost::Message;
+
+use crate::json::{count_input, reject, DecodedBatch, IngestCounters, RawRecord, WireRows};
+use crate::Result;
+
+/// Cumulative streams unseen for this long (event time) are forgotten.
+pub const STREAM_TTL_NS: u64 = 3_600 * 1_000_000_000;
+/// At most this many cumulative streams are remembered.
+pub const MAX_STREAMS: usize = 1_000_000;
+
+const DELTA: i32 = 1;
+const CUMULATIVE: i32 = 2;
+const NO_RECORDED_VALUE: u32 = 1;
+const QUANTILES: [(f64, &str); 3] = [(0.5, "p50"), (0.95, "p95"), (0.99, "p99")];
+
+/// How OTLP messages are serialised on the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpEncoding {
+    /// Protobuf (the Collector's `otlp_proto`, its default).
+    Proto,
+    /// OTLP/JSON (the Collector's `otlp_json`).
+    Json,
+}
+
+/// Counters specific to OTLP metrics.
+#[derive(Debug, Default)]
+pub struct OtlpCounters {
+    /// Data points read (of every type).
+    pub data_points: AtomicU64,
+    /// Data points skipped: no recorded value, no timestamp, or a non-finite value.
+    pub skipped_points: AtomicU64,
+    /// First points of cumulative streams (they set the baseline and yield no rate).
+    pub baselines: AtomicU64,
+    /// Counter resets seen in cumulative streams.
+    pub resets: AtomicU64,
+    /// Attributes with array, map or bytes values, left out of the labels.
+    pub skipped_attributes: AtomicU64,
+}
+
+/// The last point of a cumulative stream.
+#[derive(Debug, Clone)]
+struct Prev {
+    start: u64,
+    time: u64,
+    count: f64,
+    sum: f64,
+    /// The cumulative buckets, for histograms.
+    layout: Option<Layout>,
+}
+
+/// A histogram's buckets as sent: explicit bounds, or an exponential layout.
+#[derive(Debug, Clone, PartialEq)]
+enum Layout {
+    /// `(lower, upper]` bounds and counts.
+    Explicit(Buckets),
+    /// Exponential buckets.
+    Exp(ExpBuckets),
+}
+
+impl Layout {
+    /// This (cumulative) layout minus an earlier one: the buckets of the interval between them.
+    /// Exponential histograms may have been rescaled in between; both sides are brought to the
+    /// coarser scale first. Explicit bounds that changed give no buckets.
+    fn minus(&self, prev: &Layout) -> Option<Layout> {
+        match (self, prev) {
+            (Layout::Explicit(a), Layout::Explicit(b)) if a.bounds == b.bounds && a.counts.len() == b.counts.len() => {
+                let counts = a.counts.iter().zip(&b.counts).map(|(x, y)| x.saturating_sub(*y)).collect();
+                Some(Layout::Explicit(Buckets { bounds: a.bounds.clone(), counts }))
+            }
+            (Layout::Exp(a), Layout::Exp(b)) => {
+                let scale = a.scale.min(b.scale);
+                let (a, b) = (a.downscale(scale), b.downscale(scale));
+                Some(Layout::Exp(ExpBuckets {
+                    scale,
+                    zero_threshold: a.zero_threshold,
+                    zero: a.zero.saturating_sub(b.zero),
+                    pos: sub_sparse(&a.pos, &b.pos),
+                    neg: sub_sparse(&a.neg, &b.neg),
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    fn buckets(&self) -> Buckets {
+        match self {
+            Layout::Explicit(b) => b.clone(),
+            Layout::Exp(e) => e.buckets(),
+        }
+    }
+}
+
+/// Exponential histogram buckets by absolute index: index `i` covers `(base^i, base^(i+1)]`,
+/// `base = 2^(2^-scale)`; negative values mirror that.
+#[derive(Debug, Clone, PartialEq)]
+struct ExpBuckets {
+    scale: i32,
+    zero_threshold: f64,
+    zero: u64,
+    /// (index, count), ascending index.
+    pos: Vec<(i64, u64)>,
+    neg: Vec<(i64, u64)>,
+}
+
+fn sub_sparse(a: &[(i64, u64)], b: &[(i64, u64)]) -> Vec<(i64, u64)> {
+    let earlier: HashMap<i64, u64> = b.iter().copied().collect();
+    a.iter().map(|(i, c)| (*i, c.saturating_sub(earlier.get(i).copied().unwrap_or(0)))).collect()
+}
+
+impl ExpBuckets {
+    /// The same counts at a coarser (or equal) scale: index `i` becomes `i >> (scale - to)`.
+    fn downscale(&self, to: i32) -> ExpBuckets {
+        let shift = (self.scale - to).clamp(0, 63) as u32;
+        let merge = |v: &[(i64, u64)]| {
+            let mut out: Vec<(i64, u64)> = Vec::with_capacity(v.len());
+            for &(i, c) in v {
+                let j = i >> shift;
+                match out.last_mut() {
+                    Some(last) if last.0 == j => last.1 += c,
+                    _ => out.push((j, c)),
+                }
+            }
+            out
+        };
+        ExpBuckets { scale: to, zero_threshold: self.zero_threshold, zero: self.zero, pos: merge(&self.pos), neg: merge(&self.neg) }
+    }
+
+    fn buckets(&self) -> Buckets {
+        let base = 2f64.powf(2f64.powi(-self.scale));
+        let mut bounds = Vec::with_capacity(self.pos.len() + self.neg.len() + 1);
+        let mut counts = Vec::with_capacity(bounds.capacity());
+        for &(i, c) in self.neg.iter().rev() {
+            bounds.push((-base.powf(i as f64 + 1.0), -base.powf(i as f64)));
+            counts.push(c);
+        }
+        let zt = self.zero_threshold.abs();
+        bounds.push((-zt, zt));
+        counts.push(self.zero);
+        for &(i, c) in &self.pos {
+            bounds.push((base.powf(i as f64), base.powf(i as f64 + 1.0)));
+            counts.push(c);
+        }
+        Buckets { bounds, counts }
+    }
+}
+
+/// Histogram buckets in one interval: `(lower, upper]` bounds and counts.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Buckets {
+    bounds: Vec<(f64, f64)>,
+    counts: Vec<u64>,
+}
+
+impl Buckets {
+    /// The `q` quantile, interpolating linearly inside the bucket that holds it.
+    fn quantile(&self, counts: &[u64], q: f64) -> Option<f64> {
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut seen = 0u64;
+        for (i, &c) in counts.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            if (seen + c) as f64 >= rank {
+                let (lo, hi) = self.bounds[i];
+                let within = ((rank - seen as f64) / c as f64).clamp(0.0, 1.0);
+                let v = lo + (hi - lo) * within;
+                return v.is_finite().then_some(v);
+            }
+            seen += c;
+        }
+        self.bounds.last().map(|b| b.1).filter(|v| v.is_finite())
+    }
+}
+
+/// Decodes OTLP metrics records into points.
+#[derive(Debug)]
+pub struct OtlpMetricsDecoder {
+    encoding: OtlpEncoding,
+    counters: Arc<IngestCounters>,
+    otlp: Arc<OtlpCounters>,
+    streams: HashMap<u64, Prev>,
+    newest: u64,
+}
+
+/// One output point before it is appended.
+struct Out {
+    ts_ms: i64,
+    name: String,
+    value: f64,
+}
+
+fn scalar(v: &AnyValue) -> Option<String> {
+    match v.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        any_value::Value::BoolValue(b) => Some(b.to_string()),
+        any_value::Value::IntValue(i) => Some(i.to_string()),
+        any_value::Value::DoubleValue(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+/// Renders attributes into sorted, de-duplicated labels: `over` wins over `base`.
+pub(crate) fn merge_attributes(base: &[(String, String)], over: &[KeyValue], skipped: &AtomicU64) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = base.to_vec();
+    for kv in over {
+        match kv.value.as_ref().and_then(scalar) {
+            Some(v) => match out.iter_mut().find(|(k, _)| *k == kv.key) {
+                Some(slot) => slot.1 = v,
+                None => out.push((kv.key.clone(), v)),
+            },
+            None => {
+                skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// OTLP/JSON writes 64-bit integers as strings (`"asInt":"2048"`, `"intValue":"5"`), as the
+/// Collector does; the generated types read those two oneof members only as numbers (the oneof is
+/// flattened, and a failed member silently becomes "no value"). This removes the quotes around
+/// the digits of exactly those keys. A key is a quoted name followed by `:`; inside a JSON string
+/// quotes are escaped, so a message that merely mentions `"asInt"` is never touched.
+pub(crate) fn unquote_int64(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const KEYS: [&[u8]; 2] = [b"\"asInt\"", b"\"intValue\""];
+    let finder = |from: usize| KEYS.iter().filter_map(|k| find(&json[from..], k).map(|i| (from + i, k.len()))).min();
+    let Some(mut next) = finder(0) else { return std::borrow::Cow::Borrowed(json) };
+    let mut out = Vec::with_capacity(json.len());
+    let mut copied = 0;
+    loop {
+        let (at, klen) = next;
+        let mut i = at + klen;
+        while json.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+            i += 1;
+        }
+        if json.get(i) == Some(&b':') {
+            i += 1;
+            while json.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+                i += 1;
+            }
+            if json.get(i) == Some(&b'"') {
+                let start = i + 1;
+                let mut end = start;
+                if json.get(end) == Some(&b'-') {
+                    end += 1;
+                }
+                while json.get(end).is_some_and(u8::is_ascii_digit) {
+                    end += 1;
+                }
+                if end > start && json.get(end) == Some(&b'"') {
+                    out.extend_from_slice(&json[copied..i]);
+                    out.extend_from_slice(&json[start..end]);
+                    copied = end + 1;
+                }
+            }
+        }
+        match finder(at + klen) {
+            Some(n) => next = n,
+            None => break,
+        }
+    }
+    out.extend_from_slice(&json[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Reads an OTLP/JSON metrics request. The generated types require every field of an
+/// exponential histogram point and of its bucket lists, while OTLP/JSON (like all proto3 JSON)
+/// leaves out fields at their default value; requests with exponential histograms therefore go
+/// through a value tree that gets the defaults filled in. All others deserialize directly.
+fn metrics_from_json(payload: &[u8]) -> std::result::Result<ExportMetricsServiceRequest, String> {
+    let json = unquote_int64(payload);
+    let err = |e: serde_json::Error| format!("not OTLP/JSON metrics: {e}");
+    if find(&json, b"\"exponentialHistogram\"").is_none() {
+        return serde_json::from_slice(&json).map_err(err);
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(&json).map_err(err)?;
+    fill_exponential_defaults(&mut v);
+    serde_json::from_value(v).map_err(err)
+}
+
+fn fill_exponential_defaults(v: &mut serde_json::Value) {
+    use serde_json::{json, Value};
+    let Some(rms) = v.get_mut("resourceMetrics").and_then(Value::as_array_mut) else { return };
+    for rm in rms {
+        let Some(sms) = rm.get_mut("scopeMetrics").and_then(Value::as_array_mut) else { continue };
+        for sm in sms {
+            let Some(ms) = sm.get_mut("metrics").and_then(Value::as_array_mut) else { continue };
+            for m in ms {
+                let Some(pts) = m.get_mut("exponentialHistogram").and_then(|h| h.get_mut("dataPoints")).and_then(Value::as_array_mut) else { continue };
+                for p in pts {
+                    let Some(o) = p.as_object_mut() else { continue };
+                    for (k, d) in [("attributes", json!([])), ("startTimeUnixNano", json!(0)), ("timeUnixNano", json!(0)), ("count", json!(0)), ("scale", json!(0)), ("zeroCount", json!(0)), ("flags", json!(0)), ("exemplars", json!([])), ("zeroThreshold", json!(0.0))] {
+                        o.entry(k).or_insert(d);
+                    }
+                    for side in ["positive", "negative"] {
+                        if let Some(b) = o.get_mut(side).and_then(Value::as_object_mut) {
+                            b.entry("offset").or_insert(json!(0));
+                            b.entry("bucketCounts").or_insert(json!([]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn ns_to_ms(ns: u64) -> i64 {
+    (ns / 1_000_000) as i64
+}
+
+fn stream_key(name: &str, labels: &[(String, String)], kind: u8) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(name.as_bytes());
+    h.update(&[0xff, kind]);
+    for (k, v) in labels {
+        h.update(k.as_bytes());
+        h.update(&[0]);
+        h.update(v.as_bytes());
+        h.update(&[0]);
+    }
+    h.digest()
+}
+
+impl OtlpMetricsDecoder {
+    /// A decoder for `encoding`, reporting into `counters`.
+    pub fn new(encoding: OtlpEncoding, counters: Arc<IngestCounters>) -> Self {
+        Self { encoding, counters, otlp: Arc::new(OtlpCounters::default()), streams: HashMap::new(), newest: 0 }
+    }
+
+    /// OTLP-specific counters.
+    pub fn otlp_counters(&self) -> &Arc<OtlpCounters> {
+        &self.otlp
+    }
+
+    /// Cumulative streams currently remembered.
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Decodes a batch of records.
+    pub fn decode(&mut self, records: &[RawRecord]) -> Result<DecodedBatch> {
+        self.decode_refs(&records.iter().collect::<Vec<_>>())
+    }
+
+    /// Like [`Self::decode`], over records borrowed from elsewhere.
+    pub fn decode_refs(&mut self, records: &[&RawRecord]) -> Result<DecodedBatch> {
+        let c = self.counters.clone();
+        count_input(&c, records);
+        let mut rows = WireRows::new();
+        let mut rejected = Vec::new();
+        let mut out = Vec::new();
+        for &r in records {
+            let payload = r.payload.as_deref().unwrap_or_default();
+            let req = match self.encoding {
+                OtlpEncoding::Proto => ExportMetricsServiceRequest::decode(payload).map_err(|e| format!("not an OTLP ExportMetricsServiceRequest: {e}")),
+                OtlpEncoding::Json => metrics_from_json(payload),
+            };
+            let req = match req {
+                Ok(req) => req,
+                Err(reason) => {
+                    rejected.push(reject(r, "syntax", reason));
+                    continue;
+                }
+            };
+            for rm in &req.resource_metrics {
+                let resource = rm.resource.as_ref().map(|r| merge_attributes(&[], &r.attributes, &self.otlp.skipped_attributes)).unwrap_or_default();
+                for sm in &rm.scope_metrics {
+                    for m in &sm.metrics {
+                        let Some(data) = &m.data else { continue };
+                        self.metric(&m.name, data, &resource, &mut out);
+                        for (o, labels) in out.drain(..) {
+                            rows.push(o.ts_ms, &o.name, labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), o.value, r)?;
+                        }
+                    }
+                }
+            }
+        }
+        self.evict();
+        rows.finish(&c, rejected)
+    }
+
+    fn metric(&mut self, name: &str, data: &metric::Data, resource: &[(String, String)], out: &mut Vec<(Out, Vec<(String, String)>)>) {
+        match data {
+            metric::Data::Gauge(g) => {
+                for p in &g.data_points {
+                    if let Some((ts, v, labels)) = self.number(p, resource) {
+                        out.push((Out { ts_ms: ns_to_ms(ts), name: name.to_string(), value: v }, labels));
+                    }
+                }
+            }
+            metric::Data::Sum(s) => {
+                for p in &s.data_points {
+                    let Some((ts, v, labels)) = self.number(p, resource) else { continue };
+                    if !s.is_monotonic {
+                        out.push((Out { ts_ms: ns_to_ms(ts), name: name.to_string(), value: v }, labels));
+                        continue;
+                    }
+                    let key = stream_key(name, &labels, 0);
+                    let rate = match s.aggregation_temporality {
+                        CUMULATIVE => self.cumulative(key, p.start_time_unix_nano, ts, v, 0.0, None).map(|d| d.count_rate),
+                        _ => delta_rate(p.start_time_unix_nano, ts, v),
+                    };
+                    if let Some(rate) = rate {
+                        out.push((Out { ts_ms: ns_to_ms(ts), name: name.to_string(), value: rate }, labels));
+                    }
+                }
+            }
+            metric::Data::Histogram(h) => {
+                for p in &h.data_points {
+                    self.histogram(name, h.aggregation_temporality, hist_parts(p), resource, &p.attributes, out);
+                }
+            }
+            metric::Data::ExponentialHistogram(h) => {
+                for p in &h.data_points {
+                    self.histogram(name, h.aggregation_temporality, exp_hist_parts(p), resource, &p.attributes, out);
+                }
+            }
+            metric::Data::Summary(s) => {
+                for p in &s.data_points {
+                    self.otlp.data_points.fetch_add(1, Ordering::Relaxed);
+                    if p.time_unix_nano == 0 || p.flags & NO_RECORDED_VALUE != 0 {
+                        self.otlp.skipped_points.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let labels = merge_attributes(resource, &p.attributes, &self.otlp.skipped_attributes);
+                    let ts = ns_to_ms(p.time_unix_nano);
+                    let key = stream_key(name, &labels, 2);
+                    if let Some(d) = self.cumulative(key, p.start_time_unix_nano, p.time_unix_nano, p.count as f64, p.sum, None) {
+                        out.push((Out { ts_ms: ts, name: format!("{name}.count"), value: d.count_rate }, labels.clone()));
+                    }
+                    for q in &p.quantile_values {
+                        if q.value.is_finite() && (0.0..=1.0).contains(&q.quantile) {
+                            let suffix = format!("p{}", (q.quantile * 100.0 * 1000.0).round() / 1000.0);
+                            out.push((Out { ts_ms: ts, name: format!("{name}.{suffix}"), value: q.value }, labels.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The time, value and labels of a number data point, or `None` (counted) when it has none.
+    fn number(&self, p: &NumberDataPoint, resource: &[(String, String)]) -> Option<(u64, f64, Vec<(String, String)>)> {
+        self.otlp.data_points.fetch_add(1, Ordering::Relaxed);
+        let v = match p.value {
+            Some(number_data_point::Value::AsDouble(d)) => d,
+            Some(number_data_point::Value::AsInt(i)) => i as f64,
+            None => f64::NAN,
+        };
+        if p.time_unix_nano == 0 || p.flags & NO_RECORDED_VALUE != 0 || !v.is_finite() {
+            self.otlp.skipped_points.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some((p.time_unix_nano, v, merge_attributes(resource, &p.attributes, &self.otlp.skipped_attributes)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn histogram(
+        &mut self,
+        name: &str,
+        temporality: i32,
+        parts: Option<HistParts>,
+        resource: &[(String, String)],
+        attributes: &[KeyValue],
+        out: &mut Vec<(Out, Vec<(String, String)>)>,
+    ) {
+        self.otlp.data_points.fetch_add(1, Ordering::Relaxed);
+        let Some(h) = parts else {
+            self.otlp.skipped_points.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let labels = merge_attributes(resource, attributes, &self.otlp.skipped_attributes);
+        let ts = ns_to_ms(h.time);
+        let (count_rate, sum_rate, layout) = if temporality == CUMULATIVE {
+            let key = stream_key(name, &labels, 1);
+            match self.cumulative(key, h.start, h.time, h.count as f64, h.sum, Some(h.layout)) {
+                Some(d) => (d.count_rate, d.sum_rate, d.layout),
+                None => return,
+            }
+        } else if temporality == DELTA {
+            match interval_secs(h.start, h.time) {
+                Some(s) => (h.count as f64 / s, h.sum / s, Some(h.layout)),
+                None => (h.count as f64, h.sum, Some(h.layout)),
+            }
+        } else {
+            self.otlp.skipped_points.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        out.push((Out { ts_ms: ts, name: format!("{name}.count"), value: count_rate }, labels.clone()));
+        if sum_rate.is_finite() {
+            out.push((Out { ts_ms: ts, name: format!("{name}.sum"), value: sum_rate }, labels.clone()));
+        }
+        if let Some(b) = layout.map(|l| l.buckets()) {
+            for (q, suffix) in QUANTILES {
+                if let Some(v) = b.quantile(&b.counts, q) {
+                    out.push((Out { ts_ms: ts, name: format!("{name}.{suffix}"), value: v }, labels.clone()));
+                }
+            }
+        }
+    }
+
+    /// Differences a cumulative point against the stream's previous one. `None` for the first
+    /// point of a stream (baseline) and for points that do not move time forward. A count that
+    /// went down or a new start time is a reset: the rate is then taken since the new start.
+    fn cumulative(&mut self, key: u64, start: u64, time: u64, count: f64, sum: f64, layout: Option<Layout>) -> Option<Delta> {
+        self.newest = self.newest.max(time);
+        let now = Prev { start, time, count, sum, layout };
+        let Some(prev) = self.streams.insert(key, now) else {
+            self.otlp.baselines.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        if time <= prev.time {
+            // A duplicate or out-of-order point: keep the newer state.
+            self.streams.insert(key, prev);
+            return None;
+        }
+        let cur = self.streams.get(&key).expect("inserted above");
+        let reset = count < prev.count || (start != 0 && prev.start != 0 && start != prev.start);
+        if reset {
+            self.otlp.resets.fetch_add(1, Ordering::Relaxed);
+            let secs = interval_secs(start, time)?;
+            if start < prev.time {
+                // The start time does not say when within the interval the reset happened.
+                return None;
+            }
+            return Some(Delta { count_rate: count / secs, sum_rate: sum / secs, layout: cur.layout.clone() });
+        }
+        let secs = (time - prev.time) as f64 / 1e9;
+        let layout = match (&cur.layout, &prev.layout) {
+            (Some(a), Some(b)) => a.minus(b),
+            _ => None,
+        };
+        Some(Delta { count_rate: (count - prev.count) / secs, sum_rate: (sum - prev.sum) / secs, layout })
+    }
+
+    fn evict(&mut self) {
+        if self.streams.len() <= MAX_STREAMS && self.streams.len() % 1024 != 0 {
+            return;
+        }
+        let horizon = self.newest.saturating_sub(STREAM_TTL_NS);
+        self.streams.retain(|_, p| p.time >= horizon);
+        if self.streams.len() > MAX_STREAMS {
+            // Still too many live streams: keep the most recently updated ones.
+            let mut times: Vec<u64> = self.streams.values().map(|p| p.time).collect();
+            let cut = times.len() - MAX_STREAMS;
+            let (_, t, _) = times.select_nth_unstable(cut);
+            let t = *t;
+            self.streams.retain(|_, p| p.time > t);
+        }
+    }
+}
+
+struct Delta {
+    count_rate: f64,
+    sum_rate: f64,
+    /// Buckets of the interval, when known.
+    layout: Option<Layout>,
+}
+
+fn interval_secs(start: u64, time: u64) -> Option<f64> {
+    (start != 0 && time > start).then(|| (time - start) as f64 / 1e9)
+}
+
+fn delta_rate(start: u64, time: u64, v: f64) -> Option<f64> {
+    Some(match interval_secs(start, time) {
+        Some(s) => v / s,
+        None => v,
+    })
+}
+
+/// The parts of a histogram point the decoder needs, in one shape for both histogram kinds.
+struct HistParts {
+    start: u64,
+    time: u64,
+    count: u64,
+    sum: f64,
+    layout: Layout,
+}
+
+fn hist_parts(p: &HistogramDataPoint) -> Option<HistParts> {
+    if p.time_unix_nano == 0 || p.flags & NO_RECORDED_VALUE != 0 {
+        return None;
+    }
+    let n = p.explicit_bounds.len();
+    if p.bucket_counts.len() != n + 1 && !(n == 0 && p.bucket_counts.is_empty()) {
+        return None;
+    }
+    if p.explicit_bounds.windows(2).any(|w| !(w[0] < w[1])) || p.explicit_bounds.iter().any(|b| !b.is_finite()) {
+        return None;
+    }
+    let mut bounds = Vec::with_capacity(n + 1);
+    for i in 0..p.bucket_counts.len() {
+        let lo = if i == 0 { p.min.unwrap_or(if n > 0 && p.explicit_bounds[0] > 0.0 { 0.0 } else { f64::NEG_INFINITY }) } else { p.explicit_bounds[i - 1] };
+        let hi = if i == n { p.max.unwrap_or(if n > 0 { p.explicit_bounds[n - 1] } else { f64::INFINITY }) } else { p.explicit_bounds[i] };
+        // Bounds from min/max must not cross the explicit ones.
+        let lo = if i == 0 && n > 0 { lo.min(p.explicit_bounds[0]) } else { lo };
+        let hi = if i == n && n > 0 { hi.max(p.explicit_bounds[n - 1]) } else { hi };
+        bounds.push((lo, hi));
+    }
+    Some(HistParts { start: p.start_time_unix_nano, time: p.time_unix_nano, count: p.count, sum: p.sum.unwrap_or(f64::NAN), layout: Layout::Explicit(Buckets { bounds, counts: p.bucket_counts.clone() }) })
+}
+
+/// The buckets of an exponential histogram point, by absolute index.
+fn exp_hist_parts(p: &ExponentialHistogramDataPoint) -> Option<HistParts> {
+    if p.time_unix_nano == 0 || p.flags & NO_RECORDED_VALUE != 0 || !(-10..=20).contains(&p.scale) {
+        return None;
+    }
+    let empty = exponential_histogram_data_point::Buckets::default();
+    let neg = p.negative.as_ref().unwrap_or(&empty);
+    let pos = p.positive.as_ref().unwrap_or(&empty);
+    // Bucket counts are bounded by the record's size, but cap the work per point anyway.
+    if neg.bucket_counts.len() + pos.bucket_counts.len() > 16_384 {
+        return None;
+    }
+    let sparse = |b: &exponential_histogram_data_point::Buckets| -> Vec<(i64, u64)> {
+        b.bucket_counts.iter().enumerate().map(|(k, c)| (b.offset as i64 + k as i64, *c)).collect()
+    };
+    let e = ExpBuckets { scale: p.scale, zero_threshold: p.zero_threshold, zero: p.zero_count, pos: sparse(pos), neg: sparse(neg) };
+    Some(HistParts { start: p.start_time_unix_nano, time: p.time_unix_nano, count: p.count, sum: p.sum.unwrap_or(f64::NAN), layout: Layout::Exp(e) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SourcePos;
+    use arrow::array::{AsArray, Float64Array};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, Histogram, Metric, ResourceMetrics, ScopeMetrics, Sum,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    const T0: u64 = 1_767_571_200_000_000_000;
+    const S: u64 = 1_000_000_000;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), ..Default::default() }
+    }
+
+    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource { attributes: vec![kv("service.name", "checkout"), kv("host.name", "h1")], ..Default::default() }),
+                scope_metrics: vec![ScopeMetrics { metrics, ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn num(t: u64, start: u64, v: f64, attrs: Vec<KeyValue>) -> NumberDataPoint {
+        NumberDataPoint { time_unix_nano: t, start_time_unix_nano: start, value: Some(number_data_point::Value::AsDouble(v)), attributes: attrs, ..Default::default() }
+    }
+
+    fn metric(name: &str, data: metric::Data) -> Metric {
+        Metric { name: name.into(), data: Some(data), ..Default::default() }
+    }
+
+    fn rec(offset: i64, req: &ExportMetricsServiceRequest) -> RawRecord {
+        RawRecord { payload: Some(req.encode_to_vec()), key: None, pos: SourcePos { topic: "otlp".into(), partition: 0, offset } }
+    }
+
+    fn rows(b: &DecodedBatch) -> Vec<(String, f64)> {
+        let names = b.points.column(2).as_string::<i32>();
+        let vals = b.points.column(5).as_any().downcast_ref::<Float64Array>().unwrap();
+        (0..b.points.num_rows()).map(|i| (names.value(i).to_string(), vals.value(i))).collect()
+    }
+
+    #[test]
+    fn gauge_points_carry_resource_and_point_attributes_as_labels() {
+        let req = request(vec![metric("cpu.utilization", metric::Data::Gauge(Gauge { data_points: vec![num(T0, 0, 0.93, vec![kv("cpu", "0")])] }))]);
+        let mut d = OtlpMetricsDecoder::new(OtlpEncoding::Proto, Default::default());
+        let b = d.decode(&[rec(0, &req)]).unwrap();
+        assert_eq!(rows(&b), vec![(r#"cpu.utilization{cpu="0",host.name="h1",service.name="checkout"}"#.to_string(), 0.93)]);
+        assert!(b.rejected.is_empty());
+    }
+
+    #[test]
+    fn cumulative_counters_become_rates_and_resets_are_handled() {
+        let sum = |t: u64, start: u64, v: f64| {
+            request(vec![metric(
+                "http.requests",
+                metric::Data::Sum(Sum { data_points: vec![num(t, start, v, vec![])], aggregation_temporality: CUMULATIVE, is_monotonic: true }),
+            )])
+        };
+        let mut d = OtlpMetricsDecoder::new(OtlpEncoding::Proto, Default::default());
+        let start = T0 - 100 * S;
+        // Baseline, then +100 over 10 s, then +50 over 10 s.
+        let b = d.decode(&[rec(0, &sum(T0, start, 1000.0)), rec(1, &sum(T0 + 10 * S, start, 1100.0)), rec(2, &sum(T0 + 20 * S, start, 1150.0))]).unwrap();
+        let r = rows(&b);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!((r[0].1 - 10.0).abs() < 1e-9 && (r[1].1 - 5.0).abs() < 1e-9, "{r:?}");
+        // The process restarts at T0+25 s: the counter starts over; 30 counted in 5 s since the new start.
+        let b = d.decode(&[rec(3, &sum(T0 + 30 * S, T0 + 25 * S, 30.0))]).unwrap();
+        let r = rows(&b);
+        assert!((r[0].1 - 6.0).abs() < 1e-9, "{r:?}");
+        assert_eq!(d.otlp_counters().resets.load(Ordering::Relaxed), 1);
+        assert_eq!(d.otlp_counters().baselines.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn up_down_counters_are_levels_and_delta_counters_are_rates() {
+        let req = request(vec![
+            metric("queue.size", metric::Data::Sum(Sum { data_points: vec![num(T0, T0 - 10 * S, 42.0, vec![])], aggregation_temporality: CUMULATIVE, is_monotonic: false })),
+            metric("bytes.sent", metric::Data::Sum(Sum { data_points: vec![num(T0, T0 - 10 * S, 500.0, vec![])], aggregation_temporality: DELTA, is_monotonic: true })),
+        ]);
+        let mut d = OtlpMetricsDecoder::new(OtlpEncoding::Proto, Default::default());
+        let r = rows(&d.decode(&[rec(0, &req)]).unwrap());
+        assert_eq!(r.len(), 2);
+        assert!(r[0].0.starts_with("queue.size{") && r[0].1 == 42.0);
+        assert!(r[1].0.starts_with("bytes.sent{") && r[1].1 == 50.0);
+    }
+
+    #[test]
+    fn histogram_quantiles_come_from_the_buckets_of_the_interval() {
+        let h = |t: u64, counts: Vec<u64>, sum: f64| {
+            let count = counts.iter().sum();
+            request(vec![metric(
+                "http.duration",
+                metric::Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        time_unix_nano: t,
+                        start_time_unix_nano: T0 - 60 * S,
+                        count,
+                        sum: Some(sum),
+                        bucket_counts: counts,
+                        explicit_bounds: vec![0.1, 0.5, 1.0],
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: CUMULATIVE,
+                }),
+            )])
+        };
+        let mut d = OtlpMetricsDecoder::new(OtlpEncoding::Proto, Default::default());
+        // Baseline: 100 fast requests. Interval: 100 requests all in (0.5, 1.0].
+        let b = d.decode(&[rec(0, &h(T0, vec![100, 0, 0, 0], 5.0)), rec(1, &h(T0 + 10 * S, vec![100, 0, 100, 0], 80.0))]).unwrap();
+        let r: std::collections::BTreeMap<String, f64> = rows(&b).into_iter().map(|(k, v)| (k.split('{').next().unwrap().to_string(), v)).collect();
+        assert!((r["http.duration.count"] - 10.0).abs() < 1e-9, "{r:?}");
+        assert!((r["http.duration.sum"] - 7.5).abs() < 1e-9, "{r:?}");
+        assert!((r["http.duration.p50"] - 0.75).abs() < 1e-9, "{r:?}");
+        assert!(r["http.duration.p99"] > 0.99 && r["http.duration.p99"] <= 1.0, "{r:?}");
+    }
+
+    #[test]
+    fn exponential_histogram_quantiles_land_in_the_right_bucket() {
+        // scale 0: base 2; positive offset 3 => buckets (8,16], (16,32].
+        let p = ExponentialHistogramDataPoint {
+            time_unix_nano: T0,
+            start_time_unix_nano: T0 - 10 * S,
+            count: 10,
+            sum: Some(200.0),
+            scale: 0,
+            positive: Some(exponential_histogram_data_point::Buckets { offset: 3, bucket_counts: vec![5, 5] }),
+            ..Default::default()
+        };
+        let b = exp_hist_parts(&p).unwrap().layout.buckets();
+        let q50 = b.quantile(&b.counts, 0.5).unwrap();
+        let q99 = b.quantile(&b.counts, 0.99).unwrap();
+        assert!((q50 - 16.0).abs() < 1e-9, "{q50}");
+        assert!(q99 > 16.0 && q99 <= 32.0, "{q99}");
+    }
+
+    #[test]
+    fn exponential_histograms_rescaled_between_points_are_differenced_at_the_coarser_scale() {
+        // Earlier: scale 1, index 6 ((8, 11.3]) holds 5. Later: scale 0, index 3 ((8, 16]) holds 5,
+        // index 5 ((32, 64]) holds 10. At scale 0 index 6 >> 1 = 3, so the interval's new values
+        // are the 10 in (32, 64].
+        let earlier = ExpBuckets { scale: 1, zero_threshold: 0.0, zero: 0, pos: vec![(6, 5)], neg: vec![] };
+        let later = ExpBuckets { scale: 0, zero_threshold: 0.0, zero: 0, pos: vec![(3, 5), (5, 10)], neg: vec![] };
+        let d = Layout::Exp(later).minus(&Layout::Exp(earlier)).unwrap().buckets();
+        let q50 = d.quantile(&d.counts, 0.5).unwrap();
+        assert!(q50 > 32.0 && q50 <= 64.0, "{q50}");
+    }
+
+    #[test]
+    fn bad_records_are_dead_lettered_and_points_without_values_skipped() {
+        let mut no_value = num(T0, 0, 1.0, vec![]);
+        no_value.flags = NO_RECORDED_VALUE;
+        let req = request(vec![metric("m", metric::Data::Gauge(Gauge { data_points: vec![no_value, num(T0, 0, 2.0, vec![])] }))]);
+        let garbage = RawRecord { payload: Some(vec![0xff, 0xff, 0xff, 0x01]), key: None, pos: SourcePos { topic: "otlp".into(), partition: 0, offset: 1 } };
+        let mut d = OtlpMetricsDecoder::new(OtlpEncoding::Proto, Default::default());
+        let b = d.decode(&[rec(0, &req), garbage]).unwrap();
+        assert_eq!(rows(&b).len(), 1);
+        assert_eq!(b.rejected.len(), 1);
+        assert_eq!(b.rejected[0].pos.offset, 1);
+        assert!(b.rejected[0].reason.contains("ExportMetricsServiceRequest"), "{}", b.rejected[0].reason);
+        assert_eq!(d.otlp_counters().skipped_points.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn only_int64_keys_are_unquoted() {
+        let j = br#"{"asInt": "-12","intValue":"7","body":{"stringValue":"say \"asInt\":\"5\""},"x":"asInt"}"#;
+        let out = unquote_int64(j);
+        assert_eq!(std::str::from_utf8(&out).unwrap(), r#"{"asInt": -12,"intValue":7,"body":{"stringValue":"say \"asInt\":\"5\""},"x":"asInt"}"#);
+        assert!(matches!(unquote_int64(b"{}"), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn otlp_json_with_string_encoded_integers_decodes() {
+        let json = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"api"}}]},
+          "scopeMetrics":[{"metrics":[{"name":"mem.used","gauge":{"dataPoints":[
+            {"timeUnixNano":"1767571200000000000","asInt":"2048","attributes":[{"key":"host.name","value":{"stringValue":"h2"}}]}]}}]}]}]}"#;
+        let r = RawRecord { payload: Some(json.as_bytes().to_vec()), key: None, pos: SourcePos { topic: "otlp".into(), partition: 0, offset: 0 } };
+        let mut d = OtlpMetricsDecoder::new(OtlpEncoding::Json, Default::default());
+        let b = d.decode(&[r]).unwrap();
+        assert!(b.rejected.is_empty(), "{:?}", b.rejected.first().map(|r| &r.reason));
+        assert_eq!(rows(&b), vec![(r#"mem.used{host.name="h2",service.name="api"}"#.to_string(), 2048.0)]);
+    }
+}

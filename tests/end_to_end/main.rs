@@ -1,0 +1,14 @@
+//! Cross-crate end-to-end tests, linked into one test binary (each module used to be its own
+//! binary, and every one of them linked DataFusion and librdkafka again).
+//!
+//! Kafka is always a real Kafka-protocol broker reached over TCP through rdkafka: librdkafka's
+//! mock cluster, started per test by [`common::Kafka`].
+
+mod common;
+
+mod config_env;
+mod kafka_dead_letters;
+mod kafka_decisions;
+mod kafka_delivery;
+mod kafka_formats;
+mod kafka_restart;
