@@ -49,6 +49,8 @@ pub struct Config {
     pub window: WindowConfig,
     /// The feature SQL.
     pub features: FeaturesConfig,
+    /// Log template mining and log signals.
+    pub logs: LogsConfig,
     /// The anomaly detector.
     pub detector: DetectorConfig,
     /// The decision rule.
@@ -70,12 +72,19 @@ pub struct KafkaConfig {
     /// Topics carrying JSON metric points (a list, or one comma-separated string).
     #[serde(deserialize_with = "string_or_list")]
     pub input_topics: Vec<String>,
-    /// Input format per topic: `json` (the default for unlisted topics) or `influx` (Influx line
-    /// protocol, as Telegraf's Kafka output writes it), e.g. `{ telegraf = "influx" }`.
+    /// Input format per topic (unlisted topics are `json`), e.g. `{ telegraf = "influx" }`.
+    /// Metrics: `json` (JSON points), `influx` (Influx line protocol, as Telegraf's Kafka output
+    /// writes it), `mapped` (any JSON, with `[kafka.mappings.<topic>]`), `otlp_proto` and
+    /// `otlp_json` (OTLP metrics as the OpenTelemetry Collector's Kafka exporter writes them).
+    /// Logs: `otlp_logs_proto`, `otlp_logs_json` (OTLP logs), `json_logs` (JSON log lines, with
+    /// `[kafka.log_mappings.<topic>]` or the default mapping ts/level/service/message).
     pub input_formats: BTreeMap<String, String>,
     /// For topics of format `mapped`: which JSON fields make a point, per topic
     /// (`[kafka.mappings.<topic>]`).
     pub mappings: BTreeMap<String, MappingConfig>,
+    /// For topics of format `json_logs`: which JSON fields are the time, level, service, message
+    /// and attributes, per topic (`[kafka.log_mappings.<topic>]`).
+    pub log_mappings: BTreeMap<String, LogMappingConfig>,
     /// Timestamp unit of Influx line protocol input: `ns` (Telegraf's default), `us`, `ms` or `s`.
     pub influx_precision: String,
     /// Where records that do not decode go, with the reason in headers.
@@ -107,6 +116,7 @@ impl Default for KafkaConfig {
             input_topics: vec!["metrics".into()],
             input_formats: BTreeMap::new(),
             mappings: BTreeMap::new(),
+            log_mappings: BTreeMap::new(),
             influx_precision: "ns".into(),
             dlq_topic: "vigil.dlq".into(),
             decisions_topic: "vigil.decisions".into(),
@@ -143,6 +153,88 @@ pub struct MappingConfig {
     #[serde(default, deserialize_with = "string_or_list")]
     pub label_fields: Vec<String>,
 }
+
+/// `[kafka.log_mappings.<topic>]`: how a JSON log line becomes a row of `logs`. Paths are dotted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogMappingConfig {
+    /// Path of the timestamp (default `ts`).
+    pub time_field: String,
+    /// Unit of a numeric timestamp: `s`, `ms` (default), `us` or `ns`; strings are RFC 3339.
+    pub time_unit: String,
+    /// Path of the message (default `message`).
+    pub message_field: String,
+    /// Path of the level (default `level`); `""` for none.
+    pub level_field: String,
+    /// Path of the service name (default `service`); `""` for none.
+    pub service_field: String,
+    /// Service name for records without one (default `unknown`).
+    pub service: String,
+    /// Paths of attributes kept in the `attributes` map; the key is the last path segment.
+    #[serde(deserialize_with = "string_or_list")]
+    pub attribute_fields: Vec<String>,
+}
+
+impl Default for LogMappingConfig {
+    fn default() -> Self {
+        let m = vigil_ingest::LogMapping::default();
+        Self {
+            time_field: m.time_field,
+            time_unit: m.time_unit,
+            message_field: m.message_field,
+            level_field: m.level_field.unwrap_or_default(),
+            service_field: m.service_field.unwrap_or_default(),
+            service: m.service,
+            attribute_fields: m.attribute_fields,
+        }
+    }
+}
+
+impl LogMappingConfig {
+    /// The ingest crate's mapping.
+    pub fn to_mapping(&self) -> vigil_ingest::LogMapping {
+        let opt = |s: &str| (!s.trim().is_empty()).then(|| s.to_string());
+        vigil_ingest::LogMapping {
+            time_field: self.time_field.clone(),
+            time_unit: self.time_unit.clone(),
+            message_field: self.message_field.clone(),
+            level_field: opt(&self.level_field),
+            service_field: opt(&self.service_field),
+            service: self.service.clone(),
+            attribute_fields: self.attribute_fields.clone(),
+        }
+    }
+}
+
+/// `[logs]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Share of equal tokens for a message to join a template, in (0, 1] (Drain's similarity).
+    pub template_similarity: f64,
+    /// Templates remembered per log topic; the least recently seen are forgotten first.
+    pub max_templates: usize,
+    /// SQL file turning the `logs` table into signal points; the shipped
+    /// `sql/log_signals.sql` when unset.
+    pub signals_sql_file: Option<PathBuf>,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        let d = vigil_ingest::DrainConfig::default();
+        Self { template_similarity: d.similarity, max_templates: d.max_templates, signals_sql_file: None }
+    }
+}
+
+impl LogsConfig {
+    /// The template miner's configuration.
+    pub fn drain(&self) -> vigil_ingest::DrainConfig {
+        vigil_ingest::DrainConfig { similarity: self.template_similarity, max_templates: self.max_templates, ..Default::default() }
+    }
+}
+
+/// Every input format, for validation and help.
+pub const INPUT_FORMATS: [&str; 8] = ["json", "influx", "mapped", "otlp_proto", "otlp_json", "otlp_logs_proto", "otlp_logs_json", "json_logs"];
 
 fn default_time_unit() -> String {
     "ms".into()
@@ -277,7 +369,7 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
-    /// Rows kept per result table (`points`, `features`, `anomalies`, `decisions`); oldest dropped first.
+    /// Rows kept per result table (`points`, `logs`, `features`, `anomalies`, `decisions`); oldest dropped first.
     pub max_rows: usize,
 }
 
@@ -351,8 +443,8 @@ impl Config {
             if !k.input_topics.contains(topic) {
                 return Err(invalid("kafka.input_formats", format!("names topic `{topic}`, which is not in kafka.input_topics"), "add it to kafka.input_topics or remove it here"));
             }
-            if !matches!(format.as_str(), "json" | "influx" | "mapped") {
-                return Err(invalid("kafka.input_formats", format!("format `{format}` for topic `{topic}` is unknown"), "use \"json\", \"influx\" or \"mapped\""));
+            if !INPUT_FORMATS.contains(&format.as_str()) {
+                return Err(invalid("kafka.input_formats", format!("format `{format}` for topic `{topic}` is unknown"), format!("use one of {}", INPUT_FORMATS.join(", "))));
             }
             if format == "mapped" {
                 match k.mappings.get(topic) {
@@ -368,6 +460,26 @@ impl Config {
         for topic in k.mappings.keys() {
             if k.input_formats.get(topic).map(String::as_str) != Some("mapped") {
                 return Err(invalid("kafka.mappings", format!("topic `{topic}` has a mapping but its format is not \"mapped\""), format!("set kafka.input_formats.{topic} = \"mapped\" or remove the mapping")));
+            }
+        }
+        for (topic, m) in &k.log_mappings {
+            if k.input_formats.get(topic).map(String::as_str) != Some("json_logs") {
+                return Err(invalid("kafka.log_mappings", format!("topic `{topic}` has a log mapping but its format is not \"json_logs\""), format!("set kafka.input_formats.{topic} = \"json_logs\" or remove the mapping")));
+            }
+            if let Err(e) = m.to_mapping().validate() {
+                return Err(invalid("kafka.log_mappings", format!("log mapping of topic `{topic}`: {e}"), "fix that mapping"));
+            }
+        }
+        let l = &self.logs;
+        if !(l.template_similarity > 0.0 && l.template_similarity <= 1.0) {
+            return Err(invalid("logs.template_similarity", format!("is {}", l.template_similarity), "use a share in (0, 1], e.g. 0.5"));
+        }
+        if l.max_templates < 10 || l.max_templates > 10_000_000 {
+            return Err(invalid("logs.max_templates", format!("is {}", l.max_templates), "use 10 to 10000000, e.g. 10000"));
+        }
+        if let Some(p) = &l.signals_sql_file {
+            if let Err(e) = std::fs::metadata(p) {
+                return Err(invalid("logs.signals_sql_file", format!("cannot read {}: {e}", p.display()), "point it at a SQL file, or remove it to use the shipped log signals"));
             }
         }
         if vigil_ingest::Precision::parse(&k.influx_precision).is_none() {
@@ -431,6 +543,16 @@ impl Config {
             None => Ok(vigil_pipeline::DEFAULT_FEATURES_SQL.to_string()),
             Some(p) => std::fs::read_to_string(p).map_err(|e| {
                 invalid("features.sql_file", format!("cannot read {}: {e}", p.display()), "point it at a readable SQL file")
+            }),
+        }
+    }
+
+    /// The log-signal SQL text: the configured file or the shipped default.
+    pub fn log_signals_sql(&self) -> Result<String, ConfigError> {
+        match &self.logs.signals_sql_file {
+            None => Ok(vigil_pipeline::DEFAULT_LOG_SIGNALS_SQL.to_string()),
+            Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                invalid("logs.signals_sql_file", format!("cannot read {}: {e}", p.display()), "point it at a readable SQL file")
             }),
         }
     }

@@ -98,8 +98,10 @@ impl std::fmt::Debug for Engine {
 pub struct Closed {
     /// Windows closed.
     pub windows: usize,
-    /// Their rows, as the feature SQL saw them.
+    /// Their points, as the feature SQL saw them (log signals included).
     pub points: arrow::array::RecordBatch,
+    /// Their log rows.
+    pub logs: arrow::array::RecordBatch,
     /// The feature SQL's output.
     pub features: arrow::array::RecordBatch,
     /// Rows scoring at or above the anomaly threshold.
@@ -113,14 +115,26 @@ pub struct Closed {
 enum TopicDecoder {
     Influx(vigil_ingest::InfluxDecoder),
     Mapped(Box<vigil_ingest::MappedJsonDecoder>),
+    Otlp(Box<vigil_ingest::OtlpMetricsDecoder>),
+    OtlpLogs(Box<vigil_ingest::OtlpLogsDecoder>),
+    JsonLogs(Box<vigil_ingest::JsonLogDecoder>),
+}
+
+/// What a topic's records decode into.
+enum Decoded {
+    Points(vigil_ingest::DecodedBatch),
+    Logs(vigil_ingest::DecodedLogs),
 }
 
 impl TopicDecoder {
-    fn decode(&mut self, raw: &[&vigil_ingest::RawRecord]) -> vigil_ingest::Result<vigil_ingest::DecodedBatch> {
-        match self {
-            Self::Influx(d) => d.decode_refs(raw),
-            Self::Mapped(d) => d.decode_refs(raw),
-        }
+    fn decode(&mut self, raw: &[&vigil_ingest::RawRecord]) -> vigil_ingest::Result<Decoded> {
+        Ok(match self {
+            Self::Influx(d) => Decoded::Points(d.decode_refs(raw)?),
+            Self::Mapped(d) => Decoded::Points(d.decode_refs(raw)?),
+            Self::Otlp(d) => Decoded::Points(d.decode_refs(raw)?),
+            Self::OtlpLogs(d) => Decoded::Logs(d.decode_refs(raw)?),
+            Self::JsonLogs(d) => Decoded::Logs(d.decode_refs(raw)?),
+        })
     }
 }
 
@@ -143,7 +157,8 @@ impl Processor {
     pub async fn new(cfg: &Config) -> Result<Self, EngineError> {
         cfg.validate()?;
         let sql = cfg.features_sql()?;
-        let plan = FeaturePlan::new(&sql, &cfg.detector.feature).await?;
+        let log_sql = cfg.log_signals_sql()?;
+        let plan = FeaturePlan::with_log_signals(&sql, &log_sql, &cfg.detector.feature).await?;
         let d = &cfg.detector;
         let detector = RobustDetector::new(d.model_config());
         let rule = DecisionRule::new(DecisionConfig {
@@ -170,6 +185,20 @@ impl Processor {
                         .map_err(|e| ConfigError::Invalid { key: "kafka.mappings", problem: e, fix: "fix the mapping".into() })?;
                     TopicDecoder::Mapped(Box::new(d))
                 }
+                "otlp_proto" | "otlp_json" => {
+                    let enc = if format == "otlp_proto" { vigil_ingest::OtlpEncoding::Proto } else { vigil_ingest::OtlpEncoding::Json };
+                    TopicDecoder::Otlp(Box::new(vigil_ingest::OtlpMetricsDecoder::new(enc, decoder.counters().clone())))
+                }
+                "otlp_logs_proto" | "otlp_logs_json" => {
+                    let enc = if format == "otlp_logs_proto" { vigil_ingest::OtlpEncoding::Proto } else { vigil_ingest::OtlpEncoding::Json };
+                    TopicDecoder::OtlpLogs(Box::new(vigil_ingest::OtlpLogsDecoder::new(enc, cfg.logs.drain(), decoder.counters().clone())))
+                }
+                "json_logs" => {
+                    let m = cfg.kafka.log_mappings.get(topic).cloned().unwrap_or_default().to_mapping();
+                    let d = vigil_ingest::JsonLogDecoder::new(m, cfg.logs.drain(), decoder.counters().clone())
+                        .map_err(|e| ConfigError::Invalid { key: "kafka.log_mappings", problem: e, fix: "fix the mapping".into() })?;
+                    TopicDecoder::JsonLogs(Box::new(d))
+                }
                 _ => continue,
             };
             others.insert(topic.clone(), dec);
@@ -180,6 +209,7 @@ impl Processor {
     /// Creates the result tables this processor's output goes to.
     pub fn create_tables(&self, tables: &ResultTables, max_rows: usize) {
         tables.create("points", self.plan.points_schema(), max_rows);
+        tables.create("logs", self.plan.logs_schema(), max_rows);
         tables.create("features", self.plan.output_schema(), max_rows);
         tables.create("anomalies", vigil_models::anomalies_schema(), max_rows);
         tables.create("decisions", vigil_models::decisions_schema(), max_rows);
@@ -204,12 +234,20 @@ impl Processor {
         for (topic, records) in groups {
             let decoded = match topic.and_then(|t| self.others.get_mut(t)) {
                 Some(d) => d.decode(&records)?,
-                None => self.decoder.decode_refs(&records)?,
+                None => Decoded::Points(self.decoder.decode_refs(&records)?),
             };
-            let p = self.windower.push(&decoded.points, &decoded.positions)?;
+            let p = match decoded {
+                Decoded::Points(d) => {
+                    rejected.extend(d.rejected);
+                    self.windower.push(&d.points, &d.positions)?
+                }
+                Decoded::Logs(d) => {
+                    rejected.extend(d.rejected);
+                    self.windower.push_logs(&d.logs, &d.positions)?
+                }
+            };
             pushed.accepted += p.accepted;
             pushed.late += p.late;
-            rejected.extend(decoded.rejected);
         }
         Ok((rejected, pushed))
     }
@@ -232,10 +270,10 @@ impl Processor {
         }
         let span = tracing::debug_span!("close", windows = closed.len(), first_start = closed[0].start_ms);
         let _g = span.enter();
-        let (points, features) = self.plan.run(&closed).await?;
+        let vigil_pipeline::PlanOutput { points, logs, features } = self.plan.run(&closed).await?;
         let anomalies = self.detector.score_batch(&features, &self.feature)?;
         let decisions = self.rule.decide(&anomalies)?;
-        Ok(Some(Closed { windows: closed.len(), points, features, anomalies, decisions }))
+        Ok(Some(Closed { windows: closed.len(), points, logs, features, anomalies, decisions }))
     }
 
     /// The decoder's counters.
@@ -251,7 +289,7 @@ impl Processor {
 }
 
 /// Names of the result tables the engine keeps.
-pub const TABLES: [&str; 4] = ["points", "features", "anomalies", "decisions"];
+pub const TABLES: [&str; 5] = ["points", "logs", "features", "anomalies", "decisions"];
 
 impl Engine {
     /// Builds every stage from `cfg`, creates the result tables in `tables`, and subscribes.
@@ -362,6 +400,7 @@ impl Engine {
         Stats::add(&self.stats.anomalies, c.anomalies.num_rows());
         Stats::add(&self.stats.decisions, c.decisions.len());
         self.tables.append("points", c.points)?;
+        self.tables.append("logs", c.logs)?;
         self.tables.append("features", c.features)?;
         self.tables.append("anomalies", c.anomalies)?;
         self.tables.append("decisions", DecisionRule::to_batch(&c.decisions)?)?;

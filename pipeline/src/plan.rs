@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray};
-use arrow::compute::concat_batches;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Builder, MapBuilder, RecordBatch, StringBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder,
+    UInt64Builder,
+};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
@@ -13,6 +16,23 @@ use crate::{Error, Result};
 
 /// The feature SQL shipped with Vigil (`sql/features.sql`).
 pub const DEFAULT_FEATURES_SQL: &str = include_str!("../../sql/features.sql");
+
+/// The log-signal SQL shipped with Vigil (`sql/log_signals.sql`).
+pub const DEFAULT_LOG_SIGNALS_SQL: &str = include_str!("../../sql/log_signals.sql");
+
+/// Columns the log-signal SQL must produce.
+const LOG_REQUIRED: [&str; 4] = ["window_start", "name", "labels", "value"];
+
+/// What one run of the plan produced.
+#[derive(Debug, Clone)]
+pub struct PlanOutput {
+    /// The `points` rows the feature SQL saw: the windows' points and the log signals.
+    pub points: RecordBatch,
+    /// The windows' log rows, with `window_start` and `window_end`.
+    pub logs: RecordBatch,
+    /// The features.
+    pub features: RecordBatch,
+}
 
 /// Columns every feature plan must produce for the detector.
 const REQUIRED: [&str; 5] = ["window_start", "window_end", "series_id", "series", "name"];
@@ -23,7 +43,9 @@ const REQUIRED: [&str; 5] = ["window_start", "window_end", "series_id", "series"
 pub struct FeaturePlan {
     ctx: SessionContext,
     sql: String,
+    log_sql: String,
     points_schema: SchemaRef,
+    logs_schema: SchemaRef,
     output_schema: SchemaRef,
 }
 
@@ -39,17 +61,46 @@ fn window_ts_type() -> DataType {
 
 impl FeaturePlan {
     /// Plans `sql` against an empty `points` table to check it before any data flows; the output
-    /// must contain the columns the detector needs plus `feature`.
+    /// must contain the columns the detector needs plus `feature`. Log signals come from
+    /// [`DEFAULT_LOG_SIGNALS_SQL`].
     pub async fn new(sql: &str, feature: &str) -> Result<Self> {
-        let base = vigil_ingest::points_schema();
-        let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new("window_start", window_ts_type(), false));
-        fields.push(Field::new("window_end", window_ts_type(), false));
-        let points_schema = Arc::new(Schema::new(fields));
+        Self::with_log_signals(sql, DEFAULT_LOG_SIGNALS_SQL, feature).await
+    }
+
+    /// Like [`Self::new`], with the SQL that turns the `logs` table into signal points.
+    pub async fn with_log_signals(sql: &str, log_sql: &str, feature: &str) -> Result<Self> {
+        let with_window = |base: SchemaRef| {
+            let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new("window_start", window_ts_type(), false));
+            fields.push(Field::new("window_end", window_ts_type(), false));
+            Arc::new(Schema::new(fields))
+        };
+        let points_schema = with_window(vigil_ingest::points_schema());
+        let logs_schema = with_window(vigil_ingest::logs_schema());
         // One partition: a window's table is small, and the engine's loop is the unit of
         // parallelism (one per consumer), so spreading a plan over every core only adds overhead.
         let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(1));
-        let mut plan = Self { ctx, sql: sql.to_string(), points_schema: points_schema.clone(), output_schema: points_schema };
+        let mut plan = Self {
+            ctx,
+            sql: sql.to_string(),
+            log_sql: log_sql.to_string(),
+            points_schema: points_schema.clone(),
+            logs_schema,
+            output_schema: points_schema,
+        };
+        let signals = plan.query("logs", RecordBatch::new_empty(plan.logs_schema.clone()), &plan.log_sql).await.map_err(|e| match e {
+            Error::Plan(m) => Error::Plan(format!("log signals: {m}")),
+            e => e,
+        })?;
+        for c in LOG_REQUIRED {
+            if signals.schema().field_with_name(c).is_err() {
+                return Err(Error::Plan(format!(
+                    "the log-signal SQL must return a column named `{c}`; it returns {:?}",
+                    signals.schema().fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                )));
+            }
+        }
+        plan.signal_points(&signals)?;
         let out = plan.execute(RecordBatch::new_empty(plan.points_schema.clone())).await?;
         plan.output_schema = out.schema();
         for c in REQUIRED.iter().chain(std::iter::once(&feature)) {
@@ -80,32 +131,153 @@ impl FeaturePlan {
         self.points_schema.clone()
     }
 
-    /// Runs the plan over `windows`; returns the `points` rows it saw and the features.
-    pub async fn run(&self, windows: &[ClosedWindow]) -> Result<(RecordBatch, RecordBatch)> {
+    /// The schema of the `logs` table the log-signal SQL sees.
+    pub fn logs_schema(&self) -> SchemaRef {
+        self.logs_schema.clone()
+    }
+
+    /// Runs the plan over `windows`: log signals first (they join the points), then the features.
+    pub async fn run(&self, windows: &[ClosedWindow]) -> Result<PlanOutput> {
+        let with_window = |schema: &SchemaRef, b: &RecordBatch, w: &ClosedWindow| -> Result<RecordBatch> {
+            let n = b.num_rows();
+            let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+            cols.push(Arc::new(TimestampMillisecondArray::from_value(w.start_ms, n).with_timezone("+00:00")));
+            cols.push(Arc::new(TimestampMillisecondArray::from_value(w.end_ms, n).with_timezone("+00:00")));
+            Ok(RecordBatch::try_new(schema.clone(), cols)?)
+        };
         let mut parts = Vec::new();
+        let mut log_parts = Vec::new();
         for w in windows {
             for b in &w.batches {
-                let n = b.num_rows();
-                let mut cols: Vec<ArrayRef> = b.columns().to_vec();
-                cols.push(Arc::new(TimestampMillisecondArray::from_value(w.start_ms, n).with_timezone("+00:00")));
-                cols.push(Arc::new(TimestampMillisecondArray::from_value(w.end_ms, n).with_timezone("+00:00")));
-                parts.push(RecordBatch::try_new(self.points_schema.clone(), cols)?);
+                parts.push(with_window(&self.points_schema, b, w)?);
+            }
+            for b in &w.logs {
+                log_parts.push(with_window(&self.logs_schema, b, w)?);
             }
         }
+        let logs = concat_batches(&self.logs_schema, &log_parts)?;
+        if logs.num_rows() > 0 {
+            let signals = self.query("logs", logs.clone(), &self.log_sql).await?;
+            let signal_points = self.signal_points(&signals)?;
+            // Each signal belongs to the window it was computed for.
+            let mut starts = windows.iter().map(|w| (w.start_ms, w.end_ms)).collect::<Vec<_>>();
+            starts.sort_unstable();
+            let ts = signal_points.column(0).as_primitive::<TimestampMillisecondType>();
+            let ends: TimestampMillisecondArray = ts
+                .values()
+                .iter()
+                .map(|t| starts.iter().find(|(s, _)| s == t).map(|(_, e)| *e))
+                .collect::<TimestampMillisecondArray>()
+                .with_timezone("+00:00");
+            if ends.null_count() > 0 {
+                return Err(Error::Plan("log signals: `window_start` must be the window_start of the logs rows".into()));
+            }
+            let mut cols: Vec<ArrayRef> = signal_points.columns().to_vec();
+            cols.push(signal_points.column(0).clone());
+            cols.push(Arc::new(ends));
+            parts.push(RecordBatch::try_new(self.points_schema.clone(), cols)?);
+        }
         let points = concat_batches(&self.points_schema, &parts)?;
-        let features = self.execute(points.clone()).await?;
-        Ok((points, features))
+        let features = conform(self.execute(points.clone()).await?, &self.output_schema)?;
+        Ok(PlanOutput { points, logs, features })
+    }
+
+    /// Turns the log-signal rows into points (points schema, without the window columns).
+    fn signal_points(&self, signals: &RecordBatch) -> Result<RecordBatch> {
+        let n = signals.num_rows();
+        let col = |c: &str| signals.column_by_name(c).expect("checked when planned");
+        let bad = |c: &str, want: &str| Error::Plan(format!("log signals: column `{c}` must be {want}, it is {}", col(c).data_type()));
+        let ts = cast(col("window_start"), &window_ts_type()).map_err(|_| bad("window_start", "a timestamp"))?;
+        let ts = ts.as_primitive::<TimestampMillisecondType>();
+        let names = cast(col("name"), &DataType::Utf8).map_err(|_| bad("name", "a string"))?;
+        let names = names.as_string::<i32>();
+        let values = cast(col("value"), &DataType::Float64).map_err(|_| bad("value", "a number"))?;
+        let values = values.as_primitive::<Float64Type>();
+        let labels = col("labels").as_map_opt().ok_or_else(|| bad("labels", "a map of string to string"))?;
+        let keys = cast(labels.keys(), &DataType::Utf8).map_err(|_| bad("labels", "a map of string to string"))?;
+        let vals = cast(labels.values(), &DataType::Utf8).map_err(|_| bad("labels", "a map of string to string"))?;
+        let (keys, vals) = (keys.as_string::<i32>(), vals.as_string::<i32>());
+        let offsets = labels.value_offsets();
+
+        let mut b_ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("+00:00");
+        let mut b_id = UInt64Builder::with_capacity(n);
+        let mut b_series = StringBuilder::new();
+        let mut b_name = StringBuilder::new();
+        let mut b_labels = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        let mut b_value = Float64Builder::with_capacity(n);
+        for i in 0..n {
+            if ts.is_null(i) || names.is_null(i) || values.is_null(i) || !values.value(i).is_finite() {
+                continue;
+            }
+            let pairs: Vec<(&str, &str)> = if labels.is_null(i) {
+                Vec::new()
+            } else {
+                (offsets[i] as usize..offsets[i + 1] as usize)
+                    .filter(|&j| !keys.is_null(j))
+                    .map(|j| (keys.value(j), if vals.is_null(j) { "" } else { vals.value(j) }))
+                    .collect()
+            };
+            let key = vigil_ingest::series_key(names.value(i), pairs.iter().copied());
+            b_ts.append_value(ts.value(i));
+            b_id.append_value(vigil_ingest::series_id(&key));
+            b_series.append_value(&key);
+            b_name.append_value(names.value(i));
+            for (k, v) in &pairs {
+                b_labels.keys().append_value(k);
+                b_labels.values().append_value(v);
+            }
+            b_labels.append(true)?;
+            b_value.append_value(values.value(i));
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(b_ts.finish()),
+            Arc::new(b_id.finish()),
+            Arc::new(b_series.finish()),
+            Arc::new(b_name.finish()),
+            Arc::new(b_labels.finish()),
+            Arc::new(b_value.finish()),
+        ];
+        Ok(RecordBatch::try_new(vigil_ingest::points_schema(), cols)?)
     }
 
     async fn execute(&self, points: RecordBatch) -> Result<RecordBatch> {
-        let table = MemTable::try_new(points.schema(), vec![vec![points]])?;
-        self.ctx.deregister_table("points")?;
-        self.ctx.register_table("points", Arc::new(table))?;
-        let df = self.ctx.sql(&self.sql).await.map_err(|e| Error::Plan(e.to_string()))?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        self.query("points", points, &self.sql).await
+    }
+
+    async fn query(&self, table: &str, rows: RecordBatch, sql: &str) -> Result<RecordBatch> {
+        let mem = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
+        self.ctx.deregister_table(table)?;
+        self.ctx.register_table(table, Arc::new(mem))?;
+        let df = self.ctx.sql(sql).await.map_err(|e| Error::Plan(e.to_string()))?;
+        let planned: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
+        // Execution may pick other physical string types than planning (e.g. Utf8View inside
+        // a map built by `map()`): the batches' own schema is the truth.
+        let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
         Ok(concat_batches(&schema, &batches)?)
     }
+}
+
+/// Gives `batch` exactly `schema` (the one the `features` table was created with), casting
+/// columns whose physical type differs between planning an empty table and running a full one.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema() == *schema {
+        return Ok(batch);
+    }
+    if batch.num_columns() != schema.fields().len() {
+        return Err(Error::Plan(format!("the feature SQL returned {} columns, planned {}", batch.num_columns(), schema.fields().len())));
+    }
+    let cols = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let fields: Vec<Field> = schema.fields().iter().zip(&cols).map(|(f, c)| f.as_ref().clone().with_nullable(f.is_nullable() || c.null_count() > 0)).collect();
+    if fields.iter().zip(schema.fields()).any(|(a, b)| a.is_nullable() != b.is_nullable()) {
+        return Err(Error::Plan("the feature SQL returned nulls in a column planned as non-null".into()));
+    }
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
 #[cfg(test)]
@@ -136,7 +308,7 @@ mod tests {
         let plan = FeaturePlan::new(DEFAULT_FEATURES_SQL, "mean").await.unwrap();
         let mut rows: Vec<(&str, i64, f64)> = (1..=100).map(|i| ("a", 1_000 + i, i as f64)).collect();
         rows.push(("b", 2_000, 7.0));
-        let (_, f) = plan.run(&window(&rows)).await.unwrap();
+        let f = plan.run(&window(&rows)).await.unwrap().features;
         assert_eq!(f.num_rows(), 2);
         let series = f.column_by_name("series").unwrap().as_string::<i32>();
         let i = (0..2).find(|&i| series.value(i) == r#"cpu{host="a"}"#).unwrap();
@@ -145,6 +317,43 @@ mod tests {
         assert_eq!(get("mean"), 50.5);
         assert_eq!((get("min"), get("max")), (1.0, 100.0));
         assert!((get("p95") - 95.0).abs() <= 1.5, "p95 {}", get("p95"));
+    }
+
+    #[tokio::test]
+    async fn log_rows_become_signal_points_scored_like_metrics() {
+        use vigil_ingest::{DrainConfig, JsonLogDecoder, LogMapping};
+        let mut lines = Vec::new();
+        for i in 0..8 {
+            lines.push(format!(r#"{{"ts": {}, "level": "info", "service": "api", "message": "GET /cart 200 in {i} ms"}}"#, 1_000 + i));
+        }
+        lines.push(r#"{"ts": 1500, "level": "error", "service": "api", "message": "upstream timed out"}"#.to_string());
+        lines.push(r#"{"ts": 1600, "level": "error", "service": "api", "message": "upstream timed out"}"#.to_string());
+        let recs: Vec<RawRecord> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| RawRecord { payload: Some(l.clone().into_bytes()), key: None, pos: SourcePos { topic: "logs".into(), partition: 0, offset: i as i64 } })
+            .collect();
+        let logs = JsonLogDecoder::new(LogMapping::default(), DrainConfig::default(), Default::default()).unwrap().decode(&recs).unwrap();
+        let mut w = Windower::new(WindowConfig { size_ms: 10_000, allowed_lag_ms: 0, idle_timeout: std::time::Duration::from_secs(60) });
+        w.push_logs(&logs.logs, &logs.positions).unwrap();
+        let plan = FeaturePlan::new(DEFAULT_FEATURES_SQL, "mean").await.unwrap();
+        let out = plan.run(&w.take_all()).await.unwrap();
+        assert_eq!(out.logs.num_rows(), 10);
+        let series = out.features.column_by_name("series").unwrap().as_string::<i32>();
+        let mean = out.features.column_by_name("mean").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        let get = |k: &str| (0..series.len()).find(|&i| series.value(i) == k).map(|i| mean.value(i));
+        assert_eq!(get(r#"log_records{level="info",service="api"}"#), Some(8.0));
+        assert_eq!(get(r#"log_records{level="error",service="api"}"#), Some(2.0));
+        assert_eq!(get(r#"log_error_ratio{service="api"}"#), Some(0.2));
+        assert_eq!(get(r#"log_new_templates{service="api"}"#), Some(2.0));
+        let per_template = (0..series.len()).filter(|&i| series.value(i).starts_with("log_template_records{")).count();
+        assert_eq!(per_template, 2);
+    }
+
+    #[tokio::test]
+    async fn log_signal_sql_without_a_required_column_is_refused_naming_it() {
+        let err = FeaturePlan::with_log_signals(DEFAULT_FEATURES_SQL, "SELECT window_start, 'x' AS name, 1.0 AS value FROM logs", "mean").await.unwrap_err();
+        assert!(err.to_string().contains("`labels`"), "{err}");
     }
 
     #[tokio::test]

@@ -30,12 +30,14 @@ pub struct ClosedWindow {
     pub end_ms: i64,
     /// Rows in the points schema.
     pub batches: Vec<RecordBatch>,
+    /// Rows in the logs schema.
+    pub logs: Vec<RecordBatch>,
 }
 
 impl ClosedWindow {
-    /// Number of rows.
+    /// Number of rows (points and logs).
     pub fn rows(&self) -> usize {
-        self.batches.iter().map(RecordBatch::num_rows).sum()
+        self.batches.iter().chain(&self.logs).map(RecordBatch::num_rows).sum()
     }
 }
 
@@ -53,6 +55,7 @@ type PartKey = (Arc<str>, i32);
 #[derive(Debug, Default)]
 struct OpenWindow {
     batches: Vec<RecordBatch>,
+    logs: Vec<RecordBatch>,
     /// Lowest offset per partition among the rows of this window.
     min_offset: HashMap<PartKey, i64>,
 }
@@ -147,6 +150,17 @@ impl Windower {
 
     /// Adds a batch of points (points schema) whose rows came from `positions`.
     pub fn push(&mut self, points: &RecordBatch, positions: &[SourcePos]) -> Result<PushStats> {
+        self.push_rows(points, positions, false)
+    }
+
+    /// Adds a batch of log rows (logs schema) whose rows came from `positions`. Logs share the
+    /// windows, the watermark and the lateness rule with points.
+    pub fn push_logs(&mut self, logs: &RecordBatch, positions: &[SourcePos]) -> Result<PushStats> {
+        self.push_rows(logs, positions, true)
+    }
+
+    /// Both kinds of rows have the event time, `Timestamp(ms)`, as their first column.
+    fn push_rows(&mut self, points: &RecordBatch, positions: &[SourcePos], logs: bool) -> Result<PushStats> {
         debug_assert_eq!(points.num_rows(), positions.len());
         self.consumed(positions);
         let n = points.num_rows();
@@ -219,7 +233,11 @@ impl Windower {
                 filter_record_batch(points, &mask)?
             };
             if batch.num_rows() > 0 {
-                w.batches.push(batch);
+                if logs {
+                    w.logs.push(batch);
+                } else {
+                    w.batches.push(batch);
+                }
             }
         }
         Ok(PushStats { accepted: n - late, late })
@@ -234,7 +252,7 @@ impl Windower {
                 break;
             }
             let w = self.open.remove(&start).expect("first key exists");
-            out.push(ClosedWindow { start_ms: start, end_ms: end, batches: w.batches });
+            out.push(ClosedWindow { start_ms: start, end_ms: end, batches: w.batches, logs: w.logs });
         }
         out
     }
@@ -244,7 +262,7 @@ impl Windower {
         let size = self.cfg.size_ms;
         std::mem::take(&mut self.open)
             .into_iter()
-            .map(|(start, w)| ClosedWindow { start_ms: start, end_ms: start + size, batches: w.batches })
+            .map(|(start, w)| ClosedWindow { start_ms: start, end_ms: start + size, batches: w.batches, logs: w.logs })
             .collect()
     }
 
@@ -266,7 +284,7 @@ impl Windower {
 
     /// The number of rows in open windows (for progress reporting).
     pub fn buffered_rows(&self) -> usize {
-        self.open.values().flat_map(|w| w.batches.iter()).map(|b| b.num_rows()).sum()
+        self.open.values().flat_map(|w| w.batches.iter().chain(&w.logs)).map(|b| b.num_rows()).sum()
     }
 }
 

@@ -78,7 +78,6 @@ impl Kafka {
                         }
                     }
                     out.push(Record {
-                        partition: m.partition(),
                         key: m.key().map(|k| String::from_utf8_lossy(k).to_string()),
                         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                         headers,
@@ -104,7 +103,6 @@ fn rand_id() -> u64 {
 
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub partition: i32,
     pub key: Option<String>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,

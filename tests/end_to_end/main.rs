@@ -11,4 +11,5 @@ mod kafka_dead_letters;
 mod kafka_decisions;
 mod kafka_delivery;
 mod kafka_formats;
+mod kafka_otlp_and_logs;
 mod kafka_restart;
