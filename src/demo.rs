@@ -5,6 +5,11 @@
 //! a fleet's metrics: enough for every series to warm up its baseline and for daily seasonality
 //! to move the signals, while incidents sit at known times so the summary can say how many were
 //! detected and how many decisions were false.
+//!
+//! Three inputs, three formats: JSON points on `metrics` (five services), OTLP protobuf on
+//! `otel-metrics` (the `cart` service, as an OpenTelemetry Collector would write it), and JSON
+//! logs on `app-logs` (every service). Five incidents: a latency spike, an error-rate level shift
+//! and a slow memory climb in the metrics; an error burst and a never-seen log message in the logs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,10 +40,12 @@ pub struct SimSeries {
 /// An injected incident.
 #[derive(Debug, Clone)]
 pub struct Incident {
-    /// `spike`, `level_shift` or `slow_climb`.
+    /// `spike`, `level_shift`, `slow_climb` (metrics), `error_burst` or `new_template` (logs).
     pub kind: &'static str,
-    /// The series it affects.
+    /// The series it affects; for log incidents, the service whose log signals show it.
     pub series: String,
+    /// For log incidents: the service. A decision about any of its log signals (`log_*`) detects it.
+    pub log_service: Option<&'static str>,
     /// Event time it starts, epoch ms.
     pub start_ms: i64,
     /// Event time it ends, epoch ms (a level shift lasts to the end of the run).
@@ -76,6 +83,17 @@ const METRICS: [(&str, f64, f64, f64, f64); 5] = [
     ("memory_used_bytes", 2.0e9, 6.0e9, 0.02, 0.01),
 ];
 
+/// Topics of the demo and their formats.
+pub const TOPICS: [(&str, &str, i32); 3] = [("metrics", "json", 6), ("otel-metrics", "otlp_proto", 2), ("app-logs", "json_logs", 3)];
+
+/// The service whose metrics arrive as OTLP.
+pub const OTLP_SERVICE: &str = "cart";
+
+/// Log lines per service per step, and the shares of warnings and errors in normal operation.
+const LOG_LINES_PER_STEP: usize = 30;
+const WARN_SHARE: f64 = 0.08;
+const ERROR_SHARE: f64 = 0.07;
+
 /// The simulated fleet and its incidents.
 #[derive(Debug)]
 pub struct Simulation {
@@ -99,7 +117,12 @@ impl Simulation {
                 let host = format!("{svc}-{h:02}");
                 for (name, lo, hi, amp, rel) in METRICS {
                     let base = lo + (hi - lo) * rng.random::<f64>();
-                    let labels = vec![("host", host.clone()), ("service", svc.to_string())];
+                    // OTLP series carry OpenTelemetry's resource attribute names.
+                    let labels = if *svc == OTLP_SERVICE {
+                        vec![("host.name", host.clone()), ("service.name", svc.to_string())]
+                    } else {
+                        vec![("host", host.clone()), ("service", svc.to_string())]
+                    };
                     let key = vigil_ingest::series_key(name, labels.iter().map(|(k, v)| (*k, v.as_str())));
                     series.push(SimSeries { name, labels, key, base, amp, sigma: base * rel, phase });
                 }
@@ -111,10 +134,13 @@ impl Simulation {
             vigil_ingest::series_key(name, [("host", host.as_str()), ("service", svc)])
         };
         let end = spec.start_ms + spec.span_ms;
+        let logs = |svc: &'static str| format!("log_*{{service=\"{svc}\"}}");
         let incidents = vec![
-            Incident { kind: "spike", series: pick("checkout", 3, "latency_p99_ms"), start_ms: at(0.30), end_ms: at(0.30) + 20_000, magnitude_sigma: 40.0 },
-            Incident { kind: "level_shift", series: pick("payments", 5, "error_rate"), start_ms: at(0.50), end_ms: end, magnitude_sigma: 60.0 },
-            Incident { kind: "slow_climb", series: pick("search", 2, "memory_used_bytes"), start_ms: at(0.70), end_ms: at(0.70) + 20 * 60_000, magnitude_sigma: 60.0 },
+            Incident { kind: "spike", series: pick("checkout", 3, "latency_p99_ms"), log_service: None, start_ms: at(0.30), end_ms: at(0.30) + 20_000, magnitude_sigma: 40.0 },
+            Incident { kind: "error_burst", series: logs("auth"), log_service: Some("auth"), start_ms: at(0.40), end_ms: at(0.40) + 3 * 60_000, magnitude_sigma: 0.0 },
+            Incident { kind: "level_shift", series: pick("payments", 5, "error_rate"), log_service: None, start_ms: at(0.50), end_ms: end, magnitude_sigma: 60.0 },
+            Incident { kind: "new_template", series: logs("catalog"), log_service: Some("catalog"), start_ms: at(0.60), end_ms: at(0.60) + 5 * 60_000, magnitude_sigma: 0.0 },
+            Incident { kind: "slow_climb", series: pick("search", 2, "memory_used_bytes"), log_service: None, start_ms: at(0.70), end_ms: at(0.70) + 20 * 60_000, magnitude_sigma: 60.0 },
         ];
         Self { spec, series, incidents }
     }
@@ -125,7 +151,7 @@ impl Simulation {
         let day = 86_400_000.0;
         let mut v = s.base * (1.0 + s.amp * (2.0 * std::f64::consts::PI * (t as f64) / day + s.phase).sin());
         for inc in &self.incidents {
-            if inc.series != s.key || t < inc.start_ms {
+            if inc.log_service.is_some() || inc.series != s.key || t < inc.start_ms {
                 continue;
             }
             let m = inc.magnitude_sigma * s.sigma;
@@ -140,6 +166,40 @@ impl Simulation {
             }
         }
         v
+    }
+
+    /// The log lines of `service` in the step starting at `t`: (ts, level, host, message).
+    fn log_lines(&self, svc_index: usize, t: i64, rng: &mut StdRng) -> Vec<(i64, &'static str, String, String)> {
+        let svc = SERVICES[svc_index];
+        let active = |kind: &str| self.incidents.iter().any(|i| i.kind == kind && i.log_service == Some(svc) && t >= i.start_ms && t < i.end_ms);
+        let error_share = if active("error_burst") { 0.45 } else { ERROR_SHARE };
+        let new_template = active("new_template");
+        const USERS: [&str; 6] = ["alice", "bob", "carol", "dave", "erin", "frank"];
+        const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
+        let mut out = Vec::with_capacity(LOG_LINES_PER_STEP + 4);
+        for _ in 0..LOG_LINES_PER_STEP {
+            let ts = t + rng.random_range(0..self.spec.step_ms);
+            let host = format!("{svc}-{:02}", rng.random_range(0..self.spec.hosts_per_service));
+            let r: f64 = rng.random();
+            let (level, msg) = if r < error_share {
+                ("error", format!("upstream {svc}-db timed out after {} ms", rng.random_range(1000..5000)))
+            } else if r < error_share + WARN_SHARE {
+                ("warn", format!("slow query on {svc}-db took {} ms", rng.random_range(200..900)))
+            } else {
+                match rng.random_range(0..3) {
+                    0 => ("info", format!("GET /api/{svc}/items/{} 200 in {} ms", rng.random_range(1..99999), rng.random_range(2..80))),
+                    1 => ("info", format!("user {} signed in from {}", USERS[rng.random_range(0..USERS.len())], REGIONS[rng.random_range(0..REGIONS.len())])),
+                    _ => ("info", format!("cache refresh for {svc} completed in {} ms", rng.random_range(5..50))),
+                }
+            };
+            out.push((ts, level, host, msg));
+        }
+        if new_template && rng.random::<f64>() < 0.5 {
+            let ts = t + rng.random_range(0..self.spec.step_ms);
+            let host = format!("{svc}-{:02}", rng.random_range(0..self.spec.hosts_per_service));
+            out.push((ts, "error", host, format!("connection pool exhausted: {} waiters, giving up", rng.random_range(10..90))));
+        }
+        out
     }
 }
 
@@ -160,8 +220,57 @@ pub struct GenStats {
     pub done: AtomicBool,
 }
 
-/// Produces the simulation to `topic` at `speedup` × real time. Blocking: run it on its own thread.
-pub fn generate(sim: &Simulation, brokers: &str, topic: &str, speedup: f64, stats: &GenStats) -> Result<(), KafkaError> {
+/// Sends one record, waiting while the producer's queue is full.
+fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &[u8], stats: &GenStats) {
+    let mut rec = BaseRecord::<str, [u8]>::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(rec) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "demo producer could not enqueue a record");
+                break;
+            }
+        }
+    }
+    stats.produced.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One OTLP `ExportMetricsServiceRequest` with the gauges of one host.
+fn otlp_request(host: &str, svc: &str, points: &[(&str, i64, f64)]) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+    let kv = |k: &str, v: &str| KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), ..Default::default() };
+    let metrics = points
+        .iter()
+        .map(|(name, ts, v)| Metric {
+            name: name.to_string(),
+            data: Some(metric::Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint { time_unix_nano: *ts as u64 * 1_000_000, value: Some(number_data_point::Value::AsDouble(*v)), ..Default::default() }],
+            })),
+            ..Default::default()
+        })
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource { attributes: vec![kv("service.name", svc), kv("host.name", host)], ..Default::default() }),
+            scope_metrics: vec![ScopeMetrics { metrics, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// Produces the simulation at `speedup` × real time to the [`TOPICS`]. Blocking: run it on its
+/// own thread.
+pub fn generate(sim: &Simulation, brokers: &str, speedup: f64, stats: &GenStats) -> Result<(), KafkaError> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "10")
@@ -181,6 +290,8 @@ pub fn generate(sim: &Simulation, brokers: &str, topic: &str, speedup: f64, stat
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
+        // OTLP: one request per host of the OTLP service, its five gauges together.
+        let mut otlp: std::collections::BTreeMap<String, Vec<(&str, i64, f64)>> = Default::default();
         for i in 0..sim.series.len() {
             let s = &sim.series[i];
             let ts = t + rng.random_range(0..2_000);
@@ -191,6 +302,11 @@ pub fn generate(sim: &Simulation, brokers: &str, topic: &str, speedup: f64, stat
                 ts_out -= 60_000;
                 stats.late.fetch_add(1, Ordering::Relaxed);
             }
+            if s.labels.iter().any(|(k, v)| *k == "service.name" && v == OTLP_SERVICE) {
+                let host = s.labels.iter().find(|(k, _)| *k == "host.name").map(|(_, h)| h.clone()).unwrap_or_default();
+                otlp.entry(host).or_default().push((s.name, ts_out, v));
+                continue;
+            }
             buf.clear();
             use std::fmt::Write;
             let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("\"{k}\":\"{v}\"")).collect();
@@ -199,22 +315,22 @@ pub fn generate(sim: &Simulation, brokers: &str, topic: &str, speedup: f64, stat
                 corrupt(&mut buf, rng.random_range(0..4));
                 stats.corrupted.fetch_add(1, Ordering::Relaxed);
             }
-            let mut rec = BaseRecord::<str, str>::to(topic).key(s.key.as_str()).payload(buf.as_str());
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        rec = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => {
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "demo producer could not enqueue a record");
-                        break;
-                    }
+            send(&producer, TOPICS[0].0, &s.key, buf.as_bytes(), stats);
+        }
+        for (host, points) in &otlp {
+            send(&producer, TOPICS[1].0, host, &otlp_request(host, OTLP_SERVICE, points), stats);
+        }
+        // Logs, one JSON object per line.
+        for svc in 0..SERVICES.len() {
+            for (ts, level, host, msg) in sim.log_lines(svc, t, &mut rng) {
+                let line = serde_json::json!({ "ts": ts, "level": level, "service": SERVICES[svc], "host": host, "message": msg }).to_string();
+                let mut line = line.into_bytes();
+                if rng.random::<f64>() < spec.corrupt_fraction {
+                    line.truncate(line.len() / 2);
+                    stats.corrupted.fetch_add(1, Ordering::Relaxed);
                 }
+                send(&producer, TOPICS[2].0, SERVICES[svc], &line, stats);
             }
-            stats.produced.fetch_add(1, Ordering::Relaxed);
         }
         stats.event_time_ms.store(t, Ordering::Relaxed);
         t += spec.step_ms;
@@ -254,7 +370,11 @@ impl Scorecard {
             for (i, d) in decisions.iter().enumerate() {
                 let ws = parse(&d.evidence.window_start);
                 let we = parse(&d.evidence.window_end);
-                if d.series.key == inc.series && we > inc.start_ms && ws <= inc.end_ms + 600_000 {
+                let about = match inc.log_service {
+                    Some(svc) => d.series.name.starts_with("log_") && d.series.labels.get("service").map(String::as_str) == Some(svc),
+                    None => d.series.key == inc.series,
+                };
+                if about && we > inc.start_ms && ws <= inc.end_ms + 600_000 {
                     matched[i] = true;
                     first.get_or_insert_with(|| d.evidence.window_start.clone());
                 }

@@ -145,6 +145,8 @@ pub struct Processor {
     decoder: JsonPointDecoder,
     /// Decoders of the topics that are not JSON points.
     others: std::collections::HashMap<String, TopicDecoder>,
+    /// Decoder counters per input format.
+    counters: Arc<vigil_ingest::FormatCounters>,
     windower: Windower,
     plan: FeaturePlan,
     detector: RobustDetector,
@@ -171,31 +173,33 @@ impl Processor {
             allowed_lag_ms: cfg.window.allowed_lag.as_millis() as i64,
             idle_timeout: cfg.window.idle_timeout,
         });
-        let decoder = JsonPointDecoder::default();
+        let mut counters = vigil_ingest::FormatCounters::default();
+        let decoder = JsonPointDecoder::new(counters.for_format("json"));
         let precision = vigil_ingest::Precision::parse(&cfg.kafka.influx_precision).unwrap_or_default();
         let mut others = std::collections::HashMap::new();
         for (topic, format) in &cfg.kafka.input_formats {
+            let c = counters.for_format(format);
             let dec = match format.as_str() {
-                "influx" => TopicDecoder::Influx(vigil_ingest::InfluxDecoder::new(precision, decoder.counters().clone())),
+                "influx" => TopicDecoder::Influx(vigil_ingest::InfluxDecoder::new(precision, c)),
                 "mapped" => {
                     let m = cfg.kafka.mappings.get(topic).map(|m| m.to_mapping()).ok_or_else(|| {
                         ConfigError::Invalid { key: "kafka.mappings", problem: format!("no mapping for topic `{topic}`"), fix: "add one".into() }
                     })?;
-                    let d = vigil_ingest::MappedJsonDecoder::new(m, decoder.counters().clone())
+                    let d = vigil_ingest::MappedJsonDecoder::new(m, c)
                         .map_err(|e| ConfigError::Invalid { key: "kafka.mappings", problem: e, fix: "fix the mapping".into() })?;
                     TopicDecoder::Mapped(Box::new(d))
                 }
                 "otlp_proto" | "otlp_json" => {
                     let enc = if format == "otlp_proto" { vigil_ingest::OtlpEncoding::Proto } else { vigil_ingest::OtlpEncoding::Json };
-                    TopicDecoder::Otlp(Box::new(vigil_ingest::OtlpMetricsDecoder::new(enc, decoder.counters().clone())))
+                    TopicDecoder::Otlp(Box::new(vigil_ingest::OtlpMetricsDecoder::new(enc, c)))
                 }
                 "otlp_logs_proto" | "otlp_logs_json" => {
                     let enc = if format == "otlp_logs_proto" { vigil_ingest::OtlpEncoding::Proto } else { vigil_ingest::OtlpEncoding::Json };
-                    TopicDecoder::OtlpLogs(Box::new(vigil_ingest::OtlpLogsDecoder::new(enc, cfg.logs.drain(), decoder.counters().clone())))
+                    TopicDecoder::OtlpLogs(Box::new(vigil_ingest::OtlpLogsDecoder::new(enc, cfg.logs.drain(), c)))
                 }
                 "json_logs" => {
                     let m = cfg.kafka.log_mappings.get(topic).cloned().unwrap_or_default().to_mapping();
-                    let d = vigil_ingest::JsonLogDecoder::new(m, cfg.logs.drain(), decoder.counters().clone())
+                    let d = vigil_ingest::JsonLogDecoder::new(m, cfg.logs.drain(), c)
                         .map_err(|e| ConfigError::Invalid { key: "kafka.log_mappings", problem: e, fix: "fix the mapping".into() })?;
                     TopicDecoder::JsonLogs(Box::new(d))
                 }
@@ -203,7 +207,7 @@ impl Processor {
             };
             others.insert(topic.clone(), dec);
         }
-        Ok(Self { decoder, others, windower, plan, detector, rule, feature: d.feature.clone() })
+        Ok(Self { decoder, others, counters: Arc::new(counters), windower, plan, detector, rule, feature: d.feature.clone() })
     }
 
     /// Creates the result tables this processor's output goes to.
@@ -276,9 +280,14 @@ impl Processor {
         Ok(Some(Closed { windows: closed.len(), points, logs, features, anomalies, decisions }))
     }
 
-    /// The decoder's counters.
+    /// The decoders' counters summed over every format, as of now.
     pub fn ingest_counters(&self) -> Arc<IngestCounters> {
-        self.decoder.counters().clone()
+        Arc::new(self.counters.total())
+    }
+
+    /// The decoders' counters per input format.
+    pub fn format_counters(&self) -> Arc<vigil_ingest::FormatCounters> {
+        self.counters.clone()
     }
 
     /// Series the detector holds state for.
@@ -328,9 +337,14 @@ impl Engine {
         self.stats.clone()
     }
 
-    /// The decoder's counters.
+    /// The decoders' counters summed over every format, as of now.
     pub fn ingest_counters(&self) -> Arc<IngestCounters> {
         self.core.ingest_counters()
+    }
+
+    /// The decoders' counters per input format.
+    pub fn format_counters(&self) -> Arc<vigil_ingest::FormatCounters> {
+        self.core.format_counters()
     }
 
     /// One poll-process-commit cycle. Returns the decisions published (and acknowledged) in it.
@@ -459,25 +473,44 @@ impl Engine {
     }
 }
 
-/// The counters served on `GET /metrics`.
-pub fn counters_fn(stats: Arc<Stats>, ingest: Arc<IngestCounters>) -> vigil_queries::CountersFn {
+/// The counters served on `GET /metrics`: engine totals, then per input format
+/// (`{format="..."}`, and `{format="...",kind="..."}` for rejects).
+pub fn counters_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>) -> vigil_queries::CountersFn {
     Arc::new(move || {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let s = &stats;
-        let i = &ingest;
-        vec![
+        let i = formats.total();
+        let mut out: Vec<(String, String, u64)> = vec![
             ("vigil_records_total".into(), "Records consumed from the input topics.".into(), g(&s.records)),
             ("vigil_ingest_bytes_total".into(), "Payload bytes consumed, all formats.".into(), g(&i.bytes)),
-            ("vigil_points_total".into(), "Points decoded (a line-protocol or mapped record can make several).".into(), g(&i.points)),
+            ("vigil_points_total".into(), "Points decoded (a line-protocol, mapped or OTLP record can make several).".into(), g(&i.points)),
             ("vigil_dead_lettered_total".into(), "Records sent to the dead-letter topic.".into(), g(&s.dead_lettered)),
-            ("vigil_rejected_syntax_total".into(), "Rejected: malformed, truncated or empty records (JSON or line protocol).".into(), g(&i.rejected_syntax)),
+            ("vigil_rejected_syntax_total".into(), "Rejected: malformed, truncated or empty records, in any format.".into(), g(&i.rejected_syntax)),
             ("vigil_rejected_type_total".into(), "Rejected: a field of the wrong type.".into(), g(&i.rejected_type)),
             ("vigil_rejected_missing_field_total".into(), "Rejected: a required field missing or null.".into(), g(&i.rejected_missing)),
-            ("vigil_late_total".into(), "Points dropped because their window had closed.".into(), g(&s.late)),
+            ("vigil_late_total".into(), "Points and log rows dropped because their window had closed.".into(), g(&s.late)),
             ("vigil_windows_closed_total".into(), "Windows closed and processed.".into(), g(&s.windows_closed)),
             ("vigil_anomalies_total".into(), "Anomalies scored at or above the anomaly threshold.".into(), g(&s.anomalies)),
             ("vigil_decisions_total".into(), "Decisions published and acknowledged.".into(), g(&s.decisions)),
             ("vigil_commits_total".into(), "Input offset commits.".into(), g(&s.commits)),
-        ]
+        ];
+        type Pick = fn(&IngestCounters) -> &AtomicU64;
+        let families: [(&str, &str, Pick); 3] = [
+            ("vigil_format_records_total", "Records read, per input format.", |c| &c.records),
+            ("vigil_format_bytes_total", "Payload bytes read, per input format.", |c| &c.bytes),
+            ("vigil_format_points_total", "Points or log rows decoded, per input format.", |c| &c.points),
+        ];
+        for (name, help, pick) in families {
+            for (f, c) in formats.iter() {
+                out.push((format!("{name}{{format=\"{f}\"}}"), help.into(), g(pick(c))));
+            }
+        }
+        let kinds: [(&str, Pick); 3] = [("syntax", |c| &c.rejected_syntax), ("type", |c| &c.rejected_type), ("missing_field", |c| &c.rejected_missing)];
+        for (f, c) in formats.iter() {
+            for (kind, pick) in kinds {
+                out.push((format!("vigil_format_rejected_total{{format=\"{f}\",kind=\"{kind}\"}}"), "Records rejected, per input format and kind of error.".into(), g(pick(c))));
+            }
+        }
+        out
     })
 }

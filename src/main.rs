@@ -217,7 +217,7 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config.as_deref())?;
     let tables = Arc::new(ResultTables::new());
     let mut engine = Engine::new(&cfg, tables.clone()).await?;
-    let stop_server = serve_sql(cfg.server.listen, tables, counters_fn(engine.stats(), engine.ingest_counters())).await?;
+    let stop_server = serve_sql(cfg.server.listen, tables, counters_fn(engine.stats(), engine.format_counters())).await?;
     tracing::info!(brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.input_topics, group = %cfg.kafka.group_id, "running");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -237,13 +237,22 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     }
     let cluster = MockCluster::new(1).context("starting the Kafka mock cluster")?;
     let brokers = cluster.bootstrap_servers();
-    cluster.create_topic("metrics", 6, 1).context("creating topic metrics")?;
+    for (topic, _, partitions) in vigil::demo::TOPICS {
+        cluster.create_topic(topic, partitions, 1).with_context(|| format!("creating topic {topic}"))?;
+    }
     cluster.create_topic("vigil.dlq", 1, 1).context("creating topic vigil.dlq")?;
     cluster.create_topic("vigil.decisions", 3, 1).context("creating topic vigil.decisions")?;
 
     let mut cfg = Config::default();
     cfg.kafka.brokers = brokers.clone();
     cfg.kafka.group_id = "vigil-demo".into();
+    cfg.kafka.input_topics = vigil::demo::TOPICS.iter().map(|(t, _, _)| t.to_string()).collect();
+    for (topic, format, _) in vigil::demo::TOPICS {
+        cfg.kafka.input_formats.insert(topic.into(), format.into());
+    }
+    let mut log_mapping = vigil::config::LogMappingConfig::default();
+    log_mapping.attribute_fields = vec!["host".into()];
+    cfg.kafka.log_mappings.insert("app-logs".into(), log_mapping);
     cfg.server.listen = listen;
     cfg.validate()?;
 
@@ -266,21 +275,23 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
         speedup,
         humantime::format_duration(duration)
     );
+    for (topic, format, _) in vigil::demo::TOPICS {
+        println!("  input topic {topic:<13} format {format}");
+    }
     for inc in &sim.incidents {
-        println!("  incident planned: {:<11} {} at +{}", inc.kind, inc.series, humantime::format_duration(Duration::from_secs(((inc.start_ms - start_ms) / 1000) as u64)));
+        println!("  incident planned: {:<12} {} at +{}", inc.kind, inc.series, humantime::format_duration(Duration::from_secs(((inc.start_ms - start_ms) / 1000) as u64)));
     }
     println!("  SQL: curl -s -X POST {listen}/sql -d 'select count(*) from anomalies'");
 
     let tables = Arc::new(ResultTables::new());
     let mut engine = Engine::new(&cfg, tables.clone()).await?;
     let stats = engine.stats();
-    let ingest = engine.ingest_counters();
-    let stop_server = serve_sql(listen, tables.clone(), counters_fn(stats.clone(), ingest.clone())).await?;
+    let stop_server = serve_sql(listen, tables.clone(), counters_fn(stats.clone(), engine.format_counters())).await?;
 
     let gen_stats = Arc::new(GenStats::default());
     let gen = {
         let (sim, brokers, gs) = (sim.clone(), brokers.clone(), gen_stats.clone());
-        std::thread::spawn(move || vigil::demo::generate(&sim, &brokers, "metrics", speedup, &gs))
+        std::thread::spawn(move || vigil::demo::generate(&sim, &brokers, speedup, &gs))
     };
 
     let began = Instant::now();
@@ -340,6 +351,12 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     let dlq_on_topic = count_topic(&brokers, "vigil.dlq");
     let sql = SqlService::new(tables.clone());
     let anomalies_sql = sql.query_json("select count(*) as n from anomalies").await.map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
+    let logs_sql = sql
+        .query_json("select count(*) as rows, count(distinct template_id) as templates, sum(case when level = 'error' then 1 else 0 end) as errors from logs")
+        .await
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default();
+    let formats_sql = engine.format_counters();
     let card = Scorecard::score(&sim, &decisions);
     let _ = stop_server.send(());
 
@@ -352,12 +369,21 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     println!("late (dropped)          {}", Stats::get(&stats.late));
     println!("windows closed          {}", Stats::get(&stats.windows_closed));
     println!("feature rows            {}", Stats::get(&stats.feature_rows));
+    for (format, c) in formats_sql.iter() {
+        println!(
+            "  format {format:<11} records {} points/rows {} rejected {}",
+            c.records.load(Ordering::Relaxed),
+            c.points.load(Ordering::Relaxed),
+            c.rejected.load(Ordering::Relaxed)
+        );
+    }
+    println!("logs kept               {logs_sql}");
     println!("anomalies               {} (SQL: {anomalies_sql})", Stats::get(&stats.anomalies));
     println!("decisions               {} (on topic vigil.decisions: {on_topic})", decisions.len());
     for (kind, series, first) in &card.incidents {
         match first {
-            Some(at) => println!("  detected  {kind:<11} {series} (window {at})"),
-            None => println!("  MISSED    {kind:<11} {series}"),
+            Some(at) => println!("  detected  {kind:<12} {series} (window {at})"),
+            None => println!("  MISSED    {kind:<12} {series}"),
         }
     }
     println!("incidents detected: {}/{}", card.detected(), card.incidents.len());

@@ -65,7 +65,7 @@ pub struct IngestCounters {
     pub records: AtomicU64,
     /// Payload bytes seen.
     pub bytes: AtomicU64,
-    /// Records decoded into points.
+    /// Points (or, for log formats, log rows) decoded.
     pub points: AtomicU64,
     /// Records rejected (sent to the dead-letter topic).
     pub rejected: AtomicU64,
@@ -75,6 +75,56 @@ pub struct IngestCounters {
     pub rejected_type: AtomicU64,
     /// Of which: a required field (`ts`, `name`, `value`) missing or null.
     pub rejected_missing: AtomicU64,
+}
+
+impl IngestCounters {
+    /// Adds `other`'s values into these counters.
+    pub fn add(&self, other: &IngestCounters) {
+        let r = Ordering::Relaxed;
+        for (a, b) in [
+            (&self.records, &other.records),
+            (&self.bytes, &other.bytes),
+            (&self.points, &other.points),
+            (&self.rejected, &other.rejected),
+            (&self.rejected_syntax, &other.rejected_syntax),
+            (&self.rejected_type, &other.rejected_type),
+            (&self.rejected_missing, &other.rejected_missing),
+        ] {
+            a.fetch_add(b.load(r), r);
+        }
+    }
+}
+
+/// One set of [`IngestCounters`] per input format, fixed when the decoders are built.
+#[derive(Debug, Default)]
+pub struct FormatCounters {
+    formats: Vec<(String, Arc<IngestCounters>)>,
+}
+
+impl FormatCounters {
+    /// The counters of `format`, created on first use.
+    pub fn for_format(&mut self, format: &str) -> Arc<IngestCounters> {
+        if let Some((_, c)) = self.formats.iter().find(|(f, _)| f == format) {
+            return c.clone();
+        }
+        let c = Arc::new(IngestCounters::default());
+        self.formats.push((format.to_string(), c.clone()));
+        c
+    }
+
+    /// Every format and its counters, in the order they were created.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &IngestCounters)> {
+        self.formats.iter().map(|(f, c)| (f.as_str(), c.as_ref()))
+    }
+
+    /// The sum over all formats, as of now.
+    pub fn total(&self) -> IngestCounters {
+        let t = IngestCounters::default();
+        for (_, c) in &self.formats {
+            t.add(c);
+        }
+        t
+    }
 }
 
 /// Decodes JSON metric points, `{"ts": <epoch ms | RFC 3339>, "name": .., "labels": {..}, "value": ..}`,

@@ -33,7 +33,7 @@ pub use mapped::{JsonMapping, MappedJsonDecoder};
 pub use otlp::{OtlpCounters, OtlpEncoding, OtlpMetricsDecoder, MAX_STREAMS, STREAM_TTL_NS};
 pub use drain::{Drain, DrainConfig, Mined, MAX_TOKENS};
 pub use logs::{log_col, logs_schema, normalize_level, DecodedLogs, JsonLogDecoder, LogCounters, LogMapping, OtlpLogsDecoder, MAX_MESSAGE_BYTES};
-pub use json::{DecodedBatch, IngestCounters, JsonPointDecoder, RawRecord, Rejected};
+pub use json::{DecodedBatch, FormatCounters, IngestCounters, JsonPointDecoder, RawRecord, Rejected};
 pub use schema::{points_schema, col};
 pub use series::{series_id, series_key};
 pub use source::{KafkaSource, KafkaSourceConfig, SourcePos};

@@ -199,6 +199,7 @@ impl<'a> LogRows<'a> {
         rejected.sort_by_key(|r| (r.pos.partition, r.pos.offset));
         count_rejects(c, &rejected);
         lc.rows.fetch_add(logs.num_rows() as u64, Ordering::Relaxed);
+        c.points.fetch_add(logs.num_rows() as u64, Ordering::Relaxed);
         lc.new_templates.fetch_add(new.true_count() as u64, Ordering::Relaxed);
         let positions = self.records.iter().map(|r| r.pos.clone()).collect();
         Ok(DecodedLogs { logs, positions, rejected })

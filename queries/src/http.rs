@@ -66,8 +66,15 @@ async fn tables(State(st): State<AppState>) -> Response {
 
 async fn metrics(State(st): State<AppState>) -> Response {
     let mut out = String::new();
+    // Samples of one family (`name{labels}`) come together; HELP and TYPE once per family.
+    let mut family = String::new();
     for (name, help, value) in (st.counters)() {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+        let fam = name.split('{').next().unwrap_or(&name);
+        if fam != family {
+            family = fam.to_string();
+            out.push_str(&format!("# HELP {fam} {help}\n# TYPE {fam} counter\n"));
+        }
+        out.push_str(&format!("{name} {value}\n"));
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -97,7 +97,7 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     // SQL over HTTP, with a real TCP client.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let counters = vigil::engine::counters_fn(engine.stats(), engine.ingest_counters());
+    let counters = vigil::engine::counters_fn(engine.stats(), engine.format_counters());
     tokio::spawn(vigil_queries::serve(listener, vigil_queries::SqlService::new(tables.clone()), counters, std::future::pending()));
     let (status, body) = http(addr, "POST", "/sql", "select series, kind from decisions").await;
     assert_eq!(status, 200, "{body}");
@@ -115,6 +115,8 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     assert_eq!(status, 200);
     let (_, metrics) = http(addr, "GET", "/metrics", "").await;
     assert!(metrics.contains("vigil_decisions_total 1"), "{metrics}");
+    assert!(metrics.contains("vigil_format_records_total{format=\"json\"} "), "{metrics}");
+    assert_eq!(metrics.matches("# TYPE vigil_format_rejected_total counter").count(), 1, "{metrics}");
 
     // Replay the same input under another group: the same decision, with the same id.
     let mut replay = vigil::Engine::new(&kafka.config("vigil-e2e-replay"), crate::common::tables()).await.unwrap();
