@@ -240,6 +240,15 @@ fn logistic(cfg: &DetectorConfig, z: f64) -> f64 {
 /// One sentence a person on call can read.
 pub(crate) fn explain(series: &str, feature: &str, value: f64, s: &Score) -> String {
     let dir = if s.z >= 0.0 { "above" } else { "below" };
+    // A flat baseline has (almost) no spread: a z-score would be a meaningless huge number.
+    if s.upper - s.lower <= 1e-6 * s.expected.abs().max(1.0) {
+        return format!(
+            "{series} {feature} {} departs from a flat baseline: it was {} in each of its last {} windows",
+            fmt(value),
+            fmt(s.expected),
+            s.support
+        );
+    }
     format!(
         "{series} {feature} {} is {:.1} robust standard deviations {dir} its baseline {} (normal band {} to {}, learned from its last {} windows)",
         fmt(value),
@@ -317,6 +326,18 @@ mod tests {
         // A drop is found too.
         let s = d.observe(9, 0.0).unwrap();
         assert!(s.score > 0.99 && s.z < 0.0);
+    }
+
+    #[test]
+    fn leaving_a_flat_baseline_is_explained_without_a_huge_z() {
+        let mut d = RobustDetector::new(DetectorConfig::default());
+        for _ in 0..40 {
+            d.observe(3, 0.0);
+        }
+        let s = d.observe(3, 1.0).unwrap();
+        assert!(s.score > 0.99, "{s:?}");
+        let text = explain("log_new_templates{service=\"api\"}", "mean", 1.0, &s);
+        assert_eq!(text, "log_new_templates{service=\"api\"} mean 1 departs from a flat baseline: it was 0 in each of its last 40 windows");
     }
 
     #[test]
