@@ -321,15 +321,15 @@ pub fn generate(sim: &Simulation, brokers: &str, speedup: f64, stats: &GenStats)
             send(&producer, TOPICS[1].0, host, &otlp_request(host, OTLP_SERVICE, points), stats);
         }
         // Logs, one JSON object per line.
-        for svc in 0..SERVICES.len() {
+        for (svc, name) in SERVICES.iter().enumerate() {
             for (ts, level, host, msg) in sim.log_lines(svc, t, &mut rng) {
-                let line = serde_json::json!({ "ts": ts, "level": level, "service": SERVICES[svc], "host": host, "message": msg }).to_string();
+                let line = serde_json::json!({ "ts": ts, "level": level, "service": name, "host": host, "message": msg }).to_string();
                 let mut line = line.into_bytes();
                 if rng.random::<f64>() < spec.corrupt_fraction {
                     line.truncate(line.len() / 2);
                     stats.corrupted.fetch_add(1, Ordering::Relaxed);
                 }
-                send(&producer, TOPICS[2].0, SERVICES[svc], &line, stats);
+                send(&producer, TOPICS[2].0, name, &line, stats);
             }
         }
         stats.event_time_ms.store(t, Ordering::Relaxed);

@@ -250,8 +250,7 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     for (topic, format, _) in vigil::demo::TOPICS {
         cfg.kafka.input_formats.insert(topic.into(), format.into());
     }
-    let mut log_mapping = vigil::config::LogMappingConfig::default();
-    log_mapping.attribute_fields = vec!["host".into()];
+    let log_mapping = vigil::config::LogMappingConfig { attribute_fields: vec!["host".into()], ..Default::default() };
     cfg.kafka.log_mappings.insert("app-logs".into(), log_mapping);
     cfg.server.listen = listen;
     cfg.validate()?;

@@ -214,6 +214,7 @@ pub struct OtlpMetricsDecoder {
     otlp: Arc<OtlpCounters>,
     streams: HashMap<u64, Prev>,
     newest: u64,
+    batches: u64,
 }
 
 /// One output point before it is appended.
@@ -343,6 +344,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+type Labels = Vec<(String, String)>;
+
 fn ns_to_ms(ns: u64) -> i64 {
     (ns / 1_000_000) as i64
 }
@@ -363,7 +366,7 @@ fn stream_key(name: &str, labels: &[(String, String)], kind: u8) -> u64 {
 impl OtlpMetricsDecoder {
     /// A decoder for `encoding`, reporting into `counters`.
     pub fn new(encoding: OtlpEncoding, counters: Arc<IngestCounters>) -> Self {
-        Self { encoding, counters, otlp: Arc::new(OtlpCounters::default()), streams: HashMap::new(), newest: 0 }
+        Self { encoding, counters, otlp: Arc::new(OtlpCounters::default()), streams: HashMap::new(), newest: 0, batches: 0 }
     }
 
     /// OTLP-specific counters.
@@ -479,7 +482,7 @@ impl OtlpMetricsDecoder {
     }
 
     /// The time, value and labels of a number data point, or `None` (counted) when it has none.
-    fn number(&self, p: &NumberDataPoint, resource: &[(String, String)]) -> Option<(u64, f64, Vec<(String, String)>)> {
+    fn number(&self, p: &NumberDataPoint, resource: &[(String, String)]) -> Option<(u64, f64, Labels)> {
         self.otlp.data_points.fetch_add(1, Ordering::Relaxed);
         let v = match p.value {
             Some(number_data_point::Value::AsDouble(d)) => d,
@@ -573,7 +576,9 @@ impl OtlpMetricsDecoder {
     }
 
     fn evict(&mut self) {
-        if self.streams.len() <= MAX_STREAMS && self.streams.len() % 1024 != 0 {
+        // The TTL sweep is O(streams): run it every 256 batches, or at once when over the cap.
+        self.batches += 1;
+        if self.streams.len() <= MAX_STREAMS && !self.batches.is_multiple_of(256) {
             return;
         }
         let horizon = self.newest.saturating_sub(STREAM_TTL_NS);
@@ -624,7 +629,7 @@ fn hist_parts(p: &HistogramDataPoint) -> Option<HistParts> {
     if p.bucket_counts.len() != n + 1 && !(n == 0 && p.bucket_counts.is_empty()) {
         return None;
     }
-    if p.explicit_bounds.windows(2).any(|w| !(w[0] < w[1])) || p.explicit_bounds.iter().any(|b| !b.is_finite()) {
+    if p.explicit_bounds.windows(2).any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less)) || p.explicit_bounds.iter().any(|b| !b.is_finite()) {
         return None;
     }
     let mut bounds = Vec::with_capacity(n + 1);
