@@ -53,6 +53,8 @@ pub struct Config {
     pub logs: LogsConfig,
     /// The anomaly detector.
     pub detector: DetectorConfig,
+    /// Forecasts and time-to-limit.
+    pub forecast: ForecastSection,
     /// The decision rule.
     pub decisions: DecisionsConfig,
     /// The SQL/HTTP server.
@@ -334,6 +336,43 @@ impl DetectorConfig {
     }
 }
 
+/// `[forecast]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForecastSection {
+    /// Metric names to forecast (every series of each); empty turns forecasting off.
+    #[serde(deserialize_with = "string_or_list")]
+    pub metrics: Vec<String>,
+    /// Upper limits per metric name (disk full, memory limit, CPU target): forecasts say when
+    /// they will be reached, e.g. `{ memory_used_bytes = 8e9 }`.
+    pub limits: BTreeMap<String, f64>,
+    /// How far ahead, e.g. `"30m"`.
+    #[serde(with = "humantime_serde")]
+    pub horizon: Duration,
+    /// History kept per series and fitted on, e.g. `"12h"`.
+    #[serde(with = "humantime_serde")]
+    pub history: Duration,
+    /// Event time between refits (they run in the background), e.g. `"5m"`.
+    #[serde(with = "humantime_serde")]
+    pub refit_every: Duration,
+    /// Longest seasonal period looked for, e.g. `"1d"`.
+    #[serde(with = "humantime_serde")]
+    pub max_period: Duration,
+}
+
+impl Default for ForecastSection {
+    fn default() -> Self {
+        Self {
+            metrics: Vec::new(),
+            limits: BTreeMap::new(),
+            horizon: Duration::from_secs(30 * 60),
+            history: Duration::from_secs(12 * 3600),
+            refit_every: Duration::from_secs(5 * 60),
+            max_period: Duration::from_secs(86_400),
+        }
+    }
+}
+
 /// `[decisions]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -525,6 +564,28 @@ impl Config {
                 format!("is {t} with detector.anomaly_threshold = {}", d.anomaly_threshold),
                 "use a score in (0, 1] not below detector.anomaly_threshold, e.g. 0.8",
             ));
+        }
+        let f = &self.forecast;
+        let w = self.window.size;
+        for name in f.limits.keys() {
+            if !f.metrics.contains(name) {
+                return Err(invalid("forecast.limits", format!("has a limit for `{name}`, which is not in forecast.metrics"), format!("add \"{name}\" to forecast.metrics or remove its limit")));
+            }
+        }
+        if let Some((name, v)) = f.limits.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(invalid("forecast.limits", format!("limit of `{name}` is {v}"), "use a finite number"));
+        }
+        if f.horizon < w || f.horizon > w * 100_000 {
+            return Err(invalid("forecast.horizon", format!("is {:?} with window.size = {w:?}", f.horizon), "use at least one window and at most 100000 windows, e.g. \"30m\""));
+        }
+        if f.history < w * 8 || f.history > w * 1_000_000 {
+            return Err(invalid("forecast.history", format!("is {:?} with window.size = {w:?}", f.history), "keep 8 to 1000000 windows, e.g. \"12h\""));
+        }
+        if f.refit_every < w {
+            return Err(invalid("forecast.refit_every", format!("is {:?}, shorter than window.size", f.refit_every), "refit at most once per window, e.g. \"5m\""));
+        }
+        if f.max_period < w * 4 {
+            return Err(invalid("forecast.max_period", format!("is {:?}, under four windows", f.max_period), "use e.g. \"1d\""));
         }
         if self.retention.max_rows == 0 {
             return Err(invalid("retention.max_rows", "is 0", "keep at least one row, e.g. 1000000"));

@@ -57,6 +57,8 @@ pub struct Stats {
     pub anomalies: AtomicU64,
     /// Decisions published and acknowledged.
     pub decisions: AtomicU64,
+    /// Forecast rows computed (one per series and step ahead).
+    pub forecasts: AtomicU64,
     /// Offset commits.
     pub commits: AtomicU64,
     /// Current watermark, epoch ms (`i64::MIN` before any data).
@@ -152,6 +154,10 @@ pub struct Processor {
     detector: RobustDetector,
     rule: DecisionRule,
     feature: String,
+    forecaster: vigil_models::Forecaster,
+    forecast_cfg: vigil_models::ForecastConfig,
+    /// The refit running in the background, if any.
+    refit: Option<tokio::task::JoinHandle<vigil_models::Result<arrow::array::RecordBatch>>>,
 }
 
 impl Processor {
@@ -207,7 +213,29 @@ impl Processor {
             };
             others.insert(topic.clone(), dec);
         }
-        Ok(Self { decoder, others, counters: Arc::new(counters), windower, plan, detector, rule, feature: d.feature.clone() })
+        let f = &cfg.forecast;
+        let window_ms = cfg.window.size.as_millis() as i64;
+        let windows = |d: std::time::Duration| (d.as_millis() as i64 / window_ms).max(1) as usize;
+        let forecaster = vigil_models::Forecaster::new(
+            f.metrics.iter().map(|m| (m.clone(), f.limits.get(m).copied())),
+            window_ms,
+            windows(f.history),
+            f.refit_every.as_millis() as i64,
+        );
+        let forecast_cfg = vigil_models::ForecastConfig { horizon: windows(f.horizon), max_period: windows(f.max_period) };
+        Ok(Self {
+            decoder,
+            others,
+            counters: Arc::new(counters),
+            windower,
+            plan,
+            detector,
+            rule,
+            feature: d.feature.clone(),
+            forecaster,
+            forecast_cfg,
+            refit: None,
+        })
     }
 
     /// Creates the result tables this processor's output goes to.
@@ -216,6 +244,7 @@ impl Processor {
         tables.create("logs", self.plan.logs_schema(), max_rows);
         tables.create("features", self.plan.output_schema(), max_rows);
         tables.create("anomalies", vigil_models::anomalies_schema(), max_rows);
+        tables.create("forecasts", vigil_models::forecasts_schema(), max_rows);
         tables.create("decisions", vigil_models::decisions_schema(), max_rows);
     }
 
@@ -277,12 +306,43 @@ impl Processor {
         let vigil_pipeline::PlanOutput { points, logs, features } = self.plan.run(&closed).await?;
         let anomalies = self.detector.score_batch(&features, &self.feature)?;
         let decisions = self.rule.decide(&anomalies)?;
+        if self.forecaster.enabled() {
+            self.forecaster.observe(&features, &self.feature);
+            // Refits run on a blocking thread, one at a time, never on this path.
+            if self.refit.is_none() {
+                let now = closed.last().map_or(i64::MIN, |w| w.end_ms);
+                if let Some(jobs) = self.forecaster.due(now) {
+                    let (cfg, window_ms) = (self.forecast_cfg, self.forecaster.window_ms());
+                    self.refit = Some(tokio::task::spawn_blocking(move || {
+                        let _span = tracing::debug_span!("refit", series = jobs.len()).entered();
+                        vigil_models::run_forecasts(&jobs, &cfg, window_ms)
+                    }));
+                }
+            }
+        }
         Ok(Some(Closed { windows: closed.len(), points, logs, features, anomalies, decisions }))
     }
 
     /// The decoders' counters summed over every format, as of now.
     pub fn ingest_counters(&self) -> Arc<IngestCounters> {
         Arc::new(self.counters.total())
+    }
+
+    /// The forecasts of a finished background refit, if one has finished since the last call.
+    /// With `wait`, waits for a running refit.
+    pub async fn take_forecasts(&mut self, wait: bool) -> Result<Option<arrow::array::RecordBatch>, EngineError> {
+        match &self.refit {
+            Some(h) if wait || h.is_finished() => {}
+            _ => return Ok(None),
+        }
+        let h = self.refit.take().expect("checked above");
+        match h.await {
+            Ok(r) => Ok(Some(r?)),
+            Err(e) => {
+                tracing::error!(error = %e, "forecast refit failed; the next one is scheduled as usual");
+                Ok(None)
+            }
+        }
     }
 
     /// The decoders' counters per input format.
@@ -298,7 +358,7 @@ impl Processor {
 }
 
 /// Names of the result tables the engine keeps.
-pub const TABLES: [&str; 5] = ["points", "logs", "features", "anomalies", "decisions"];
+pub const TABLES: [&str; 6] = ["points", "logs", "features", "anomalies", "forecasts", "decisions"];
 
 impl Engine {
     /// Builds every stage from `cfg`, creates the result tables in `tables`, and subscribes.
@@ -389,6 +449,10 @@ impl Engine {
                 self.commit()?;
             }
         }
+        if let Some(f) = self.core.take_forecasts(false).await? {
+            Stats::add(&self.stats.forecasts, f.num_rows());
+            self.tables.append("forecasts", f)?;
+        }
         if raw_was_empty {
             // Nothing arrived: a partition may have gone idle, which can release the watermark.
             self.core.windower.advance_idle();
@@ -468,6 +532,10 @@ impl Engine {
             Some(c) => self.publish(c).await?,
             None => Vec::new(),
         };
+        if let Some(f) = self.core.take_forecasts(true).await? {
+            Stats::add(&self.stats.forecasts, f.num_rows());
+            self.tables.append("forecasts", f)?;
+        }
         self.commit()?;
         Ok(out)
     }
@@ -492,6 +560,7 @@ pub fn counters_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>
             ("vigil_windows_closed_total".into(), "Windows closed and processed.".into(), g(&s.windows_closed)),
             ("vigil_anomalies_total".into(), "Anomalies scored at or above the anomaly threshold.".into(), g(&s.anomalies)),
             ("vigil_decisions_total".into(), "Decisions published and acknowledged.".into(), g(&s.decisions)),
+            ("vigil_forecast_rows_total".into(), "Forecast rows computed (series x steps ahead).".into(), g(&s.forecasts)),
             ("vigil_commits_total".into(), "Input offset commits.".into(), g(&s.commits)),
         ];
         type Pick = fn(&IngestCounters) -> &AtomicU64;

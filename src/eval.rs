@@ -150,17 +150,24 @@ fn parse_ts(s: &str) -> Option<NaiveDateTime> {
     NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f").ok()
 }
 
-/// Reads the corpus at `root` (with `data/` and `labels/combined_windows.json`) and streams every
-/// file through a fresh [`RobustDetector`] with `cfg`, one point at a time. Returns the scored
-/// files and the detector's cost in microseconds per point.
-pub fn run_nab(root: &Path, cfg: &DetectorConfig) -> Result<(Vec<ScoredFile>, f64), EvalError> {
+/// One NAB data file with its labelled windows (row ranges, inclusive).
+#[derive(Debug, Clone)]
+pub struct NabFile {
+    /// File name under `data/`.
+    pub name: String,
+    /// The values, in row order.
+    pub values: Vec<f64>,
+    /// Labelled anomaly windows as row ranges.
+    pub windows: Vec<(usize, usize)>,
+}
+
+/// Reads the corpus at `root` (with `data/` and `labels/combined_windows.json`).
+pub fn read_nab(root: &Path) -> Result<Vec<NabFile>, EvalError> {
     let labels_path = root.join("labels/combined_windows.json");
     let text = std::fs::read_to_string(&labels_path).map_err(|source| EvalError::Io { path: labels_path.clone(), source })?;
     let labels: BTreeMap<String, Vec<(String, String)>> = serde_json::from_str(&text)
         .map_err(|e| EvalError::Format { path: labels_path.clone(), problem: e.to_string() })?;
     let mut files = Vec::new();
-    let mut points = 0usize;
-    let mut spent = std::time::Duration::ZERO;
     for (name, wins) in &labels {
         let path = root.join("data").join(name);
         if !path.exists() {
@@ -187,17 +194,121 @@ pub fn run_nab(root: &Path, cfg: &DetectorConfig) -> Result<(Vec<ScoredFile>, f6
                 windows.push((l, r - 1));
             }
         }
-        let mut det = RobustDetector::new(cfg.clone());
-        let t0 = Instant::now();
-        let scores: Vec<f64> = values.iter().map(|v| det.observe(0, *v).map_or(0.0, |s| s.score)).collect();
-        spent += t0.elapsed();
-        points += values.len();
-        files.push(ScoredFile { name: name.clone(), scores, windows });
+        files.push(NabFile { name: name.clone(), values, windows });
     }
     if files.is_empty() {
         return Err(EvalError::Format { path: root.to_path_buf(), problem: "no data files found under data/".into() });
     }
+    Ok(files)
+}
+
+/// Reads the corpus at `root` and streams every file through a fresh [`RobustDetector`] with
+/// `cfg`, one point at a time. Returns the scored files and the detector's cost in microseconds
+/// per point.
+pub fn run_nab(root: &Path, cfg: &DetectorConfig) -> Result<(Vec<ScoredFile>, f64), EvalError> {
+    let mut files = Vec::new();
+    let mut points = 0usize;
+    let mut spent = std::time::Duration::ZERO;
+    for f in read_nab(root)? {
+        let mut det = RobustDetector::new(cfg.clone());
+        let t0 = Instant::now();
+        let scores: Vec<f64> = f.values.iter().map(|v| det.observe(0, *v).map_or(0.0, |s| s.score)).collect();
+        spent += t0.elapsed();
+        points += f.values.len();
+        files.push(ScoredFile { name: f.name, scores, windows: f.windows });
+    }
     Ok((files, spent.as_secs_f64() * 1e6 / points.max(1) as f64))
+}
+
+/// Accuracy of one forecaster over every origin of a rolling-origin evaluation.
+#[derive(Debug, Default, Clone)]
+pub struct ForecastScore {
+    /// Mean MASE over the origins where it is defined.
+    pub mase: f64,
+    /// Median MASE (the mean is dominated by the few origins whose in-sample scale is tiny).
+    pub mase_median: f64,
+    /// Mean sMAPE, percent.
+    pub smape: f64,
+    /// Share of actual values inside the 80% interval (NaN without intervals).
+    pub cover_80: f64,
+    /// Share inside the 95% interval.
+    pub cover_95: f64,
+}
+
+/// The result of [`eval_forecasts`].
+#[derive(Debug, Default, Clone)]
+pub struct ForecastReport {
+    /// Series evaluated.
+    pub series: usize,
+    /// Forecast origins (series × origins per series).
+    pub origins: usize,
+    /// Vigil's forecaster (the live code).
+    pub vigil: ForecastScore,
+    /// Seasonal naive, the benchmark.
+    pub seasonal_naive: ForecastScore,
+    /// How often each method answered, and its mean MASE and the benchmark's on those origins.
+    pub methods: BTreeMap<&'static str, (usize, f64, f64)>,
+    /// Milliseconds per fit and forecast.
+    pub ms_per_fit: f64,
+}
+
+/// Rolling-origin evaluation: for every series, origins at 50%, 60%, 70%, 80% and 90% of its
+/// length; the forecaster sees at most `max_history` values before the origin and forecasts
+/// `horizon` steps, compared with what followed. MASE is scaled by the in-sample seasonal naive
+/// error at the detected period (1 without one) and is reported for the forecaster and for
+/// seasonal naive at that period.
+pub fn eval_forecasts(series: &[(String, Vec<f64>)], horizon: usize, max_history: usize, max_period: usize) -> ForecastReport {
+    let cfg = vigil_models::ForecastConfig { horizon, max_period };
+    let mut r = ForecastReport { series: series.len(), ..Default::default() };
+    let (mut m_v, mut m_s, mut s_v, mut s_s) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut in80, mut in95, mut n_cov) = (0usize, 0usize, 0usize);
+    let mut spent = std::time::Duration::ZERO;
+    for (_, y) in series {
+        for frac in [0.5, 0.6, 0.7, 0.8, 0.9] {
+            let o = (y.len() as f64 * frac) as usize;
+            if o < 16 || o + horizon > y.len() {
+                continue;
+            }
+            let hist = &y[o.saturating_sub(max_history)..o];
+            let actual = &y[o..o + horizon];
+            let t0 = Instant::now();
+            let f = vigil_models::forecast(hist, &cfg);
+            spent += t0.elapsed();
+            r.origins += 1;
+            let e = r.methods.entry(f.method.name()).or_default();
+            e.0 += 1;
+            let m = vigil_models::detect_period(hist, max_period).unwrap_or(1);
+            let naive = vigil_models::seasonal_naive(hist, horizon, m);
+            if let (Some(a), Some(b)) = (vigil_models::mase(hist, actual, &f.point, m), vigil_models::mase(hist, actual, &naive, m)) {
+                m_v.push(a);
+                m_s.push(b);
+                e.1 += a;
+                e.2 += b;
+
+            }
+            s_v.push(vigil_models::smape(actual, &f.point));
+            s_s.push(vigil_models::smape(actual, &naive));
+            for (k, a) in actual.iter().enumerate() {
+                n_cov += 1;
+                in80 += (f.lower_80[k] <= *a && *a <= f.upper_80[k]) as usize;
+                in95 += (f.lower_95[k] <= *a && *a <= f.upper_95[k]) as usize;
+            }
+        }
+    }
+    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() { f64::NAN } else if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 }
+    };
+    r.vigil = ForecastScore { mase: mean(&m_v), mase_median: median(&m_v), smape: mean(&s_v), cover_80: in80 as f64 / n_cov.max(1) as f64, cover_95: in95 as f64 / n_cov.max(1) as f64 };
+    r.seasonal_naive = ForecastScore { mase: mean(&m_s), mase_median: median(&m_s), smape: mean(&s_s), cover_80: f64::NAN, cover_95: f64::NAN };
+    r.ms_per_fit = spent.as_secs_f64() * 1e3 / r.origins.max(1) as f64;
+    for e in r.methods.values_mut() {
+        e.1 /= e.0.max(1) as f64;
+        e.2 /= e.0.max(1) as f64;
+    }
+    r
 }
 
 #[cfg(test)]
@@ -209,6 +320,15 @@ mod tests {
     }
 
     const STD: Profile = PROFILES[0];
+
+    #[test]
+    fn rolling_origin_evaluation_covers_every_origin_and_beats_naive_on_a_clean_season() {
+        let y: Vec<f64> = (0..2_000).map(|i| 10.0 + 3.0 * (2.0 * std::f64::consts::PI * i as f64 / 48.0).sin() + 0.2 * (((i * 7919) % 17) as f64 / 17.0 - 0.5)).collect();
+        let r = eval_forecasts(&[("s".into(), y)], 24, 1_000, 200);
+        assert_eq!(r.origins, 5);
+        assert!(r.vigil.mase.is_finite() && r.seasonal_naive.mase.is_finite());
+        assert!(r.vigil.cover_95 >= r.vigil.cover_80);
+    }
 
     #[test]
     fn probation_is_15_percent_capped_at_750() {

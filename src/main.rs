@@ -117,6 +117,23 @@ enum EvalCommand {
         #[arg(long, short, env = "VIGIL_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Rolling-origin evaluation of the live forecaster on every NAB series: origins at 50-90% of
+    /// each series, MASE and sMAPE against seasonal naive, and how often the 80% and 95%
+    /// intervals hold the actual values.
+    Forecast {
+        /// The NAB corpus folder (with data/ and labels/).
+        #[arg(long, default_value = "../shared/data/nab")]
+        data: PathBuf,
+        /// Steps ahead (NAB's series are mostly at 5-minute intervals: 12 = one hour).
+        #[arg(long, default_value_t = 12)]
+        horizon: usize,
+        /// Most values fitted on before each origin (2016 = a week of 5-minute points).
+        #[arg(long, default_value_t = 2016)]
+        history: usize,
+        /// Longest period looked for, in steps (288 = a day of 5-minute points).
+        #[arg(long, default_value_t = 288)]
+        max_period: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -151,6 +168,25 @@ fn main() -> ExitCode {
                 };
                 let report = vigil::bench::run(&cfg, lines, batch).await?;
                 print!("{}", report.render());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Eval(EvalCommand::Forecast { data, horizon, history, max_period }) => {
+                if horizon == 0 || history < 16 || max_period < 4 {
+                    bail!("--horizon must be at least 1, --history at least 16 and --max-period at least 4");
+                }
+                let files = vigil::eval::read_nab(&data)?;
+                let series: Vec<(String, Vec<f64>)> = files.into_iter().map(|f| (f.name, f.values)).collect();
+                let r = vigil::eval::eval_forecasts(&series, horizon, history, max_period);
+                println!("series {} origins {} horizon {horizon}", r.series, r.origins);
+                println!("{:<15} {:>7} {:>7} {:>7} {:>8} {:>8}", "model", "MASE", "median", "sMAPE", "cover80", "cover95");
+                let pct = |x: f64| if x.is_nan() { "-".to_string() } else { format!("{:.1}%", 100.0 * x) };
+                for (name, s) in [("vigil", &r.vigil), ("seasonal_naive", &r.seasonal_naive)] {
+                    println!("{name:<15} {:>7.3} {:>7.3} {:>6.1}% {:>8} {:>8}", s.mase, s.mase_median, s.smape, pct(s.cover_80), pct(s.cover_95));
+                }
+                for (method, (n, m, b)) in &r.methods {
+                    println!("  answered by {method:<15} {n:>4} origins, MASE {m:.3} (seasonal naive {b:.3} on the same origins)");
+                }
+                println!("milliseconds per fit {:.2}", r.ms_per_fit);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Eval(EvalCommand::Nab { data, scores, config }) => {
@@ -250,6 +286,12 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     for (topic, format, _) in vigil::demo::TOPICS {
         cfg.kafka.input_formats.insert(topic.into(), format.into());
     }
+    // Memory is forecast half an hour ahead against the hosts' 8 GB, refitted every half hour of
+    // event time (every 5 s of the demo), in the background.
+    cfg.forecast.metrics = vec!["memory_used_bytes".into()];
+    cfg.forecast.limits.insert("memory_used_bytes".into(), 8.0e9);
+    cfg.forecast.refit_every = Duration::from_secs(1800);
+    cfg.forecast.history = Duration::from_secs(6 * 3600);
     let log_mapping = vigil::config::LogMappingConfig { attribute_fields: vec!["host".into()], ..Default::default() };
     cfg.kafka.log_mappings.insert("app-logs".into(), log_mapping);
     cfg.server.listen = listen;
@@ -356,6 +398,15 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
         .map(|b| String::from_utf8_lossy(&b).to_string())
         .unwrap_or_default();
     let formats_sql = engine.format_counters();
+    let forecasts_sql = sql
+        .query_json(
+            "select count(distinct series) as series, count(distinct made_at) as refits, \
+             count(distinct case when crosses_earliest is not null then series end) as series_that_may_reach_8gb \
+             from forecasts",
+        )
+        .await
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default();
     let card = Scorecard::score(&sim, &decisions);
     let _ = stop_server.send(());
 
@@ -377,6 +428,7 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
         );
     }
     println!("logs kept               {logs_sql}");
+    println!("forecasts               {forecasts_sql}");
     println!("anomalies               {} (SQL: {anomalies_sql})", Stats::get(&stats.anomalies));
     println!("decisions               {} (on topic vigil.decisions: {on_topic})", decisions.len());
     for (kind, series, first) in &card.incidents {

@@ -8,6 +8,9 @@
 //!   the median and MAD of its recent windows; after a warm-up it scores every new window with a
 //!   robust z-score mapped to a score in [0, 1], an expected value, a normal band and a sentence
 //!   that explains it. The state per series is a bounded ring of recent values.
+//! - [`forecast()`]: forecasts with 80% and 95% intervals (MSTL + AutoETS from augurs, with a
+//!   periodogram for the period, falling back to AutoETS, then seasonal naive), and
+//!   [`time_to_threshold`] reads one against a limit.
 //! - [`DecisionRule`]: turns anomalies at or above a score into [`Decision`]s with deterministic
 //!   ids (rule + series + window), so a replay of the same input yields the same ids, and
 //!   suppresses repeats while a series stays anomalous.
@@ -16,7 +19,12 @@
 mod decision;
 mod detector;
 mod error;
+mod forecast;
 
 pub use decision::{anomalies_schema, decisions_schema, Decision, DecisionConfig, DecisionRule, Evidence, Recommendation, SeriesRef};
 pub use detector::{DetectorConfig, RobustDetector, Score};
 pub use error::{Error, Result};
+pub use forecast::{
+    detect_period, forecast, forecasts_schema, mase, run_forecasts, seasonal_naive, smape, time_to_threshold, Crossing, ForecastConfig, ForecastJob,
+    Forecaster, Method, SeriesForecast,
+};

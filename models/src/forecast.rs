@@ -1,0 +1,613 @@
+//! Forecasts with prediction intervals, and when a limit will be crossed.
+//!
+//! [`forecast`] is a pure function of a series' history (one value per window, oldest first):
+//!
+//! 1. the dominant period is looked for with augurs' periodogram detector (`augurs-seasons`),
+//!    up to `max_period` windows and at most half the history, refined by autocorrelation;
+//! 2. three candidates: MSTL (augurs) removing the seasonality with a non-seasonal AutoETS for
+//!    the trend (only with a period and at least two full periods of history); a non-seasonal
+//!    AutoETS alone; seasonal naive (naive without a period), with intervals from the spread of
+//!    its in-sample errors;
+//! 3. each candidate forecasts the last `horizon` values of the history from the rest; the one
+//!    with the lowest error there is refitted on the whole history and answers (if it fails, the
+//!    next best does).
+//!
+//! augurs' seasonal ETS is never used (it panics), MSTL is never given a series shorter than two
+//! periods (it fails), and every augurs call runs under `catch_unwind`: a model that panics is a
+//! model that failed, and the next method in the list answers. Intervals are at 80% and 95%.
+//!
+//! [`time_to_threshold`] reads a forecast against a limit (disk full, memory limit, CPU target):
+//! the first step whose point forecast crosses it, and the earliest and latest steps at which the
+//! 95% interval says it may cross.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use augurs::ets::AutoETS;
+use augurs::mstl::MSTLModel;
+use augurs::prelude::*;
+use augurs::seasons::{Detector as _, PeriodogramDetector};
+
+/// Forecasting settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ForecastConfig {
+    /// Steps (windows) ahead.
+    pub horizon: usize,
+    /// Longest period looked for, in windows (e.g. a day of windows).
+    pub max_period: usize,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> Self {
+        Self { horizon: 180, max_period: 8_640 }
+    }
+}
+
+/// Which method produced a forecast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// MSTL decomposition with an AutoETS trend.
+    MstlEts,
+    /// Non-seasonal AutoETS.
+    Ets,
+    /// Seasonal naive.
+    SeasonalNaive,
+    /// Last value.
+    Naive,
+}
+
+impl Method {
+    /// The method's name in the `forecasts` table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::MstlEts => "mstl_ets",
+            Method::Ets => "ets",
+            Method::SeasonalNaive => "seasonal_naive",
+            Method::Naive => "naive",
+        }
+    }
+}
+
+/// A forecast of `horizon` steps with 80% and 95% intervals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesForecast {
+    /// How it was made.
+    pub method: Method,
+    /// The period used (windows), if any.
+    pub period: Option<usize>,
+    /// Point forecasts, one per step.
+    pub point: Vec<f64>,
+    /// 80% interval.
+    pub lower_80: Vec<f64>,
+    /// 80% interval.
+    pub upper_80: Vec<f64>,
+    /// 95% interval.
+    pub lower_95: Vec<f64>,
+    /// 95% interval.
+    pub upper_95: Vec<f64>,
+}
+
+/// When a forecast crosses a limit, in steps ahead (1 = the next window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crossing {
+    /// First step whose 95% interval reaches the limit (the earliest it may happen).
+    pub earliest: usize,
+    /// First step whose point forecast reaches the limit, if within the horizon.
+    pub expected: Option<usize>,
+    /// First step whose whole 95% interval is past the limit (by then it almost surely has), if within the horizon.
+    pub latest: Option<usize>,
+}
+
+/// The dominant period of `y` (in steps), if the periodogram finds one.
+pub fn detect_period(y: &[f64], max_period: usize) -> Option<usize> {
+    let max = max_period.min(y.len() / 2);
+    if max < 4 || y.len() < 16 {
+        return None;
+    }
+    let det = PeriodogramDetector::builder().min_period(4).max_period(max as u32).build();
+    let periods = catch_unwind(AssertUnwindSafe(|| det.detect(y))).ok()?;
+    let p = periods.into_iter().map(|p| p as usize).find(|p| *p >= 4 && *p <= max)?;
+    // The periodogram's resolution is coarse at long periods (frequency bins: a daily cycle of
+    // 288 points can come out as 257): refine to the lag within -20%..+25% with the highest
+    // autocorrelation, and accept it only if the series really repeats at that lag.
+    let lo = (p * 4 / 5).max(4);
+    let hi = (p * 5 / 4 + 2).min(max);
+    let (best, r) = (lo..=hi).map(|lag| (lag, autocorrelation(y, lag))).fold((p, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+    (r >= 0.25).then_some(best)
+}
+
+/// Sample autocorrelation of `y` at `lag`.
+fn autocorrelation(y: &[f64], lag: usize) -> f64 {
+    let n = y.len();
+    if lag >= n {
+        return 0.0;
+    }
+    let mean = y.iter().sum::<f64>() / n as f64;
+    let var: f64 = y.iter().map(|v| (v - mean).powi(2)).sum();
+    if var <= 0.0 {
+        return 0.0;
+    }
+    (lag..n).map(|i| (y[i] - mean) * (y[i - lag] - mean)).sum::<f64>() / var
+}
+
+fn z(level: f64) -> f64 {
+    if level >= 0.95 {
+        1.959_964
+    } else {
+        1.281_552
+    }
+}
+
+fn augurs_forecast<M: Fit>(model: M, y: &[f64], horizon: usize) -> Option<(Vec<f64>, [Vec<f64>; 4])>
+where
+    M::Fitted: Predict,
+{
+    catch_unwind(AssertUnwindSafe(|| {
+        let fitted = model.fit(y).ok()?;
+        let f80 = fitted.predict(horizon, 0.8).ok()?;
+        let f95 = fitted.predict(horizon, 0.95).ok()?;
+        let (i80, i95) = (f80.intervals?, f95.intervals?);
+        let all_finite = f95.point.iter().chain(&i80.lower).chain(&i80.upper).chain(&i95.lower).chain(&i95.upper).all(|v| v.is_finite());
+        (f95.point.len() == horizon && all_finite).then_some((f95.point, [i80.lower, i80.upper, i95.lower, i95.upper]))
+    }))
+    .ok()
+    .flatten()
+}
+
+/// Seasonal naive (period `m`, 1 = naive) with intervals from its in-sample errors, widening with
+/// the number of seasons ahead.
+fn naive(y: &[f64], horizon: usize, m: usize) -> SeriesForecast {
+    let n = y.len();
+    let m = m.max(1).min(n.max(1));
+    let errors: Vec<f64> = (m..n).map(|i| y[i] - y[i - m]).collect();
+    let sigma = if errors.len() > 1 {
+        let mean = errors.iter().sum::<f64>() / errors.len() as f64;
+        (errors.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (errors.len() - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
+    let mut f = SeriesForecast {
+        method: if m > 1 { Method::SeasonalNaive } else { Method::Naive },
+        period: (m > 1).then_some(m),
+        point: Vec::with_capacity(horizon),
+        lower_80: Vec::with_capacity(horizon),
+        upper_80: Vec::with_capacity(horizon),
+        lower_95: Vec::with_capacity(horizon),
+        upper_95: Vec::with_capacity(horizon),
+    };
+    let last = y.last().copied().unwrap_or(0.0);
+    for h in 1..=horizon {
+        let p = if n >= m { y[n - m + (h - 1) % m] } else { last };
+        let s = sigma * (((h - 1) / m + 1) as f64).sqrt();
+        f.point.push(p);
+        f.lower_80.push(p - z(0.8) * s);
+        f.upper_80.push(p + z(0.8) * s);
+        f.lower_95.push(p - z(0.95) * s);
+        f.upper_95.push(p + z(0.95) * s);
+    }
+    f
+}
+
+/// Forecasts `horizon` steps after `history` (see the module docs). Non-finite values in the
+/// history are replaced by the previous finite value. Never panics; an empty history gives a
+/// flat forecast at 0 with zero-width intervals.
+pub fn forecast(history: &[f64], cfg: &ForecastConfig) -> SeriesForecast {
+    let horizon = cfg.horizon.max(1);
+    let mut y = Vec::with_capacity(history.len());
+    let mut last = history.iter().copied().find(|v| v.is_finite()).unwrap_or(0.0);
+    for &v in history {
+        if v.is_finite() {
+            last = v;
+        }
+        y.push(last);
+    }
+    if y.len() < 8 {
+        return naive(&y, horizon, 1);
+    }
+    let period = detect_period(&y, cfg.max_period);
+    // Choose the method on a holdout: the last `horizon` values, forecast from the rest. The
+    // method with the lowest error there is refitted on everything.
+    let n = y.len();
+    let h = horizon.min(n / 4);
+    let mut order = vec![Method::MstlEts, Method::Ets, Method::SeasonalNaive];
+    if h >= 1 && n - h >= 16 {
+        let (train, valid) = y.split_at(n - h);
+        let mae = |m: Method| {
+            fit_one(m, train, h, period).map(|f| f.point.iter().zip(valid).map(|(a, b)| (a - b).abs()).sum::<f64>() / h as f64).unwrap_or(f64::INFINITY)
+        };
+        let mut scored: Vec<(Method, f64)> = order.iter().map(|m| (*m, mae(*m))).collect();
+        scored.sort_by(|a, b| a.1.total_cmp(&b.1));
+        order = scored.into_iter().map(|(m, _)| m).collect();
+    }
+    for m in order {
+        if let Some(f) = fit_one(m, &y, horizon, period) {
+            return f;
+        }
+    }
+    naive(&y, horizon, period.unwrap_or(1))
+}
+
+/// Fits one method; `None` when it does not apply (no period, too short) or fails.
+fn fit_one(method: Method, y: &[f64], horizon: usize, period: Option<usize>) -> Option<SeriesForecast> {
+    let pack = |method: Method, period: Option<usize>, (point, [l80, u80, l95, u95]): (Vec<f64>, [Vec<f64>; 4])| SeriesForecast {
+        method,
+        period,
+        point,
+        lower_80: l80,
+        upper_80: u80,
+        lower_95: l95,
+        upper_95: u95,
+    };
+    match method {
+        Method::MstlEts => {
+            // MSTL needs two full periods.
+            let p = period.filter(|p| y.len() >= 2 * p + 2)?;
+            let model = MSTLModel::new(vec![p], AutoETS::non_seasonal().into_trend_model());
+            augurs_forecast(model, y, horizon).map(|out| pack(Method::MstlEts, Some(p), out))
+        }
+        Method::Ets => augurs_forecast(AutoETS::non_seasonal(), y, horizon).map(|out| pack(Method::Ets, None, out)),
+        Method::SeasonalNaive | Method::Naive => Some(naive(y, horizon, period.unwrap_or(1))),
+    }
+}
+
+/// When `f` reaches the upper limit `limit`, in steps ahead; all zero when `last` is already at
+/// or past it, `None` when even the 95% interval stays below it within the horizon.
+pub fn time_to_threshold(f: &SeriesForecast, last: f64, limit: f64) -> Option<Crossing> {
+    if last >= limit {
+        return Some(Crossing { earliest: 0, expected: Some(0), latest: Some(0) });
+    }
+    let step = |v: &[f64]| v.iter().position(|x| *x >= limit).map(|i| i + 1);
+    Some(Crossing { earliest: step(&f.upper_95)?, expected: step(&f.point), latest: step(&f.lower_95) })
+}
+
+/// Mean absolute scaled error of `forecast` against `actual`, scaled by the in-sample error of
+/// seasonal naive with period `m` on `history` (Hyndman & Koehler 2006). `None` when that scale
+/// is 0 (a flat history).
+pub fn mase(history: &[f64], actual: &[f64], forecast: &[f64], m: usize) -> Option<f64> {
+    let m = m.max(1);
+    if history.len() <= m || actual.is_empty() {
+        return None;
+    }
+    let scale = (m..history.len()).map(|i| (history[i] - history[i - m]).abs()).sum::<f64>() / (history.len() - m) as f64;
+    if !(scale > 0.0) {
+        return None;
+    }
+    let mae = actual.iter().zip(forecast).map(|(a, f)| (a - f).abs()).sum::<f64>() / actual.len() as f64;
+    Some(mae / scale)
+}
+
+/// Symmetric mean absolute percentage error, in percent (0 to 200); pairs that are both 0 count as 0.
+pub fn smape(actual: &[f64], forecast: &[f64]) -> f64 {
+    let n = actual.len().min(forecast.len());
+    if n == 0 {
+        return 0.0;
+    }
+    let s: f64 = actual
+        .iter()
+        .zip(forecast)
+        .map(|(a, f)| {
+            let d = a.abs() + f.abs();
+            if d == 0.0 { 0.0 } else { 2.0 * (a - f).abs() / d }
+        })
+        .sum();
+    100.0 * s / n as f64
+}
+
+/// Seasonal naive forecast (the benchmark of `vigil eval forecast`), without intervals.
+pub fn seasonal_naive(history: &[f64], horizon: usize, m: usize) -> Vec<f64> {
+    naive(history, horizon, m).point
+}
+
+/// One series' history, handed to a background refit.
+#[derive(Debug, Clone)]
+pub struct ForecastJob {
+    /// Series id.
+    pub series_id: u64,
+    /// Series key.
+    pub series: String,
+    /// Metric name.
+    pub name: String,
+    /// Start of the last window in `values`, epoch ms.
+    pub last_window_ms: i64,
+    /// One value per window, oldest first (gaps carry the previous value).
+    pub values: Vec<f64>,
+    /// Upper limit to read the forecast against, if the metric has one.
+    pub limit: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    series: String,
+    name: String,
+    last_window_ms: i64,
+    values: std::collections::VecDeque<f64>,
+}
+
+/// Per-series history of the forecast metrics, fed from the `features` of each close (cheap),
+/// and snapshots of it for refits, which run elsewhere (never on the window-close path).
+#[derive(Debug)]
+pub struct Forecaster {
+    metrics: std::collections::HashMap<String, Option<f64>>,
+    window_ms: i64,
+    max_history: usize,
+    refit_every_ms: i64,
+    next_refit_ms: Option<i64>,
+    series: std::collections::HashMap<u64, History>,
+}
+
+impl Forecaster {
+    /// Forecasts `metrics` (name → optional upper limit) for windows of `window_ms`, keeping at
+    /// most `max_history` windows per series and offering a refit every `refit_every_ms` of
+    /// event time.
+    pub fn new(metrics: impl IntoIterator<Item = (String, Option<f64>)>, window_ms: i64, max_history: usize, refit_every_ms: i64) -> Self {
+        Self {
+            metrics: metrics.into_iter().collect(),
+            window_ms: window_ms.max(1),
+            max_history: max_history.max(8),
+            refit_every_ms: refit_every_ms.max(window_ms.max(1)),
+            next_refit_ms: None,
+            series: Default::default(),
+        }
+    }
+
+    /// Whether any metric is forecast.
+    pub fn enabled(&self) -> bool {
+        !self.metrics.is_empty()
+    }
+
+    /// Series with history.
+    pub fn series(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Adds the `feature` value of every forecast metric's row of a `features` batch.
+    pub fn observe(&mut self, features: &arrow::array::RecordBatch, feature: &str) {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt64Type};
+        if self.metrics.is_empty() || features.num_rows() == 0 {
+            return;
+        }
+        let (Some(ids), Some(series), Some(names), Some(ws), Some(vals)) = (
+            features.column_by_name("series_id").and_then(|c| c.as_primitive_opt::<UInt64Type>()),
+            features.column_by_name("series").and_then(|c| c.as_string_opt::<i32>()),
+            features.column_by_name("name").and_then(|c| c.as_string_opt::<i32>()),
+            features.column_by_name("window_start").and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>()),
+            features.column_by_name(feature).and_then(|c| c.as_primitive_opt::<Float64Type>()),
+        ) else {
+            return;
+        };
+        for i in 0..features.num_rows() {
+            if !self.metrics.contains_key(names.value(i)) || vals.is_null(i) {
+                continue;
+            }
+            let h = self.series.entry(ids.value(i)).or_insert_with(|| History {
+                series: series.value(i).to_string(),
+                name: names.value(i).to_string(),
+                last_window_ms: i64::MIN,
+                values: Default::default(),
+            });
+            let t = ws.value(i);
+            if h.last_window_ms != i64::MIN {
+                if t <= h.last_window_ms {
+                    continue;
+                }
+                // Windows without a value carry the previous one (at most a day of them).
+                let gap = ((t - h.last_window_ms) / self.window_ms - 1).clamp(0, 8_640) as usize;
+                let prev = h.values.back().copied().unwrap_or(vals.value(i));
+                for _ in 0..gap {
+                    h.values.push_back(prev);
+                }
+            }
+            h.values.push_back(vals.value(i));
+            while h.values.len() > self.max_history {
+                h.values.pop_front();
+            }
+            h.last_window_ms = t;
+            self.next_refit_ms.get_or_insert(t + self.refit_every_ms);
+        }
+    }
+
+    /// When a refit is due at event time `now_ms`: a snapshot of every series' history.
+    pub fn due(&mut self, now_ms: i64) -> Option<Vec<ForecastJob>> {
+        let next = self.next_refit_ms?;
+        if now_ms < next {
+            return None;
+        }
+        self.next_refit_ms = Some(now_ms + self.refit_every_ms);
+        Some(
+            self.series
+                .iter()
+                .map(|(id, h)| ForecastJob {
+                    series_id: *id,
+                    series: h.series.clone(),
+                    name: h.name.clone(),
+                    last_window_ms: h.last_window_ms,
+                    values: h.values.iter().copied().collect(),
+                    limit: self.metrics.get(&h.name).copied().flatten(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Window length, ms.
+    pub fn window_ms(&self) -> i64 {
+        self.window_ms
+    }
+}
+
+/// The schema of the `forecasts` table: one row per series and step ahead.
+pub fn forecasts_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let ts = || DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into()));
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("made_at", ts(), false),
+        Field::new("series_id", DataType::UInt64, false),
+        Field::new("series", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("method", DataType::Utf8, false),
+        Field::new("period", DataType::Int64, true),
+        Field::new("step", DataType::Int64, false),
+        Field::new("ts", ts(), false),
+        Field::new("point", DataType::Float64, false),
+        Field::new("lower_80", DataType::Float64, false),
+        Field::new("upper_80", DataType::Float64, false),
+        Field::new("lower_95", DataType::Float64, false),
+        Field::new("upper_95", DataType::Float64, false),
+        Field::new("limit", DataType::Float64, true),
+        Field::new("crosses_earliest", ts(), true),
+        Field::new("crosses_expected", ts(), true),
+        Field::new("crosses_latest", ts(), true),
+    ]))
+}
+
+/// Fits every job (the slow part: run it off the window-close path) into `forecasts` rows.
+pub fn run_forecasts(jobs: &[ForecastJob], cfg: &ForecastConfig, window_ms: i64) -> crate::Result<arrow::array::RecordBatch> {
+    use arrow::array::{ArrayRef, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
+    let ts = || TimestampMillisecondBuilder::new().with_timezone("+00:00");
+    let (mut made, mut id, mut series, mut name, mut method, mut period, mut step, mut at) =
+        (ts(), UInt64Builder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), Int64Builder::new(), Int64Builder::new(), ts());
+    let (mut point, mut l80, mut u80, mut l95, mut u95, mut limit) =
+        (Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new(), Float64Builder::new());
+    let (mut c_early, mut c_exp, mut c_late) = (ts(), ts(), ts());
+    for j in jobs {
+        if j.values.is_empty() {
+            continue;
+        }
+        let f = forecast(&j.values, cfg);
+        let last = *j.values.last().expect("not empty");
+        let crossing = j.limit.and_then(|l| time_to_threshold(&f, last, l));
+        let at_step = |s: usize| j.last_window_ms + s as i64 * window_ms;
+        for k in 0..f.point.len() {
+            made.append_value(j.last_window_ms + window_ms);
+            id.append_value(j.series_id);
+            series.append_value(&j.series);
+            name.append_value(&j.name);
+            method.append_value(f.method.name());
+            period.append_option(f.period.map(|p| p as i64));
+            step.append_value(k as i64 + 1);
+            at.append_value(at_step(k + 1));
+            point.append_value(f.point[k]);
+            l80.append_value(f.lower_80[k]);
+            u80.append_value(f.upper_80[k]);
+            l95.append_value(f.lower_95[k]);
+            u95.append_value(f.upper_95[k]);
+            limit.append_option(j.limit);
+            c_early.append_option(crossing.map(|c| at_step(c.earliest)));
+            c_exp.append_option(crossing.and_then(|c| c.expected).map(at_step));
+            c_late.append_option(crossing.and_then(|c| c.latest).map(at_step));
+        }
+    }
+    let cols: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(made.finish()),
+        std::sync::Arc::new(id.finish()),
+        std::sync::Arc::new(series.finish()),
+        std::sync::Arc::new(name.finish()),
+        std::sync::Arc::new(method.finish()),
+        std::sync::Arc::new(period.finish()),
+        std::sync::Arc::new(step.finish()),
+        std::sync::Arc::new(at.finish()),
+        std::sync::Arc::new(point.finish()),
+        std::sync::Arc::new(l80.finish()),
+        std::sync::Arc::new(u80.finish()),
+        std::sync::Arc::new(l95.finish()),
+        std::sync::Arc::new(u95.finish()),
+        std::sync::Arc::new(limit.finish()),
+        std::sync::Arc::new(c_early.finish()),
+        std::sync::Arc::new(c_exp.finish()),
+        std::sync::Arc::new(c_late.finish()),
+    ];
+    Ok(arrow::array::RecordBatch::try_new(forecasts_schema(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seasonal(n: usize, period: usize, trend: f64) -> Vec<f64> {
+        (0..n).map(|i| 10.0 + trend * i as f64 + 3.0 * (2.0 * std::f64::consts::PI * i as f64 / period as f64).sin() + 0.1 * ((i * 7919) % 13) as f64 / 13.0).collect()
+    }
+
+    #[test]
+    fn a_seasonal_series_gets_its_period_and_a_seasonal_forecast() {
+        let y = seasonal(600, 24, 0.0);
+        assert_eq!(detect_period(&y, 200), Some(24));
+        let f = forecast(&y, &ForecastConfig { horizon: 48, max_period: 200 });
+        assert_eq!(f.method, Method::MstlEts);
+        assert_eq!(f.period, Some(24));
+        let truth = seasonal(648, 24, 0.0)[600..].to_vec();
+        let m = mase(&y, &truth, &f.point, 24).unwrap();
+        assert!(m < 1.0, "MASE {m}");
+        for i in 0..48 {
+            assert!(f.lower_95[i] <= f.lower_80[i] && f.lower_80[i] <= f.point[i] && f.point[i] <= f.upper_80[i] && f.upper_80[i] <= f.upper_95[i]);
+        }
+    }
+
+    #[test]
+    fn a_steady_climb_crosses_its_limit_with_an_interval() {
+        let y: Vec<f64> = (0..300).map(|i| 50.0 + 0.1 * i as f64 + 0.05 * ((i * 31) % 7) as f64).collect();
+        let f = forecast(&y, &ForecastConfig { horizon: 200, max_period: 100 });
+        // 79.9 now, +0.1 per step: 90 is about 100 steps away.
+        let c = time_to_threshold(&f, *y.last().unwrap(), 90.0).expect("crosses within the horizon");
+        let expected = c.expected.expect("point forecast crosses");
+        assert!((80..=120).contains(&expected), "{c:?} {:?}", f.method);
+        assert!(c.earliest <= expected);
+        assert!(c.latest.is_none_or(|l| l >= expected));
+        assert!(time_to_threshold(&f, *y.last().unwrap(), 1e6).is_none());
+        assert_eq!(time_to_threshold(&f, 95.0, 90.0), Some(Crossing { earliest: 0, expected: Some(0), latest: Some(0) }));
+    }
+
+    #[test]
+    fn the_forecaster_keeps_bounded_history_and_offers_refits_on_schedule() {
+        use arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+        let batch = |t: i64, v: f64| {
+            RecordBatch::try_from_iter(vec![
+                ("window_start", std::sync::Arc::new(TimestampMillisecondArray::from(vec![t, t]).with_timezone("+00:00")) as arrow::array::ArrayRef),
+                ("series_id", std::sync::Arc::new(UInt64Array::from(vec![1, 2]))),
+                ("series", std::sync::Arc::new(StringArray::from(vec!["disk{h=\"a\"}", "cpu{h=\"a\"}"]))),
+                ("name", std::sync::Arc::new(StringArray::from(vec!["disk", "cpu"]))),
+                ("mean", std::sync::Arc::new(Float64Array::from(vec![v, 0.5]))),
+            ])
+            .unwrap()
+        };
+        let mut f = Forecaster::new([("disk".to_string(), Some(100.0))], 10_000, 50, 60_000);
+        assert!(f.due(0).is_none());
+        for i in 0..100 {
+            // Window 40 is missing: its value is carried.
+            if i != 40 {
+                f.observe(&batch(i * 10_000, 50.0 + i as f64 * 0.5), "mean");
+            }
+        }
+        assert_eq!(f.series(), 1, "only the forecast metric is kept");
+        let jobs = f.due(990_000).expect("a refit is due");
+        assert_eq!(jobs[0].values.len(), 50);
+        assert_eq!(jobs[0].limit, Some(100.0));
+        assert!(f.due(1_000_000).is_none(), "not again before refit_every");
+        let out = run_forecasts(&jobs, &ForecastConfig { horizon: 30, max_period: 20 }, 10_000).unwrap();
+        assert_eq!(out.num_rows(), 30);
+        assert_eq!(out.schema(), forecasts_schema());
+    }
+
+    #[test]
+    fn short_flat_constant_and_nan_series_never_panic() {
+        let cfg = ForecastConfig { horizon: 10, max_period: 50 };
+        for y in [vec![], vec![1.0], vec![5.0; 3], vec![5.0; 100], vec![f64::NAN; 20], vec![1.0, f64::NAN, 3.0, f64::INFINITY, 2.0, 1.0, 4.0, 2.0, 3.0, 1.0]] {
+            let f = forecast(&y, &cfg);
+            assert_eq!(f.point.len(), 10, "{y:?}");
+            assert!(f.point.iter().chain(&f.upper_95).all(|v| v.is_finite()), "{y:?} {f:?}");
+        }
+        // MSTL only ever sees at least two full periods.
+        for n in [20, 30, 40, 60] {
+            let y = seasonal(n, 24, 0.0);
+            let f = forecast(&y, &cfg);
+            assert!(f.method != Method::MstlEts || n >= 2 * f.period.unwrap() + 2, "{n}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn error_measures_are_right_on_hand_worked_cases() {
+        // Naive scale: mean |diff| of 1,2,4,7 = (1+2+3)/3 = 2; MAE of the forecast = 1.
+        assert_eq!(mase(&[1.0, 2.0, 4.0, 7.0], &[8.0, 9.0], &[7.0, 10.0], 1), Some(0.5));
+        assert_eq!(mase(&[3.0, 3.0, 3.0], &[3.0], &[4.0], 1), None);
+        assert!((smape(&[100.0, 0.0], &[110.0, 0.0]) - 100.0 * (20.0 / 210.0) / 2.0).abs() < 1e-9);
+        assert_eq!(seasonal_naive(&[1.0, 2.0, 3.0, 4.0], 3, 2), vec![3.0, 4.0, 3.0]);
+    }
+}
