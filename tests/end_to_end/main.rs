@@ -10,6 +10,7 @@ mod config_env;
 mod kafka_dead_letters;
 mod kafka_decisions;
 mod kafka_delivery;
+mod kafka_forecasts;
 mod kafka_formats;
 mod kafka_otlp_and_logs;
 mod kafka_restart;
