@@ -564,10 +564,11 @@ pub fn counters_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>
             ("vigil_commits_total".into(), "Input offset commits.".into(), g(&s.commits)),
         ];
         type Pick = fn(&IngestCounters) -> &AtomicU64;
-        let families: [(&str, &str, Pick); 3] = [
+        let families: [(&str, &str, Pick); 4] = [
             ("vigil_format_records_total", "Records read, per input format.", |c| &c.records),
             ("vigil_format_bytes_total", "Payload bytes read, per input format.", |c| &c.bytes),
             ("vigil_format_points_total", "Points or log rows decoded, per input format.", |c| &c.points),
+            ("vigil_format_skipped_total", "Parts of good records left out (OTLP points without a value, line-protocol string fields, ...), per input format.", |c| &c.skipped),
         ];
         for (name, help, pick) in families {
             for (f, c) in formats.iter() {

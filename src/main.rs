@@ -429,6 +429,15 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     }
     println!("logs kept               {logs_sql}");
     println!("forecasts               {forecasts_sql}");
+    let reaching = sql
+        .query_json(
+            "select series, method, min(made_at) as first_seen_at, min(crosses_earliest) as earliest, min(crosses_expected) as expected \
+             from forecasts where crosses_earliest is not null group by series, method order by 3 limit 3",
+        )
+        .await
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default();
+    println!("  may reach the 8 GB limit: {reaching}");
     println!("anomalies               {} (SQL: {anomalies_sql})", Stats::get(&stats.anomalies));
     println!("decisions               {} (on topic vigil.decisions: {on_topic})", decisions.len());
     for (kind, series, first) in &card.incidents {

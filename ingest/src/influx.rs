@@ -195,6 +195,7 @@ impl InfluxDecoder {
                 Some(x) => fields.push((unescape(k), x)),
                 None => {
                     self.influx.string_fields_skipped.fetch_add(1, Ordering::Relaxed);
+                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -75,6 +75,9 @@ pub struct IngestCounters {
     pub rejected_type: AtomicU64,
     /// Of which: a required field (`ts`, `name`, `value`) missing or null.
     pub rejected_missing: AtomicU64,
+    /// Parts of otherwise good records left out, the rest kept: OTLP data points without a
+    /// value, OTLP log records without a time or message, line-protocol string fields.
+    pub skipped: AtomicU64,
 }
 
 impl IngestCounters {
@@ -89,6 +92,7 @@ impl IngestCounters {
             (&self.rejected_syntax, &other.rejected_syntax),
             (&self.rejected_type, &other.rejected_type),
             (&self.rejected_missing, &other.rejected_missing),
+            (&self.skipped, &other.skipped),
         ] {
             a.fetch_add(b.load(r), r);
         }

@@ -275,6 +275,7 @@ impl OtlpLogsDecoder {
                         };
                         let (Some(message), true) = (message, t != 0) else {
                             self.logs.skipped.fetch_add(1, Ordering::Relaxed);
+                            c.skipped.fetch_add(1, Ordering::Relaxed);
                             continue;
                         };
                         let level = severity(lr.severity_number, &lr.severity_text);

@@ -374,6 +374,11 @@ impl OtlpMetricsDecoder {
         &self.otlp
     }
 
+    fn skip(&self) {
+        self.otlp.skipped_points.fetch_add(1, Ordering::Relaxed);
+        self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Cumulative streams currently remembered.
     pub fn streams(&self) -> usize {
         self.streams.len()
@@ -461,7 +466,7 @@ impl OtlpMetricsDecoder {
                 for p in &s.data_points {
                     self.otlp.data_points.fetch_add(1, Ordering::Relaxed);
                     if p.time_unix_nano == 0 || p.flags & NO_RECORDED_VALUE != 0 {
-                        self.otlp.skipped_points.fetch_add(1, Ordering::Relaxed);
+                        self.skip();
                         continue;
                     }
                     let labels = merge_attributes(resource, &p.attributes, &self.otlp.skipped_attributes);
@@ -490,7 +495,7 @@ impl OtlpMetricsDecoder {
             None => f64::NAN,
         };
         if p.time_unix_nano == 0 || p.flags & NO_RECORDED_VALUE != 0 || !v.is_finite() {
-            self.otlp.skipped_points.fetch_add(1, Ordering::Relaxed);
+            self.skip();
             return None;
         }
         Some((p.time_unix_nano, v, merge_attributes(resource, &p.attributes, &self.otlp.skipped_attributes)))
@@ -508,7 +513,7 @@ impl OtlpMetricsDecoder {
     ) {
         self.otlp.data_points.fetch_add(1, Ordering::Relaxed);
         let Some(h) = parts else {
-            self.otlp.skipped_points.fetch_add(1, Ordering::Relaxed);
+            self.skip();
             return;
         };
         let labels = merge_attributes(resource, attributes, &self.otlp.skipped_attributes);
@@ -525,7 +530,7 @@ impl OtlpMetricsDecoder {
                 None => (h.count as f64, h.sum, Some(h.layout)),
             }
         } else {
-            self.otlp.skipped_points.fetch_add(1, Ordering::Relaxed);
+            self.skip();
             return;
         };
         out.push((Out { ts_ms: ts, name: format!("{name}.count"), value: count_rate }, labels.clone()));
@@ -820,8 +825,11 @@ mod tests {
         no_value.flags = NO_RECORDED_VALUE;
         let req = request(vec![metric("m", metric::Data::Gauge(Gauge { data_points: vec![no_value, num(T0, 0, 2.0, vec![])] }))]);
         let garbage = RawRecord { payload: Some(vec![0xff, 0xff, 0xff, 0x01]), key: None, pos: SourcePos { topic: "otlp".into(), partition: 0, offset: 1 } };
-        let mut d = OtlpMetricsDecoder::new(OtlpEncoding::Proto, Default::default());
+        let counters = Arc::new(IngestCounters::default());
+        let mut d = OtlpMetricsDecoder::new(OtlpEncoding::Proto, counters.clone());
         let b = d.decode(&[rec(0, &req), garbage]).unwrap();
+        assert_eq!(counters.skipped.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.rejected.load(Ordering::Relaxed), 1);
         assert_eq!(rows(&b).len(), 1);
         assert_eq!(b.rejected.len(), 1);
         assert_eq!(b.rejected[0].pos.offset, 1);

@@ -268,7 +268,7 @@ pub fn mase(history: &[f64], actual: &[f64], forecast: &[f64], m: usize) -> Opti
         return None;
     }
     let scale = (m..history.len()).map(|i| (history[i] - history[i - m]).abs()).sum::<f64>() / (history.len() - m) as f64;
-    if !(scale > 0.0) {
+    if scale.is_nan() || scale <= 0.0 {
         return None;
     }
     let mae = actual.iter().zip(forecast).map(|(a, f)| (a - f).abs()).sum::<f64>() / actual.len() as f64;
