@@ -666,4 +666,34 @@ mod tests {
         let e = load_str("[decisions]\nthreshold = 0.2\n").unwrap_err().to_string();
         assert!(e.contains("`decisions.threshold`"), "{e}");
     }
+
+    #[test]
+    fn log_and_otlp_formats_load_and_their_mistakes_are_named() {
+        let c = load_str(
+            "[kafka]\ninput_topics = [\"otlp\", \"app-logs\"]\ninput_formats = { otlp = \"otlp_proto\", app-logs = \"json_logs\" }\n\
+             [kafka.log_mappings.app-logs]\nmessage_field = \"msg\"\nattribute_fields = \"host, pod\"\n[logs]\nmax_templates = 500\n",
+        )
+        .unwrap();
+        assert_eq!(c.kafka.log_mappings["app-logs"].to_mapping().message_field, "msg");
+        assert_eq!(c.kafka.log_mappings["app-logs"].attribute_fields, vec!["host", "pod"]);
+        assert_eq!(c.logs.drain().max_templates, 500);
+        let e = load_str("[kafka]\ninput_formats = { metrics = \"otlp\" }\n").unwrap_err().to_string();
+        assert!(e.starts_with("config key `kafka.input_formats`") && e.contains("otlp_proto"), "{e}");
+        let e = load_str("[kafka.log_mappings.metrics]\nmessage_field = \"m\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("config key `kafka.log_mappings`") && e.contains("json_logs"), "{e}");
+        let e = load_str("[logs]\ntemplate_similarity = 1.5\n").unwrap_err().to_string();
+        assert!(e.starts_with("config key `logs.template_similarity`"), "{e}");
+    }
+
+    #[test]
+    fn forecast_settings_are_checked_against_the_window() {
+        let c = load_str("[forecast]\nmetrics = \"disk_used_percent\"\nlimits = { disk_used_percent = 90 }\nhorizon = \"1h\"\n").unwrap();
+        assert_eq!(c.forecast.metrics, vec!["disk_used_percent"]);
+        let e = load_str("[forecast]\nmetrics = [\"a\"]\nlimits = { b = 1 }\n").unwrap_err().to_string();
+        assert!(e.starts_with("config key `forecast.limits`") && e.contains("`b`"), "{e}");
+        let e = load_str("[forecast]\nhorizon = \"1s\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("config key `forecast.horizon`"), "{e}");
+        let e = load_str("[forecast]\nrefit_every = \"1s\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("config key `forecast.refit_every`"), "{e}");
+    }
 }
