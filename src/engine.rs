@@ -166,7 +166,8 @@ impl Processor {
         cfg.validate()?;
         let sql = cfg.features_sql()?;
         let log_sql = cfg.log_signals_sql()?;
-        let plan = FeaturePlan::with_log_signals(&sql, &log_sql, &cfg.detector.feature).await?;
+        let functions = vigil_models::sql_functions();
+        let plan = FeaturePlan::with_functions(&sql, &log_sql, &cfg.detector.feature, functions.scalar, functions.aggregate).await?;
         let d = &cfg.detector;
         let detector = RobustDetector::new(d.model_config());
         let rule = DecisionRule::new(DecisionConfig {

@@ -234,12 +234,18 @@ async fn serve_sql(listen: SocketAddr, tables: Arc<ResultTables>, counters: vigi
         .with_context(|| format!("config key `server.listen`: cannot listen on {listen}; choose a free address"))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        if let Err(e) = vigil_queries::serve(listener, SqlService::new(tables), counters, async { let _ = rx.await; }).await {
+        if let Err(e) = vigil_queries::serve(listener, sql_service(tables), counters, async { let _ = rx.await; }).await {
             tracing::error!(error = %e, "SQL server stopped");
         }
     });
     tracing::info!(%listen, "SQL server listening: POST /sql, GET /healthz, GET /metrics");
     Ok(tx)
+}
+
+/// The SQL service, with the model functions registered.
+fn sql_service(tables: Arc<ResultTables>) -> SqlService {
+    let f = vigil_models::sql_functions();
+    SqlService::with_functions(tables, f.scalar, f.aggregate)
 }
 
 fn log_decision(d: &Decision) {
@@ -390,7 +396,7 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
 
     let on_topic = count_topic(&brokers, "vigil.decisions");
     let dlq_on_topic = count_topic(&brokers, "vigil.dlq");
-    let sql = SqlService::new(tables.clone());
+    let sql = sql_service(tables.clone());
     let anomalies_sql = sql.query_json("select count(*) as n from anomalies").await.map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
     let logs_sql = sql
         .query_json("select count(*) as rows, count(distinct template_id) as templates, sum(case when level = 'error' then 1 else 0 end) as errors from logs")

@@ -105,14 +105,30 @@ pub fn detect_period(y: &[f64], max_period: usize) -> Option<usize> {
     }
     let det = PeriodogramDetector::builder().min_period(4).max_period(max as u32).build();
     let periods = catch_unwind(AssertUnwindSafe(|| det.detect(y))).ok()?;
-    let p = periods.into_iter().map(|p| p as usize).find(|p| *p >= 4 && *p <= max)?;
-    // The periodogram's resolution is coarse at long periods (frequency bins: a daily cycle of
-    // 288 points can come out as 257): refine to the lag within -20%..+25% with the highest
-    // autocorrelation, and accept it only if the series really repeats at that lag.
-    let lo = (p * 4 / 5).max(4);
-    let hi = (p * 5 / 4 + 2).min(max);
-    let (best, r) = (lo..=hi).map(|lag| (lag, autocorrelation(y, lag))).fold((p, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
-    (r >= 0.25).then_some(best)
+    // Every peak is refined to the lag within -20%..+25% with the highest autocorrelation (the
+    // periodogram's bins are coarse at long periods: a daily cycle of 288 points can come out as
+    // 257). The best-repeating lag wins; a multiple of the true period repeats as well as the
+    // period itself, so near-ties go to the shortest. It must really repeat (r >= 0.25).
+    let mut best: Option<(usize, f64)> = None;
+    // The periodogram may also report a multiple of the period (seen: 60 for a 12-step saw
+    // tooth), so divisors of each peak are candidates too.
+    let candidates: Vec<usize> = periods
+        .into_iter()
+        .map(|p| p as usize)
+        .filter(|p| *p >= 4 && *p <= max)
+        .flat_map(|p| (1..=6).map(move |k| (p + k / 2) / k))
+        .filter(|p| *p >= 4)
+        .collect();
+    for p in candidates {
+        let lo = (p * 4 / 5).max(4);
+        let hi = (p * 5 / 4 + 2).min(max);
+        let (lag, r) = (lo..=hi).map(|lag| (lag, autocorrelation(y, lag))).fold((p, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+        best = match best {
+            Some((bl, br)) if br > r + 0.05 || ((br - r).abs() <= 0.05 && bl <= lag) => Some((bl, br)),
+            _ => Some((lag, r)),
+        };
+    }
+    best.filter(|(_, r)| *r >= 0.25).map(|(lag, _)| lag)
 }
 
 /// Sample autocorrelation of `y` at `lag`.

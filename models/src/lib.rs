@@ -11,6 +11,8 @@
 //! - [`forecast()`]: forecasts with 80% and 95% intervals (MSTL + AutoETS from augurs, with a
 //!   periodogram for the period, falling back to AutoETS, then seasonal naive), and
 //!   [`time_to_threshold`] reads one against a limit.
+//! - [`sql_functions`]: the same models as DataFusion functions (`robust_sigma`, `anomaly_score`,
+//!   `vigil_forecast`, `vigil_period`), registered in the feature plan and the SQL service.
 //! - [`DecisionRule`]: turns anomalies at or above a score into [`Decision`]s with deterministic
 //!   ids (rule + series + window), so a replay of the same input yields the same ids, and
 //!   suppresses repeats while a series stays anomalous.
@@ -20,10 +22,12 @@ mod decision;
 mod detector;
 mod error;
 mod forecast;
+mod sql;
 
 pub use decision::{anomalies_schema, decisions_schema, Decision, DecisionConfig, DecisionRule, Evidence, Recommendation, SeriesRef};
 pub use detector::{DetectorConfig, RobustDetector, Score};
 pub use error::{Error, Result};
+pub use sql::{sql_functions, SqlFunctions};
 pub use forecast::{
     detect_period, forecast, forecasts_schema, mase, run_forecasts, seasonal_naive, smape, time_to_threshold, Crossing, ForecastConfig, ForecastJob,
     Forecaster, Method, SeriesForecast,

@@ -69,6 +69,18 @@ impl FeaturePlan {
 
     /// Like [`Self::new`], with the SQL that turns the `logs` table into signal points.
     pub async fn with_log_signals(sql: &str, log_sql: &str, feature: &str) -> Result<Self> {
+        Self::with_functions(sql, log_sql, feature, Vec::new(), Vec::new()).await
+    }
+
+    /// Like [`Self::with_log_signals`], with functions both SQL texts may call (the model
+    /// functions, registered by the binary).
+    pub async fn with_functions(
+        sql: &str,
+        log_sql: &str,
+        feature: &str,
+        scalar: Vec<datafusion::logical_expr::ScalarUDF>,
+        aggregate: Vec<datafusion::logical_expr::AggregateUDF>,
+    ) -> Result<Self> {
         let with_window = |base: SchemaRef| {
             let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.push(Field::new("window_start", window_ts_type(), false));
@@ -80,6 +92,12 @@ impl FeaturePlan {
         // One partition: a window's table is small, and the engine's loop is the unit of
         // parallelism (one per consumer), so spreading a plan over every core only adds overhead.
         let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(1));
+        for f in scalar {
+            ctx.register_udf(f);
+        }
+        for f in aggregate {
+            ctx.register_udaf(f);
+        }
         let mut plan = Self {
             ctx,
             sql: sql.to_string(),

@@ -27,17 +27,35 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct SqlService {
     tables: Arc<ResultTables>,
+    scalar: Vec<datafusion::logical_expr::ScalarUDF>,
+    aggregate: Vec<datafusion::logical_expr::AggregateUDF>,
 }
 
 impl SqlService {
     /// A service over `tables`.
     pub fn new(tables: Arc<ResultTables>) -> Self {
-        Self { tables }
+        Self { tables, scalar: Vec::new(), aggregate: Vec::new() }
+    }
+
+    /// A service over `tables` whose queries may also call these functions (the model
+    /// functions, registered by the binary).
+    pub fn with_functions(
+        tables: Arc<ResultTables>,
+        scalar: Vec<datafusion::logical_expr::ScalarUDF>,
+        aggregate: Vec<datafusion::logical_expr::AggregateUDF>,
+    ) -> Self {
+        Self { tables, scalar, aggregate }
     }
 
     /// Runs `sql` and returns its batches.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, Error> {
         let ctx = SessionContext::new();
+        for f in &self.scalar {
+            ctx.register_udf(f.clone());
+        }
+        for f in &self.aggregate {
+            ctx.register_udaf(f.clone());
+        }
         for name in self.tables.names() {
             let snap = self.tables.snapshot(&name)?;
             let table = MemTable::try_new(snap.schema, vec![snap.batches])?;

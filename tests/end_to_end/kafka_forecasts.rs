@@ -1,5 +1,6 @@
 //! Forecasts end to end through librdkafka's mock cluster: a disk filling up at a steady rate
-//! is forecast in the background, and the `forecasts` table says when it will be full.
+//! is forecast in the background, and the `forecasts` table says when it will be full; the same
+//! forecaster answers from SQL as `vigil_forecast`.
 
 use std::time::Duration;
 
@@ -29,7 +30,8 @@ async fn a_filling_disk_is_forecast_to_reach_its_limit() {
     engine.drain().await.unwrap();
     assert!(Stats::get(&engine.stats().forecasts) > 0, "at least one refit finished");
 
-    let sql = vigil_queries::SqlService::new(tables);
+    let functions = vigil_models::sql_functions();
+    let sql = vigil_queries::SqlService::with_functions(tables, functions.scalar, functions.aggregate);
     let out = sql
         .query_json(
             "select count(distinct made_at) as refits, max(step) as steps, \
@@ -53,4 +55,15 @@ async fn a_filling_disk_is_forecast_to_reach_its_limit() {
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let w = v[0]["windows_to_full"].as_i64().unwrap_or_else(|| panic!("no crossing: {v}"));
     assert!((450..=800).contains(&w), "{v}");
+
+    // The same forecaster, called from SQL over the points.
+    let out = sql
+        .query_json("select vigil_forecast(array_agg(value order by ts), 2) as f, robust_sigma(value) > 0 as spread from points")
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let f = v[0]["f"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(f.len(), 2);
+    assert!(f[0].as_f64().unwrap() > 59.0 && f[0].as_f64().unwrap() < 61.0, "{v}");
+    assert_eq!(v[0]["spread"], true);
 }

@@ -1,0 +1,239 @@
+//! The model functions as DataFusion functions, so that feature SQL and ad-hoc queries can use
+//! the same code as the live pipeline:
+//!
+//! | function | what |
+//! |---|---|
+//! | `robust_sigma(x)` (aggregate, also over a window) | 1.4826 × the median absolute deviation of `x`: the robust standard deviation the detector uses. With `median(x) OVER w` it scores a series against its fleet: `(x - median(x) OVER w) / robust_sigma(x) OVER w`. |
+//! | `anomaly_score(z)` | the detector's map from a robust z-score to a score in [0, 1] (0.5 at z = 6). |
+//! | `vigil_forecast(values, steps)` | point forecasts `steps` ahead of a list of values, oldest first, by the live forecaster: `vigil_forecast(array_agg(mean ORDER BY window_start), 6)`. |
+//! | `vigil_period(values)` | the dominant period of a list of values, or NULL. |
+//!
+//! NULL and non-finite inputs are ignored by `robust_sigma`; an empty input gives NULL.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Float64Builder, Int64Array, ListBuilder};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type};
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::logical_expr::{create_udaf, create_udf, Accumulator, AggregateUDF, ColumnarValue, ScalarUDF, Volatility};
+
+use crate::detector::DetectorConfig;
+use crate::forecast::{detect_period, forecast, ForecastConfig};
+
+/// The functions to register with a DataFusion context.
+#[derive(Debug, Clone)]
+pub struct SqlFunctions {
+    /// Scalar functions.
+    pub scalar: Vec<ScalarUDF>,
+    /// Aggregate functions.
+    pub aggregate: Vec<AggregateUDF>,
+}
+
+/// Longest history `vigil_forecast` fits on, and its longest period, in values.
+const MAX_VALUES: usize = 20_000;
+const MAX_STEPS: i64 = 10_000;
+
+fn list_of_f64() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true)))
+}
+
+#[derive(Debug, Default)]
+struct RobustSigma {
+    values: Vec<f64>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Accumulator for RobustSigma {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> datafusion::common::Result<()> {
+        let a = values[0].as_primitive::<Float64Type>();
+        self.values.extend(a.iter().flatten().filter(|v| v.is_finite()));
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> datafusion::common::Result<ScalarValue> {
+        if self.values.is_empty() {
+            return Ok(ScalarValue::Float64(None));
+        }
+        let mut v = self.values.clone();
+        let m = median(&mut v);
+        for x in v.iter_mut() {
+            *x = (*x - m).abs();
+        }
+        Ok(ScalarValue::Float64(Some(1.4826 * median(&mut v))))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.values.capacity() * 8
+    }
+
+    fn state(&mut self) -> datafusion::common::Result<Vec<ScalarValue>> {
+        let list = ScalarValue::new_list_nullable(&self.values.iter().map(|v| ScalarValue::Float64(Some(*v))).collect::<Vec<_>>(), &DataType::Float64);
+        Ok(vec![ScalarValue::List(list)])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> datafusion::common::Result<()> {
+        let lists = states[0].as_list::<i32>();
+        for i in 0..lists.len() {
+            if lists.is_valid(i) {
+                let inner = lists.value(i);
+                self.values.extend(inner.as_primitive::<Float64Type>().iter().flatten());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lists_arg(args: &[ColumnarValue], rows: usize) -> datafusion::common::Result<ArrayRef> {
+    args[0].clone().into_array(rows)
+}
+
+fn values_of(list: &arrow::array::ListArray, i: usize) -> Option<Vec<f64>> {
+    if list.is_null(i) {
+        return None;
+    }
+    let inner = list.value(i);
+    let v = inner.as_primitive::<Float64Type>();
+    let n = v.len();
+    Some(v.iter().skip(n.saturating_sub(MAX_VALUES)).map(|x| x.unwrap_or(f64::NAN)).collect())
+}
+
+fn rows_of(args: &[ColumnarValue]) -> usize {
+    args.iter()
+        .find_map(|a| match a {
+            ColumnarValue::Array(a) => Some(a.len()),
+            ColumnarValue::Scalar(_) => None,
+        })
+        .unwrap_or(1)
+}
+
+/// Builds the functions; see the module docs.
+pub fn sql_functions() -> SqlFunctions {
+    let robust_sigma = create_udaf(
+        "robust_sigma",
+        vec![DataType::Float64],
+        Arc::new(DataType::Float64),
+        Volatility::Immutable,
+        Arc::new(|_| Ok(Box::new(RobustSigma::default()))),
+        Arc::new(vec![list_of_f64()]),
+    );
+
+    let detector = DetectorConfig::default();
+    let anomaly_score = create_udf(
+        "anomaly_score",
+        vec![DataType::Float64],
+        DataType::Float64,
+        Volatility::Immutable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let rows = rows_of(args);
+            let z = args[0].clone().into_array(rows)?;
+            let z = z.as_primitive::<Float64Type>();
+            let out: Float64Array = z
+                .iter()
+                .map(|z| z.filter(|z| !z.is_nan()).map(|z| 1.0 / (1.0 + (-detector.z_slope * (z.abs() - detector.z_mid)).exp())))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    );
+
+    let vigil_forecast = create_udf(
+        "vigil_forecast",
+        vec![list_of_f64(), DataType::Int64],
+        list_of_f64(),
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let rows = rows_of(args);
+            let lists = lists_arg(args, rows)?;
+            let lists = lists.as_list::<i32>();
+            let steps = args[1].clone().into_array(rows)?;
+            let steps: &Int64Array = steps.as_primitive::<Int64Type>();
+            let mut out = ListBuilder::new(Float64Builder::new());
+            for i in 0..rows {
+                let Some(values) = values_of(lists, i) else {
+                    out.append_null();
+                    continue;
+                };
+                if steps.is_null(i) || !(1..=MAX_STEPS).contains(&steps.value(i)) {
+                    return Err(DataFusionError::Execution(format!("vigil_forecast: steps must be 1 to {MAX_STEPS}")));
+                }
+                let f = forecast(&values, &ForecastConfig { horizon: steps.value(i) as usize, max_period: MAX_VALUES / 2 });
+                out.values().append_slice(&f.point);
+                out.append(true);
+            }
+            Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        }),
+    );
+
+    let vigil_period = create_udf(
+        "vigil_period",
+        vec![list_of_f64()],
+        DataType::Int64,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let rows = rows_of(args);
+            let lists = lists_arg(args, rows)?;
+            let lists = lists.as_list::<i32>();
+            let out: Int64Array = (0..rows)
+                .map(|i| values_of(lists, i).and_then(|v| {
+                    let v: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
+                    detect_period(&v, MAX_VALUES / 2).map(|p| p as i64)
+                }))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    );
+
+    SqlFunctions { scalar: vec![anomaly_score, vigil_forecast, vigil_period], aggregate: vec![robust_sigma] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    async fn query(sql: &str) -> Vec<arrow::array::RecordBatch> {
+        let ctx = SessionContext::new();
+        let f = sql_functions();
+        for u in f.scalar {
+            ctx.register_udf(u);
+        }
+        for u in f.aggregate {
+            ctx.register_udaf(u);
+        }
+        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn robust_sigma_finds_the_fleet_outlier_over_a_window() {
+        let b = query(
+            "WITH hosts(host, v) AS (VALUES ('a', 1.0), ('b', 1.1), ('c', 0.9), ('d', 1.05), ('e', 9.0)) \
+             SELECT host, (v - median(v) OVER ()) / robust_sigma(v) OVER () AS fleet_z FROM hosts ORDER BY host",
+        )
+        .await;
+        let z = b[0].column(1).as_primitive::<Float64Type>();
+        assert!(z.value(4) > 50.0, "{z:?}");
+        assert!((0..4).all(|i| z.value(i).abs() < 3.0), "{z:?}");
+    }
+
+    #[tokio::test]
+    async fn forecast_period_and_score_are_callable_from_sql() {
+        let b = query(
+            "SELECT vigil_forecast(array_agg(CAST(v AS DOUBLE) ORDER BY t), 3) AS f, vigil_period(array_agg(CAST(v AS DOUBLE) ORDER BY t)) AS p, \
+             anomaly_score(6.0) AS s \
+             FROM (SELECT t, 10 + (t % 12) AS v FROM generate_series(1, 240) AS g(t))",
+        )
+        .await;
+        let f = b[0].column(0).as_list::<i32>().value(0);
+        assert_eq!(f.len(), 3);
+        assert_eq!(b[0].column(1).as_primitive::<Int64Type>().value(0), 12);
+        assert!((b[0].column(2).as_primitive::<Float64Type>().value(0) - 0.5).abs() < 1e-12);
+    }
+}
