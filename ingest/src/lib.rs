@@ -1,8 +1,13 @@
 //! # vigil-ingest: Kafka records in, Arrow record batches out
 //!
-//! This crate owns the first stage of Vigil's data path. It reads metric records from Kafka topics
-//! as a member of a consumer group ([`KafkaSource`]) and decodes them in batches straight into
-//! Arrow record batches with the [`points schema`](points_schema) ([`JsonPointDecoder`]).
+//! This crate owns the first stage of Vigil's data path. It reads records from Kafka topics as a
+//! member of a consumer group ([`KafkaSource`]) and decodes them in batches straight into Arrow
+//! record batches: metrics into the [`points schema`](points_schema) ([`JsonPointDecoder`],
+//! [`InfluxDecoder`], [`MappedJsonDecoder`], [`OtlpMetricsDecoder`]), logs into the
+//! [`logs schema`](logs_schema) ([`OtlpLogsDecoder`], [`JsonLogDecoder`]), each log message
+//! getting its template from an online miner with bounded memory ([`Drain`]). The state a format
+//! needs (cumulative counters' last points, log templates) is explicit, bounded, and owned by its
+//! decoder.
 //!
 //! A record that cannot be decoded never stops the stream: it comes back as a [`Rejected`]
 //! record carrying the reason and its source position, for the dead-letter sink to publish.
@@ -13,7 +18,8 @@
 //! (`name{k="v",...}`) and [`series_id`] hashes that rendering to a stable 64-bit id (XXH3, which
 //! is specified and does not change between releases or machines).
 //!
-//! Main types: [`JsonPointDecoder`], [`DecodedBatch`], [`Rejected`], [`KafkaSource`].
+//! Main types: [`JsonPointDecoder`], [`OtlpMetricsDecoder`], [`JsonLogDecoder`], [`DecodedBatch`],
+//! [`DecodedLogs`], [`Rejected`], [`KafkaSource`], [`FormatCounters`].
 #![deny(missing_docs)]
 
 mod drain;
