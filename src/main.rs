@@ -91,7 +91,7 @@ enum Command {
         #[arg(long, short, env = "VIGIL_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Evaluate the detector on labelled data.
+    /// Evaluate the detector (NAB scoring) and the forecaster (rolling origin) on labelled data.
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Print the effective configuration (defaults, file, environment) as TOML, or the error.
