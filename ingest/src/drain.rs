@@ -41,29 +41,41 @@ impl Default for DrainConfig {
 struct Template {
     id: u64,
     tokens: Vec<String>,
+    /// `tokens` joined by spaces, kept in step with them.
+    text: String,
     last_used: u64,
-    matched: u64,
 }
 
 /// The template a message was assigned to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mined {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mined<'a> {
     /// Stable id of the template (a hash of the service and the first message's masked tokens).
     pub id: u64,
     /// The template text, tokens joined by spaces, variable positions as `<*>`.
-    pub template: String,
+    pub template: &'a str,
     /// The template was created by this message.
     pub new: bool,
+}
+
+/// A 64-bit key of string parts (no allocation per message to look a group up).
+fn key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in parts {
+        h.update(p);
+        h.update(&[0]);
+    }
+    h.digest()
 }
 
 /// An online template miner; see the module docs.
 #[derive(Debug)]
 pub struct Drain {
     cfg: DrainConfig,
-    /// (service, token count, first token or `<*>`) -> template slots.
-    groups: HashMap<(String, usize, String), Vec<usize>>,
-    /// Distinct first tokens per (service, token count).
-    firsts: HashMap<(String, usize), usize>,
+    /// Key of (service, token count, first token or `<*>`) -> template slots. A collision of
+    /// 64-bit keys would only widen the search within a group; similarity still decides.
+    groups: HashMap<u64, Vec<usize>>,
+    /// Distinct first tokens per key of (service, token count).
+    firsts: HashMap<u64, usize>,
     templates: Vec<Option<Template>>,
     free: Vec<usize>,
     live: usize,
@@ -97,22 +109,23 @@ impl Drain {
     }
 
     /// Assigns `message` of `service` to a template, creating or generalising one.
-    pub fn mine(&mut self, service: &str, message: &str) -> Mined {
+    pub fn mine(&mut self, service: &str, message: &str) -> Mined<'_> {
         self.clock += 1;
         let tokens: Vec<&str> = message.split_whitespace().take(MAX_TOKENS).map(mask).collect();
         let len = tokens.len();
         let first = tokens.first().copied().unwrap_or("");
+        let len_bytes = (len as u64).to_le_bytes();
         let group_key = {
-            let exact = (service.to_string(), len, first.to_string());
+            let exact = key([service.as_bytes(), &len_bytes, first.as_bytes()]);
             if self.groups.contains_key(&exact) || first == WILDCARD {
                 exact
             } else {
-                let n = self.firsts.entry((service.to_string(), len)).or_insert(0);
+                let n = self.firsts.entry(key([service.as_bytes(), &len_bytes])).or_insert(0);
                 if *n < self.cfg.max_groups_per_length {
                     *n += 1;
                     exact
                 } else {
-                    (service.to_string(), len, WILDCARD.to_string())
+                    key([service.as_bytes(), &len_bytes, WILDCARD.as_bytes()])
                 }
             }
         };
@@ -135,14 +148,18 @@ impl Drain {
         if let Some((s, sim)) = best {
             if sim >= self.cfg.similarity {
                 let t = self.templates[s].as_mut().expect("live");
+                let mut changed = false;
                 for (a, b) in t.tokens.iter_mut().zip(&tokens) {
                     if a != b && a != WILDCARD {
                         *a = WILDCARD.to_string();
+                        changed = true;
                     }
                 }
+                if changed {
+                    t.text = t.tokens.join(" ");
+                }
                 t.last_used = clock;
-                t.matched += 1;
-                return Mined { id: t.id, template: t.tokens.join(" "), new: false };
+                return Mined { id: t.id, template: &t.text, new: false };
             }
         }
 
@@ -150,16 +167,8 @@ impl Drain {
         if self.live >= self.cfg.max_templates {
             self.evict();
         }
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(service.as_bytes());
-        h.update(&[0]);
-        for t in &tokens {
-            h.update(t.as_bytes());
-            h.update(&[0]);
-        }
-        let id = h.digest();
-        let template = Template { id, tokens: tokens.iter().map(|t| t.to_string()).collect(), last_used: clock, matched: 1 };
-        let text = template.tokens.join(" ");
+        let id = key(std::iter::once(service.as_bytes()).chain(tokens.iter().map(|t| t.as_bytes())));
+        let template = Template { id, tokens: tokens.iter().map(|t| t.to_string()).collect(), text: tokens.join(" "), last_used: clock };
         let slot = match self.free.pop() {
             Some(s) => {
                 self.templates[s] = Some(template);
@@ -172,7 +181,8 @@ impl Drain {
         };
         self.live += 1;
         self.groups.entry(group_key).or_default().push(slot);
-        Mined { id, template: text, new: true }
+        let t = self.templates[slot].as_ref().expect("just stored");
+        Mined { id, template: &t.text, new: true }
     }
 
     /// Forgets the least recently used tenth of the templates.
@@ -206,28 +216,34 @@ impl Drain {
 mod tests {
     use super::*;
 
+    /// (id, template, new), owned, so several results can be compared.
+    fn mine(d: &mut Drain, service: &str, message: &str) -> (u64, String, bool) {
+        let m = d.mine(service, message);
+        (m.id, m.template.to_string(), m.new)
+    }
+
     #[test]
     fn messages_differing_in_variables_share_a_template() {
         let mut d = Drain::new(DrainConfig::default());
-        let a = d.mine("api", "payment 4411 accepted in 120 ms");
-        let b = d.mine("api", "payment 4412 accepted in 95 ms");
-        assert!(a.new && !b.new);
-        assert_eq!(a.id, b.id);
-        assert_eq!(b.template, "payment <*> accepted in <*> ms");
+        let a = mine(&mut d, "api", "payment 4411 accepted in 120 ms");
+        let b = mine(&mut d, "api", "payment 4412 accepted in 95 ms");
+        assert!(a.2 && !b.2);
+        assert_eq!(a.0, b.0);
+        assert_eq!(b.1, "payment <*> accepted in <*> ms");
     }
 
     #[test]
     fn a_different_message_is_a_new_template_and_variable_words_generalise() {
         let mut d = Drain::new(DrainConfig::default());
-        let a = d.mine("api", "user alice logged in from web");
-        let b = d.mine("api", "user bob logged in from web");
-        assert_eq!(a.id, b.id);
-        assert_eq!(b.template, "user <*> logged in from web");
-        let c = d.mine("api", "connection refused by upstream database");
-        assert!(c.new && c.id != a.id);
+        let a = mine(&mut d, "api", "user alice logged in from web");
+        let b = mine(&mut d, "api", "user bob logged in from web");
+        assert_eq!(a.0, b.0);
+        assert_eq!(b.1, "user <*> logged in from web");
+        let c = mine(&mut d, "api", "connection refused by upstream database");
+        assert!(c.2 && c.0 != a.0);
         // The same text in another service is that service's own template.
-        let e = d.mine("billing", "user carol logged in from web");
-        assert!(e.new && e.id != a.id);
+        let e = mine(&mut d, "billing", "user carol logged in from web");
+        assert!(e.2 && e.0 != a.0);
         assert_eq!(d.templates(), 3);
     }
 
@@ -252,9 +268,9 @@ mod tests {
         }
         assert!(d.evicted() > 0);
         // Still works after evictions.
-        let a = d.mine("svc", "disk full on volume data");
-        let b = d.mine("svc", "disk full on volume logs");
-        assert_eq!(a.id, b.id);
+        let a = mine(&mut d, "svc", "disk full on volume data");
+        let b = mine(&mut d, "svc", "disk full on volume logs");
+        assert_eq!(a.0, b.0);
     }
 
     #[test]

@@ -14,14 +14,14 @@ use arrow::array::{
     ArrayRef, AsArray, BooleanBuilder, MapBuilder, RecordBatch, StringArray, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
 };
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondType};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
 
 use crate::drain::{Drain, DrainConfig};
 use crate::json::{count_input, count_rejects, reject, IngestCounters, RawRecord, Rejected, TapeBatchDecoder};
-use crate::mapped::{column, valid, Node};
+use crate::mapped::{check_unit_and_paths, column, time_type, valid, Node};
 use crate::otlp::{merge_attributes, unquote_int64, OtlpEncoding};
 use crate::schema::{labels_type, ts_type};
 use crate::{Result, SourcePos};
@@ -172,7 +172,7 @@ impl<'a> LogRows<'a> {
         self.level.append_value(level);
         self.message.append_value(cut(message, MAX_MESSAGE_BYTES));
         self.template_id.append_value(mined.id);
-        self.template.append_value(&mined.template);
+        self.template.append_value(mined.template);
         self.new.append_value(mined.new);
         for (k, v) in attrs {
             self.attrs.keys().append_value(k);
@@ -326,23 +326,8 @@ impl Default for LogMapping {
 impl LogMapping {
     /// Checks the mapping; the error says what is wrong.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if !matches!(self.time_unit.as_str(), "s" | "ms" | "us" | "ns") {
-            return Err(format!("time_unit `{}` is not one of s, ms, us, ns", self.time_unit));
-        }
-        let mut all: Vec<&String> = vec![&self.time_field, &self.message_field];
-        all.extend(self.level_field.iter());
-        all.extend(self.service_field.iter());
-        all.extend(self.attribute_fields.iter());
-        let mut seen = std::collections::BTreeSet::new();
-        for p in all {
-            if p.is_empty() || p.split('.').any(str::is_empty) {
-                return Err(format!("path `{p}` is empty or has an empty segment"));
-            }
-            if !seen.insert(p) {
-                return Err(format!("path `{p}` is used twice"));
-            }
-        }
-        Ok(())
+        let paths = [&self.time_field, &self.message_field].into_iter().chain(&self.level_field).chain(&self.service_field).chain(&self.attribute_fields);
+        check_unit_and_paths(&self.time_unit, paths)
     }
 }
 
@@ -360,14 +345,8 @@ impl JsonLogDecoder {
     /// A decoder for `mapping`; the error names what is wrong with it.
     pub fn new(mapping: LogMapping, drain: DrainConfig, counters: Arc<IngestCounters>) -> std::result::Result<Self, String> {
         mapping.validate()?;
-        let unit = match mapping.time_unit.as_str() {
-            "s" => TimeUnit::Second,
-            "us" => TimeUnit::Microsecond,
-            "ns" => TimeUnit::Nanosecond,
-            _ => TimeUnit::Millisecond,
-        };
         let mut root = Node::default();
-        root.insert(&mapping.time_field, DataType::Timestamp(unit, Some("+00:00".into())))?;
+        root.insert(&mapping.time_field, time_type(&mapping.time_unit))?;
         root.insert(&mapping.message_field, DataType::Utf8)?;
         for p in mapping.level_field.iter().chain(mapping.service_field.iter()).chain(mapping.attribute_fields.iter()) {
             root.insert(p, DataType::Utf8)?;

@@ -39,30 +39,44 @@ impl JsonMapping {
         if self.time_field.is_empty() {
             return Err("time_field is empty".into());
         }
-        if !matches!(self.time_unit.as_str(), "s" | "ms" | "us" | "ns") {
-            return Err(format!("time_unit `{}` is not one of s, ms, us, ns", self.time_unit));
-        }
         if self.name_field.is_none() && self.name.as_deref().unwrap_or("").is_empty() {
             return Err("set name_field or a fixed name".into());
         }
         if self.value_fields.is_empty() {
             return Err("value_fields lists no field".into());
         }
-        let mut all: Vec<&String> = vec![&self.time_field];
-        all.extend(self.name_field.iter());
-        all.extend(self.value_fields.iter());
-        all.extend(self.label_fields.iter());
-        let mut seen = std::collections::BTreeSet::new();
-        for p in all {
-            if p.split('.').any(str::is_empty) {
-                return Err(format!("path `{p}` has an empty segment"));
-            }
-            if !seen.insert(p) {
-                return Err(format!("path `{p}` is used twice"));
-            }
-        }
-        Ok(())
+        let paths = std::iter::once(&self.time_field).chain(&self.name_field).chain(&self.value_fields).chain(&self.label_fields);
+        check_unit_and_paths(&self.time_unit, paths)
     }
+}
+
+/// Checks a mapping's timestamp unit and its paths (no empty segment, none used twice).
+pub(crate) fn check_unit_and_paths<'a>(unit: &str, paths: impl IntoIterator<Item = &'a String>) -> std::result::Result<(), String> {
+    if !matches!(unit, "s" | "ms" | "us" | "ns") {
+        return Err(format!("time_unit `{unit}` is not one of s, ms, us, ns"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in paths {
+        if p.split('.').any(str::is_empty) {
+            return Err(format!("path `{p}` is empty or has an empty segment"));
+        }
+        if !seen.insert(p) {
+            return Err(format!("path `{p}` is used twice"));
+        }
+    }
+    Ok(())
+}
+
+/// The Arrow type a mapped timestamp decodes as: numbers in `unit` (`s`, `ms`, `us`, `ns`), or
+/// RFC 3339 strings.
+pub(crate) fn time_type(unit: &str) -> DataType {
+    let unit = match unit {
+        "s" => TimeUnit::Second,
+        "us" => TimeUnit::Microsecond,
+        "ns" => TimeUnit::Nanosecond,
+        _ => TimeUnit::Millisecond,
+    };
+    DataType::Timestamp(unit, Some("+00:00".into()))
 }
 
 /// A tree of paths, to build the nested decoding schema.
@@ -135,14 +149,8 @@ impl MappedJsonDecoder {
     /// A decoder for `mapping`, reporting into `counters`.
     pub fn new(mapping: JsonMapping, counters: Arc<IngestCounters>) -> std::result::Result<Self, String> {
         mapping.validate()?;
-        let unit = match mapping.time_unit.as_str() {
-            "s" => TimeUnit::Second,
-            "us" => TimeUnit::Microsecond,
-            "ns" => TimeUnit::Nanosecond,
-            _ => TimeUnit::Millisecond,
-        };
         let mut root = Node::default();
-        root.insert(&mapping.time_field, DataType::Timestamp(unit, Some("+00:00".into())))?;
+        root.insert(&mapping.time_field, time_type(&mapping.time_unit))?;
         if let Some(n) = &mapping.name_field {
             root.insert(n, DataType::Utf8)?;
         }
@@ -169,10 +177,7 @@ impl MappedJsonDecoder {
         let mut rejected = Vec::new();
         let (batch, rows) = self.inner.decode_records(records, &mut rejected)?;
         let m = &self.mapping;
-        let ts_col = cast(
-            column(&batch, &m.time_field).expect("schema has the time field"),
-            &DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())),
-        )?;
+        let ts_col = cast(column(&batch, &m.time_field).expect("schema has the time field"), &crate::schema::ts_type())?;
         let ts = ts_col.as_primitive::<TimestampMillisecondType>();
         let names = m.name_field.as_ref().map(|p| column(&batch, p).expect("schema has the name field").as_string::<i32>().clone());
         let values: Vec<(String, arrow::array::Float64Array)> = m

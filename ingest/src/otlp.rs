@@ -259,44 +259,46 @@ pub(crate) fn merge_attributes(base: &[(String, String)], over: &[KeyValue], ski
 /// quotes are escaped, so a message that merely mentions `"asInt"` is never touched.
 pub(crate) fn unquote_int64(json: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     const KEYS: [&[u8]; 2] = [b"\"asInt\"", b"\"intValue\""];
-    let finder = |from: usize| KEYS.iter().filter_map(|k| find(&json[from..], k).map(|i| (from + i, k.len()))).min();
-    let Some(mut next) = finder(0) else { return std::borrow::Cow::Borrowed(json) };
-    let mut out = Vec::with_capacity(json.len());
-    let mut copied = 0;
-    loop {
-        let (at, klen) = next;
-        let mut i = at + klen;
+    let skip_ws = |mut i: usize| {
         while json.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
             i += 1;
         }
-        if json.get(i) == Some(&b':') {
-            i += 1;
-            while json.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
-                i += 1;
-            }
-            if json.get(i) == Some(&b'"') {
-                let start = i + 1;
-                let mut end = start;
-                if json.get(end) == Some(&b'-') {
-                    end += 1;
-                }
-                while json.get(end).is_some_and(u8::is_ascii_digit) {
-                    end += 1;
-                }
-                if end > start && json.get(end) == Some(&b'"') {
-                    out.extend_from_slice(&json[copied..i]);
-                    out.extend_from_slice(&json[start..end]);
-                    copied = end + 1;
-                }
-            }
+        i
+    };
+    // One pass: at each quote, is this one of the keys followed by `:` and a quoted integer?
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(q) = json[i..].iter().position(|b| *b == b'"') {
+        let at = i + q;
+        i = at + 1;
+        let Some(key) = KEYS.iter().find(|k| json[at..].starts_with(k)) else { continue };
+        let colon = skip_ws(at + key.len());
+        if json.get(colon) != Some(&b':') {
+            continue;
         }
-        match finder(at + klen) {
-            Some(n) => next = n,
-            None => break,
+        let open = skip_ws(colon + 1);
+        if json.get(open) != Some(&b'"') {
+            continue;
+        }
+        let start = open + 1;
+        let digits = start + usize::from(json.get(start) == Some(&b'-'));
+        let end = digits + json[digits..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if end > digits && json.get(end) == Some(&b'"') {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(json.len()));
+            o.extend_from_slice(&json[copied..open]);
+            o.extend_from_slice(&json[start..end]);
+            copied = end + 1;
+            i = copied;
         }
     }
-    out.extend_from_slice(&json[copied..]);
-    std::borrow::Cow::Owned(out)
+    match out {
+        None => std::borrow::Cow::Borrowed(json),
+        Some(mut o) => {
+            o.extend_from_slice(&json[copied..]);
+            std::borrow::Cow::Owned(o)
+        }
+    }
 }
 
 /// Reads an OTLP/JSON metrics request. The generated types require every field of an
