@@ -33,7 +33,7 @@ pub struct BenchReport {
     pub batch_ms: [f64; 4],
     /// Records per batch.
     pub batch: usize,
-    /// Detector state per series, bytes (ring capacity × 8 plus map overhead).
+    /// Detector state per series at most, bytes (values, residuals, calibration).
     pub state_bytes_per_series: usize,
 }
 
@@ -180,7 +180,7 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
     let cpu_s = cpu_seconds() - cpu0;
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
-    let ring = cfg.detector.history_windows.next_power_of_two().max(cfg.detector.history_windows);
+    let ring = vigil_models::Detector::new(cfg.detector.model_config(cfg.window.size)).max_bytes_per_series();
     Ok(BenchReport {
         events,
         bytes,
@@ -191,6 +191,6 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
         cpu_s,
         batch_ms: [pct(0.5), pct(0.95), pct(0.99), lat.last().copied().unwrap_or(0.0)],
         batch,
-        state_bytes_per_series: ring * 8 + 64,
+        state_bytes_per_series: ring,
     })
 }

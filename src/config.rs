@@ -293,20 +293,31 @@ pub struct FeaturesConfig {
 pub struct DetectorConfig {
     /// The feature column scored (a DOUBLE column of the feature SQL).
     pub feature: String,
-    /// Windows in each series' baseline.
+    /// Windows in each series' level baseline.
     pub history_windows: usize,
     /// Windows a series must see before it may be scored.
     pub warmup_windows: usize,
-    /// Robust z-score at which the anomaly score is 0.5.
-    pub z_mid: f64,
+    /// Longest season the seasonal part looks for, e.g. `"1d"` (`"0s"` turns it off). In
+    /// windows it is `max_season / window.size`, at most 1440; a series then keeps up to
+    /// `seasons` × that many values.
+    #[serde(with = "humantime_serde")]
+    pub max_season: Duration,
+    /// Past periods the seasonal expectation is the median of.
+    pub seasons: usize,
+    /// Windows in the short window the shift (change-point) part compares with the baseline.
+    pub shift_windows: usize,
+    /// Deviations per part remembered to calibrate scores (a score of 0.999 means one in a
+    /// thousand of these).
+    pub calibration_windows: usize,
+    /// Windows after a surprising one during which a window scores only if it is more
+    /// surprising still: one event, one alarm (0 = off).
+    pub refractory_windows: usize,
     /// Anomaly scores at or above this are kept in the `anomalies` table.
     pub anomaly_threshold: f64,
-    /// Novelty filter memory in windows (0 = off): when on, a window scores only if its
-    /// deviation exceeds the largest deviation of roughly this many recent windows, so a long
-    /// excursion is flagged at its onset and when it worsens, not on every window of it. Off by
-    /// default: it also hides a second, smaller incident on the same series within that memory.
-    pub novelty_memory_windows: usize,
 }
+
+/// Longest season in windows, whatever `max_season` says (bounds the state per series).
+pub const MAX_PERIOD_WINDOWS: usize = 1440;
 
 impl Default for DetectorConfig {
     fn default() -> Self {
@@ -315,23 +326,31 @@ impl Default for DetectorConfig {
             feature: "mean".into(),
             history_windows: d.history,
             warmup_windows: d.warmup,
-            z_mid: d.z_mid,
+            max_season: Duration::from_secs(86_400),
+            seasons: d.seasons,
+            shift_windows: d.shift_windows,
+            calibration_windows: d.calibration,
+            refractory_windows: d.refractory,
             anomaly_threshold: d.anomaly_threshold,
-            novelty_memory_windows: 0,
         }
     }
 }
 
 impl DetectorConfig {
-    /// The model's configuration (shared by the engine and `vigil eval`).
-    pub fn model_config(&self) -> vigil_models::DetectorConfig {
+    /// The model's configuration for series with one value per `window` (shared by the engine,
+    /// `vigil eval` and `vigil backtest`).
+    pub fn model_config(&self, window: Duration) -> vigil_models::DetectorConfig {
+        let w = window.as_millis().max(1);
+        let max_period = ((self.max_season.as_millis() / w) as usize).min(MAX_PERIOD_WINDOWS);
         vigil_models::DetectorConfig {
             history: self.history_windows,
             warmup: self.warmup_windows,
-            z_mid: self.z_mid,
+            max_period: if max_period >= 4 { max_period } else { 0 },
+            seasons: self.seasons,
+            shift_windows: self.shift_windows,
+            calibration: self.calibration_windows,
+            refractory: self.refractory_windows,
             anomaly_threshold: self.anomaly_threshold,
-            novelty_decay: (self.novelty_memory_windows > 0).then(|| (-1.0 / self.novelty_memory_windows as f64).exp()),
-            ..Default::default()
         }
     }
 }
@@ -386,7 +405,7 @@ pub struct DecisionsConfig {
 
 impl Default for DecisionsConfig {
     fn default() -> Self {
-        Self { threshold: 0.8, rearm_after: Duration::from_secs(300) }
+        Self { threshold: 0.999, rearm_after: Duration::from_secs(300) }
     }
 }
 
@@ -542,7 +561,7 @@ impl Config {
             return Err(invalid("detector.feature", "is empty", "name a DOUBLE column of the feature SQL, e.g. \"mean\""));
         }
         if d.history_windows < 3 {
-            return Err(invalid("detector.history_windows", format!("is {}", d.history_windows), "use at least 3 (120 is the default)"));
+            return Err(invalid("detector.history_windows", format!("is {}", d.history_windows), "use at least 3 (240 is the default)"));
         }
         if d.warmup_windows < 3 || d.warmup_windows > d.history_windows {
             return Err(invalid(
@@ -551,18 +570,28 @@ impl Config {
                 "use a value from 3 to detector.history_windows (20 is the default)",
             ));
         }
-        if !(d.z_mid.is_finite() && d.z_mid > 0.0) {
-            return Err(invalid("detector.z_mid", format!("is {}", d.z_mid), "use a positive number, e.g. 6.0"));
+        if d.seasons == 0 || d.seasons > 10 {
+            return Err(invalid("detector.seasons", format!("is {}", d.seasons), "use 1 to 10 (3 is the default)"));
+        }
+        if d.shift_windows < 2 || d.shift_windows >= d.history_windows {
+            return Err(invalid(
+                "detector.shift_windows",
+                format!("is {} with history_windows = {}", d.shift_windows, d.history_windows),
+                "use a value from 2 to below detector.history_windows (24 is the default)",
+            ));
+        }
+        if d.calibration_windows < 20 {
+            return Err(invalid("detector.calibration_windows", format!("is {}", d.calibration_windows), "use at least 20 (8000 is the default)"));
         }
         if !(d.anomaly_threshold > 0.0 && d.anomaly_threshold < 1.0) {
-            return Err(invalid("detector.anomaly_threshold", format!("is {}", d.anomaly_threshold), "use a score between 0 and 1, e.g. 0.5"));
+            return Err(invalid("detector.anomaly_threshold", format!("is {}", d.anomaly_threshold), "use a score between 0 and 1, e.g. 0.99"));
         }
         let t = self.decisions.threshold;
         if !(t > 0.0 && t <= 1.0) || t < d.anomaly_threshold {
             return Err(invalid(
                 "decisions.threshold",
                 format!("is {t} with detector.anomaly_threshold = {}", d.anomaly_threshold),
-                "use a score in (0, 1] not below detector.anomaly_threshold, e.g. 0.8",
+                "use a score in (0, 1] not below detector.anomaly_threshold, e.g. 0.999",
             ));
         }
         let f = &self.forecast;

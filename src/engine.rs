@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use vigil_ingest::{IngestCounters, JsonPointDecoder, KafkaSource, KafkaSourceConfig};
-use vigil_models::{Decision, DecisionConfig, DecisionRule, RobustDetector};
+use vigil_models::{Decision, DecisionConfig, DecisionRule, Detector};
 use vigil_pipeline::{FeaturePlan, ResultTables, Windower};
 use vigil_sinks::{DeadLetterSink, DecisionSink, KafkaSinkConfig};
 
@@ -151,7 +151,7 @@ pub struct Processor {
     counters: Arc<vigil_ingest::FormatCounters>,
     windower: Windower,
     plan: FeaturePlan,
-    detector: RobustDetector,
+    detector: Detector,
     rule: DecisionRule,
     feature: String,
     forecaster: vigil_models::Forecaster,
@@ -169,7 +169,7 @@ impl Processor {
         let functions = vigil_models::sql_functions();
         let plan = FeaturePlan::with_functions(&sql, &log_sql, &cfg.detector.feature, functions.scalar, functions.aggregate).await?;
         let d = &cfg.detector;
-        let detector = RobustDetector::new(d.model_config());
+        let detector = Detector::new(d.model_config(cfg.window.size));
         let rule = DecisionRule::new(DecisionConfig {
             threshold: cfg.decisions.threshold,
             rearm_ms: cfg.decisions.rearm_after.as_millis() as i64,
@@ -338,7 +338,12 @@ impl Processor {
         }
         let h = self.refit.take().expect("checked above");
         match h.await {
-            Ok(r) => Ok(Some(r?)),
+            Ok(r) => {
+                let batch = r?;
+                // The detector's forecast part checks the coming windows against these bands.
+                self.detector.use_forecasts(&batch);
+                Ok(Some(batch))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "forecast refit failed; the next one is scheduled as usual");
                 Ok(None)

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::NaiveDateTime;
-use vigil_models::{DetectorConfig, RobustDetector};
+use vigil_models::Detector;
+
+use crate::config::DetectorConfig;
 
 /// Errors of the evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +161,8 @@ pub struct NabFile {
     pub values: Vec<f64>,
     /// Labelled anomaly windows as row ranges.
     pub windows: Vec<(usize, usize)>,
+    /// The sampling interval (median spacing of the timestamps).
+    pub interval: std::time::Duration,
 }
 
 /// Reads the corpus at `root` (with `data/` and `labels/combined_windows.json`).
@@ -194,7 +198,10 @@ pub fn read_nab(root: &Path) -> Result<Vec<NabFile>, EvalError> {
                 windows.push((l, r - 1));
             }
         }
-        files.push(NabFile { name: name.clone(), values, windows });
+        let mut gaps: Vec<i64> = ts.windows(2).map(|w| (w[1] - w[0]).num_seconds()).filter(|g| *g > 0).collect();
+        gaps.sort_unstable();
+        let interval = std::time::Duration::from_secs(gaps.get(gaps.len() / 2).copied().unwrap_or(300) as u64);
+        files.push(NabFile { name: name.clone(), values, windows, interval });
     }
     if files.is_empty() {
         return Err(EvalError::Format { path: root.to_path_buf(), problem: "no data files found under data/".into() });
@@ -202,15 +209,15 @@ pub fn read_nab(root: &Path) -> Result<Vec<NabFile>, EvalError> {
     Ok(files)
 }
 
-/// Reads the corpus at `root` and streams every file through a fresh [`RobustDetector`] with
-/// `cfg`, one point at a time. Returns the scored files and the detector's cost in microseconds
-/// per point.
+/// Reads the corpus at `root` and streams every file through a fresh [`Detector`] configured
+/// as the live pipeline would be with `cfg` and windows of the file's sampling interval, one
+/// point at a time. Returns the scored files and the detector's cost in microseconds per point.
 pub fn run_nab(root: &Path, cfg: &DetectorConfig) -> Result<(Vec<ScoredFile>, f64), EvalError> {
     let mut files = Vec::new();
     let mut points = 0usize;
     let mut spent = std::time::Duration::ZERO;
     for f in read_nab(root)? {
-        let mut det = RobustDetector::new(cfg.clone());
+        let mut det = Detector::new(cfg.model_config(f.interval));
         let t0 = Instant::now();
         let scores: Vec<f64> = f.values.iter().map(|v| det.observe(0, *v).map_or(0.0, |s| s.score)).collect();
         spent += t0.elapsed();

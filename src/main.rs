@@ -191,8 +191,7 @@ fn main() -> ExitCode {
             }
             Command::Eval(EvalCommand::Nab { data, scores, config }) => {
                 let cfg = Config::load(config.as_deref())?;
-                let det = cfg.detector.model_config();
-                let (files, us) = vigil::eval::run_nab(&data, &det)?;
+                let (files, us) = vigil::eval::run_nab(&data, &cfg.detector)?;
                 if let Some(path) = scores {
                     let mut out = String::from("file,row,score,label\n");
                     for f in &files {

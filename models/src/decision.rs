@@ -35,6 +35,7 @@ pub fn anomalies_schema() -> SchemaRef {
             Field::new("z", DataType::Float64, false),
             Field::new("support", DataType::UInt32, false),
             Field::new("explanation", DataType::Utf8, false),
+            Field::new("part", DataType::Utf8, false),
         ]))
     })
     .clone()
@@ -80,7 +81,7 @@ pub struct DecisionConfig {
 
 impl Default for DecisionConfig {
     fn default() -> Self {
-        Self { threshold: 0.8, rearm_ms: 300_000, full_support: 120 }
+        Self { threshold: 0.999, rearm_ms: 300_000, full_support: 120 }
     }
 }
 
@@ -268,6 +269,7 @@ impl DecisionRule {
         let (value, expected, lower, upper, score, z) = (f(6), f(7), f(8), f(9), f(10), f(11));
         let support = c(12).as_primitive::<UInt32Type>();
         let explanation = c(13).as_string::<i32>();
+        let part = c(14).as_string::<i32>();
         let mut out = Vec::new();
         for i in 0..anomalies.num_rows() {
             let s = score.value(i);
@@ -285,14 +287,21 @@ impl DecisionRule {
             let key = series.value(i);
             let (name, labels) = parse_series_key(key);
             let up = z.value(i) >= 0.0;
-            let severity = if s >= 0.95 { "critical" } else { "warning" };
+            // Scores are one minus a tail probability: 0.9999 is one in ten thousand.
+            let severity = if s >= 0.9999 { "critical" } else { "warning" };
             let id_src = format!("{}|{sid:016x}|{start}", Self::NAME);
             let id = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(id_src.as_bytes()));
             let warm = (support.value(i) as f64 / self.cfg.full_support.max(1) as f64).min(1.0);
             out.push(Decision {
                 id,
                 time: rfc3339(we.value(i)),
-                kind: if up { "anomaly.spike" } else { "anomaly.drop" }.into(),
+                kind: match (part.value(i), up) {
+                    ("shift", true) => "anomaly.shift_up",
+                    ("shift", false) => "anomaly.shift_down",
+                    (_, true) => "anomaly.spike",
+                    (_, false) => "anomaly.drop",
+                }
+                .into(),
                 severity: severity.into(),
                 rule: format!("{} >= {}", Self::NAME, self.cfg.threshold),
                 recommendation: recommend(&name, &labels, up, severity, key),
@@ -364,7 +373,7 @@ impl DecisionRule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::{DetectorConfig, RobustDetector};
+    use crate::detector::{Detector, DetectorConfig};
     use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMillisecondArray, UInt64Array};
 
     fn features(window: i64, rows: &[(u64, &str, f64)]) -> RecordBatch {
@@ -404,7 +413,7 @@ mod tests {
     #[test]
     fn persistent_anomaly_makes_one_decision_with_a_stable_id() {
         let run = || {
-            let mut det = RobustDetector::new(DetectorConfig::default());
+            let mut det = Detector::new(DetectorConfig::default());
             let mut rule = DecisionRule::new(DecisionConfig::default());
             let key = r#"cpu_utilization{host="h1",service="checkout"}"#;
             let mut all = Vec::new();

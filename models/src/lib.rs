@@ -4,10 +4,11 @@
 //! clocks, no Kafka. The engine hands this crate the `features` batch of the windows that just
 //! closed and gets back the `anomalies` batch and the [`Decision`]s to publish.
 //!
-//! - [`RobustDetector`]: a streaming, causal detector. Each series learns its own baseline from
-//!   the median and MAD of its recent windows; after a warm-up it scores every new window with a
-//!   robust z-score mapped to a score in [0, 1], an expected value, a normal band and a sentence
-//!   that explains it. The state per series is a bounded ring of recent values.
+//! - [`Detector`]: a streaming, causal detector ensemble with bounded state per series. A level
+//!   part (median/MAD of recent windows), a seasonal part (period from augurs' periodogram), a
+//!   shift part (change of level) and a forecast-band part each measure a deviation; each is
+//!   calibrated against its own recent history into a tail probability, and the most surprising
+//!   [`Part`] sets one score in [0, 1], an expected value, a normal band and a sentence naming it.
 //! - [`forecast()`]: forecasts with 80% and 95% intervals (MSTL + AutoETS from augurs, with a
 //!   periodogram for the period, falling back to AutoETS, then seasonal naive), and
 //!   [`time_to_threshold`] reads one against a limit.
@@ -25,7 +26,7 @@ mod forecast;
 mod sql;
 
 pub use decision::{anomalies_schema, decisions_schema, Decision, DecisionConfig, DecisionRule, Evidence, Recommendation, SeriesRef};
-pub use detector::{DetectorConfig, RobustDetector, Score};
+pub use detector::{Detector, DetectorConfig, Part, Score};
 pub use error::{Error, Result};
 pub use sql::{sql_functions, SqlFunctions};
 pub use forecast::{

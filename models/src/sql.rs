@@ -4,9 +4,10 @@
 //! | function | what |
 //! |---|---|
 //! | `robust_sigma(x)` (aggregate, also over a window) | 1.4826 × the median absolute deviation of `x`: the robust standard deviation the detector uses. With `median(x) OVER w` it scores a series against its fleet: `(x - median(x) OVER w) / robust_sigma(x) OVER w`. |
-//! | `anomaly_score(z)` | the detector's map from a robust z-score to a score in [0, 1] (0.5 at z = 6). |
+//! | `anomaly_score(z)` | the score of a z-score if it were standard normal: one minus its two-sided tail probability (0.9973 at z = 3). The live detector calibrates against each series' own history instead; `vigil_scores` runs it. |
 //! | `vigil_forecast(values, steps)` | point forecasts `steps` ahead of a list of values, oldest first, by the live forecaster: `vigil_forecast(array_agg(mean ORDER BY window_start), 6)`. |
 //! | `vigil_period(values)` | the dominant period of a list of values, or NULL. |
+//! | `vigil_scores(values)` | the live detector ensemble run over a list of values, oldest first: one anomaly score per value (NULL during warm-up), e.g. `vigil_scores(array_agg(mean ORDER BY window_start))` per series. |
 //!
 //! NULL and non-finite inputs are ignored by `robust_sigma`; an empty input gives NULL.
 
@@ -17,8 +18,20 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int64Type};
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::logical_expr::{create_udaf, create_udf, Accumulator, AggregateUDF, ColumnarValue, ScalarUDF, Volatility};
 
-use crate::detector::DetectorConfig;
+use crate::detector::{Detector, DetectorConfig};
 use crate::forecast::{detect_period, forecast, ForecastConfig};
+
+/// The score of a z under a standard normal: one minus its two-sided tail probability,
+/// `erf(|z| / √2)` (Abramowitz and Stegun 7.1.26, error below 1.5e-7).
+pub(crate) fn gaussian_score(z: f64) -> f64 {
+    let x = z.abs() / std::f64::consts::SQRT_2;
+    if x.is_infinite() {
+        return 1.0;
+    }
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    (1.0 - poly * (-x * x).exp()).clamp(0.0, 1.0)
+}
 
 /// The functions to register with a DataFusion context.
 #[derive(Debug, Clone)]
@@ -126,7 +139,6 @@ pub fn sql_functions() -> SqlFunctions {
         Arc::new(vec![list_of_f64()]),
     );
 
-    let detector = DetectorConfig::default();
     let anomaly_score = create_udf(
         "anomaly_score",
         vec![DataType::Float64],
@@ -138,7 +150,7 @@ pub fn sql_functions() -> SqlFunctions {
             let z = z.as_primitive::<Float64Type>();
             let out: Float64Array = z
                 .iter()
-                .map(|z| z.filter(|z| !z.is_nan()).map(|z| 1.0 / (1.0 + (-detector.z_slope * (z.abs() - detector.z_mid)).exp())))
+                .map(|z| z.filter(|z| !z.is_nan()).map(gaussian_score))
                 .collect();
             Ok(ColumnarValue::Array(Arc::new(out)))
         }),
@@ -191,7 +203,34 @@ pub fn sql_functions() -> SqlFunctions {
         }),
     );
 
-    SqlFunctions { scalar: vec![anomaly_score, vigil_forecast, vigil_period], aggregate: vec![robust_sigma] }
+    let vigil_scores = create_udf(
+        "vigil_scores",
+        vec![list_of_f64()],
+        list_of_f64(),
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let rows = rows_of(args);
+            let lists = lists_arg(args, rows)?;
+            let lists = lists.as_list::<i32>();
+            let mut out = ListBuilder::new(Float64Builder::new());
+            for i in 0..rows {
+                let Some(values) = values_of(lists, i) else {
+                    out.append_null();
+                    continue;
+                };
+                // The live detector with its default settings, seasons up to half the list.
+                let cfg = DetectorConfig { max_period: (values.len() / 3).min(MAX_VALUES / 2), ..DetectorConfig::default() };
+                let mut det = Detector::new(cfg);
+                for v in values {
+                    out.values().append_option(det.observe(0, v).map(|s| s.score));
+                }
+                out.append(true);
+            }
+            Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        }),
+    );
+
+    SqlFunctions { scalar: vec![anomaly_score, vigil_forecast, vigil_period, vigil_scores], aggregate: vec![robust_sigma] }
 }
 
 #[cfg(test)]
@@ -227,13 +266,22 @@ mod tests {
     async fn forecast_period_and_score_are_callable_from_sql() {
         let b = query(
             "SELECT vigil_forecast(array_agg(CAST(v AS DOUBLE) ORDER BY t), 3) AS f, vigil_period(array_agg(CAST(v AS DOUBLE) ORDER BY t)) AS p, \
-             anomaly_score(6.0) AS s \
+             anomaly_score(3.0) AS s, \
+             vigil_scores(array_agg(CAST(CASE WHEN t = 200 THEN 100 ELSE v END AS DOUBLE) ORDER BY t)) AS scores \
              FROM (SELECT t, 10 + (t % 12) AS v FROM generate_series(1, 240) AS g(t))",
         )
         .await;
         let f = b[0].column(0).as_list::<i32>().value(0);
         assert_eq!(f.len(), 3);
         assert_eq!(b[0].column(1).as_primitive::<Int64Type>().value(0), 12);
-        assert!((b[0].column(2).as_primitive::<Float64Type>().value(0) - 0.5).abs() < 1e-12);
+        assert!((b[0].column(2).as_primitive::<Float64Type>().value(0) - 0.9973).abs() < 1e-4);
+        let scores = b[0].column(3).as_list::<i32>().value(0);
+        let scores = scores.as_primitive::<Float64Type>();
+        assert_eq!(scores.len(), 240);
+        assert!(scores.is_null(0), "warm-up values have no score");
+        // The saw tooth is learned; the value of 100 at t = 200 (index 199) is the one anomaly.
+        let top = (0..240).filter(|i| !scores.is_null(*i)).max_by(|a, b| scores.value(*a).total_cmp(&scores.value(*b))).unwrap();
+        assert_eq!(top, 199);
+        assert!(scores.value(199) > 0.999);
     }
 }
