@@ -406,9 +406,12 @@ impl Detector {
             }
         }
 
+        // Baselines need half the warm-up; the other half fills each part's calibration, so the
+        // first score comes after `warmup` values.
+        let half_warm = (cfg.warmup / 2).max(3);
         let n = st.values.len();
         let mut readings: [Option<Reading>; 4] = [None; 4];
-        if n >= cfg.warmup {
+        if n >= half_warm {
             let h = cfg.history.min(n);
             let w = cfg.shift_windows;
             // Level: the last `history` values.
@@ -427,7 +430,7 @@ impl Detector {
                     s.extend((1..=k).map(|j| st.values[n - j * p]));
                     let e = median(s);
                     let r = value - e;
-                    if st.resid.len() >= cfg.warmup {
+                    if st.resid.len() >= half_warm {
                         s.clear();
                         s.extend(st.resid.iter().copied());
                         let (rm, rs) = location_scale(s);
@@ -439,11 +442,11 @@ impl Detector {
 
             // Shift: the median of the last `w` values (or residuals) against the baseline before.
             let (series, current): (&VecDeque<f64>, f64) = match resid {
-                Some(r) if st.resid.len() >= cfg.warmup.max(2 * w) => (&st.resid, r),
+                Some(r) if st.resid.len() >= half_warm.max(2 * w) => (&st.resid, r),
                 _ => (&st.values, value),
             };
             let m = series.len();
-            if m >= w + cfg.warmup {
+            if m >= w + half_warm {
                 let hb = cfg.history.min(m + 1 - w);
                 s.clear();
                 s.extend(series.range(m + 1 - w - hb..m + 1 - w).copied());
@@ -474,7 +477,7 @@ impl Detector {
         for part in Part::ALL {
             let Some(r) = readings[part.index()] else { continue };
             let tail = &st.tails[part.index()];
-            if tail.total() as usize >= cfg.warmup {
+            if tail.total() as usize >= half_warm && st.seen as usize > cfg.warmup {
                 let p = tail.survival(r.z.abs());
                 if best.as_ref().is_none_or(|b| p < b.0) {
                     best = Some((p, part, r));

@@ -79,7 +79,7 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     assert_eq!(body["recommendation"]["parameters"]["service"], "checkout");
     let confidence = body["confidence"].as_f64().unwrap();
     assert!(confidence > 0.0 && confidence <= 1.0);
-    assert!(body["explanation"].as_str().unwrap().contains("above its baseline"));
+    assert!(body["explanation"].as_str().unwrap().contains("above its recent level"));
     // CloudEvents binary mode.
     assert_eq!(rec.header("ce_specversion"), Some("1.0"));
     assert_eq!(rec.header("ce_id"), body["id"].as_str());
