@@ -57,6 +57,8 @@ pub struct Config {
     pub forecast: ForecastSection,
     /// The decision rule.
     pub decisions: DecisionsConfig,
+    /// Fleet outliers.
+    pub fleet: FleetSection,
     /// The SQL/HTTP server.
     pub server: ServerConfig,
     /// How much of each result table is kept in memory.
@@ -396,8 +398,13 @@ impl Default for ForecastSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DecisionsConfig {
-    /// Anomalies scoring at or above this become decisions.
+    /// Anomalies scoring at or above this become decisions (the score is one minus a tail
+    /// probability: 0.999 is one in a thousand windows of that series).
     pub threshold: f64,
+    /// And only when the value is at least this many robust standard deviations from what the
+    /// part that fired expected: statistically rare is not enough to page someone, the change
+    /// must be large too. Departures from a flat baseline always qualify.
+    pub min_deviation: f64,
     /// While a series keeps scoring high, no new decision about it until it has been quiet this long.
     #[serde(with = "humantime_serde")]
     pub rearm_after: Duration,
@@ -405,7 +412,47 @@ pub struct DecisionsConfig {
 
 impl Default for DecisionsConfig {
     fn default() -> Self {
-        Self { threshold: 0.999, rearm_after: Duration::from_secs(300) }
+        Self { threshold: 0.999, min_deviation: 8.0, rearm_after: Duration::from_secs(300) }
+    }
+}
+
+/// `[fleet]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// Compare the members of each group (series of one metric that differ only in a member
+    /// label) and report the ones that stop behaving like the rest.
+    pub enabled: bool,
+    /// Labels naming a member within its group, e.g. `["host", "host.name"]`.
+    pub member_labels: Vec<String>,
+    /// `"dbscan"` (needs three or more members) or `"mad"`.
+    pub algorithm: String,
+    /// augurs' sensitivity in (0, 1): higher flags more.
+    pub sensitivity: f64,
+    /// Recent windows compared.
+    pub windows: usize,
+    /// A flagged member must also be this many robust standard deviations from the group.
+    pub min_deviation: f64,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        let d = vigil_models::FleetConfig::default();
+        Self { enabled: true, member_labels: d.member_labels, algorithm: "dbscan".into(), sensitivity: d.sensitivity, windows: d.window, min_deviation: d.min_z }
+    }
+}
+
+impl FleetSection {
+    /// The model's configuration.
+    pub fn model_config(&self, _window: Duration) -> vigil_models::FleetConfig {
+        vigil_models::FleetConfig {
+            member_labels: self.member_labels.clone(),
+            window: self.windows,
+            sensitivity: self.sensitivity,
+            algorithm: if self.algorithm == "mad" { vigil_models::FleetAlgorithm::Mad } else { vigil_models::FleetAlgorithm::Dbscan },
+            min_z: self.min_deviation,
+            ..Default::default()
+        }
     }
 }
 
@@ -593,6 +640,26 @@ impl Config {
                 format!("is {t} with detector.anomaly_threshold = {}", d.anomaly_threshold),
                 "use a score in (0, 1] not below detector.anomaly_threshold, e.g. 0.999",
             ));
+        }
+        let fl = &self.fleet;
+        if !["dbscan", "mad"].contains(&fl.algorithm.as_str()) {
+            return Err(invalid("fleet.algorithm", format!("is {:?}", fl.algorithm), "use \"dbscan\" or \"mad\""));
+        }
+        if !(fl.sensitivity > 0.0 && fl.sensitivity < 1.0) {
+            return Err(invalid("fleet.sensitivity", format!("is {}", fl.sensitivity), "use a number between 0 and 1 (exclusive), e.g. 0.5"));
+        }
+        if fl.windows < 2 || fl.windows > 10_000 {
+            return Err(invalid("fleet.windows", format!("is {}", fl.windows), "use 2 to 10000 (30 is the default)"));
+        }
+        if fl.enabled && fl.member_labels.is_empty() {
+            return Err(invalid("fleet.member_labels", "is empty", "name the label that tells members apart, e.g. [\"host\"]"));
+        }
+        if !(fl.min_deviation.is_finite() && fl.min_deviation >= 0.0) {
+            return Err(invalid("fleet.min_deviation", format!("is {}", fl.min_deviation), "use a number of robust standard deviations, e.g. 3"));
+        }
+        let md = self.decisions.min_deviation;
+        if !(md.is_finite() && md >= 0.0) {
+            return Err(invalid("decisions.min_deviation", format!("is {md}"), "use a number of robust standard deviations, e.g. 8"));
         }
         let f = &self.forecast;
         let w = self.window.size;

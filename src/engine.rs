@@ -155,6 +155,7 @@ pub struct Processor {
     rule: DecisionRule,
     feature: String,
     forecaster: vigil_models::Forecaster,
+    fleet: Option<vigil_models::FleetDetector>,
     forecast_cfg: vigil_models::ForecastConfig,
     /// The refit running in the background, if any.
     refit: Option<tokio::task::JoinHandle<vigil_models::Result<arrow::array::RecordBatch>>>,
@@ -172,6 +173,7 @@ impl Processor {
         let detector = Detector::new(d.model_config(cfg.window.size));
         let rule = DecisionRule::new(DecisionConfig {
             threshold: cfg.decisions.threshold,
+            min_deviation: cfg.decisions.min_deviation,
             rearm_ms: cfg.decisions.rearm_after.as_millis() as i64,
             full_support: d.history_windows as u32,
         });
@@ -234,6 +236,7 @@ impl Processor {
             rule,
             feature: d.feature.clone(),
             forecaster,
+            fleet: cfg.fleet.enabled.then(|| vigil_models::FleetDetector::new(cfg.fleet.model_config(cfg.window.size))),
             forecast_cfg,
             refit: None,
         })
@@ -305,10 +308,26 @@ impl Processor {
         let span = tracing::debug_span!("close", windows = closed.len(), first_start = closed[0].start_ms);
         let _g = span.enter();
         let vigil_pipeline::PlanOutput { points, logs, features } = self.plan.run(&closed).await?;
-        let anomalies = self.detector.score_batch(&features, &self.feature)?;
+        let mut anomalies = self.detector.score_batch(&features, &self.feature)?;
+        if let Some(fleet) = self.fleet.as_mut() {
+            let outliers = fleet.observe(&features, &self.feature)?;
+            if outliers.num_rows() > 0 {
+                anomalies = arrow::compute::concat_batches(&anomalies.schema(), [&anomalies, &outliers]).map_err(vigil_models::Error::from)?;
+            }
+        }
         let decisions = self.rule.decide(&anomalies)?;
         if self.forecaster.enabled() {
             self.forecaster.observe(&features, &self.feature);
+            // A change point makes the series' forecast stale: refit at the next chance.
+            let parts = anomalies.column_by_name("part").map(|c| arrow::array::AsArray::as_string::<i32>(c).clone());
+            let ids = anomalies.column_by_name("series_id").map(|c| arrow::array::AsArray::as_primitive::<arrow::datatypes::UInt64Type>(c).clone());
+            if let (Some(parts), Some(ids)) = (parts, ids) {
+                for i in 0..anomalies.num_rows() {
+                    if parts.value(i) == vigil_models::Part::Shift.name() && self.forecaster.refit_soon(ids.value(i)) {
+                        tracing::debug!(series_id = ids.value(i), "change point: forecast refit brought forward");
+                    }
+                }
+            }
             // Refits run on a blocking thread, one at a time, never on this path.
             if self.refit.is_none() {
                 let now = closed.last().map_or(i64::MIN, |w| w.end_ms);

@@ -72,6 +72,9 @@ pub fn decisions_schema() -> SchemaRef {
 pub struct DecisionConfig {
     /// Anomalies scoring at or above this become decisions.
     pub threshold: f64,
+    /// And only when |z| (robust standard deviations from the expectation of the part that
+    /// fired) is at least this.
+    pub min_deviation: f64,
     /// After a decision about a series, further anomalies of that series within this many
     /// milliseconds of its last anomalous window are the same incident and produce no decision.
     pub rearm_ms: i64,
@@ -81,7 +84,7 @@ pub struct DecisionConfig {
 
 impl Default for DecisionConfig {
     fn default() -> Self {
-        Self { threshold: 0.999, rearm_ms: 300_000, full_support: 120 }
+        Self { threshold: 0.999, min_deviation: 8.0, rearm_ms: 300_000, full_support: 120 }
     }
 }
 
@@ -273,7 +276,7 @@ impl DecisionRule {
         let mut out = Vec::new();
         for i in 0..anomalies.num_rows() {
             let s = score.value(i);
-            if s < self.cfg.threshold {
+            if s < self.cfg.threshold || z.value(i).abs() < self.cfg.min_deviation {
                 continue;
             }
             let sid = ids.value(i);
@@ -298,6 +301,7 @@ impl DecisionRule {
                 kind: match (part.value(i), up) {
                     ("shift", true) => "anomaly.shift_up",
                     ("shift", false) => "anomaly.shift_down",
+                    ("fleet", _) => "anomaly.fleet_outlier",
                     (_, true) => "anomaly.spike",
                     (_, false) => "anomaly.drop",
                 }

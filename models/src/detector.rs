@@ -266,6 +266,10 @@ const MEAN_AD_TO_SIGMA: f64 = 1.2533;
 /// Median and robust sigma of `v` (reordered). Sigma falls back to the mean absolute deviation
 /// when more than half the values are equal, then to a tiny relative floor, so a change in a flat
 /// series scores finitely.
+pub(crate) fn location_scale_of(v: &mut [f64]) -> (f64, f64) {
+    location_scale(v)
+}
+
 fn location_scale(v: &mut [f64]) -> (f64, f64) {
     let med = median(v);
     for x in v.iter_mut() {
@@ -477,7 +481,10 @@ impl Detector {
         for part in Part::ALL {
             let Some(r) = readings[part.index()] else { continue };
             let tail = &st.tails[part.index()];
-            if tail.total() as usize >= half_warm && st.seen as usize > cfg.warmup {
+            // A forecast's errors are learned only while forecasts exist: it votes once it has a
+            // real calibration, not after a handful of steps.
+            let need = if part == Part::Forecast { 5 * cfg.warmup } else { half_warm };
+            if tail.total() as usize >= need && st.seen as usize > cfg.warmup {
                 let p = tail.survival(r.z.abs());
                 if best.as_ref().is_none_or(|b| p < b.0) {
                     best = Some((p, part, r));
@@ -644,7 +651,7 @@ pub(crate) fn explain(series: &str, feature: &str, value: f64, s: &Score) -> Str
     format!("{series} {feature} {} is {:.1} robust standard deviations {dir} {what} [{}, {odds}]", fmt(value), s.z.abs(), s.part.name())
 }
 
-fn fmt(x: f64) -> String {
+pub(crate) fn fmt(x: f64) -> String {
     let a = x.abs();
     if a != 0.0 && !(1e-3..1e6).contains(&a) { format!("{x:.3e}") } else { format!("{x:.4}").trim_end_matches('0').trim_end_matches('.').to_string() }
 }

@@ -444,6 +444,18 @@ impl Forecaster {
         )
     }
 
+    /// Moves the next refit forward to now (a change point was seen: the fitted model describes
+    /// a level the series has left). Returns whether `series_id` is forecast at all.
+    pub fn refit_soon(&mut self, series_id: u64) -> bool {
+        if !self.series.contains_key(&series_id) {
+            return false;
+        }
+        if let Some(next) = self.next_refit_ms.as_mut() {
+            *next = i64::MIN;
+        }
+        true
+    }
+
     /// Window length, ms.
     pub fn window_ms(&self) -> i64 {
         self.window_ms

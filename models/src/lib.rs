@@ -9,6 +9,8 @@
 //!   shift part (change of level) and a forecast-band part each measure a deviation; each is
 //!   calibrated against its own recent history into a tail probability, and the most surprising
 //!   [`Part`] sets one score in [0, 1], an expected value, a normal band and a sentence naming it.
+//! - [`FleetDetector`]: fleet outliers, the hosts of a service that stop behaving like the
+//!   others, found by augurs' DBSCAN or MAD detectors over the recent windows.
 //! - [`forecast()`]: forecasts with 80% and 95% intervals (MSTL + AutoETS from augurs, with a
 //!   periodogram for the period, falling back to AutoETS, then seasonal naive), and
 //!   [`time_to_threshold`] reads one against a limit.
@@ -22,12 +24,14 @@
 mod decision;
 mod detector;
 mod error;
+mod fleet;
 mod forecast;
 mod sql;
 
 pub use decision::{anomalies_schema, decisions_schema, Decision, DecisionConfig, DecisionRule, Evidence, Recommendation, SeriesRef};
 pub use detector::{Detector, DetectorConfig, Part, Score};
 pub use error::{Error, Result};
+pub use fleet::{Algorithm as FleetAlgorithm, FleetConfig, FleetDetector};
 pub use sql::{sql_functions, SqlFunctions};
 pub use forecast::{
     detect_period, forecast, forecasts_schema, mase, run_forecasts, seasonal_naive, smape, time_to_threshold, Crossing, ForecastConfig, ForecastJob,
