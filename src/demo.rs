@@ -145,6 +145,21 @@ impl Simulation {
         Self { spec, series, incidents }
     }
 
+    /// Every metric series as one value per `window_ms` over the whole span (the level plus the
+    /// series' noise), oldest first: the demo's data for `vigil eval forecast`.
+    pub fn window_series(&self, window_ms: i64) -> Vec<(String, Vec<f64>)> {
+        let mut rng = StdRng::seed_from_u64(self.spec.seed ^ 0x5eed);
+        let windows = (self.spec.span_ms / window_ms.max(1)).max(0) as usize;
+        (0..self.series.len())
+            .map(|i| {
+                let sigma = self.series[i].sigma.max(f64::MIN_POSITIVE);
+                let noise = Normal::new(0.0, sigma).expect("sigma is positive and finite");
+                let v = (0..windows).map(|k| self.level(i, self.spec.start_ms + k as i64 * window_ms) + noise.sample(&mut rng)).collect();
+                (self.series[i].key.clone(), v)
+            })
+            .collect()
+    }
+
     /// The value of series `i` at event time `t` (without noise), incidents included.
     fn level(&self, i: usize, t: i64) -> f64 {
         let s = &self.series[i];

@@ -18,8 +18,10 @@
 //!
 //! This crate wires them: [`config`] is the one TOML file, [`engine`] the consume → process →
 //! publish → commit loop, and [`demo`] the embedded default that runs everything against an
-//! in-process Kafka mock cluster.
+//! in-process Kafka mock cluster. [`backtest`] runs the same detector and forecaster over a
+//! user's own history (CSV or Parquet) and writes a report with charts.
 
+pub mod backtest;
 pub mod bench;
 pub mod config;
 pub mod demo;

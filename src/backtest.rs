@@ -1,0 +1,1214 @@
+//! `vigil backtest`: the live detector and forecaster on a user's own history, before they trust
+//! them on a live stream.
+//!
+//! 1. **Read.** Every `.csv` and `.parquet` file given (a file, or every such file in a folder) is
+//!    scanned with polars' lazy readers. A file is either *long* — columns `timestamp`, `series`
+//!    (or `name`) and `value`, any number of series — or *two-column* — `timestamp` and `value`,
+//!    one series named after the file stem (NAB's layout). Timestamps may be strings (the format
+//!    is inferred, e.g. `2014-04-01 00:05:00`; RFC 3339 offsets are converted to UTC), integers
+//!    (epoch milliseconds) or datetimes; values any numeric type, or strings holding numbers.
+//!    Rows with an empty timestamp or value are skipped; a value that cannot be read is an error
+//!    naming the file, the column, the row and the value.
+//! 2. **Resample.** Each series is cut into tumbling windows of `window.size`, aligned on the
+//!    epoch like the live windows, with the mean of each window (`group_by_dynamic`). Windows
+//!    with no point between a series' first and last one are added and carry the previous
+//!    window's value (forward fill, as the live forecaster fills its history); they are counted.
+//! 3. **Score.** The windows with data go, oldest first, through one [`Detector`] built
+//!    from `[detector]`, one value at a time, exactly as the engine feeds it; filled windows are
+//!    not scored (the live detector never sees a window without data). Scores at or above
+//!    `detector.anomaly_threshold` are anomalies.
+//! 4. **Forecast.** From the end of each series, [`vigil_models::forecast`] on the last
+//!    `forecast.history` windows, `forecast.horizon` windows ahead, looking for periods up to
+//!    `forecast.max_period` — the same settings the engine's refits use.
+//! 5. **Report.** `report.md` (inputs, settings, a table per series, the top anomalies) and one
+//!    PNG chart per series: the series, the detector's normal band, the anomalies, and the
+//!    forecast with its 80% and 95% intervals.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use polars::prelude::{
+    col, concat, lit, ClosedWindow, DataFrame, DataType, DynamicGroupOptions, FillNullStrategy, Int64Chunked, IntoColumn, IntoLazy, IntoSeries, Label, LazyCsvReader,
+    LazyFileListReader, LazyFrame, PlRefPath, PolarsError, PolarsUpsample, ScanArgsParquet, SortMultipleOptions, StartBy, StrptimeOptions, TimeUnit, UnionArgs,
+    NULL,
+};
+use vigil_models::{Detector, ForecastConfig, SeriesForecast};
+
+use crate::config::Config;
+
+/// How many anomalies per series the report lists (the highest scores).
+pub const TOP_ANOMALIES: usize = 10;
+
+/// Most windows a backtest will build (all series together) before it refuses.
+const MAX_WINDOWS: usize = 20_000_000;
+
+/// Errors of a backtest. Each names the file, and the column where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    /// The input path does not exist or cannot be listed.
+    #[error("reading {path}: {error}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The input holds no `.csv` or `.parquet` file.
+    #[error("{path}: no .csv or .parquet file to backtest")]
+    NoInput {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A required column is missing.
+    #[error("{path}: no column `{column}` (columns: {found}); {hint}")]
+    MissingColumn {
+        /// The file.
+        path: PathBuf,
+        /// The column looked for.
+        column: &'static str,
+        /// The columns the file has, comma-separated.
+        found: String,
+        /// What the file should look like.
+        hint: &'static str,
+    },
+    /// A column has a type that cannot be read as what it should hold.
+    #[error("{path}: column `{column}` has type {dtype}; {expected}")]
+    ColumnType {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// Its type.
+        dtype: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// A value of a column cannot be parsed.
+    #[error("{path}: column `{column}`, data row {row}: cannot read {value} as {expected}")]
+    Unparsable {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// Data row, 1-based (the header is not counted).
+        row: usize,
+        /// The value as found.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// Polars failed on a file (unreadable, malformed, or a value it could not parse).
+    #[error("{path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Polars' error.
+        error: PolarsError,
+    },
+    /// Polars failed while resampling.
+    #[error("resampling to {window:?} windows: {error}")]
+    Resample {
+        /// The window size.
+        window: Duration,
+        /// Polars' error.
+        error: PolarsError,
+    },
+    /// The inputs hold no row with both a timestamp and a value.
+    #[error("no row with both a timestamp and a value in {files} file(s)")]
+    Empty {
+        /// Files read.
+        files: usize,
+    },
+    /// The window size is far smaller than the span of the data.
+    #[error("{windows} windows of {window:?} to build (series `{series}` alone spans {span}); set `window.size` to about the data's interval")]
+    TooManyWindows {
+        /// Windows the resampling would build.
+        windows: usize,
+        /// The window size.
+        window: Duration,
+        /// The longest series.
+        series: String,
+        /// Its span.
+        span: String,
+    },
+    /// The report or a chart could not be written.
+    #[error("writing {path}: {message}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+/// One anomaly: a window whose score reached `detector.anomaly_threshold`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Anomaly {
+    /// Window start, epoch ms (UTC).
+    pub time_ms: i64,
+    /// The window's mean.
+    pub value: f64,
+    /// What the detector expected (the baseline median).
+    pub expected: f64,
+    /// Lower edge of the normal band.
+    pub lower: f64,
+    /// Upper edge of the normal band.
+    pub upper: f64,
+    /// Anomaly score in [0, 1].
+    pub score: f64,
+    /// Robust z-score of the part that fired.
+    pub z: f64,
+    /// The detector part that fired (level, seasonal, shift, forecast).
+    pub part: &'static str,
+}
+
+/// What the backtest found for one series.
+#[derive(Debug, Clone)]
+pub struct SeriesSummary {
+    /// Series name (the `series`/`name` column, or the file stem).
+    pub name: String,
+    /// Input rows with a timestamp and a value.
+    pub points: usize,
+    /// Windows from the first to the last point, filled ones included.
+    pub windows: usize,
+    /// Windows without data that were filled (forward fill).
+    pub gaps_filled: usize,
+    /// Windows the detector scored (after its warm-up).
+    pub scored: usize,
+    /// Every anomaly, in time order.
+    pub anomalies: Vec<Anomaly>,
+    /// The dominant period found in the forecast history, in windows.
+    pub period: Option<usize>,
+    /// The forecast from the end of the series.
+    pub forecast: SeriesForecast,
+    /// Start of the last window, epoch ms (the forecast's step 1 is the window after it).
+    pub last_window_ms: i64,
+    /// The chart, relative to the report folder.
+    pub chart: String,
+}
+
+impl SeriesSummary {
+    /// The `n` anomalies with the highest scores, highest first; scores saturate at 1, so ties
+    /// go to the larger |z|, then to the earlier.
+    pub fn top_anomalies(&self, n: usize) -> Vec<&Anomaly> {
+        let mut v: Vec<&Anomaly> = self.anomalies.iter().collect();
+        v.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.z.abs().total_cmp(&a.z.abs())).then(a.time_ms.cmp(&b.time_ms)));
+        v.truncate(n);
+        v
+    }
+}
+
+/// The result of [`run`].
+#[derive(Debug, Clone)]
+pub struct BacktestSummary {
+    /// The files read, in order.
+    pub inputs: Vec<PathBuf>,
+    /// The window size.
+    pub window: Duration,
+    /// The anomaly threshold applied.
+    pub threshold: f64,
+    /// Forecast settings, in windows.
+    pub forecast: ForecastConfig,
+    /// Most windows fitted on per forecast.
+    pub forecast_history: usize,
+    /// One entry per series, by name.
+    pub series: Vec<SeriesSummary>,
+    /// The Markdown report.
+    pub report: PathBuf,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl BacktestSummary {
+    /// Anomalies over every series.
+    pub fn anomalies(&self) -> usize {
+        self.series.iter().map(|s| s.anomalies.len()).sum()
+    }
+
+    /// A few lines for the terminal.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "backtest: {} file(s), {} series, window {}, {} anomalies, report {} ({:.1} s)\n",
+            self.inputs.len(),
+            self.series.len(),
+            humantime::format_duration(self.window),
+            self.anomalies(),
+            self.report.display(),
+            self.elapsed.as_secs_f64()
+        );
+        for s in &self.series {
+            let _ = writeln!(
+                out,
+                "  {:<32} points {:>7}  windows {:>7}  filled {:>6}  anomalies {:>4}  period {:>6}  forecast {}",
+                s.name,
+                s.points,
+                s.windows,
+                s.gaps_filled,
+                s.anomalies.len(),
+                s.period.map_or("-".to_string(), |p| p.to_string()),
+                s.forecast.method.name()
+            );
+        }
+        out
+    }
+}
+
+/// Lists the inputs: `input` itself if it is a file, else every `.csv` and `.parquet` file
+/// directly in the folder, by name.
+pub fn input_files(input: &Path) -> Result<Vec<PathBuf>, BacktestError> {
+    let io = |error| BacktestError::Io { path: input.to_path_buf(), error };
+    let meta = std::fs::metadata(input).map_err(io)?;
+    if meta.is_file() {
+        return Ok(vec![input.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(input).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_file() && format_of(&path).is_some() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(BacktestError::NoInput { path: input.to_path_buf() });
+    }
+    Ok(files)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Csv,
+    Parquet,
+}
+
+fn format_of(path: &Path) -> Option<Format> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "csv" => Some(Format::Csv),
+        "parquet" | "pq" => Some(Format::Parquet),
+        _ => None,
+    }
+}
+
+fn scan(path: &Path) -> Result<LazyFrame, PolarsError> {
+    let p = PlRefPath::try_from_path(path)?;
+    match format_of(path) {
+        Some(Format::Parquet) => LazyFrame::scan_parquet(p, ScanArgsParquet::default()),
+        // Every row is used to infer the column types, so a late odd value is reported as
+        // such rather than failing the read.
+        _ => LazyCsvReader::new(p).with_infer_schema_length(None).finish(),
+    }
+}
+
+/// Reads one file into `series` (String), `ts` (Datetime ms) and `value` (Float64), rows with a
+/// timestamp and a finite value only.
+fn read_file(path: &Path) -> Result<DataFrame, BacktestError> {
+    let read = |error| BacktestError::Read { path: path.to_path_buf(), error };
+    let mut lf = scan(path).map_err(read)?;
+    let schema = lf.collect_schema().map_err(read)?;
+    let found = || schema.iter_names().map(|n| n.as_str()).collect::<Vec<_>>().join(", ");
+    const HINT: &str = "expected `timestamp,series,value` (or `name` for `series`), or `timestamp,value` with one series per file";
+    let Some(ts_type) = schema.get("timestamp") else {
+        return Err(BacktestError::MissingColumn { path: path.to_path_buf(), column: "timestamp", found: found(), hint: HINT });
+    };
+    let Some(value_type) = schema.get("value") else {
+        return Err(BacktestError::MissingColumn { path: path.to_path_buf(), column: "value", found: found(), hint: HINT });
+    };
+    let type_err = |column: &str, dtype: &DataType, expected| BacktestError::ColumnType {
+        path: path.to_path_buf(),
+        column: column.to_string(),
+        dtype: dtype.to_string(),
+        expected,
+    };
+    let ms = DataType::Datetime(TimeUnit::Milliseconds, None);
+    // Strings with a UTC offset (RFC 3339, `...Z`, `...+02:00`) are converted to UTC here, after
+    // the scan: polars reads them as naive local times unless built with time zone support.
+    let mut offsets = false;
+    let ts = match ts_type {
+        DataType::String => {
+            let first = lf.clone().select([col("timestamp")]).drop_nulls(None).limit(1).collect().map_err(read)?;
+            let first = first.column("timestamp").map_err(read)?.str().map_err(read)?.get(0).map(str::to_owned);
+            offsets = first.as_deref().and_then(parse_with_offset).is_some();
+            let opts = StrptimeOptions { strict: false, ..Default::default() };
+            if offsets {
+                lit(NULL).cast(ms.clone())
+            } else {
+                col("timestamp").str().to_datetime(Some(TimeUnit::Milliseconds), None, opts, lit("raise"))
+            }
+        }
+        DataType::Datetime(_, _) => col("timestamp").dt().timestamp(TimeUnit::Milliseconds).cast(ms.clone()),
+        t if t.is_integer() => col("timestamp").cast(DataType::Int64).cast(ms.clone()),
+        t => return Err(type_err("timestamp", t, "expected date-time strings, epoch milliseconds or datetimes")),
+    };
+    let value = match value_type {
+        t if t.is_primitive_numeric() || matches!(t, DataType::String) => col("value").cast(DataType::Float64),
+        t => return Err(type_err("value", t, "expected numbers")),
+    };
+    let series = match ["series", "name"].into_iter().find(|c| schema.contains(c)) {
+        Some(c) => col(c).cast(DataType::String),
+        None => lit(path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
+    };
+    let df = lf
+        .select([
+            col("timestamp").alias("ts_raw"),
+            ts.alias("ts"),
+            col("value").alias("value_raw"),
+            value.alias("value"),
+            series.alias("series"),
+        ])
+        .collect()
+        .map_err(read)?;
+    let mut df = df;
+    if offsets {
+        let raw = df.column("ts_raw").map_err(read)?.str().map_err(read)?;
+        let parsed: Int64Chunked = raw.iter().map(|v| v.and_then(parse_with_offset)).collect();
+        let ts = parsed.with_name("ts".into()).into_series().cast(&ms).map_err(read)?;
+        df.with_column(ts.into_column()).map_err(read)?;
+    }
+    for (raw, parsed, column, expected) in [("ts_raw", "ts", "timestamp", "a date-time"), ("value_raw", "value", "value", "a number")] {
+        let bad = df.column(parsed).map_err(read)?.is_null() & df.column(raw).map_err(read)?.is_not_null();
+        let first_bad = bad.iter().position(|b| b == Some(true));
+        if let Some(i) = first_bad {
+            let v = df.column(raw).map_err(read)?.get(i).map_err(read)?;
+            return Err(BacktestError::Unparsable { path: path.to_path_buf(), column: column.into(), row: i + 1, value: v.to_string(), expected });
+        }
+    }
+    let rows = df.height();
+    let out = df
+        .lazy()
+        .select([col("series"), col("ts"), col("value")])
+        // Null, NaN and infinite values fail both comparisons.
+        .filter(col("ts").is_not_null().and(col("series").is_not_null()).and(col("value").gt(lit(f64::NEG_INFINITY))).and(col("value").lt(lit(f64::INFINITY))))
+        .collect()
+        .map_err(read)?;
+    if out.height() < rows {
+        tracing::debug!(file = %path.display(), skipped = rows - out.height(), "rows without a timestamp, series or value skipped");
+    }
+    Ok(out)
+}
+
+/// Epoch ms of a date-time string with a UTC offset: RFC 3339 (`2026-01-05T00:00:00Z`,
+/// `2026-01-05T01:00:00.5+01:00`) or the same with a space for the `T`.
+fn parse_with_offset(s: &str) -> Option<i64> {
+    let s = s.trim();
+    chrono::DateTime::parse_from_rfc3339(s)
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%#z"))
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// One series after resampling: a window every `window_ms` from the first to the last.
+#[derive(Debug, Clone)]
+struct Resampled {
+    name: String,
+    points: usize,
+    /// Window starts, epoch ms.
+    ts: Vec<i64>,
+    /// Window means, filled windows carrying the previous value.
+    values: Vec<f64>,
+    /// Whether each window was filled.
+    filled: Vec<bool>,
+}
+
+fn resample(frames: Vec<DataFrame>, window: Duration) -> Result<Vec<Resampled>, BacktestError> {
+    let window_ms = window.as_millis() as i64;
+    let err = |error| BacktestError::Resample { window, error };
+    let every = polars::prelude::Duration::try_parse(&format!("{window_ms}ms")).map_err(err)?;
+    let zero = polars::prelude::Duration::try_parse("0ms").map_err(err)?;
+    let all = concat(frames.into_iter().map(|d| d.lazy()).collect::<Vec<_>>(), UnionArgs::default()).map_err(err)?;
+    let windows = all
+        .sort(["series", "ts"], SortMultipleOptions::default())
+        .group_by_dynamic(
+            col("ts"),
+            [col("series")],
+            DynamicGroupOptions {
+                every,
+                period: every,
+                offset: zero,
+                label: Label::Left,
+                include_boundaries: false,
+                closed_window: ClosedWindow::Left,
+                start_by: StartBy::WindowBound,
+                ..Default::default()
+            },
+        )
+        .agg([col("value").mean().alias("value"), col("value").count().cast(DataType::Int64).alias("points")])
+        .sort(["series", "ts"], SortMultipleOptions::default())
+        .collect()
+        .map_err(err)?;
+    // Refuse a resampling that would build an absurd number of windows (a tiny window.size on
+    // a long history) before building it.
+    let spans = windows
+        .clone()
+        .lazy()
+        .group_by([col("series")])
+        .agg([col("ts").min().alias("first"), col("ts").max().alias("last")])
+        .select([col("series"), (col("last").cast(DataType::Int64) - col("first").cast(DataType::Int64)).alias("span")])
+        .collect()
+        .map_err(err)?;
+    let span_names = spans.column("series").map_err(err)?.str().map_err(err)?;
+    let span_ms = spans.column("span").map_err(err)?.i64().map_err(err)?;
+    let mut total = 0usize;
+    let mut longest = (0i64, String::new());
+    for (name, span) in span_names.iter().zip(span_ms.iter()) {
+        let span = span.unwrap_or(0);
+        total = total.saturating_add((span / window_ms.max(1)) as usize + 1);
+        if span >= longest.0 {
+            longest = (span, name.unwrap_or_default().to_string());
+        }
+    }
+    if total > MAX_WINDOWS {
+        return Err(BacktestError::TooManyWindows {
+            windows: total,
+            window,
+            series: longest.1,
+            span: humantime::format_duration(Duration::from_millis(longest.0.max(0) as u64)).to_string(),
+        });
+    }
+    let forward_fill = col("value").fill_null_with_strategy(FillNullStrategy::Forward(None)).over([col("series")]).map_err(err)?;
+    let filled = windows
+        .upsample_stable(["series"], "ts", every)
+        .map_err(err)?
+        .lazy()
+        .with_columns([
+            col("points").is_null().alias("filled"),
+            forward_fill,
+        ])
+        .sort(["series", "ts"], SortMultipleOptions::default())
+        .select([col("series"), col("ts").cast(DataType::Int64), col("value"), col("points").fill_null(lit(0i64)), col("filled")])
+        .collect()
+        .map_err(err)?;
+    let names = filled.column("series").map_err(err)?.str().map_err(err)?;
+    let ts = filled.column("ts").map_err(err)?.i64().map_err(err)?;
+    let values = filled.column("value").map_err(err)?.f64().map_err(err)?;
+    let points = filled.column("points").map_err(err)?.i64().map_err(err)?;
+    let is_filled = filled.column("filled").map_err(err)?.bool().map_err(err)?;
+    let mut out: Vec<Resampled> = Vec::new();
+    for ((((name, t), v), n), f) in names.iter().zip(ts.iter()).zip(values.iter()).zip(points.iter()).zip(is_filled.iter()) {
+        let (Some(name), Some(t), Some(v)) = (name, t, v) else { continue };
+        if out.last().is_none_or(|s| s.name != name) {
+            out.push(Resampled { name: name.to_string(), points: 0, ts: Vec::new(), values: Vec::new(), filled: Vec::new() });
+        }
+        let s = out.last_mut().expect("pushed above");
+        s.points += n.unwrap_or(0).max(0) as usize;
+        s.ts.push(t);
+        s.values.push(v);
+        s.filled.push(f.unwrap_or(false));
+    }
+    Ok(out)
+}
+
+/// Runs the backtest on `input` (a CSV or Parquet file, or a folder of them) with the window,
+/// detector and forecast settings of `cfg`, and writes `report.md` and one chart per series into
+/// `out` (created if needed).
+pub fn run(input: &Path, out: &Path, cfg: &Config) -> Result<BacktestSummary, BacktestError> {
+    let began = Instant::now();
+    let files = input_files(input)?;
+    let window = cfg.window.size;
+    let window_ms = (window.as_millis() as i64).max(1);
+    let mut frames = Vec::with_capacity(files.len());
+    for f in &files {
+        let df = read_file(f)?;
+        tracing::info!(file = %f.display(), rows = df.height(), "read");
+        frames.push(df);
+    }
+    if frames.iter().all(|d| d.height() == 0) {
+        return Err(BacktestError::Empty { files: files.len() });
+    }
+    let resampled = resample(frames, window)?;
+
+    let windows = |d: Duration| (d.as_millis() as i64 / window_ms).max(1) as usize;
+    let fc = ForecastConfig { horizon: windows(cfg.forecast.horizon), max_period: windows(cfg.forecast.max_period) };
+    let history = windows(cfg.forecast.history);
+    let threshold = cfg.detector.anomaly_threshold;
+    let mut detector = Detector::new(cfg.detector.model_config(cfg.window.size));
+
+    std::fs::create_dir_all(out).map_err(|e| BacktestError::Write { path: out.to_path_buf(), message: e.to_string() })?;
+    let mut chart_names = BTreeMap::new();
+    let mut series = Vec::with_capacity(resampled.len());
+    for (id, r) in resampled.iter().enumerate() {
+        let mut scores = Vec::with_capacity(r.values.len());
+        let mut anomalies = Vec::new();
+        for ((&t, &v), &filled) in r.ts.iter().zip(&r.values).zip(&r.filled) {
+            let s = if filled { None } else { detector.observe(id as u64, v) };
+            if let Some(s) = &s {
+                if s.score >= threshold {
+                    anomalies.push(Anomaly { time_ms: t, value: v, expected: s.expected, lower: s.lower, upper: s.upper, score: s.score, z: s.z, part: s.part.name() });
+                }
+            }
+            scores.push(s.map(|s| (s.lower, s.upper)));
+        }
+        let hist = &r.values[r.values.len().saturating_sub(history)..];
+        let forecast = vigil_models::forecast(hist, &fc);
+        let period = vigil_models::detect_period(hist, fc.max_period);
+        let gaps_filled = r.filled.iter().filter(|f| **f).count();
+        if gaps_filled * 2 > r.ts.len() {
+            tracing::warn!(
+                series = %r.name,
+                "{gaps_filled} of {} windows had no data: the points are further apart than window.size ({}); \
+                 backtest at the data's interval (a config file with [window] size, or VIGIL_WINDOW_SIZE)",
+                r.ts.len(),
+                humantime::format_duration(window)
+            );
+        }
+        let chart = unique_file_name(&r.name, &mut chart_names);
+        let last_window_ms = *r.ts.last().unwrap_or(&0);
+        let summary = SeriesSummary {
+            name: r.name.clone(),
+            points: r.points,
+            windows: r.ts.len(),
+            gaps_filled,
+            scored: scores.iter().filter(|s| s.is_some()).count(),
+            anomalies,
+            period,
+            forecast,
+            last_window_ms,
+            chart,
+        };
+        let path = out.join(&summary.chart);
+        chart::draw(&path, r, &scores, &summary, window_ms).map_err(|message| BacktestError::Write { path: path.clone(), message })?;
+        tracing::info!(series = %summary.name, windows = summary.windows, filled = summary.gaps_filled, anomalies = summary.anomalies.len(), method = summary.forecast.method.name(), "backtested");
+        series.push(summary);
+    }
+    let mut summary = BacktestSummary {
+        inputs: files,
+        window,
+        threshold,
+        forecast: fc,
+        forecast_history: history,
+        series,
+        report: out.join("report.md"),
+        elapsed: Duration::ZERO,
+    };
+    let text = render_report(&summary);
+    std::fs::write(&summary.report, text).map_err(|e| BacktestError::Write { path: summary.report.clone(), message: e.to_string() })?;
+    summary.elapsed = began.elapsed();
+    Ok(summary)
+}
+
+/// A file name for the series' chart: its name with anything but letters, digits, `-`, `_` and
+/// `.` replaced by `_`, made unique.
+fn unique_file_name(name: &str, taken: &mut BTreeMap<String, usize>) -> String {
+    let mut stem: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    if stem.is_empty() || stem.starts_with('.') {
+        stem.insert(0, 's');
+    }
+    let n = taken.entry(stem.clone()).or_insert(0);
+    *n += 1;
+    if *n == 1 { format!("{stem}.png") } else { format!("{stem}-{n}.png") }
+}
+
+/// `2014-04-01 00:05:00` (UTC).
+fn fmt_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| ms.to_string())
+}
+
+/// A number with about five significant digits.
+fn fmt_num(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if (1e-3..1e6).contains(&a) {
+        let decimals = (4 - a.log10().floor() as i32).clamp(0, 6) as usize;
+        format!("{v:.decimals$}")
+    } else {
+        format!("{v:.4e}")
+    }
+}
+
+fn render_report(s: &BacktestSummary) -> String {
+    let w = s.window;
+    let windows_as_time = |n: usize| humantime::format_duration(w * n as u32).to_string();
+    let mut md = String::from("# Vigil backtest\n\n");
+    let _ = writeln!(
+        md,
+        "The live detector and forecaster, run on this history as the engine would run them on the stream: \
+         each series resampled to windows of **{}** (mean per window), the windows with data scored one at a \
+         time in time order, and a forecast from the end of each series.\n",
+        humantime::format_duration(w)
+    );
+    md.push_str("## Inputs\n\n");
+    for f in &s.inputs {
+        let _ = writeln!(md, "- `{}`", f.display());
+    }
+    let _ = writeln!(
+        md,
+        "\n## Settings\n\n\
+         - window: {}\n\
+         - anomaly threshold: {} (a window is an anomaly when its score reaches it)\n\
+         - forecast: {} windows ahead ({}), fitted on at most the last {} windows ({}), periods up to {} windows ({})\n\
+         - gaps: windows without data between a series' first and last point carry the previous window's value \
+           (as the live forecaster's history does); they are drawn and forecast from, but not scored\n",
+        humantime::format_duration(w),
+        s.threshold,
+        s.forecast.horizon,
+        windows_as_time(s.forecast.horizon),
+        s.forecast_history,
+        windows_as_time(s.forecast_history),
+        s.forecast.max_period,
+        windows_as_time(s.forecast.max_period),
+    );
+    md.push_str("## Series\n\n");
+    md.push_str("| series | points | windows | gaps filled | scored | anomalies | period found | forecast method | chart |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---|---|---|\n");
+    for x in &s.series {
+        let period = x.period.map_or("none".to_string(), |p| format!("{p} windows ({})", windows_as_time(p)));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | [{}]({}) |",
+            escape_md(&x.name),
+            x.points,
+            x.windows,
+            x.gaps_filled,
+            x.scored,
+            x.anomalies.len(),
+            period,
+            x.forecast.method.name(),
+            escape_md(&x.chart),
+            x.chart
+        );
+    }
+    for x in &s.series {
+        let _ = writeln!(md, "\n## {}\n", escape_md(&x.name));
+        let _ = writeln!(md, "![{}]({})\n", escape_md(&x.name), x.chart);
+        if x.anomalies.is_empty() {
+            let _ = writeln!(md, "No anomalies at threshold {}.", s.threshold);
+        } else {
+            let top = x.top_anomalies(TOP_ANOMALIES);
+            let _ = writeln!(md, "Top {} of {} anomalies, by score:\n", top.len(), x.anomalies.len());
+            md.push_str("| time (UTC) | value | expected | normal band | score | z | part |\n|---|---:|---:|---|---:|---:|---|\n");
+            for a in top {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} .. {} | {:.5} | {:.1} | {} |",
+                    fmt_time(a.time_ms),
+                    fmt_num(a.value),
+                    fmt_num(a.expected),
+                    fmt_num(a.lower),
+                    fmt_num(a.upper),
+                    a.score,
+                    a.z,
+                    a.part
+                );
+            }
+        }
+        let f = &x.forecast;
+        if let (Some(p), Some(l), Some(u)) = (f.point.last(), f.lower_95.last(), f.upper_95.last()) {
+            let _ = writeln!(
+                md,
+                "\nForecast ({}{}): {} windows after {}, ending at {} (95% interval {} .. {}).",
+                f.method.name(),
+                f.period.map_or(String::new(), |p| format!(", period {p}")),
+                f.point.len(),
+                fmt_time(x.last_window_ms),
+                fmt_num(*p),
+                fmt_num(*l),
+                fmt_num(*u)
+            );
+        }
+    }
+    md
+}
+
+fn escape_md(s: &str) -> String {
+    s.replace('|', "\\|").replace('[', "\\[").replace(']', "\\]")
+}
+
+/// The per-series chart (plotters, bitmap backend, text in the embedded DejaVu Sans): the whole
+/// history on top, and below it the last windows and the forecast, zoomed in so the forecast and
+/// its intervals can be read.
+mod chart {
+    use super::*;
+    use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
+    use plotters::coord::types::RangedCoordf64;
+    use plotters::coord::Shift;
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    use plotters::style::FontStyle;
+
+    /// DejaVu Sans (Bitstream Vera licence, `assets/fonts/LICENSE-DejaVu.txt`), so charts need no
+    /// system fonts.
+    static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+    fn register_font() -> Result<(), String> {
+        static DONE: OnceLock<bool> = OnceLock::new();
+        let ok = *DONE.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+        if ok { Ok(()) } else { Err("the embedded font could not be loaded".into()) }
+    }
+
+    const SERIES: RGBColor = RGBColor(31, 119, 180);
+    const FORECAST: RGBColor = RGBColor(230, 110, 0);
+    const ANOMALY: RGBColor = RGBColor(214, 39, 40);
+    const WIDTH: u32 = 1600;
+    const HEIGHT: u32 = 1040;
+
+    /// Everything a panel draws, in chart coordinates (x = epoch ms as f64).
+    struct Data<'a> {
+        r: &'a Resampled,
+        band: &'a [Option<(f64, f64)>],
+        s: &'a SeriesSummary,
+        /// Forecast step times.
+        fts: Vec<f64>,
+    }
+
+    /// The band over windows `from..` as polygons (upper edge forward, lower edge back). Filled
+    /// windows are skipped (the band bridges them); a window with data but no score (warm-up)
+    /// ends a polygon.
+    fn band_polygons(d: &Data, from: usize, clamp: &dyn Fn(f64) -> f64) -> Vec<Vec<(f64, f64)>> {
+        let mut out = Vec::new();
+        let mut run: Vec<(f64, f64, f64)> = Vec::new();
+        let mut flush = |run: &mut Vec<(f64, f64, f64)>| {
+            if run.len() >= 2 {
+                let mut poly: Vec<(f64, f64)> = run.iter().map(|(x, _, u)| (*x, clamp(*u))).collect();
+                poly.extend(run.iter().rev().map(|(x, l, _)| (*x, clamp(*l))));
+                out.push(poly);
+            }
+            run.clear();
+        };
+        for i in from..d.r.ts.len() {
+            match d.band[i] {
+                _ if d.r.filled[i] => {}
+                Some((l, u)) if l.is_finite() && u.is_finite() => run.push((d.r.ts[i] as f64, l, u)),
+                _ => flush(&mut run),
+            }
+        }
+        flush(&mut run);
+        out
+    }
+
+    /// Time (epoch ms as f64) on a linear axis, with ticks at round steps of time.
+    struct TimeAxis {
+        inner: RangedCoordf64,
+        bold: Vec<f64>,
+        light: Vec<f64>,
+    }
+
+    impl Ranged for TimeAxis {
+        type FormatOption = DefaultFormatting;
+        type ValueType = f64;
+
+        fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+            self.inner.map(value, limit)
+        }
+
+        fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
+            if hint.weight().allow_light_points() { self.light.clone() } else { self.bold.clone() }
+        }
+
+        fn range(&self) -> std::ops::Range<f64> {
+            self.inner.range()
+        }
+    }
+
+    /// Tick steps on the time axis, ms: round seconds, minutes, hours and days.
+    const STEPS_MS: [i64; 25] = {
+        const S: i64 = 1_000;
+        const M: i64 = 60 * S;
+        const H: i64 = 60 * M;
+        const D: i64 = 24 * H;
+        [S, 2 * S, 5 * S, 10 * S, 15 * S, 30 * S, M, 2 * M, 5 * M, 10 * M, 15 * M, 30 * M, H, 2 * H, 3 * H, 6 * H, 12 * H, D, 2 * D, 7 * D, 14 * D, 28 * D, 91 * D, 182 * D, 364 * D]
+    };
+
+    /// Bold ticks (at most `max`) at multiples of a round step of time (UTC), light ticks at
+    /// the next smaller step, and the step.
+    fn time_ticks(x0: f64, x1: f64, max: usize) -> (Vec<f64>, Vec<f64>, i64) {
+        let span = (x1 - x0).max(1.0);
+        let k = STEPS_MS.iter().position(|s| span / *s as f64 <= max as f64).unwrap_or(STEPS_MS.len() - 1);
+        let at = |step: i64| {
+            let first = (x0 / step as f64).ceil() as i64;
+            let last = (x1 / step as f64).floor() as i64;
+            (first..=last).take(2_000).map(|i| (i * step) as f64).collect::<Vec<f64>>()
+        };
+        (at(STEPS_MS[k]), if k > 0 { at(STEPS_MS[k - 1]) } else { Vec::new() }, STEPS_MS[k])
+    }
+
+    fn time_label(ms: f64, step_ms: i64, span_ms: f64) -> String {
+        let Some(t) = chrono::DateTime::from_timestamp_millis(ms as i64) else { return String::new() };
+        let fmt = if step_ms >= 86_400_000 {
+            "%Y-%m-%d"
+        } else if span_ms > 86_400_000.0 || ms as i64 % 86_400_000 == 0 && step_ms >= 3_600_000 {
+            "%m-%d %H:%M"
+        } else if step_ms >= 60_000 {
+            "%H:%M"
+        } else {
+            "%H:%M:%S"
+        };
+        t.format(fmt).to_string()
+    }
+
+    /// A value-axis label with as many decimals as ticks about `step` apart need.
+    fn y_label(v: f64, step: f64) -> String {
+        let a = v.abs().max(step.abs());
+        if a >= 1e7 || (a < 1e-3 && v != 0.0) {
+            return format!("{v:.2e}");
+        }
+        let decimals = (-step.abs().max(1e-12).log10().floor()).clamp(0.0, 6.0) as usize;
+        format!("{v:.decimals$}")
+    }
+
+    /// One panel: windows `from..` and the forecast.
+    fn panel(area: &DrawingArea<BitMapBackend, Shift>, d: &Data, from: usize, caption: &str) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let (r, s) = (d.r, d.s);
+        let f = &s.forecast;
+        let x0 = r.ts.get(from).copied().unwrap_or(0) as f64;
+        let x1 = d.fts.last().copied().unwrap_or(s.last_window_ms as f64).max(x0 + 1.0);
+
+        // The y range holds the data, the normal band and the point forecast; the forecast's
+        // intervals may widen it by at most half the data's range on each side (they are clipped).
+        let finite = |v: &f64| v.is_finite();
+        let data = r.values[from..].iter().copied().filter(finite);
+        let bands = d.band[from..].iter().flatten().flat_map(|(l, u)| [*l, *u]).filter(finite);
+        let (mut lo, mut hi) =
+            data.chain(bands).chain(f.point.iter().copied().filter(finite)).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        if !lo.is_finite() {
+            (lo, hi) = (0.0, 1.0);
+        }
+        let range = (hi - lo).max(hi.abs() * 1e-3).max(1e-9);
+        let ilo = f.lower_95.iter().copied().filter(finite).fold(lo, f64::min).max(lo - range / 2.0);
+        let ihi = f.upper_95.iter().copied().filter(finite).fold(hi, f64::max).min(hi + range / 2.0);
+        let pad = (ihi - ilo).max(1e-9) * 0.05;
+        let (y0, y1) = (ilo - pad, ihi + pad);
+        let clamp = move |v: f64| v.clamp(y0, y1);
+
+        let (bold, light, step) = time_ticks(x0, x1, 9);
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 20))
+            .margin(14)
+            .x_label_area_size(50)
+            .y_label_area_size(90)
+            .build_cartesian_2d(TimeAxis { inner: (x0..x1).into(), bold, light }, y0..y1)
+            .map_err(|x| e(&x))?;
+        let span = x1 - x0;
+        chart
+            .configure_mesh()
+            .y_labels(8)
+            .x_label_formatter(&|x| time_label(*x, step, span))
+            .y_label_formatter(&|y| y_label(*y, (y1 - y0) / 8.0))
+            .x_desc("time (UTC)")
+            .y_desc("value (window mean)")
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 16))
+            .light_line_style(RGBColor(238, 238, 238))
+            .bold_line_style(RGBColor(215, 215, 215))
+            .draw()
+            .map_err(|x| e(&x))?;
+
+        let band_style = SERIES.mix(0.2).filled();
+        chart
+            .draw_series(band_polygons(d, from, &clamp).into_iter().map(|p| Polygon::new(p, band_style)))
+            .map_err(|x| e(&x))?;
+
+        let last = (s.last_window_ms as f64, r.values.last().copied().unwrap_or(0.0));
+        if !f.point.is_empty() {
+            // Both bands start at the last window's value, so the forecast hangs off the series.
+            let poly = |lower: &[f64], upper: &[f64]| {
+                let mut p: Vec<(f64, f64)> = vec![(last.0, clamp(last.1))];
+                p.extend(d.fts.iter().zip(upper).map(|(x, u)| (*x, clamp(*u))));
+                p.extend(d.fts.iter().zip(lower).rev().map(|(x, l)| (*x, clamp(*l))));
+                p
+            };
+            let s95 = FORECAST.mix(0.16).filled();
+            let s80 = FORECAST.mix(0.34).filled();
+            chart
+                .draw_series(std::iter::once(Polygon::new(poly(&f.lower_95, &f.upper_95), s95)))
+                .map_err(|x| e(&x))?;
+            chart
+                .draw_series(std::iter::once(Polygon::new(poly(&f.lower_80, &f.upper_80), s80)))
+                .map_err(|x| e(&x))?;
+        }
+
+        chart
+            .draw_series(LineSeries::new(r.ts[from..].iter().zip(&r.values[from..]).map(|(t, v)| (*t as f64, clamp(*v))), SERIES.stroke_width(1)))
+            .map_err(|x| e(&x))?;
+
+        if !f.point.is_empty() {
+            let line = std::iter::once((last.0, clamp(last.1))).chain(d.fts.iter().zip(&f.point).map(|(x, p)| (*x, clamp(*p))));
+            chart
+                .draw_series(LineSeries::new(line, FORECAST.stroke_width(2)))
+                .map_err(|x| e(&x))?;
+        }
+
+        let first_ms = r.ts.get(from).copied().unwrap_or(i64::MIN);
+        chart
+            .draw_series(s.anomalies.iter().filter(|a| a.time_ms >= first_ms).map(|a| Circle::new((a.time_ms as f64, clamp(a.value)), 4, ANOMALY.filled())))
+            .map_err(|x| e(&x))?;
+        Ok(())
+    }
+
+    const LEGEND_HEIGHT: u32 = 40;
+
+    /// The legend, one row under both panels.
+    fn legend(area: &DrawingArea<BitMapBackend, Shift>, method: &str) -> Result<(), String> {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let font = ("sans-serif", 17).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center));
+        let y = area.dim_in_pixel().1 as i32 / 2;
+        let forecast = format!("forecast ({method})");
+        let items: [(u8, &str); 6] = [
+            (0, "series (window mean)"),
+            (1, "normal band of the detector"),
+            (2, "anomaly (score >= threshold)"),
+            (3, forecast.as_str()),
+            (4, "80% interval"),
+            (5, "95% interval"),
+        ];
+        let widths: Vec<i32> = items.iter().map(|(_, l)| area.estimate_text_size(l, &font).map(|(w, _)| w as i32).unwrap_or(8 * l.len() as i32)).collect();
+        let total: i32 = widths.iter().map(|w| 24 + 8 + w + 36).sum::<i32>() - 36;
+        let mut x = ((area.dim_in_pixel().0 as i32 - total) / 2).max(8);
+        for ((kind, label), w) in items.iter().zip(widths) {
+            let r = match kind {
+                0 => area.draw(&PathElement::new(vec![(x, y), (x + 24, y)], SERIES.stroke_width(2))),
+                1 => area.draw(&Rectangle::new([(x, y - 7), (x + 24, y + 7)], SERIES.mix(0.2).filled())),
+                2 => area.draw(&Circle::new((x + 12, y), 5, ANOMALY.filled())),
+                3 => area.draw(&PathElement::new(vec![(x, y), (x + 24, y)], FORECAST.stroke_width(3))),
+                4 => area.draw(&Rectangle::new([(x, y - 7), (x + 24, y + 7)], FORECAST.mix(0.34).filled())),
+                _ => area.draw(&Rectangle::new([(x, y - 7), (x + 24, y + 7)], FORECAST.mix(0.16).filled())),
+            };
+            r.map_err(|x| e(&x))?;
+            area.draw(&Text::new(label.to_string(), (x + 32, y), font.clone())).map_err(|x| e(&x))?;
+            x += 24 + 8 + w + 36;
+        }
+        Ok(())
+    }
+
+    /// Windows shown in the lower panel: four horizons, at least 120, at most all.
+    fn zoom_windows(windows: usize, horizon: usize) -> usize {
+        (4 * horizon).max(120).min(windows)
+    }
+
+    pub(super) fn draw(path: &Path, r: &Resampled, band: &[Option<(f64, f64)>], s: &SeriesSummary, window_ms: i64) -> Result<(), String> {
+        register_font()?;
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let fts = (1..=s.forecast.point.len()).map(|k| (s.last_window_ms + k as i64 * window_ms) as f64).collect();
+        let d = Data { r, band, s, fts };
+        let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let window = humantime::format_duration(Duration::from_millis(window_ms as u64));
+        let title = format!("{}: {} windows of {window}, {} anomalies, forecast {}", s.name, s.windows, s.anomalies.len(), s.forecast.method.name());
+        let root = root.titled(&title, ("sans-serif", 26)).map_err(|x| e(&x))?;
+        let (body, strip) = root.split_vertically(root.dim_in_pixel().1 - LEGEND_HEIGHT);
+        legend(&strip, s.forecast.method.name())?;
+        let (top, bottom) = body.split_vertically(body.dim_in_pixel().1 * 55 / 100);
+        panel(&top, &d, 0, "whole history")?;
+        let zoom = zoom_windows(r.ts.len(), s.forecast.point.len());
+        let caption = format!("last {zoom} windows and the forecast, {} windows ahead", s.forecast.point.len());
+        panel(&bottom, &d, r.ts.len() - zoom, &caption)?;
+        root.present().map_err(|x| e(&x))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars::df;
+    use polars::prelude::ParquetWriter;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh, empty folder under the system temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let p = std::env::temp_dir().join(format!("vigil-backtest-{tag}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const START_MS: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z
+    const STEP_MS: i64 = 10_000; // the default window.size
+    const N: i64 = 300;
+    const GAP: std::ops::Range<i64> = 100..106; // six windows of `cpu` without data
+    const GAP_LEN: usize = (GAP.end - GAP.start) as usize;
+    const SPIKE: i64 = 200; // `cpu`'s spike
+
+    /// Two series at the default window size: `cpu` (a noisy level with a six-window gap and one
+    /// spike) and `mem` (a noisy cycle), one row each per window.
+    fn rows() -> Vec<(i64, &'static str, f64)> {
+        let mut rows = Vec::new();
+        for i in 0..N {
+            let t = START_MS + i * STEP_MS;
+            let noise = ((i * 7919) % 13) as f64 / 13.0 - 0.5;
+            if !GAP.contains(&i) {
+                rows.push((t, "cpu", if i == SPIKE { 95.0 } else { 40.0 + 2.0 * noise }));
+            }
+            rows.push((t, "mem", 1000.0 + 50.0 * (i as f64 * std::f64::consts::TAU / 30.0).sin() + 5.0 * noise));
+        }
+        rows
+    }
+
+    fn check_png(path: &Path) {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(bytes.starts_with(&[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a]), "{} is not a PNG", path.display());
+        assert!(bytes.len() > 20_000, "{} is only {} bytes", path.display(), bytes.len());
+    }
+
+    fn series<'a>(s: &'a BacktestSummary, name: &str) -> &'a SeriesSummary {
+        s.series.iter().find(|x| x.name == name).unwrap_or_else(|| panic!("no series {name} in {:?}", s.series.iter().map(|x| &x.name).collect::<Vec<_>>()))
+    }
+
+    #[test]
+    fn backtest_of_a_long_csv_fills_the_gap_finds_the_spike_and_writes_the_report() {
+        let dir = TempDir::new("csv");
+        let mut csv = String::from("timestamp,series,value\n");
+        for (t, s, v) in rows() {
+            // String timestamps, as most exports have them.
+            csv.push_str(&format!("{},{s},{v}\n", fmt_time(t)));
+        }
+        let input = dir.0.join("history.csv");
+        std::fs::write(&input, csv).unwrap();
+        let out = dir.0.join("report");
+        let s = run(&input, &out, &Config::default()).unwrap();
+
+        assert_eq!(s.series.len(), 2);
+        assert_eq!(s.window, Duration::from_secs(10));
+        let cpu = series(&s, "cpu");
+        let mem = series(&s, "mem");
+        assert_eq!(cpu.windows, N as usize);
+        assert_eq!(cpu.points, N as usize - GAP_LEN);
+        assert_eq!(cpu.gaps_filled, GAP_LEN, "the six empty windows are filled");
+        assert_eq!(mem.gaps_filled, 0);
+        assert_eq!(mem.points, N as usize);
+        // Filled windows are not scored; the warm-up is not either.
+        let warmup = Config::default().detector.warmup_windows;
+        assert_eq!(cpu.scored, N as usize - GAP_LEN - warmup);
+        let spike_ms = START_MS + SPIKE * STEP_MS;
+        let top = cpu.top_anomalies(TOP_ANOMALIES);
+        assert_eq!(top.first().map(|a| a.time_ms), Some(spike_ms), "the spike is the top anomaly: {top:?}");
+        assert_eq!(top[0].value, 95.0);
+        assert!(top[0].expected > 35.0 && top[0].expected < 45.0, "{top:?}");
+        assert!(!mem.anomalies.iter().any(|a| a.time_ms == spike_ms));
+        // A forecast of the configured horizon (30m of 10s windows) from the end of each series.
+        for x in [cpu, mem] {
+            assert_eq!(x.forecast.point.len(), 180, "{}", x.name);
+            assert_eq!(x.last_window_ms, START_MS + (N - 1) * STEP_MS);
+        }
+
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(md.contains("history.csv"), "{md}");
+        assert!(md.contains("| cpu | 294 | 300 | 6 |"), "{md}");
+        assert!(md.contains("| mem | 300 | 300 | 0 |"), "{md}");
+        assert!(md.contains(&fmt_time(spike_ms)), "the spike's time is listed: {md}");
+        assert!(md.contains("](cpu.png)") && md.contains("](mem.png)"), "{md}");
+        check_png(&out.join("cpu.png"));
+        check_png(&out.join("mem.png"));
+    }
+
+    #[test]
+    fn backtest_reads_parquet_with_datetimes_and_a_folder_of_two_column_files() {
+        let dir = TempDir::new("parquet");
+        let rows = rows();
+        // A polars datetime column (microseconds, as many writers use) and `name` for the series.
+        let mut df = df!(
+            "timestamp" => rows.iter().map(|r| r.0 * 1_000).collect::<Vec<_>>(),
+            "name" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            "value" => rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+        )
+        .unwrap()
+        .lazy()
+        .with_column(col("timestamp").cast(DataType::Datetime(TimeUnit::Microseconds, None)))
+        .collect()
+        .unwrap();
+        assert!(matches!(df.column("timestamp").unwrap().dtype(), DataType::Datetime(TimeUnit::Microseconds, None)));
+        let file = std::fs::File::create(dir.0.join("long.parquet")).unwrap();
+        ParquetWriter::new(file).finish(&mut df).unwrap();
+        // A two-column file in the same folder: its series is named after the file.
+        let mut nab = String::from("timestamp,value\n");
+        for i in 0..60 {
+            nab.push_str(&format!("{},{}\n", fmt_time(START_MS + i * STEP_MS), 5.0 + (i % 3) as f64));
+        }
+        std::fs::write(dir.0.join("disk_io.csv"), nab).unwrap();
+        std::fs::write(dir.0.join("notes.txt"), "not an input").unwrap();
+
+        let out = dir.0.join("out");
+        let s = run(&dir.0, &out, &Config::default()).unwrap();
+        assert_eq!(s.inputs.len(), 2, "{:?}", s.inputs);
+        assert_eq!(s.series.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["cpu", "disk_io", "mem"]);
+        let cpu = series(&s, "cpu");
+        assert_eq!(cpu.gaps_filled, GAP_LEN);
+        assert!(cpu.anomalies.iter().any(|a| a.time_ms == START_MS + SPIKE * STEP_MS));
+        assert_eq!(series(&s, "disk_io").points, 60);
+        check_png(&out.join("disk_io.png"));
+    }
+
+    #[test]
+    fn points_within_a_window_are_averaged() {
+        let dir = TempDir::new("mean");
+        // Two points per 10 s window (at +0 s and +5 s): each window holds their mean.
+        let mut csv = String::from("timestamp,value\n");
+        for i in 0..40 {
+            csv.push_str(&format!("{},{}\n", START_MS + i * STEP_MS, 10.0));
+            csv.push_str(&format!("{},{}\n", START_MS + i * STEP_MS + 5_000, 20.0));
+        }
+        let input = dir.0.join("pairs.csv");
+        std::fs::write(&input, csv).unwrap();
+        let r = resample(vec![read_file(&input).unwrap()], Duration::from_secs(10)).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].name, "pairs");
+        assert_eq!(r[0].points, 80);
+        assert_eq!(r[0].ts.len(), 40);
+        assert!(r[0].values.iter().all(|v| (*v - 15.0).abs() < 1e-12), "{:?}", r[0].values);
+        assert_eq!(r[0].ts[1] - r[0].ts[0], STEP_MS);
+    }
+
+    #[test]
+    fn a_missing_value_column_is_an_error_naming_the_file_and_the_column() {
+        let dir = TempDir::new("missing");
+        let input = dir.0.join("metrics.csv");
+        std::fs::write(&input, "timestamp,series,reading\n2026-01-05 00:00:00,cpu,1\n").unwrap();
+        let err = run(&input, &dir.0.join("out"), &Config::default()).unwrap_err();
+        assert!(matches!(err, BacktestError::MissingColumn { column: "value", .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("metrics.csv") && msg.contains("`value`") && msg.contains("reading"), "{msg}");
+        assert!(!dir.0.join("out").join("report.md").exists());
+    }
+
+    #[test]
+    fn an_unparsable_timestamp_is_an_error_naming_the_row_and_the_value() {
+        let dir = TempDir::new("badts");
+        let input = dir.0.join("bad.csv");
+        std::fs::write(&input, "timestamp,value\n2026-01-05 00:00:00,1\n2026-01-05 00:00:10,2\nyesterday,3\n").unwrap();
+        let err = run(&input, &dir.0.join("out"), &Config::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, BacktestError::Unparsable { row: 3, .. }), "{msg}");
+        assert!(msg.contains("bad.csv") && msg.contains("`timestamp`") && msg.contains("yesterday"), "{msg}");
+    }
+
+    #[test]
+    fn timestamps_with_a_utc_offset_are_converted_to_utc() {
+        let dir = TempDir::new("offsets");
+        let input = dir.0.join("rfc.csv");
+        // The same three instants, written three ways.
+        std::fs::write(&input, "timestamp,value\n2026-01-05T00:00:00Z,1\n2026-01-05T01:00:10+01:00,2\n2026-01-04 19:00:20.000-05:00,3\n").unwrap();
+        let df = read_file(&input).unwrap();
+        let ts = df.column("ts").unwrap().cast(&DataType::Int64).unwrap();
+        let ts: Vec<Option<i64>> = ts.i64().unwrap().iter().collect();
+        assert_eq!(ts, [Some(START_MS), Some(START_MS + 10_000), Some(START_MS + 20_000)]);
+        assert_eq!(parse_with_offset("2026-01-05 00:00:00"), None, "a naive time has no offset");
+        let input = dir.0.join("bad_offset.csv");
+        std::fs::write(&input, "timestamp,value\n2026-01-05T00:00:00Z,1\nsoon,2\n").unwrap();
+        let err = read_file(&input).unwrap_err();
+        assert!(matches!(err, BacktestError::Unparsable { row: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn chart_names_are_safe_and_unique() {
+        let mut taken = BTreeMap::new();
+        assert_eq!(unique_file_name("host-1/cpu user", &mut taken), "host-1_cpu_user.png");
+        assert_eq!(unique_file_name("host-1 cpu/user", &mut taken), "host-1_cpu_user-2.png");
+        assert_eq!(unique_file_name("..", &mut taken), "s...png");
+    }
+}
