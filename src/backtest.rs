@@ -1041,7 +1041,8 @@ mod tests {
         let mut rows = Vec::new();
         for i in 0..N {
             let t = START_MS + i * STEP_MS;
-            let noise = ((i * 7919) % 13) as f64 / 13.0 - 0.5;
+            // Irregular noise: a repeating pattern would be learned as a season, exactly.
+            let noise = (((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 1000) as f64 / 1000.0 - 0.5;
             if !GAP.contains(&i) {
                 rows.push((t, "cpu", if i == SPIKE { 95.0 } else { 40.0 + 2.0 * noise }));
             }

@@ -247,6 +247,9 @@ struct SeriesState {
     next_period_check: u64,
     tails: [Tail; 4],
     forecast: Option<Box<Bands>>,
+    /// Time of the last value (epoch ms) and the smallest spacing seen, when times are given.
+    last_ms: Option<i64>,
+    step_ms: i64,
     /// (value number, p) with increasing p: the sliding minimum of p over the refractory span.
     recent_p: VecDeque<(u64, f64)>,
 }
@@ -396,6 +399,22 @@ impl Detector {
         let st = self.states.entry(series_id).or_default();
         st.seen += 1;
         let band = time_ms.and_then(|t| st.forecast.as_ref()?.at(t));
+        let cap = cfg.history.max(cfg.seasons * cfg.max_period + 1);
+        // Windows without data are not observed; carry the last value through them so that
+        // "one period ago" stays one period of time ago (the seasonal part counts values).
+        if let Some(t) = time_ms {
+            if let Some(last) = st.last_ms.filter(|l| t > *l) {
+                let gap = t - last;
+                st.step_ms = if st.step_ms > 0 { st.step_ms.min(gap) } else { gap };
+                let missing = (gap / st.step_ms - 1).clamp(0, cap as i64) as usize;
+                if let Some(&prev) = st.values.back() {
+                    for _ in 0..missing {
+                        push_bounded(&mut st.values, prev, cap);
+                    }
+                }
+            }
+            st.last_ms = Some(t);
+        }
 
         // Period (re)detection: at 64, 128, 256, … values, then every `seasons` longest periods.
         if cfg.max_period >= 4 && st.seen >= st.next_period_check.max(64) {
@@ -499,7 +518,6 @@ impl Detector {
                 st.tails[part.index()].push(r.z.abs(), half);
             }
         }
-        let cap = cfg.history.max(cfg.seasons * cfg.max_period + 1);
         push_bounded(&mut st.values, value, cap);
 
         let (p, part, r) = best?;
@@ -790,13 +808,32 @@ mod tests {
         let lo: Vec<f64> = f.iter().map(|v| v - 2.0).collect();
         let hi: Vec<f64> = f.iter().map(|v| v + 2.0).collect();
         d.set_forecast(4, 0, 60_000, &f, &lo, &hi);
-        for i in 0..400 {
-            d.observe_at(4, i as i64 * 60_000, f[i] + noise.sample(&mut rng));
+        for (i, fi) in f.iter().take(400).enumerate() {
+            d.observe_at(4, i as i64 * 60_000, fi + noise.sample(&mut rng));
         }
         let s = d.observe_at(4, 400 * 60_000, 780.0).unwrap();
         assert_eq!(s.part, Part::Forecast, "{s:?}");
         assert!(s.score > 0.999 && s.z < 0.0, "{s:?}");
         assert!(explain("disk", "mean", 780.0, &s).contains("below its forecast 800"));
+    }
+
+    #[test]
+    fn windows_without_data_keep_the_season_in_phase() {
+        // Period 24 at one-minute windows; six windows go missing; the series then resumes in
+        // phase. Without carrying values through the gap, "one period ago" would be six off.
+        let mut d = Detector::new(DetectorConfig { max_period: 60, ..Default::default() });
+        let y = |i: i64| 100.0 + 30.0 * (2.0 * std::f64::consts::PI * i as f64 / 24.0).sin() + ((i * 37) % 5) as f64 * 0.2;
+        for i in 0..(24 * 12) {
+            d.observe_at(5, i * 60_000, y(i));
+        }
+        assert_eq!(d.period(5), Some(24));
+        let mut worst: f64 = 0.0;
+        for i in (24 * 12 + 6)..(24 * 14) {
+            if let Some(s) = d.observe_at(5, i * 60_000, y(i)) {
+                worst = worst.max(s.score);
+            }
+        }
+        assert!(worst < 0.999, "the series resumed in phase, nothing is anomalous: {worst}");
     }
 
     #[test]
