@@ -283,8 +283,10 @@ impl DecisionRule {
             let start = ws.value(i);
             let previous = self.last_high.insert(sid, start);
             if let Some(prev) = previous {
-                if start > prev && start - prev <= self.cfg.rearm_ms {
-                    continue; // same incident, still going
+                // Same window (several parts or the fleet check fired on it), or the same
+                // incident still going: one decision (its id is rule + series + window).
+                if start >= prev && start - prev <= self.cfg.rearm_ms {
+                    continue;
                 }
             }
             let key = series.value(i);
@@ -440,6 +442,22 @@ mod tests {
         assert!(d.evidence.band[1] < 0.95 && d.evidence.expected > 0.39);
         assert!(d.confidence > 0.5 && d.confidence <= 1.0);
         assert_eq!(run()[0].id, d.id, "a replay yields the same id");
+        // The fleet check firing on the same series and window adds no second decision (it
+        // would carry the same id).
+        let mut rule = DecisionRule::new(DecisionConfig::default());
+        let mut det = Detector::new(DetectorConfig::default());
+        let key = r#"cpu_utilization{host="h1",service="checkout"}"#;
+        let mut first = None;
+        for w in 0..60i64 {
+            let v = if w >= 50 { 0.95 } else { 0.40 + 0.01 * ((w * 7) % 5) as f64 };
+            let a = det.score_batch(&features(w * 10_000, &[(42, key, v)]), "mean").unwrap();
+            if a.num_rows() > 0 && first.is_none() {
+                first = Some(a);
+            }
+        }
+        let once = first.unwrap();
+        let twice = arrow::compute::concat_batches(&once.schema(), [&once, &once]).unwrap();
+        assert_eq!(rule.decide(&twice).unwrap().len(), 1);
         let b = DecisionRule::to_batch(&a).unwrap();
         assert_eq!(b.num_rows(), 1);
         assert_eq!(b.schema(), decisions_schema());

@@ -225,21 +225,62 @@ pub fn forecast(history: &[f64], cfg: &ForecastConfig) -> SeriesForecast {
     let n = y.len();
     let h = horizon.min(n / 4);
     let mut order = vec![Method::MstlEts, Method::Ets, Method::SeasonalNaive];
+    // Per method, its holdout forecast's errors in units of its own interval (σ from the 95% band).
+    let mut holdout: Vec<(Method, Vec<f64>)> = Vec::new();
     if h >= 1 && n - h >= 16 {
         let (train, valid) = y.split_at(n - h);
-        let mae = |m: Method| {
-            fit_one(m, train, h, period).map(|f| f.point.iter().zip(valid).map(|(a, b)| (a - b).abs()).sum::<f64>() / h as f64).unwrap_or(f64::INFINITY)
-        };
-        let mut scored: Vec<(Method, f64)> = order.iter().map(|m| (*m, mae(*m))).collect();
+        let mut scored: Vec<(Method, f64)> = Vec::new();
+        for m in order.iter().copied() {
+            let Some(f) = fit_one(m, train, h, period) else {
+                scored.push((m, f64::INFINITY));
+                continue;
+            };
+            let mae = f.point.iter().zip(valid).map(|(a, b)| (a - b).abs()).sum::<f64>() / h as f64;
+            let units: Vec<f64> = (0..h)
+                .filter_map(|k| {
+                    let sigma = (f.upper_95[k] - f.lower_95[k]) / (2.0 * z(0.95));
+                    (sigma > 0.0 && sigma.is_finite()).then(|| (valid[k] - f.point[k]).abs() / sigma)
+                })
+                .collect();
+            holdout.push((m, units));
+            scored.push((m, if mae.is_finite() { mae } else { f64::INFINITY }));
+        }
         scored.sort_by(|a, b| a.1.total_cmp(&b.1));
         order = scored.into_iter().map(|(m, _)| m).collect();
     }
     for m in order {
-        if let Some(f) = fit_one(m, &y, horizon, period) {
+        if let Some(mut f) = fit_one(m, &y, horizon, period) {
+            if let Some((_, units)) = holdout.iter().find(|(hm, _)| *hm == m) {
+                calibrate(&mut f, units);
+            }
             return f;
         }
     }
     naive(&y, horizon, period.unwrap_or(1))
+}
+
+/// Rescales the intervals of `f` around its point forecast so that, on the holdout, the errors
+/// sit where a normal distribution puts them: the median |error| in units of the model's own σ
+/// should be 0.674. Models' stated intervals are often too wide or too narrow for operations data
+/// (level shifts, spikes, quantised values); the factor is kept within 0.25..4, and needs at
+/// least 6 holdout errors.
+fn calibrate(f: &mut SeriesForecast, units: &[f64]) {
+    if units.len() < 6 {
+        return;
+    }
+    let mut u = units.to_vec();
+    u.sort_by(f64::total_cmp);
+    let med = if u.len() % 2 == 1 { u[u.len() / 2] } else { 0.5 * (u[u.len() / 2 - 1] + u[u.len() / 2]) };
+    let scale = (med / 0.674_49).clamp(0.25, 4.0);
+    if !scale.is_finite() {
+        return;
+    }
+    for k in 0..f.point.len() {
+        let p = f.point[k];
+        for b in [&mut f.lower_80[k], &mut f.upper_80[k], &mut f.lower_95[k], &mut f.upper_95[k]] {
+            *b = p + scale * (*b - p);
+        }
+    }
 }
 
 /// Fits one method; `None` when it does not apply (no period, too short) or fails.
