@@ -416,6 +416,16 @@ impl Default for DecisionsConfig {
     }
 }
 
+/// augurs' outlier detector for `[fleet] algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetAlgorithm {
+    /// One-dimensional DBSCAN per window (three or more members).
+    Dbscan,
+    /// Median absolute deviation from the group.
+    Mad,
+}
+
 /// `[fleet]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -426,7 +436,7 @@ pub struct FleetSection {
     /// Labels naming a member within its group, e.g. `["host", "host.name"]`.
     pub member_labels: Vec<String>,
     /// `"dbscan"` (needs three or more members) or `"mad"`.
-    pub algorithm: String,
+    pub algorithm: FleetAlgorithm,
     /// augurs' sensitivity in (0, 1): higher flags more.
     pub sensitivity: f64,
     /// Recent windows compared.
@@ -438,18 +448,21 @@ pub struct FleetSection {
 impl Default for FleetSection {
     fn default() -> Self {
         let d = vigil_models::FleetConfig::default();
-        Self { enabled: true, member_labels: d.member_labels, algorithm: "dbscan".into(), sensitivity: d.sensitivity, windows: d.window, min_deviation: d.min_z }
+        Self { enabled: true, member_labels: d.member_labels, algorithm: FleetAlgorithm::Dbscan, sensitivity: d.sensitivity, windows: d.window, min_deviation: d.min_z }
     }
 }
 
 impl FleetSection {
     /// The model's configuration.
-    pub fn model_config(&self, _window: Duration) -> vigil_models::FleetConfig {
+    pub fn model_config(&self) -> vigil_models::FleetConfig {
         vigil_models::FleetConfig {
             member_labels: self.member_labels.clone(),
             window: self.windows,
             sensitivity: self.sensitivity,
-            algorithm: if self.algorithm == "mad" { vigil_models::FleetAlgorithm::Mad } else { vigil_models::FleetAlgorithm::Dbscan },
+            algorithm: match self.algorithm {
+                FleetAlgorithm::Dbscan => vigil_models::FleetAlgorithm::Dbscan,
+                FleetAlgorithm::Mad => vigil_models::FleetAlgorithm::Mad,
+            },
             min_z: self.min_deviation,
             ..Default::default()
         }
@@ -642,9 +655,6 @@ impl Config {
             ));
         }
         let fl = &self.fleet;
-        if !["dbscan", "mad"].contains(&fl.algorithm.as_str()) {
-            return Err(invalid("fleet.algorithm", format!("is {:?}", fl.algorithm), "use \"dbscan\" or \"mad\""));
-        }
         if !(fl.sensitivity > 0.0 && fl.sensitivity < 1.0) {
             return Err(invalid("fleet.sensitivity", format!("is {}", fl.sensitivity), "use a number between 0 and 1 (exclusive), e.g. 0.5"));
         }
@@ -761,6 +771,8 @@ mod tests {
         assert!(e.contains("size"), "{e}");
         let e = load_str("[decisions]\nthreshold = 0.2\n").unwrap_err().to_string();
         assert!(e.contains("`decisions.threshold`"), "{e}");
+        let e = load_str("[fleet]\nalgorithm = \"kmeans\"\n").unwrap_err().to_string();
+        assert!(e.contains("`fleet.algorithm`") && e.contains("dbscan"), "{e}");
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl Processor {
             rule,
             feature: d.feature.clone(),
             forecaster,
-            fleet: cfg.fleet.enabled.then(|| vigil_models::FleetDetector::new(cfg.fleet.model_config(cfg.window.size))),
+            fleet: cfg.fleet.enabled.then(|| vigil_models::FleetDetector::new(cfg.fleet.model_config())),
             forecast_cfg,
             refit: None,
         })

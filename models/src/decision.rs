@@ -380,31 +380,9 @@ impl DecisionRule {
 mod tests {
     use super::*;
     use crate::detector::{Detector, DetectorConfig};
-    use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMillisecondArray, UInt64Array};
 
     fn features(window: i64, rows: &[(u64, &str, f64)]) -> RecordBatch {
-        let n = rows.len();
-        let ts = |v: i64| Arc::new(TimestampMillisecondArray::from(vec![v; n]).with_timezone("+00:00")) as ArrayRef;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("window_start", ts_type(), false),
-            Field::new("window_end", ts_type(), false),
-            Field::new("series_id", DataType::UInt64, false),
-            Field::new("series", DataType::Utf8, false),
-            Field::new("name", DataType::Utf8, false),
-            Field::new("mean", DataType::Float64, false),
-        ]));
-        RecordBatch::try_new(
-            schema,
-            vec![
-                ts(window),
-                ts(window + 10_000),
-                Arc::new(UInt64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-                Arc::new(StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-                Arc::new(StringArray::from(rows.iter().map(|r| parse_series_key(r.1).0).collect::<Vec<_>>())),
-                Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
-            ],
-        )
-        .unwrap()
+        crate::columns::test_features(window, rows)
     }
 
     #[test]

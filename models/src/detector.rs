@@ -31,13 +31,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float64Builder, RecordBatch, StringBuilder, UInt64Array};
+use arrow::array::{AsArray, Float64Builder, RecordBatch, StringBuilder};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Float64Type, TimestampMillisecondType};
 
+use crate::columns::FeatureColumns;
 use crate::decision::anomalies_schema;
 use crate::forecast::detect_period;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Detector settings.
 #[derive(Debug, Clone)]
@@ -269,11 +270,7 @@ const MEAN_AD_TO_SIGMA: f64 = 1.2533;
 /// Median and robust sigma of `v` (reordered). Sigma falls back to the mean absolute deviation
 /// when more than half the values are equal, then to a tiny relative floor, so a change in a flat
 /// series scores finitely.
-pub(crate) fn location_scale_of(v: &mut [f64]) -> (f64, f64) {
-    location_scale(v)
-}
-
-fn location_scale(v: &mut [f64]) -> (f64, f64) {
+pub(crate) fn location_scale(v: &mut [f64]) -> (f64, f64) {
     let med = median(v);
     for x in v.iter_mut() {
         *x = (*x - med).abs();
@@ -319,11 +316,13 @@ impl Detector {
         self.states.len()
     }
 
-    /// Bytes of state a series holds at most (values, residuals, calibration, a forecast).
+    /// Bytes of state a series holds at most (values, residuals, calibration, refractory span;
+    /// a forecast handed over adds 24 bytes per step).
     pub fn max_bytes_per_series(&self) -> usize {
         let c = &self.cfg;
         let values = c.history.max(c.seasons * c.max_period + 1);
-        std::mem::size_of::<SeriesState>() + 8 * (values + c.history) + 24 * 64
+        // Values and residual rings, the refractory queue; calibration histograms are inline.
+        std::mem::size_of::<SeriesState>() + 8 * (values + c.history) + 16 * c.refractory
     }
 
     /// The season found for a series, if any.
@@ -553,25 +552,7 @@ impl Detector {
     /// Scores every row of a `features` batch (in row order) on the column `feature` and returns
     /// the rows scoring at or above the anomaly threshold, in the [`anomalies_schema`].
     pub fn score_batch(&mut self, features: &RecordBatch, feature: &str) -> Result<RecordBatch> {
-        let col = |name: &str| {
-            features.column_by_name(name).ok_or_else(|| Error::Input(format!("missing column `{name}`")))
-        };
-        let ids = col("series_id")?
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .ok_or_else(|| Error::Input("`series_id` must be UInt64".into()))?;
-        let values = col(feature)?
-            .as_primitive_opt::<Float64Type>()
-            .ok_or_else(|| Error::Input(format!("`{feature}` must be Float64")))?;
-        let series = col("series")?.as_string_opt::<i32>().ok_or_else(|| Error::Input("`series` must be Utf8".into()))?;
-        let ws = col("window_start")?
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| Error::Input("`window_start` must be Timestamp(ms)".into()))?;
-        let we = col("window_end")?
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| Error::Input("`window_end` must be Timestamp(ms)".into()))?;
-        let name = col("name")?.as_string_opt::<i32>().ok_or_else(|| Error::Input("`name` must be Utf8".into()))?;
-
+        let c = FeatureColumns::of(features, feature)?;
         let n = features.num_rows();
         let mut keep = Vec::with_capacity(n);
         let (mut value, mut expected, mut lower, mut upper, mut score, mut z, mut support) = (
@@ -586,8 +567,8 @@ impl Detector {
         let mut explanation = StringBuilder::new();
         let mut part = StringBuilder::new();
         for i in 0..n {
-            let v = if values.is_null(i) { f64::NAN } else { values.value(i) };
-            match self.observe_at(ids.value(i), ws.value(i), v) {
+            let v = c.value(i);
+            match self.observe_at(c.series_id.value(i), c.window_start.value(i), v) {
                 Some(s) if s.score >= self.cfg.anomaly_threshold => {
                     keep.push(true);
                     value.append_value(v);
@@ -598,7 +579,7 @@ impl Detector {
                     z.append_value(s.z);
                     support.push(s.support as u32);
                     part.append_value(s.part.name());
-                    explanation.append_value(explain(series.value(i), feature, v, &s));
+                    explanation.append_value(explain(c.series.value(i), feature, v, &s));
                 }
                 _ => keep.push(false),
             }
@@ -612,7 +593,13 @@ impl Detector {
                     features.schema().field_with_name("series")?.clone(),
                     features.schema().field_with_name("name")?.clone(),
                 ])),
-                vec![Arc::new(ws.clone()), Arc::new(we.clone()), Arc::new(ids.clone()), Arc::new(series.clone()), Arc::new(name.clone())],
+                vec![
+                    Arc::new(c.window_start.clone()),
+                    Arc::new(c.window_end.clone()),
+                    Arc::new(c.series_id.clone()),
+                    Arc::new(c.series.clone()),
+                    Arc::new(c.name.clone()),
+                ],
             )?,
             &keep.into(),
         )?;

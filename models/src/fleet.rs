@@ -18,17 +18,17 @@
 //! robust z against the group at that window (a standard normal tail: 0.999 at |z| = 3.3), so
 //! the decision rule's threshold and minimum deviation apply to fleet outliers as to the rest.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array};
-use arrow::datatypes::{Float64Type, TimestampMillisecondType, UInt64Type};
+use arrow::array::{Array, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array};
 use augurs::outlier::{DbscanDetector, MADDetector, OutlierDetector, OutlierOutput};
 
+use crate::columns::FeatureColumns;
 use crate::decision::{anomalies_schema, parse_series_key};
 use crate::sql::gaussian_score;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Which augurs detector judges a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,13 +97,15 @@ struct Group {
 #[derive(Debug)]
 pub struct FleetDetector {
     cfg: FleetConfig,
-    groups: HashMap<String, Group>,
+    groups: HashMap<Arc<str>, Group>,
+    /// Group and member of every series seen (so keys are parsed once per series).
+    places: HashMap<u64, Place>,
 }
 
 impl FleetDetector {
     /// A detector with no state.
     pub fn new(cfg: FleetConfig) -> Self {
-        Self { cfg, groups: HashMap::new() }
+        Self { cfg, groups: HashMap::new(), places: HashMap::new() }
     }
 
     /// Groups tracked.
@@ -114,45 +116,43 @@ impl FleetDetector {
     /// Learns the `feature` column of a `features` batch and returns the members that became
     /// outlying, in the [`anomalies_schema`] (part `fleet`).
     pub fn observe(&mut self, features: &RecordBatch, feature: &str) -> Result<RecordBatch> {
-        let col = |name: &str| features.column_by_name(name).ok_or_else(|| Error::Input(format!("missing column `{name}`")));
-        let ids = col("series_id")?.as_primitive_opt::<UInt64Type>().ok_or_else(|| Error::Input("`series_id` must be UInt64".into()))?;
-        let series = col("series")?.as_string_opt::<i32>().ok_or_else(|| Error::Input("`series` must be Utf8".into()))?;
-        let names = col("name")?.as_string_opt::<i32>().ok_or_else(|| Error::Input("`name` must be Utf8".into()))?;
-        let ws = col("window_start")?
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| Error::Input("`window_start` must be Timestamp(ms)".into()))?;
-        let we = col("window_end")?
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| Error::Input("`window_end` must be Timestamp(ms)".into()))?;
-        let values = col(feature)?.as_primitive_opt::<Float64Type>().ok_or_else(|| Error::Input(format!("`{feature}` must be Float64")))?;
-
-        let mut touched: Vec<String> = Vec::new();
+        let c = FeatureColumns::of(features, feature)?;
+        let mut touched: BTreeSet<Arc<str>> = BTreeSet::new();
         for i in 0..features.num_rows() {
-            if values.is_null(i) || !values.value(i).is_finite() {
+            let v = c.value(i);
+            if !v.is_finite() {
                 continue;
             }
-            let key = series.value(i);
-            let (name, mut labels) = parse_series_key(key);
-            let Some(label) = self.cfg.member_labels.iter().find(|l| labels.contains_key(*l)).cloned() else { continue };
-            let member = labels.remove(&label).unwrap_or_default();
-            let group_key = format!("{name}{labels:?}");
+            let id = c.series_id.value(i);
+            // A series key is parsed once: its group and member are remembered by series id.
+            let place = match self.places.get(&id) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = self.place_of(c.series.value(i));
+                    if self.places.len() < self.cfg.max_groups * self.cfg.max_members {
+                        self.places.insert(id, p.clone());
+                    }
+                    p
+                }
+            };
+            let Some((group_key, label, member)) = place else { continue };
             if !self.groups.contains_key(&group_key) && self.groups.len() >= self.cfg.max_groups {
                 continue;
             }
-            let g = self.groups.entry(group_key.clone()).or_insert_with(|| Group { label: label.clone(), members: BTreeMap::new() });
-            if !g.members.contains_key(&member) && g.members.len() >= self.cfg.max_members {
+            let g = self.groups.entry(group_key.clone()).or_insert_with(|| Group { label: label.to_string(), members: BTreeMap::new() });
+            if !g.members.contains_key(&*member) && g.members.len() >= self.cfg.max_members {
                 continue;
             }
-            let m = g.members.entry(member).or_insert_with(|| Member {
-                id: ids.value(i),
-                series: key.to_string(),
-                name: names.value(i).to_string(),
+            let m = g.members.entry(member.to_string()).or_insert_with(|| Member {
+                id,
+                series: c.series.value(i).to_string(),
+                name: c.name.value(i).to_string(),
                 values: VecDeque::with_capacity(self.cfg.window),
                 last_ms: i64::MIN,
                 last_end_ms: i64::MIN,
                 outlying: None,
             });
-            let t = ws.value(i);
+            let t = c.window_start.value(i);
             if t <= m.last_ms {
                 continue; // one value per window, in order
             }
@@ -164,12 +164,10 @@ impl FleetDetector {
             if m.values.len() == self.cfg.window {
                 m.values.pop_front();
             }
-            m.values.push_back(values.value(i));
+            m.values.push_back(v);
             m.last_ms = t;
-            m.last_end_ms = we.value(i);
-            if touched.last() != Some(&group_key) && !touched.contains(&group_key) {
-                touched.push(group_key);
-            }
+            m.last_end_ms = c.window_end.value(i);
+            touched.insert(group_key);
         }
 
         let mut rows = Rows::default();
@@ -179,7 +177,18 @@ impl FleetDetector {
         }
         rows.finish()
     }
+
+    /// The group key, member label and member of a series key; `None` without a member label.
+    fn place_of(&self, key: &str) -> Place {
+        let (name, mut labels) = parse_series_key(key);
+        let label = self.cfg.member_labels.iter().find(|l| labels.contains_key(*l))?;
+        let member = labels.remove(label).unwrap_or_default();
+        Some((format!("{name}{labels:?}").into(), label.as_str().into(), member.into()))
+    }
 }
+
+/// Where a series sits: (group key, member label, member).
+type Place = Option<(Arc<str>, Arc<str>, Arc<str>)>;
 
 /// Judges one group at its newest window, appending the members that became outlying.
 fn judge(cfg: &FleetConfig, g: &mut Group, feature: &str, rows: &mut Rows) {
@@ -201,7 +210,7 @@ fn judge(cfg: &FleetConfig, g: &mut Group, feature: &str, rows: &mut Rows) {
     };
     let last = cfg.window - 1;
     let mut now: Vec<f64> = data.iter().map(|v| v[last]).collect();
-    let (med, sigma) = crate::detector::location_scale_of(&mut now);
+    let (med, sigma) = crate::detector::location_scale(&mut now);
     for (k, m) in ready.into_iter().enumerate() {
         let v = data[k][last];
         let z = (v - med) / sigma;
@@ -310,32 +319,11 @@ impl Rows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use arrow::array::AsArray;
 
     fn batch(w: i64, rows: &[(&str, f64)]) -> RecordBatch {
-        let n = rows.len();
-        let ts = |v: i64| Arc::new(TimestampMillisecondArray::from(vec![v; n]).with_timezone("+00:00")) as Arc<dyn Array>;
-        let t = DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into()));
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("window_start", t.clone(), false),
-            Field::new("window_end", t, false),
-            Field::new("series_id", DataType::UInt64, false),
-            Field::new("series", DataType::Utf8, false),
-            Field::new("name", DataType::Utf8, false),
-            Field::new("mean", DataType::Float64, false),
-        ]));
-        RecordBatch::try_new(
-            schema,
-            vec![
-                ts(w * 10_000),
-                ts(w * 10_000 + 10_000),
-                Arc::new(UInt64Array::from((0..n as u64).collect::<Vec<_>>())),
-                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-                Arc::new(StringArray::from(rows.iter().map(|r| parse_series_key(r.0).0).collect::<Vec<_>>())),
-                Arc::new(Float64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-            ],
-        )
-        .unwrap()
+        let rows: Vec<(u64, &str, f64)> = rows.iter().enumerate().map(|(i, (k, v))| (i as u64, *k, *v)).collect();
+        crate::columns::test_features(w * 10_000, &rows)
     }
 
     const HOSTS: [&str; 6] = [

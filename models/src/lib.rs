@@ -21,6 +21,7 @@
 //!   suppresses repeats while a series stays anomalous.
 #![deny(missing_docs)]
 
+mod columns;
 mod decision;
 mod detector;
 mod error;
