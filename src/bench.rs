@@ -35,6 +35,22 @@ pub struct BenchReport {
     pub batch: usize,
     /// Detector state per series at most, bytes (values, residuals, calibration).
     pub state_bytes_per_series: usize,
+    /// A checkpoint of all state at the end of the run: bytes, and milliseconds to snapshot
+    /// and encode it and to write it to a local directory.
+    pub checkpoint: CheckpointCost,
+}
+
+/// The cost of one checkpoint of everything the run learned.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointCost {
+    /// Series whose state it holds.
+    pub series: usize,
+    /// Size written.
+    pub bytes: u64,
+    /// Snapshot and encode, ms.
+    pub encode_ms: f64,
+    /// The whole checkpoint (encode and write, fsync-free rename), ms.
+    pub total_ms: f64,
 }
 
 impl BenchReport {
@@ -50,7 +66,8 @@ impl BenchReport {
              cpu               {:.2} s -> {:.0} events/s per core\n\
              throughput        {:.1} MB/s per core\n\
              batch latency     p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} records per batch)\n\
-             state per series  {} bytes (detector)\n",
+             state per series  {} bytes at most (detector)\n\
+             checkpoint        {} series: {:.1} MB, {:.0} ms ({:.0} ms to encode); per 10,000 series {:.1} MB, {:.0} ms\n",
             self.events,
             self.bytes,
             self.bytes as f64 / 1e6,
@@ -68,6 +85,12 @@ impl BenchReport {
             self.batch_ms[3],
             self.batch,
             self.state_bytes_per_series,
+            self.checkpoint.series,
+            self.checkpoint.bytes as f64 / 1e6,
+            self.checkpoint.total_ms,
+            self.checkpoint.encode_ms,
+            self.checkpoint.bytes as f64 / 1e6 * 10_000.0 / self.checkpoint.series.max(1) as f64,
+            self.checkpoint.total_ms * 10_000.0 / self.checkpoint.series.max(1) as f64,
         )
     }
 }
@@ -181,6 +204,7 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
     let ring = vigil_models::Detector::new(cfg.detector.model_config(cfg.window.size)).max_bytes_per_series();
+    let checkpoint = checkpoint_cost(&core).await?;
     Ok(BenchReport {
         events,
         bytes,
@@ -192,5 +216,27 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
         batch_ms: [pct(0.5), pct(0.95), pct(0.99), lat.last().copied().unwrap_or(0.0)],
         batch,
         state_bytes_per_series: ring,
+        checkpoint,
     })
+}
+
+/// Takes one checkpoint of everything `core` holds, into a temporary local directory.
+async fn checkpoint_cost(core: &Processor) -> Result<CheckpointCost, EngineError> {
+    use vigil_pipeline::engine::{state::partition_section, PublishedIds, GLOBAL_SECTION};
+    use vigil_pipeline::store::{CheckpointStore, Section};
+    let t = Instant::now();
+    let mut sections = vec![Section { name: GLOBAL_SECTION.into(), bytes: core.snapshot_global(&PublishedIds::new(1))? }];
+    let mut series = 0;
+    for p in core.windower().positions() {
+        let (bytes, n) = core.snapshot_partition(&p)?;
+        series += n;
+        sections.push(Section { name: partition_section(&p.topic, p.partition), bytes });
+    }
+    let encode_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let dir = std::env::temp_dir().join(format!("vigil-bench-checkpoint-{}", std::process::id()));
+    let store = CheckpointStore::open(&dir.display().to_string(), &Default::default(), 1)?;
+    let written = store.write("bench", sections, serde_json::json!({})).await?;
+    let total_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(CheckpointCost { series, bytes: written.bytes, encode_ms, total_ms })
 }

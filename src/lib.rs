@@ -23,10 +23,9 @@
 
 pub mod backtest;
 pub mod bench;
-pub mod config;
 pub mod demo;
-pub mod engine;
 pub mod eval;
 
-pub use config::Config;
-pub use engine::{Engine, EngineError, Stats};
+pub use vigil_pipeline::{config, engine};
+pub use vigil_pipeline::config::Config;
+pub use vigil_pipeline::engine::{Engine, EngineError, Stats};

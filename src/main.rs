@@ -14,7 +14,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::ClientConfig;
 use vigil::config::Config;
 use vigil::demo::{GenStats, Scorecard, SimSpec, Simulation};
-use vigil::engine::{counters_fn, Engine, Stats};
+use vigil::engine::{metrics_fn, Engine, Stats};
 use vigil_models::Decision;
 use vigil_pipeline::ResultTables;
 use vigil_queries::SqlService;
@@ -39,6 +39,13 @@ enum Command {
     /// `kafka.decisions_topic` and undecodable records to `kafka.dlq_topic`, and serves SQL on
     /// `server.listen` (POST /sql). Every key can be overridden by an environment variable
     /// VIGIL_<SECTION>_<KEY>, e.g. VIGIL_KAFKA_BROKERS=host:9092 or VIGIL_WINDOW_SIZE=30s.
+    ///
+    /// State (every series' model, windows' progress, log templates) is checkpointed to
+    /// `checkpoint.url` every `checkpoint.interval` and restored at start, so a restart or a
+    /// crash resumes warm. Several instances with the same group id share the input partitions
+    /// (cooperative-sticky); a partition's state moves with it through the checkpoint store.
+    /// SIGTERM or SIGINT: stop polling, checkpoint, commit, flush, exit 0 within
+    /// `shutdown.grace`.
     Run {
         /// TOML configuration file (see `vigil config` for every key and its default).
         #[arg(long, short, env = "VIGIL_CONFIG")]
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let cli = Cli::parse();
     let res = match cli.command {
@@ -287,17 +295,17 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn serve_sql(listen: SocketAddr, tables: Arc<ResultTables>, counters: vigil_queries::CountersFn) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
+async fn serve_sql(listen: SocketAddr, tables: Arc<ResultTables>, probes: vigil_queries::Probes) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("config key `server.listen`: cannot listen on {listen}; choose a free address"))?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        if let Err(e) = vigil_queries::serve(listener, sql_service(tables), counters, async { let _ = rx.await; }).await {
+        if let Err(e) = vigil_queries::serve(listener, sql_service(tables), probes, async { let _ = rx.await; }).await {
             tracing::error!(error = %e, "SQL server stopped");
         }
     });
-    tracing::info!(%listen, "SQL server listening: POST /sql, GET /healthz, GET /metrics");
+    tracing::info!(%listen, "SQL server listening: POST /sql, GET /healthz, GET /readyz, GET /metrics");
     Ok(tx)
 }
 
@@ -318,15 +326,48 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config.as_deref())?;
     let tables = Arc::new(ResultTables::new());
     let mut engine = Engine::new(&cfg, tables.clone()).await?;
-    let stop_server = serve_sql(cfg.server.listen, tables, counters_fn(engine.stats(), engine.format_counters())).await?;
+    let stop_server = serve_sql(cfg.server.listen, tables, probes(&engine, &cfg)).await?;
     tracing::info!(brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.input_topics, group = %cfg.kafka.group_id, "running");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down: committing what is durable");
-    };
-    engine.run(shutdown, log_decision).await?;
+    engine.run(stop_signal(), log_decision).await?;
     let _ = stop_server.send(());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The probes and metrics the HTTP server reports for `engine`.
+fn probes(engine: &Engine, cfg: &Config) -> vigil_queries::Probes {
+    let stats = engine.stats();
+    // A step waits at most one poll timeout; allow for a slow window close on top.
+    let max_age = cfg.kafka.poll_timeout * 10 + Duration::from_secs(30);
+    let (h, r) = (stats.clone(), stats.clone());
+    vigil_queries::Probes {
+        metrics: metrics_fn(stats, engine.format_counters()),
+        health: Arc::new(move || h.health(max_age)),
+        ready: Arc::new(move || r.readiness()),
+    }
+}
+
+/// Resolves on SIGTERM (what Kubernetes and systemd send) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops Vigil cleanly");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr, seed: u64) -> anyhow::Result<ExitCode> {
@@ -360,6 +401,9 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     let log_mapping = vigil::config::LogMappingConfig { attribute_fields: vec!["host".into()], ..Default::default() };
     cfg.kafka.log_mappings.insert("app-logs".into(), log_mapping);
     cfg.server.listen = listen;
+    // The demo's state lives as long as the demo: checkpoints go to a temporary directory.
+    let state_dir = std::env::temp_dir().join(format!("vigil-demo-{}", std::process::id()));
+    cfg.checkpoint.url = state_dir.display().to_string();
     cfg.validate()?;
 
     let window_ms = cfg.window.size.as_millis() as i64;
@@ -392,7 +436,7 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     let tables = Arc::new(ResultTables::new());
     let mut engine = Engine::new(&cfg, tables.clone()).await?;
     let stats = engine.stats();
-    let stop_server = serve_sql(listen, tables.clone(), counters_fn(stats.clone(), engine.format_counters())).await?;
+    let stop_server = serve_sql(listen, tables.clone(), probes(&engine, &cfg)).await?;
 
     let gen_stats = Arc::new(GenStats::default());
     let gen = {
@@ -519,6 +563,7 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     // Clients first, then the cluster they talk to.
     drop(engine);
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&state_dir);
     Ok(if card.detected() == card.incidents.len() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 

@@ -37,7 +37,7 @@ impl Default for DrainConfig {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Template {
     id: u64,
     tokens: Vec<String>,
@@ -55,6 +55,18 @@ pub struct Mined<'a> {
     pub template: &'a str,
     /// The template was created by this message.
     pub new: bool,
+}
+
+/// A miner's templates and groups, as a checkpoint holds them (see [`Drain::export`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DrainState {
+    groups: Vec<(u64, Vec<usize>)>,
+    firsts: Vec<(u64, usize)>,
+    templates: Vec<Option<Template>>,
+    free: Vec<usize>,
+    live: usize,
+    clock: u64,
+    evicted: u64,
 }
 
 /// A 64-bit key of string parts (no allocation per message to look a group up).
@@ -96,6 +108,33 @@ impl Drain {
     pub fn new(cfg: DrainConfig) -> Self {
         assert!(cfg.similarity > 0.0 && cfg.similarity <= 1.0 && cfg.max_templates > 0, "validated by the config layer");
         Self { cfg, groups: HashMap::new(), firsts: HashMap::new(), templates: Vec::new(), free: Vec::new(), live: 0, clock: 0, evicted: 0 }
+    }
+
+    /// Everything the miner has learned, for a checkpoint.
+    pub fn export(&self) -> DrainState {
+        DrainState {
+            groups: self.groups.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            firsts: self.firsts.iter().map(|(k, v)| (*k, *v)).collect(),
+            templates: self.templates.clone(),
+            free: self.free.clone(),
+            live: self.live,
+            clock: self.clock,
+            evicted: self.evicted,
+        }
+    }
+
+    /// Replaces what the miner knows with a checkpoint's state. Slots out of range (a damaged
+    /// state) are dropped rather than trusted.
+    pub fn import(&mut self, st: DrainState) {
+        let n = st.templates.len();
+        self.groups = st.groups.into_iter().map(|(k, v)| (k, v.into_iter().filter(|i| *i < n).collect())).collect();
+        self.firsts = st.firsts.into_iter().collect();
+        self.free = st.free.into_iter().filter(|i| *i < n).collect();
+        self.templates = st.templates;
+        self.live = self.templates.iter().filter(|t| t.is_some()).count();
+        self.clock = st.clock;
+        self.evicted = st.evicted;
+        let _ = st.live;
     }
 
     /// Templates currently kept.

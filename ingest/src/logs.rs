@@ -217,6 +217,16 @@ pub struct OtlpLogsDecoder {
 }
 
 impl OtlpLogsDecoder {
+    /// The template miner (its state goes into checkpoints).
+    pub fn drain_mut(&mut self) -> &mut Drain {
+        &mut self.drain
+    }
+
+    /// The template miner.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
     /// A decoder for `encoding`, mining templates with `drain`, reporting into `counters`.
     pub fn new(encoding: OtlpEncoding, drain: DrainConfig, counters: Arc<IngestCounters>) -> Self {
         Self { encoding, drain: Drain::new(drain), counters, logs: Arc::default(), skipped_attributes: AtomicU64::new(0) }
@@ -342,6 +352,16 @@ pub struct JsonLogDecoder {
 }
 
 impl JsonLogDecoder {
+    /// The template miner (its state goes into checkpoints).
+    pub fn drain_mut(&mut self) -> &mut Drain {
+        &mut self.drain
+    }
+
+    /// The template miner.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
     /// A decoder for `mapping`; the error names what is wrong with it.
     pub fn new(mapping: LogMapping, drain: DrainConfig, counters: Arc<IngestCounters>) -> std::result::Result<Self, String> {
         mapping.validate()?;

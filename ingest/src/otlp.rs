@@ -67,9 +67,10 @@ pub struct OtlpCounters {
     pub skipped_attributes: AtomicU64,
 }
 
-/// The last point of a cumulative stream.
-#[derive(Debug, Clone)]
-struct Prev {
+/// The last point of a cumulative stream (opaque; checkpoints hold it, see
+/// [`OtlpMetricsDecoder::export`]).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct Prev {
     start: u64,
     time: u64,
     count: f64,
@@ -79,7 +80,7 @@ struct Prev {
 }
 
 /// A histogram's buckets as sent: explicit bounds, or an exponential layout.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 enum Layout {
     /// `(lower, upper]` bounds and counts.
     Explicit(Buckets),
@@ -122,7 +123,7 @@ impl Layout {
 
 /// Exponential histogram buckets by absolute index: index `i` covers `(base^i, base^(i+1)]`,
 /// `base = 2^(2^-scale)`; negative values mirror that.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
 struct ExpBuckets {
     scale: i32,
     zero_threshold: f64,
@@ -175,7 +176,7 @@ impl ExpBuckets {
 }
 
 /// Histogram buckets in one interval: `(lower, upper]` bounds and counts.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Default, Clone, PartialEq)]
 struct Buckets {
     bounds: Vec<(f64, f64)>,
     counts: Vec<u64>,
@@ -379,6 +380,18 @@ impl OtlpMetricsDecoder {
     fn skip(&self) {
         self.otlp.skipped_points.fetch_add(1, Ordering::Relaxed);
         self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The cumulative streams' last points (and the newest time seen), for a checkpoint: without
+    /// them the first point of every stream after a restart yields no rate.
+    pub fn export(&self) -> (Vec<(u64, Prev)>, u64) {
+        (self.streams.iter().map(|(k, v)| (*k, v.clone())).collect(), self.newest)
+    }
+
+    /// Takes cumulative streams from a checkpoint.
+    pub fn import(&mut self, streams: Vec<(u64, Prev)>, newest: u64) {
+        self.streams.extend(streams.into_iter().take(crate::otlp::MAX_STREAMS));
+        self.newest = self.newest.max(newest);
     }
 
     /// Cumulative streams currently remembered.

@@ -4,10 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::json::RawRecord;
 use crate::{Error, Result};
@@ -42,12 +44,72 @@ pub struct KafkaSourceConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+/// A change of the partitions this member owns, in the order the group coordinator made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    /// These partitions were taken away (before the next owner gets them).
+    Revoked(Vec<(Arc<str>, i32)>),
+    /// These partitions were given to this member.
+    Assigned(Vec<(Arc<str>, i32)>),
+}
+
+/// Records rebalances as they happen (librdkafka calls it from inside a poll), for the engine
+/// to act on once the poll returns.
+#[derive(Default)]
+pub struct RebalanceLog {
+    events: Mutex<Vec<RebalanceEvent>>,
+    /// Consumer lag per partition from librdkafka's latest statistics.
+    lag: Mutex<Vec<(String, i32, i64)>>,
+}
+
+impl RebalanceLog {
+    fn list(tpl: &TopicPartitionList) -> Vec<(Arc<str>, i32)> {
+        tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect()
+    }
+    fn push(&self, e: RebalanceEvent) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+    }
+}
+
+impl ClientContext for RebalanceLog {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag: Vec<(String, i32, i64)> = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0).map(|p| (t.topic.clone(), p.partition, p.consumer_lag)))
+            .collect();
+        lag.sort();
+        *self.lag.lock().unwrap_or_else(|p| p.into_inner()) = lag;
+    }
+}
+
+impl ConsumerContext for RebalanceLog {
+    fn pre_rebalance(&self, _base: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = tpl.count(), "rebalance: partitions revoked");
+                self.push(RebalanceEvent::Revoked(Self::list(tpl)));
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+    fn post_rebalance(&self, _base: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "rebalance: partitions assigned");
+            self.push(RebalanceEvent::Assigned(Self::list(tpl)));
+        }
+    }
+}
+
 /// A consumer-group member that reads batches of raw records and commits offsets on request only.
 ///
 /// Auto-commit is off: offsets move only when [`KafkaSource::commit`] is called, which the engine
-/// does after the results computed from those records are acknowledged by their sinks.
+/// does after the results computed from those records are durable. Partitions are assigned
+/// with `cooperative-sticky` unless the consumer properties say otherwise, so a member joining
+/// or leaving moves only the partitions it must; [`KafkaSource::take_rebalances`] says which.
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<RebalanceLog>,
     topics: HashMap<String, Arc<str>>,
     cfg: KafkaSourceConfig,
 }
@@ -67,11 +129,15 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Statistics carry the consumer lag per partition.
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
-        let consumer: StreamConsumer = cc.create().map_err(|e| Error::kafka("creating the consumer", e))?;
+        let consumer: StreamConsumer<RebalanceLog> =
+            cc.create_with_context(RebalanceLog::default()).map_err(|e| Error::kafka("creating the consumer", e))?;
         let names: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|e| Error::kafka(format!("subscribing to {names:?}"), e))?;
         let topics = cfg.topics.iter().map(|t| (t.clone(), Arc::<str>::from(t.as_str()))).collect();
@@ -127,6 +193,67 @@ impl KafkaSource {
             tpl.add_partition_offset(t, *p, Offset::Offset(*o)).map_err(|e| Error::kafka("building the commit list", e))?;
         }
         self.consumer.commit(&tpl, CommitMode::Sync).map_err(|e| Error::kafka("committing offsets", e))
+    }
+
+    /// The rebalances since the last call, oldest first.
+    pub fn take_rebalances(&self) -> Vec<RebalanceEvent> {
+        let mut g = self.consumer.context().events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::mem::take(&mut *g);
+        for e in out.iter_mut() {
+            let (RebalanceEvent::Revoked(l) | RebalanceEvent::Assigned(l)) = e;
+            for (t, _) in l.iter_mut() {
+                if let Some(known) = self.topics.get(&**t) {
+                    *t = known.clone();
+                }
+            }
+        }
+        out
+    }
+
+    /// Moves the read position of an assigned partition (to resume from a checkpoint that is
+    /// older than the group's committed offset). Records of that partition already returned
+    /// by [`Self::next_batch`] should be discarded by the caller: they will be read again.
+    pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
+        self.consumer
+            .seek(topic, partition, Offset::Offset(offset), Duration::from_secs(10))
+            .map_err(|e| Error::kafka(format!("seeking {topic}/{partition} to {offset}"), e))
+    }
+
+    /// Consumer lag per partition (records between this member's position and the partition's
+    /// end), as of librdkafka's latest statistics (every 5 s).
+    pub fn lag(&self) -> Vec<(Arc<str>, i32, i64)> {
+        let assigned = self.assignment();
+        self.consumer
+            .context()
+            .lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(t, p, l)| assigned.iter().find(|(at, ap)| **at == **t && ap == p).map(|(at, _)| (at.clone(), *p, *l)))
+            .collect()
+    }
+
+    /// Whether the client currently has a connection to a broker that answers (a metadata
+    /// request within `timeout`).
+    pub fn broker_reachable(&self, timeout: Duration) -> bool {
+        self.consumer.fetch_metadata(None, timeout).is_ok()
+    }
+
+    /// The offsets this group has committed for `partitions` (missing: none committed).
+    pub fn committed_for(&self, partitions: &[(Arc<str>, i32)], timeout: Duration) -> Result<Vec<(Arc<str>, i32, i64)>> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in partitions {
+            tpl.add_partition(t, *p);
+        }
+        let got = self.consumer.committed_offsets(tpl, timeout).map_err(|e| Error::kafka("reading committed offsets", e))?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((self.topics.get(e.topic()).cloned().unwrap_or_else(|| Arc::from(e.topic())), e.partition(), o)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// The partitions currently assigned to this member, as `(topic, partition)`.

@@ -252,6 +252,22 @@ impl DecisionRule {
         Self { cfg, last_high: HashMap::new() }
     }
 
+    /// Per series (of those `keep` selects): window start of its last anomaly at or above the
+    /// threshold, for a checkpoint.
+    pub fn export(&self, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, i64)> {
+        self.last_high.iter().filter(|(id, _)| keep(**id)).map(|(id, t)| (*id, *t)).collect()
+    }
+
+    /// Takes "already firing" state from a checkpoint.
+    pub fn import(&mut self, last_high: Vec<(u64, i64)>) {
+        self.last_high.extend(last_high);
+    }
+
+    /// Forgets the series `drop` selects.
+    pub fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
+        self.last_high.retain(|id, _| !drop(*id));
+    }
+
     /// Schema of the `decisions` table.
     pub fn table_schema() -> SchemaRef {
         decisions_schema()

@@ -126,7 +126,8 @@ pub struct Score {
 
 /// Tail counts of a part's recent statistics: two half-windows of log-spaced bins, the older
 /// half dropped when the newer fills up.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(from = "TailRepr", into = "TailRepr")]
 struct Tail {
     bins: [[u32; BINS]; 2],
     n: [u32; 2],
@@ -140,6 +141,32 @@ const Z0: f64 = 0.05;
 const STEP: f64 = 0.128_473;
 /// Exponent of the power-law tail beyond the largest statistic remembered.
 const TAIL_POWER: f64 = 2.0;
+
+/// How a [`Tail`] is written in a checkpoint: the two halves' bins in one list (serde has no
+/// arrays of 96).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TailRepr {
+    bins: Vec<u32>,
+    n: [u32; 2],
+    max: [f64; 2],
+    cur: u8,
+}
+
+impl From<Tail> for TailRepr {
+    fn from(t: Tail) -> Self {
+        Self { bins: t.bins.iter().flatten().copied().collect(), n: t.n, max: t.max, cur: t.cur as u8 }
+    }
+}
+
+impl From<TailRepr> for Tail {
+    fn from(r: TailRepr) -> Self {
+        let mut t = Tail { n: r.n, max: r.max, cur: (r.cur as usize).min(1), ..Tail::default() };
+        for (i, c) in r.bins.into_iter().take(2 * BINS).enumerate() {
+            t.bins[i / BINS][i % BINS] = c;
+        }
+        t
+    }
+}
 
 impl Default for Tail {
     fn default() -> Self {
@@ -218,7 +245,7 @@ impl Tail {
 
 /// A forecast handed over by the engine: expected value and 95% band per window from
 /// `first_ms` on, one every `step_ms`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Bands {
     first_ms: i64,
     step_ms: i64,
@@ -237,8 +264,9 @@ impl Bands {
     }
 }
 
-#[derive(Debug, Default, Clone)]
-struct SeriesState {
+/// One series' state, as a checkpoint holds it (see [`Detector::export`]).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SeriesState {
     values: VecDeque<f64>,
     resid: VecDeque<f64>,
     period: Option<usize>,
@@ -309,6 +337,21 @@ impl Detector {
     /// The settings.
     pub fn config(&self) -> &DetectorConfig {
         &self.cfg
+    }
+
+    /// The state of the series `keep` selects, for a checkpoint.
+    pub fn export(&self, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, SeriesState)> {
+        self.states.iter().filter(|(id, _)| keep(**id)).map(|(id, s)| (*id, s.clone())).collect()
+    }
+
+    /// Takes series state from a checkpoint (replacing what is held for those series).
+    pub fn import(&mut self, states: Vec<(u64, SeriesState)>) {
+        self.states.extend(states);
+    }
+
+    /// Forgets the series `drop` selects (their partition went to another member).
+    pub fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
+        self.states.retain(|id, _| !drop(*id));
     }
 
     /// Number of series with state.

@@ -74,7 +74,7 @@ impl Default for FleetConfig {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Member {
     id: u64,
     series: String,
@@ -87,8 +87,9 @@ struct Member {
     outlying: Option<bool>,
 }
 
-#[derive(Debug, Default)]
-struct Group {
+/// One group's members and their recent values, as a checkpoint holds it.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Group {
     label: String,
     members: BTreeMap<String, Member>,
 }
@@ -106,6 +107,21 @@ impl FleetDetector {
     /// A detector with no state.
     pub fn new(cfg: FleetConfig) -> Self {
         Self { cfg, groups: HashMap::new(), places: HashMap::new() }
+    }
+
+    /// Every group's state, for a checkpoint. Groups span partitions (the hosts of a service
+    /// may be keyed to different ones), so this state is not split by partition.
+    pub fn export(&self) -> Vec<(String, Group)> {
+        self.groups.iter().map(|(k, g)| (k.to_string(), g.clone())).collect()
+    }
+
+    /// Takes group state from a checkpoint (replacing groups of the same key).
+    pub fn import(&mut self, groups: Vec<(String, Group)>) {
+        for (k, g) in groups {
+            if self.groups.len() < self.cfg.max_groups || self.groups.contains_key(k.as_str()) {
+                self.groups.insert(k.into(), g);
+            }
+        }
     }
 
     /// Groups tracked.

@@ -371,8 +371,9 @@ pub struct ForecastJob {
     pub limit: Option<f64>,
 }
 
-#[derive(Debug, Default)]
-struct History {
+/// One series' forecast history, as a checkpoint holds it (see [`Forecaster::export`]).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct History {
     series: String,
     name: String,
     last_window_ms: i64,
@@ -403,6 +404,33 @@ impl Forecaster {
             refit_every_ms: refit_every_ms.max(window_ms.max(1)),
             next_refit_ms: None,
             series: Default::default(),
+        }
+    }
+
+    /// The histories of the series `keep` selects, for a checkpoint.
+    pub fn export(&self, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, History)> {
+        self.series.iter().filter(|(id, _)| keep(**id)).map(|(id, h)| (*id, h.clone())).collect()
+    }
+
+    /// Takes histories from a checkpoint (replacing what is held for those series).
+    pub fn import(&mut self, series: Vec<(u64, History)>) {
+        self.series.extend(series);
+    }
+
+    /// Forgets the series `drop` selects.
+    pub fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
+        self.series.retain(|id, _| !drop(*id));
+    }
+
+    /// Event time of the next refit (`None` before any value), for a checkpoint.
+    pub fn next_refit(&self) -> Option<i64> {
+        self.next_refit_ms
+    }
+
+    /// Restores the event time of the next refit.
+    pub fn set_next_refit(&mut self, at: Option<i64>) {
+        if at.is_some() {
+            self.next_refit_ms = at;
         }
     }
 

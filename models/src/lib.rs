@@ -30,11 +30,11 @@ mod forecast;
 mod sql;
 
 pub use decision::{anomalies_schema, decisions_schema, Decision, DecisionConfig, DecisionRule, Evidence, Recommendation, SeriesRef};
-pub use detector::{Detector, DetectorConfig, Part, Score};
+pub use detector::{Detector, DetectorConfig, Part, Score, SeriesState};
 pub use error::{Error, Result};
-pub use fleet::{Algorithm as FleetAlgorithm, FleetConfig, FleetDetector};
+pub use fleet::{Algorithm as FleetAlgorithm, FleetConfig, FleetDetector, Group as FleetGroup};
 pub use sql::{sql_functions, SqlFunctions};
 pub use forecast::{
     detect_period, forecast, forecasts_schema, mase, run_forecasts, seasonal_naive, smape, time_to_threshold, Crossing, ForecastConfig, ForecastJob,
-    Forecaster, Method, SeriesForecast,
+    Forecaster, History as ForecastHistory, Method, SeriesForecast,
 };

@@ -46,11 +46,17 @@ impl ClosedWindow {
 pub struct PushStats {
     /// Rows added to open windows.
     pub accepted: usize,
-    /// Rows dropped because their window had already closed.
+    /// Rows behind the watermark (kept aside, see [`Windower::take_late`]).
     pub late: usize,
+    /// Rows replayed after a restore whose window was processed before the checkpoint.
+    pub replayed: usize,
 }
 
 type PartKey = (Arc<str>, i32);
+
+/// Window-start markers of rows that join no window.
+const LATE: i64 = i64::MIN;
+const SKIPPED: i64 = i64::MIN + 1;
 
 #[derive(Debug, Default)]
 struct OpenWindow {
@@ -84,13 +90,76 @@ pub struct Windower {
     /// Per partition: highest event time delivered and when it last delivered anything.
     part_max: HashMap<PartKey, (i64, std::time::Instant)>,
     late_total: u64,
+    /// Restored partitions: rows below `fence` were seen before the checkpoint; those whose
+    /// window had closed by the checkpoint's watermark are skipped on replay.
+    fences: HashMap<PartKey, Fence>,
+    /// Rows behind the watermark since the last [`Self::take_late`].
+    late: Vec<LateRows>,
+    replayed_total: u64,
+}
+
+/// A restored partition's replay fence.
+#[derive(Debug, Clone, Copy)]
+struct Fence {
+    /// Next offset after everything consumed before the checkpoint.
+    offset: i64,
+    /// The watermark at the checkpoint: windows ending at or before it were processed.
+    watermark: i64,
+    /// Lowest offset the checkpoint still needed (its resume point): nothing below it may be
+    /// committed until the windows open at the checkpoint have closed.
+    resume: i64,
+    /// End of the newest window open at the checkpoint.
+    open_until: i64,
+}
+
+/// Rows that arrived behind the watermark: kept as a side output, not dropped.
+#[derive(Debug, Clone)]
+pub struct LateRows {
+    /// The rows, in the points schema (or the logs schema when `logs`).
+    pub rows: RecordBatch,
+    /// Where each row came from.
+    pub positions: Vec<SourcePos>,
+    /// Whether the rows are log rows.
+    pub logs: bool,
+    /// The watermark they were behind.
+    pub watermark: i64,
+}
+
+/// Where one input partition stands, as a checkpoint records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionPosition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset to resume reading from: the lowest offset still held by an open window, or the
+    /// next offset after everything consumed.
+    pub resume: i64,
+    /// Next offset after everything consumed (rows below it were seen).
+    pub fence: i64,
+    /// Highest event time the partition delivered (`i64::MIN` if none).
+    pub max_event_ms: i64,
+    /// The watermark when the checkpoint was taken.
+    pub watermark: i64,
+    /// End of the newest window open when the checkpoint was taken.
+    pub open_until: i64,
 }
 
 impl Windower {
     /// A windower with no state.
     pub fn new(cfg: WindowConfig) -> Self {
         assert!(cfg.size_ms > 0 && cfg.allowed_lag_ms >= 0, "validated by the config layer");
-        Self { cfg, watermark: i64::MIN, open: BTreeMap::new(), next_offset: HashMap::new(), part_max: HashMap::new(), late_total: 0 }
+        Self {
+            cfg,
+            watermark: i64::MIN,
+            open: BTreeMap::new(),
+            next_offset: HashMap::new(),
+            part_max: HashMap::new(),
+            late_total: 0,
+            fences: HashMap::new(),
+            late: Vec::new(),
+            replayed_total: 0,
+        }
     }
 
     /// The current watermark (epoch ms), `None` before any row.
@@ -98,7 +167,7 @@ impl Windower {
         (self.watermark != i64::MIN).then_some(self.watermark)
     }
 
-    /// Rows dropped as late so far.
+    /// Rows behind the watermark so far.
     pub fn late_total(&self) -> u64 {
         self.late_total
     }
@@ -178,17 +247,23 @@ impl Windower {
         let mut wm = self.watermark;
         let mut starts: Vec<i64> = Vec::with_capacity(n);
         let mut late = 0usize;
+        let mut replayed = 0usize;
         let mut last_key: Option<PartKey> = None;
         for (i, &t) in ts.iter().enumerate() {
             let start = t - t.rem_euclid(size);
             let end = start.saturating_add(size);
-            if end <= wm {
-                starts.push(i64::MIN);
+            let p = &positions[i];
+            let fence = if self.fences.is_empty() { None } else { self.fences.get(&(p.topic.clone(), p.partition)) };
+            if fence.is_some_and(|f| p.offset < f.offset && end <= f.watermark) {
+                // Seen before the checkpoint, in a window that was processed then.
+                starts.push(SKIPPED);
+                replayed += 1;
+            } else if end <= wm {
+                starts.push(LATE);
                 late += 1;
             } else {
                 starts.push(start);
             }
-            let p = &positions[i];
             let same = matches!(&last_key, Some((tp, pp)) if *pp == p.partition && Arc::ptr_eq(tp, &p.topic));
             if !same {
                 last_key = Some((p.topic.clone(), p.partition));
@@ -212,9 +287,16 @@ impl Windower {
         }
         self.watermark = wm;
         self.late_total += late as u64;
+        self.replayed_total += replayed as u64;
+        if late > 0 {
+            let mask: BooleanArray = starts.iter().map(|s| Some(*s == LATE)).collect();
+            let rows = filter_record_batch(points, &mask)?;
+            let positions = starts.iter().zip(positions).filter(|(s, _)| **s == LATE).map(|(_, p)| p.clone()).collect();
+            self.late.push(LateRows { rows, positions, logs, watermark: wm });
+        }
 
         // Pass 2: split rows by window. A poll usually spans one or two windows.
-        let mut distinct: Vec<i64> = starts.iter().copied().filter(|s| *s != i64::MIN).collect();
+        let mut distinct: Vec<i64> = starts.iter().copied().filter(|s| *s != LATE && *s != SKIPPED).collect();
         distinct.sort_unstable();
         distinct.dedup();
         for start in distinct {
@@ -240,7 +322,7 @@ impl Windower {
                 }
             }
         }
-        Ok(PushStats { accepted: n - late, late })
+        Ok(PushStats { accepted: n - late - replayed, late, replayed })
     }
 
     /// Removes and returns, oldest first, every window whose end the watermark has reached.
@@ -270,16 +352,97 @@ impl Windower {
     /// the lowest offset still held by an open window, or else the next offset after everything
     /// consumed. Call it only after the results of closed windows are durable.
     pub fn commit_positions(&self) -> Vec<(Arc<str>, i32, i64)> {
-        let mut out: Vec<(Arc<str>, i32, i64)> = self
-            .next_offset
-            .iter()
-            .map(|((t, p), next)| {
-                let held = self.open.values().filter_map(|w| w.min_offset.get(&(t.clone(), *p))).min();
-                (t.clone(), *p, held.map_or(*next, |h| (*h).min(*next)))
+        let mut keys: Vec<&PartKey> = self.next_offset.keys().chain(self.fences.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter().filter_map(|k| Some((k.0.clone(), k.1, self.resume_of(k)?))).collect()
+    }
+
+    /// Where reading partition `k` must resume for nothing held to be lost.
+    fn resume_of(&self, k: &PartKey) -> Option<i64> {
+        let held = self.open.values().filter_map(|w| w.min_offset.get(k)).min().copied();
+        // The windows open at a restored checkpoint hold rows below its resume point until
+        // they close again.
+        let floor = self.fences.get(k).filter(|f| self.watermark < f.open_until).map(|f| f.resume);
+        let next = self.next_offset.get(k).copied().or(self.fences.get(k).map(|f| f.resume));
+        [held, floor, next].into_iter().flatten().min()
+    }
+
+    /// Where every partition seen stands, for a checkpoint (taken between steps, after the
+    /// results of closed windows are durable).
+    pub fn positions(&self) -> Vec<PartitionPosition> {
+        let open_until = self.open.keys().next_back().map_or(i64::MIN, |s| s + self.cfg.size_ms);
+        self.commit_positions()
+            .into_iter()
+            .map(|(t, p, resume)| {
+                let k = (t.clone(), p);
+                let fence = self.next_offset.get(&k).copied().or(self.fences.get(&k).map(|f| f.offset)).unwrap_or(resume);
+                let open_until = open_until.max(self.fences.get(&k).map_or(i64::MIN, |f| f.open_until));
+                PartitionPosition {
+                    topic: t.to_string(),
+                    partition: p,
+                    resume,
+                    fence: fence.max(resume),
+                    max_event_ms: self.part_max.get(&k).map_or(i64::MIN, |m| m.0),
+                    watermark: self.watermark,
+                    open_until,
+                }
             })
-            .collect();
-        out.sort();
-        out
+            .collect()
+    }
+
+    /// Continues a partition from a checkpoint: its event-time progress counts towards the
+    /// watermark, and rows below its fence whose window was processed before the checkpoint are
+    /// skipped when they are read again. A windower with no watermark yet takes the
+    /// checkpoint's.
+    pub fn restore(&mut self, pos: &PartitionPosition) {
+        let k: PartKey = (Arc::from(pos.topic.as_str()), pos.partition);
+        if self.watermark == i64::MIN || pos.watermark < self.watermark && self.open.is_empty() && self.next_offset.is_empty() {
+            self.watermark = pos.watermark;
+        }
+        self.part_max.insert(k.clone(), (pos.max_event_ms, std::time::Instant::now()));
+        self.fences.insert(k, Fence { offset: pos.fence, watermark: pos.watermark, resume: pos.resume, open_until: pos.open_until });
+    }
+
+    /// Stops tracking partitions this consumer no longer owns: their offsets are never
+    /// committed again, and they stop holding the watermark. Rows already in open windows stay
+    /// unless removed with [`Self::drop_series`].
+    pub fn revoke(&mut self, partitions: &[(Arc<str>, i32)]) {
+        for k in partitions {
+            self.next_offset.remove(k);
+            self.part_max.remove(k);
+            self.fences.remove(k);
+            for w in self.open.values_mut() {
+                w.min_offset.remove(k);
+            }
+        }
+    }
+
+    /// Removes from the open windows the point rows of the series `drop` selects (a revoked
+    /// partition's series: the new owner replays them from its checkpoint).
+    pub fn drop_series(&mut self, drop: &dyn Fn(u64) -> bool) -> Result<usize> {
+        let mut removed = 0;
+        for w in self.open.values_mut() {
+            for b in w.batches.iter_mut() {
+                let ids = b.column(1).as_primitive::<arrow::datatypes::UInt64Type>();
+                let mask: BooleanArray = ids.values().iter().map(|id| Some(!drop(*id))).collect();
+                let before = b.num_rows();
+                *b = filter_record_batch(b, &mask)?;
+                removed += before - b.num_rows();
+            }
+            w.batches.retain(|b| b.num_rows() > 0);
+        }
+        Ok(removed)
+    }
+
+    /// Rows that arrived behind the watermark since the last call.
+    pub fn take_late(&mut self) -> Vec<LateRows> {
+        std::mem::take(&mut self.late)
+    }
+
+    /// Rows skipped on replay because their window was processed before the checkpoint.
+    pub fn replayed_total(&self) -> u64 {
+        self.replayed_total
     }
 
     /// The number of rows in open windows (for progress reporting).
@@ -336,7 +499,7 @@ mod tests {
         let mut w = windower();
         let (b, p) = batch(&[(0, 12_000), (1, 14_000), (2, 9_000), (3, 5_000)]);
         let s = w.push(&b, &p).unwrap();
-        assert_eq!(s, PushStats { accepted: 4, late: 0 });
+        assert_eq!(s, PushStats { accepted: 4, late: 0, replayed: 0 });
         let (b, p) = batch(&[(4, 16_000)]);
         w.push(&b, &p).unwrap();
         let closed = w.take_closed();
@@ -352,7 +515,7 @@ mod tests {
         assert_eq!(w.take_closed().len(), 1); // [0,10s) closed at watermark 16s
         let (b, p) = batch(&[(2, 9_999), (3, 10_500), (4, 15_000)]);
         let s = w.push(&b, &p).unwrap();
-        assert_eq!(s, PushStats { accepted: 2, late: 1 });
+        assert_eq!(s, PushStats { accepted: 2, late: 1, replayed: 0 });
         assert_eq!(w.late_total(), 1);
     }
 
@@ -444,5 +607,51 @@ mod tests {
         let mut w2 = windower();
         w2.consumed(&[SourcePos { topic: "m".into(), partition: 1, offset: 41 }]);
         assert_eq!(w2.commit_positions(), vec![("m".into(), 1, 42)]);
+    }
+
+    #[test]
+    fn a_restored_partition_skips_rows_of_windows_processed_before_the_checkpoint() {
+        // Before the crash: rows at offsets 0..=4, windows [0,10s) closed, [10s,20s) open.
+        let mut w = windower();
+        let (b, p) = batch(&[(0, 1_000), (1, 9_000), (2, 12_000), (3, 14_000), (4, 16_000)]);
+        w.push(&b, &p).unwrap();
+        assert_eq!(w.take_closed().iter().map(|c| c.start_ms).collect::<Vec<_>>(), vec![0]);
+        let pos = w.positions();
+        assert_eq!(pos.len(), 1);
+        assert_eq!((pos[0].resume, pos[0].fence, pos[0].watermark), (2, 5, 11_000));
+
+        // After: a fresh windower restored from that position reads from the resume point on.
+        let mut r = windower();
+        r.restore(&pos[0]);
+        assert_eq!(r.watermark(), Some(11_000));
+        assert_eq!(r.commit_positions(), vec![("m".into(), 0, 2)], "nothing below the resume point is committed yet");
+        // Replayed from offset 0 (an older committed offset): rows of [0,10s) are skipped, not late.
+        let (b, p) = batch(&[(0, 1_000), (1, 9_000), (2, 12_000), (3, 14_000), (4, 16_000), (5, 26_000)]);
+        let s = r.push(&b, &p).unwrap();
+        assert_eq!(s, PushStats { accepted: 4, late: 0, replayed: 2 });
+        assert!(r.take_late().is_empty());
+        let closed = r.take_closed();
+        assert_eq!(closed.iter().map(|c| (c.start_ms, c.rows())).collect::<Vec<_>>(), vec![(10_000, 3)], "the open window is rebuilt whole");
+        // A row below the fence in a window that was open is kept; a new row behind the
+        // watermark is late as usual.
+        let (b, p) = batch(&[(6, 3_000)]);
+        assert_eq!(r.push(&b, &p).unwrap().late, 1);
+    }
+
+    #[test]
+    fn a_revoked_partition_is_never_committed_again_and_its_series_leave_open_windows() {
+        let mut w = windower();
+        let (b, p) = batch_on(0, &[(0, 1_000), (1, 2_000)]);
+        w.push(&b, &p).unwrap();
+        let (b, p) = batch_on(1, &[(0, 1_500)]);
+        w.push(&b, &p).unwrap();
+        assert_eq!(w.commit_positions().len(), 2);
+        w.revoke(&[("m".into(), 1)]);
+        assert_eq!(w.commit_positions(), vec![("m".into(), 0, 0)]);
+        assert_eq!(w.buffered_rows(), 3);
+        // Every test row is series "x": dropping it empties the windows.
+        let id = vigil_ingest::series_id(&vigil_ingest::series_key("x", []));
+        assert_eq!(w.drop_series(&|s| s == id).unwrap(), 3);
+        assert_eq!(w.buffered_rows(), 0);
     }
 }

@@ -12,33 +12,60 @@ use tokio::net::TcpListener;
 
 use crate::SqlService;
 
-/// Produces the engine's counters as `(metric name, help, value)` for `GET /metrics`.
-pub type CountersFn = Arc<dyn Fn() -> Vec<(String, String, u64)> + Send + Sync>;
+pub use vigil_pipeline::engine::{Metric, MetricKind, MetricsFn};
+
+/// A probe for `GET /healthz` or `GET /readyz`: whether it passes, and a JSON body saying why.
+pub type ProbeFn = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
+
+/// What the HTTP server reports about the engine besides SQL.
+#[derive(Clone)]
+pub struct Probes {
+    /// `GET /metrics`.
+    pub metrics: MetricsFn,
+    /// `GET /healthz`: 200 when the engine is stepping and the broker answers, else 503.
+    pub health: ProbeFn,
+    /// `GET /readyz`: 200 once state is restored and partitions are assigned, else 503.
+    pub ready: ProbeFn,
+}
+
+impl Probes {
+    /// Probes that always pass, with these metrics (for a server without an engine).
+    pub fn metrics_only(metrics: MetricsFn) -> Self {
+        let ok: ProbeFn = Arc::new(|| (true, serde_json::json!({ "status": "ok" })));
+        Self { metrics, health: ok.clone(), ready: ok }
+    }
+}
 
 #[derive(Clone)]
 struct AppState {
     sql: SqlService,
-    counters: CountersFn,
+    probes: Probes,
 }
 
 /// The HTTP routes (see the crate docs).
-pub fn router(sql: SqlService, counters: CountersFn) -> Router {
+pub fn router(sql: SqlService, probes: Probes) -> Router {
     Router::new()
         .route("/sql", post(run_sql))
         .route("/tables", get(tables))
-        .route("/healthz", get(|| async { json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()) }))
+        .route("/healthz", get(|State(st): State<AppState>| async move { probe(&st.probes.health) }))
+        .route("/readyz", get(|State(st): State<AppState>| async move { probe(&st.probes.ready) }))
         .route("/metrics", get(metrics))
-        .with_state(AppState { sql, counters })
+        .with_state(AppState { sql, probes })
+}
+
+fn probe(f: &ProbeFn) -> Response {
+    let (ok, body) = f();
+    json(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body.to_string().into_bytes())
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     sql: SqlService,
-    counters: CountersFn,
+    probes: Probes,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(sql, counters)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(sql, probes)).with_graceful_shutdown(shutdown).await
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response {
@@ -68,13 +95,16 @@ async fn metrics(State(st): State<AppState>) -> Response {
     let mut out = String::new();
     // Samples of one family (`name{labels}`) come together; HELP and TYPE once per family.
     let mut family = String::new();
-    for (name, help, value) in (st.counters)() {
-        let fam = name.split('{').next().unwrap_or(&name);
+    for m in (st.probes.metrics)() {
+        let mut fam = m.name.split('{').next().unwrap_or(&m.name);
+        if m.kind == MetricKind::Histogram {
+            fam = fam.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+        }
         if fam != family {
             family = fam.to_string();
-            out.push_str(&format!("# HELP {fam} {help}\n# TYPE {fam} counter\n"));
+            out.push_str(&format!("# HELP {fam} {}\n# TYPE {fam} {}\n", m.help, m.kind.name()));
         }
-        out.push_str(&format!("{name} {value}\n"));
+        out.push_str(&format!("{} {}\n", m.name, m.value));
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -10,12 +10,14 @@
 //! - `POST /sql` with the query as the body: `200` and a JSON array of row objects, or `400` and
 //!   `{"error": "..."}`;
 //! - `GET /tables`: the table names;
-//! - `GET /healthz`: `{"status":"ok"}`;
-//! - `GET /metrics`: the engine's counters in the Prometheus text format.
+//! - `GET /healthz`: 200 while the engine steps and its broker answers, else 503 with why;
+//! - `GET /readyz`: 200 once state is restored and partitions are assigned, else 503;
+//! - `GET /metrics`: the engine's counters, gauges and latency histogram in the Prometheus
+//!   text format.
 #![deny(missing_docs)]
 
 mod http;
 mod service;
 
-pub use http::{router, serve, CountersFn};
+pub use http::{router, serve, Metric, MetricKind, MetricsFn, ProbeFn, Probes};
 pub use service::{Error, SqlService};

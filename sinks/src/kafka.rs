@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::config::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use vigil_ingest::Rejected;
 use vigil_models::Decision;
@@ -31,6 +31,14 @@ pub enum Error {
         total: usize,
         /// The first error.
         first: rdkafka::error::KafkaError,
+    },
+    /// Occurs when a topic cannot be read back (the decisions topic's tail at start).
+    #[error("reading `{topic}`: {source}")]
+    Read {
+        /// Topic read.
+        topic: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
     },
     /// Occurs when a decision cannot be serialised (a bug in Vigil).
     #[error("serialising a decision: {0}")]
@@ -176,4 +184,123 @@ impl DeadLetterSink {
         });
         deliver(&self.producer, &self.topic, records).await
     }
+}
+
+/// Publishes rows that arrived behind the watermark to the late topic: one JSON object per row
+/// (the row as decoded), with the reason, the watermark and the source position in headers.
+pub struct LateSink {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for LateSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LateSink").field("topic", &self.topic).finish()
+    }
+}
+
+/// One late row to publish.
+#[derive(Debug)]
+pub struct LateRecord<'a> {
+    /// The row as JSON.
+    pub json: &'a [u8],
+    /// Why it is late.
+    pub reason: &'a str,
+    /// Where it came from.
+    pub pos: &'a vigil_ingest::SourcePos,
+}
+
+impl LateSink {
+    /// A sink writing to `topic`.
+    pub fn new(cfg: &KafkaSinkConfig, topic: &str) -> Result<Self> {
+        Ok(Self { producer: producer(cfg)?, topic: topic.to_string() })
+    }
+
+    /// Waits for anything still queued (at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+
+    /// Sends the rows and waits for the broker's acknowledgement.
+    pub async fn publish(&self, rows: &[LateRecord<'_>]) -> Result<usize> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let meta: Vec<[String; 3]> = rows.iter().map(|r| [r.pos.topic.to_string(), r.pos.partition.to_string(), r.pos.offset.to_string()]).collect();
+        let records = rows.iter().zip(&meta).map(|(r, m)| {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "vigil.late.reason", value: Some(r.reason) })
+                .insert(Header { key: DLQ_HEADERS[2], value: Some(m[0].as_str()) })
+                .insert(Header { key: DLQ_HEADERS[3], value: Some(m[1].as_str()) })
+                .insert(Header { key: DLQ_HEADERS[4], value: Some(m[2].as_str()) })
+                .insert(Header { key: "content-type", value: Some("application/json") });
+            FutureRecord::<[u8], [u8]>::to(&self.topic).payload(r.json).headers(headers)
+        });
+        deliver(&self.producer, &self.topic, records).await
+    }
+}
+
+/// The CloudEvents ids (`ce_id`) of the newest `per_partition` records of every partition of
+/// `topic`: what was already published, so a replay after a crash does not publish it again.
+/// A topic that does not exist yet has none.
+pub fn published_ids(brokers: &str, topic: &str, per_partition: usize, timeout: Duration) -> Result<std::collections::HashSet<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    use rdkafka::{Offset, TopicPartitionList};
+    let mut ids = std::collections::HashSet::new();
+    if per_partition == 0 {
+        return Ok(ids);
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "vigil-published-ids")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(Error::Create)?;
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| Error::Read { topic: topic.to_string(), source: e })?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (lo, hi) = consumer.fetch_watermarks(topic, p.id(), timeout).map_err(|e| Error::Read { topic: topic.to_string(), source: e })?;
+            if hi > lo {
+                let from = (hi - per_partition as i64).max(lo);
+                tpl.add_partition_offset(topic, p.id(), Offset::Offset(from)).map_err(|e| Error::Read { topic: topic.to_string(), source: e })?;
+                ends.insert(p.id(), hi);
+            }
+        }
+    }
+    if ends.is_empty() {
+        return Ok(ids);
+    }
+    consumer.assign(&tpl).map_err(|e| Error::Read { topic: topic.to_string(), source: e })?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Read { topic: topic.to_string(), source: rdkafka::error::KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::OperationTimedOut) });
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                if let Some(h) = m.headers() {
+                    for i in 0..h.count() {
+                        let hd = h.get(i);
+                        if hd.key == "ce_id" {
+                            if let Some(v) = hd.value {
+                                ids.insert(String::from_utf8_lossy(v).into_owned());
+                            }
+                        }
+                    }
+                }
+            }
+            // The end of a partition as the broker reports it while fetching (some brokers'
+            // answer to a watermark request is not the true end).
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ends.remove(&p);
+            }
+            Some(Err(e)) => return Err(Error::Read { topic: topic.to_string(), source: e }),
+            None => {}
+        }
+    }
+    Ok(ids)
 }

@@ -6,11 +6,16 @@
 //! - [`DeadLetterSink`] publishes records that did not decode, unchanged, to the dead-letter
 //!   topic, with the reason and the source topic, partition and offset in headers.
 //!
-//! Both report failures as errors instead of dropping anything: the engine commits input offsets
+//! - [`LateSink`] publishes rows that arrived behind the watermark to the late topic, with the
+//!   reason, instead of dropping them.
+//! - [`published_ids`] reads the tail of the decisions topic back, so that after a crash the
+//!   decisions replayed from the input are not published a second time.
+//!
+//! All report failures as errors instead of dropping anything: the engine commits input offsets
 //! only after these calls return `Ok`, which is what makes delivery at-least-once (and, with
 //! deterministic decision ids, effectively once for consumers that deduplicate on `ce_id`).
 #![deny(missing_docs)]
 
 mod kafka;
 
-pub use kafka::{DeadLetterSink, DecisionSink, Error, KafkaSinkConfig, Result, DLQ_HEADERS};
+pub use kafka::{published_ids, DeadLetterSink, DecisionSink, Error, KafkaSinkConfig, LateRecord, LateSink, Result, DLQ_HEADERS};

@@ -23,6 +23,7 @@ impl Kafka {
         cluster.create_topic("metrics", input_partitions, 1).unwrap();
         cluster.create_topic("vigil.dlq", 1, 1).unwrap();
         cluster.create_topic("vigil.decisions", 2, 1).unwrap();
+        cluster.create_topic("vigil.late", 1, 1).unwrap();
         Self { cluster, brokers }
     }
 
@@ -31,6 +32,11 @@ impl Kafka {
         c.kafka.brokers = self.brokers.clone();
         c.kafka.group_id = group.into();
         c.kafka.poll_timeout = Duration::from_millis(100);
+        // A member that went away is noticed within seconds, not librdkafka's default 45.
+        c.kafka.consumer.insert("session.timeout.ms".into(), "6000".into());
+        c.kafka.consumer.insert("heartbeat.interval.ms".into(), "500".into());
+        // Each test's checkpoints in a directory of its own.
+        c.checkpoint.url = std::env::temp_dir().join(format!("vigil-e2e-{group}-{}", rand_id())).display().to_string();
         c.validate().unwrap();
         c
     }
@@ -152,4 +158,13 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &s
 
 pub fn tables() -> Arc<vigil_pipeline::ResultTables> {
     Arc::new(vigil_pipeline::ResultTables::new())
+}
+
+/// Logs of the engine in the test's output (shown when it fails), filtered by `RUST_LOG`.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
 }

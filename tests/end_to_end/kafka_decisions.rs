@@ -4,7 +4,6 @@
 
 
 
-use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -49,7 +48,7 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     // The last window stays open (the watermark, 5 s behind the newest point, has not passed its end).
     let closable = (WINDOWS - 1) as u64;
     let first = step_until(&mut engine, Duration::from_secs(120), |s| Stats::get(&s.windows_closed) >= closable).await;
-    engine.commit().unwrap();
+    engine.commit().await.unwrap();
 
     // Exactly one decision, about the spiking series.
     let spiking = vigil_ingest::series_key("cpu_utilization", [("host", "h07"), ("service", "checkout")]);
@@ -97,8 +96,14 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     // SQL over HTTP, with a real TCP client.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let counters = vigil::engine::counters_fn(engine.stats(), engine.format_counters());
-    tokio::spawn(vigil_queries::serve(listener, vigil_queries::SqlService::new(tables.clone()), counters, std::future::pending()));
+    let stats = engine.stats();
+    let (h, r) = (stats.clone(), stats.clone());
+    let probes = vigil_queries::Probes {
+        metrics: vigil::engine::metrics_fn(stats, engine.format_counters()),
+        health: std::sync::Arc::new(move || h.health(Duration::from_secs(60))),
+        ready: std::sync::Arc::new(move || r.readiness()),
+    };
+    tokio::spawn(vigil_queries::serve(listener, vigil_queries::SqlService::new(tables.clone()), probes, std::future::pending()));
     let (status, body) = http(addr, "POST", "/sql", "select series, kind from decisions").await;
     assert_eq!(status, 200, "{body}");
     let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -111,20 +116,26 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     let (status, body) = http(addr, "POST", "/sql", "select nope from decisions").await;
     assert_eq!(status, 400);
     assert!(body.contains("error"), "{body}");
-    let (status, _) = http(addr, "GET", "/healthz", "").await;
-    assert_eq!(status, 200);
+    let (status, body) = http(addr, "GET", "/healthz", "").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(addr, "GET", "/readyz", "").await;
+    assert_eq!(status, 200, "ready once partitions are assigned: {body}");
     let (_, metrics) = http(addr, "GET", "/metrics", "").await;
     assert!(metrics.contains("vigil_decisions_total 1"), "{metrics}");
+    assert!(metrics.contains("# TYPE vigil_window_close_to_ack_seconds histogram"), "{metrics}");
+    assert!(metrics.contains("vigil_window_close_to_ack_seconds_count "), "{metrics}");
+    assert!(metrics.contains("vigil_watermark_seconds "), "{metrics}");
     assert!(metrics.contains("vigil_format_records_total{format=\"json\"} "), "{metrics}");
     assert_eq!(metrics.matches("# TYPE vigil_format_rejected_total counter").count(), 1, "{metrics}");
 
-    // Replay the same input under another group: the same decision, with the same id.
+    // Replay the same input under another group: the same decision is derived, with the same id,
+    // and since the decisions topic already holds that id it is not published a second time.
     let mut replay = vigil::Engine::new(&kafka.config("vigil-e2e-replay"), crate::common::tables()).await.unwrap();
     let second = step_until(&mut replay, Duration::from_secs(120), |s| Stats::get(&s.windows_closed) >= closable).await;
-    let ids = |d: &[vigil_models::Decision]| d.iter().map(|d| d.id.clone()).collect::<BTreeSet<_>>();
-    assert_eq!(ids(&first), ids(&second));
-    let on_topic = kafka.read_all("vigil.decisions", 2, Duration::from_secs(10));
-    assert_eq!(on_topic.len(), 2);
-    assert_eq!(on_topic[0].header("ce_id"), on_topic[1].header("ce_id"), "consumers can deduplicate on ce_id");
+    assert!(second.is_empty(), "republished: {second:?}");
+    assert_eq!(Stats::get(&replay.stats().decisions_deduplicated), 1, "the replayed decision had the id already on the topic");
+    let on_topic = kafka.read_all("vigil.decisions", 1, Duration::from_secs(10));
+    assert_eq!(on_topic.len(), 1);
+    assert_eq!(on_topic[0].header("ce_id"), Some(first[0].id.as_str()));
     assert_eq!(engine.stats().records.load(Ordering::Relaxed), input.len() as u64);
 }

@@ -1,12 +1,13 @@
-//! Offsets follow acknowledgements: when the broker refuses the decisions, the engine stops with
-//! an error and the input offsets of the window that produced them are not committed.
+//! Offsets follow acknowledgements: when the broker refuses the decisions, the engine holds them
+//! and retries (it does not stop), the input offsets of the window that produced them are not
+//! committed, and a stop asked for meanwhile ends with an error naming what was not delivered.
 
-
-
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use vigil::Stats;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,27 +22,33 @@ async fn offsets_are_not_committed_past_decisions_the_broker_did_not_acknowledge
     kafka.produce(&input).await;
 
     let mut cfg = kafka.config("vigil-delivery");
-    cfg.kafka.delivery_timeout = Duration::from_secs(3);
+    cfg.kafka.delivery_timeout = Duration::from_secs(2);
     let mut engine = vigil::Engine::new(&cfg, tables()).await.unwrap();
     // The broker now refuses every produce request: the decision about window 30 cannot be acked.
-    kafka.cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64]);
+    kafka.cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 100_000]);
 
     let stats = engine.stats();
-    let mut failed = None;
-    for _ in 0..400 {
-        match engine.step().await {
-            Ok(_) => {}
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-        }
+    let stop = engine.stop_handle();
+    let run = tokio::spawn(async move { engine.run(std::future::pending(), |_| {}).await });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Stats::get(&stats.delivery_failures) < 2 {
+        assert!(Instant::now() < deadline, "the refused delivery was never retried: {stats:?}");
+        assert!(!run.is_finished(), "the engine stopped instead of holding the decision");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let err = failed.expect("the engine reports the failed delivery");
-    assert!(err.to_string().contains("vigil.decisions"), "{err}");
     assert_eq!(Stats::get(&stats.decisions), 0);
     // Whatever was committed stops at or before the spike's record (offset 30).
-    let committed = engine.committed().unwrap();
-    let at = committed.iter().find(|c| c.1 == 0).map_or(0, |c| c.2);
-    assert!(at <= 30, "committed past an unacknowledged decision: {committed:?}");
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).set("group.id", "vigil-delivery").create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("metrics", 0);
+    let committed = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();
+    let at = match committed.elements()[0].offset() {
+        Offset::Offset(o) => o,
+        _ => 0,
+    };
+    drop(committed);
+    assert!(at <= 30, "committed past an unacknowledged decision: {at}");
+    stop.send(true).unwrap();
+    let err = run.await.unwrap().expect_err("a stop while decisions are undelivered is an error");
+    assert!(err.to_string().contains("decisions could not be delivered"), "{err}");
 }

@@ -63,7 +63,7 @@ async fn a_crashed_member_and_its_successor_close_every_window_between_them() {
     assert_eq!(all, expected, "no window is lost across the crash");
     // The successor re-read only from the committed offsets: it did not redo the first member's
     // early windows.
-    assert!(b.first().unwrap() > a.first().unwrap(), "successor started from the committed point, not the beginning");
+    assert!(b.first().unwrap() > a.first().unwrap(), "successor started from the committed point, not the beginning: committed {committed:?}, first run {:?}..{:?}, second {:?}..{:?}", a.first(), a.last(), b.first(), b.last());
 }
 
 fn second_done(s: &vigil::Stats) -> bool {

@@ -2,9 +2,15 @@
 //! binary, and every one of them linked DataFusion and librdkafka again).
 //!
 //! Kafka is always a real Kafka-protocol broker reached over TCP through rdkafka: librdkafka's
-//! mock cluster, started per test by [`common::Kafka`].
+//! mock cluster, started per test by [`common::Kafka`], or tansu, a broker in a separate
+//! process ([`brokers::Tansu`], installed by `.ci/run`), for crashes of `vigil run` itself.
 
+mod brokers;
 mod common;
+mod process;
+
+mod checkpoint_restore;
+mod crash_loop;
 
 mod config_env;
 mod kafka_dead_letters;

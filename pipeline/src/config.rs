@@ -63,6 +63,67 @@ pub struct Config {
     pub server: ServerConfig,
     /// How much of each result table is kept in memory.
     pub retention: RetentionConfig,
+    /// Checkpoints of every stage's state.
+    pub checkpoint: CheckpointConfig,
+    /// Stopping on SIGTERM or SIGINT.
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[checkpoint]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Take checkpoints and restore from them. Off, a restart replays the input of the open
+    /// windows but every series' model starts from nothing.
+    pub enabled: bool,
+    /// Where checkpoints go: a local directory (relative to the working directory, or
+    /// `file:///abs/path`), or object storage, `s3://bucket/prefix`.
+    pub url: String,
+    /// How often a checkpoint is taken (one is also taken at shutdown and when partitions are
+    /// revoked).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How many checkpoints are kept (older ones are deleted; the newest holding each partition
+    /// is kept too).
+    pub keep: usize,
+    /// This instance's name in checkpoint names (default: `$HOSTNAME` or `vigil-<pid>`).
+    pub member: Option<String>,
+    /// Object storage settings that override the `AWS_*` environment: `endpoint`, `region`,
+    /// `access_key_id`, `secret_access_key`, `allow_http`.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { enabled: true, url: "vigil-state".into(), interval: Duration::from_secs(30), keep: 3, member: None, options: BTreeMap::new() }
+    }
+}
+
+impl CheckpointConfig {
+    /// The member name: configured, or `$HOSTNAME` (a pod's name in Kubernetes), or `vigil-<pid>`.
+    pub fn member_name(&self) -> String {
+        self.member
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| format!("vigil-{}", std::process::id()))
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On SIGTERM or SIGINT Vigil stops polling, takes a checkpoint, commits and flushes its
+    /// producers; past this long it exits with an error instead of hanging (Kubernetes sends
+    /// SIGKILL after its own `terminationGracePeriodSeconds`, 30 s by default: keep this below).
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(20) }
+    }
 }
 
 /// `[kafka]`
@@ -95,6 +156,8 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Where decisions go (JSON, CloudEvents headers).
     pub decisions_topic: String,
+    /// Where rows that arrive behind the watermark go (JSON, with the reason in headers).
+    pub late_topic: String,
     /// Most records decoded per poll.
     pub max_batch: usize,
     /// How long one poll waits for a first record.
@@ -124,6 +187,7 @@ impl Default for KafkaConfig {
             influx_precision: "ns".into(),
             dlq_topic: "vigil.dlq".into(),
             decisions_topic: "vigil.decisions".into(),
+            late_topic: "vigil.late".into(),
             max_batch: 10_000,
             poll_timeout: Duration::from_millis(200),
             delivery_timeout: Duration::from_secs(30),
@@ -408,11 +472,15 @@ pub struct DecisionsConfig {
     /// While a series keeps scoring high, no new decision about it until it has been quiet this long.
     #[serde(with = "humantime_serde")]
     pub rearm_after: Duration,
+    /// At start and when partitions are assigned, the ids of the newest this many decisions per
+    /// partition of the decisions topic are read, so that a decision published before a crash
+    /// is not published again when its input is replayed.
+    pub dedup_tail: usize,
 }
 
 impl Default for DecisionsConfig {
     fn default() -> Self {
-        Self { threshold: 0.999, min_deviation: 8.0, rearm_after: Duration::from_secs(300) }
+        Self { threshold: 0.999, min_deviation: 8.0, rearm_after: Duration::from_secs(300), dedup_tail: 10_000 }
     }
 }
 
@@ -549,7 +617,7 @@ impl Config {
         if k.input_topics.is_empty() {
             return Err(invalid("kafka.input_topics", "lists no topic", "list the metrics topics, e.g. [\"metrics\"]"));
         }
-        for (key, t) in [("kafka.dlq_topic", &k.dlq_topic), ("kafka.decisions_topic", &k.decisions_topic)] {
+        for (key, t) in [("kafka.dlq_topic", &k.dlq_topic), ("kafka.decisions_topic", &k.decisions_topic), ("kafka.late_topic", &k.late_topic)] {
             if t.trim().is_empty() {
                 return Err(invalid(key, "is empty", "name a topic"));
             }
@@ -693,6 +761,24 @@ impl Config {
         if f.max_period < w * 4 {
             return Err(invalid("forecast.max_period", format!("is {:?}, under four windows", f.max_period), "use e.g. \"1d\""));
         }
+        let c = &self.checkpoint;
+        if c.enabled {
+            if c.url.trim().is_empty() {
+                return Err(invalid("checkpoint.url", "is empty", "name a directory (e.g. \"/var/lib/vigil\") or a bucket (\"s3://bucket/vigil\"), or set checkpoint.enabled = false"));
+            }
+            if c.interval < Duration::from_secs(1) {
+                return Err(invalid("checkpoint.interval", "is under a second", "use a duration such as \"30s\""));
+            }
+            if c.keep == 0 {
+                return Err(invalid("checkpoint.keep", "is 0", "keep at least 1 (3 lets a corrupt newest one fall back to an older one)"));
+            }
+            if !(c.url.starts_with("s3://") || c.url.starts_with("file://") || !c.url.contains("://")) {
+                return Err(invalid("checkpoint.url", format!("`{}` is neither a directory nor s3://bucket/prefix", c.url), "use a path, file:///abs/path or s3://bucket/prefix"));
+            }
+        }
+        if self.shutdown.grace < Duration::from_millis(100) {
+            return Err(invalid("shutdown.grace", "is under 100 ms", "give the final checkpoint time, e.g. \"20s\""));
+        }
         if self.retention.max_rows == 0 {
             return Err(invalid("retention.max_rows", "is 0", "keep at least one row, e.g. 1000000"));
         }
@@ -707,7 +793,7 @@ impl Config {
     /// The feature SQL text: the configured file or the shipped default.
     pub fn features_sql(&self) -> Result<String, ConfigError> {
         match &self.features.sql_file {
-            None => Ok(vigil_pipeline::DEFAULT_FEATURES_SQL.to_string()),
+            None => Ok(crate::DEFAULT_FEATURES_SQL.to_string()),
             Some(p) => std::fs::read_to_string(p).map_err(|e| {
                 invalid("features.sql_file", format!("cannot read {}: {e}", p.display()), "point it at a readable SQL file")
             }),
@@ -717,7 +803,7 @@ impl Config {
     /// The log-signal SQL text: the configured file or the shipped default.
     pub fn log_signals_sql(&self) -> Result<String, ConfigError> {
         match &self.logs.signals_sql_file {
-            None => Ok(vigil_pipeline::DEFAULT_LOG_SIGNALS_SQL.to_string()),
+            None => Ok(crate::DEFAULT_LOG_SIGNALS_SQL.to_string()),
             Some(p) => std::fs::read_to_string(p).map_err(|e| {
                 invalid("logs.signals_sql_file", format!("cannot read {}: {e}", p.display()), "point it at a readable SQL file")
             }),

@@ -1,0 +1,626 @@
+//! The engine: wires ingest → windows → models → sinks into one consume-process-commit loop,
+//! with checkpoints, rebalances and a clean stop.
+//!
+//! One step: poll a batch from Kafka, act on rebalances (a revoked partition is checkpointed
+//! and forgotten, an assigned one restored from the newest checkpoint holding it), decode the
+//! batch (rejects go to the dead-letter topic), add the points to their windows (rows behind
+//! the watermark go to the late topic and `late_points`), and for the windows the watermark
+//! has closed run the feature SQL, score, decide, publish the decisions not already on the
+//! topic and wait for the broker's acknowledgement. Only then are input offsets committed, and
+//! only up to the lowest offset still held by an open window. Every `checkpoint.interval`, and
+//! at shutdown, all state is written with the offsets it corresponds to.
+//!
+//! A crash therefore replays input from the newest checkpoint's offsets: rows of windows that
+//! were processed before it are skipped (the replay fence), the windows closed after it are
+//! closed again with the same state, and their decisions, whose ids are deterministic, are not
+//! published twice (the ids on the decisions topic's tail are read at start and on assignment).
+
+pub mod late;
+mod processor;
+pub mod state;
+mod stats;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vigil_ingest::{IngestCounters, KafkaSource, KafkaSourceConfig, RawRecord, RebalanceEvent};
+use vigil_models::{Decision, DecisionRule};
+use vigil_sinks::{DeadLetterSink, DecisionSink, KafkaSinkConfig, LateRecord, LateSink};
+
+use crate::config::{Config, ConfigError};
+use crate::store::{CheckpointStore, Section};
+use crate::ResultTables;
+
+pub use processor::{Closed, Processor};
+pub use state::{PublishedIds, SectionReader, SectionWriter, StateError, Stateful, GLOBAL_SECTION};
+pub use stats::{metrics_fn, Histogram, Metric, MetricKind, MetricsFn, Stats, LATENCY_BUCKETS};
+
+/// Errors that stop the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Kafka consumer failure.
+    #[error(transparent)]
+    Ingest(#[from] vigil_ingest::Error),
+    /// The feature plan failed.
+    #[error(transparent)]
+    Pipeline(#[from] crate::Error),
+    /// The detector or decision rule rejected its input.
+    #[error(transparent)]
+    Models(#[from] vigil_models::Error),
+    /// A sink could not deliver: nothing is committed past the undelivered results.
+    #[error(transparent)]
+    Sink(#[from] vigil_sinks::Error),
+    /// A checkpoint's contents are unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The checkpoint store failed or holds a checkpoint this build cannot read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Asked to stop while results could not be delivered (the broker unreachable): nothing
+    /// was checkpointed or committed past them, so they are derived again on the next start.
+    #[error("stopped while {0} could not be delivered; they are derived again from the input on the next start")]
+    StoppedUndelivered(&'static str),
+    /// The final checkpoint, commit and flush did not finish within `shutdown.grace`.
+    #[error("shutdown did not finish within shutdown.grace ({0:?}); the next start resumes from the previous checkpoint")]
+    ShutdownTimeout(Duration),
+}
+
+/// Names of the result tables the engine keeps.
+pub const TABLES: [&str; 7] = ["points", "logs", "features", "anomalies", "forecasts", "decisions", "late_points"];
+
+type PartKey = (Arc<str>, i32);
+
+/// The running pipeline. See the module docs.
+pub struct Engine {
+    source: KafkaSource,
+    core: Processor,
+    decisions: DecisionSink,
+    dlq: DeadLetterSink,
+    late: LateSink,
+    tables: Arc<ResultTables>,
+    stats: Arc<Stats>,
+    commit_interval: Duration,
+    last_commit: Instant,
+    dirty: bool,
+    assigned: Vec<PartKey>,
+    store: Option<CheckpointStore>,
+    member: String,
+    checkpoint_interval: Duration,
+    last_checkpoint: Instant,
+    published: PublishedIds,
+    brokers: String,
+    decisions_topic: String,
+    dedup_tail: usize,
+    grace: Duration,
+    last_check: Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("source", &self.source).field("member", &self.member).finish()
+    }
+}
+
+impl Engine {
+    /// Builds every stage from `cfg`, creates the result tables in `tables`, restores the
+    /// state that spans partitions from the newest checkpoint, reads the ids already on the
+    /// decisions topic, and subscribes. Partition state is restored as partitions are assigned.
+    pub async fn new(cfg: &Config, tables: Arc<ResultTables>) -> Result<Self, EngineError> {
+        let mut core = Processor::new(cfg).await?;
+        core.create_tables(&tables, cfg.retention.max_rows);
+        let k = &cfg.kafka;
+        let sink_cfg = KafkaSinkConfig { brokers: k.brokers.clone(), delivery_timeout: k.delivery_timeout, properties: k.producer.clone() };
+        let decisions = DecisionSink::new(&sink_cfg, &k.decisions_topic, &format!("/vigil/{}", k.group_id))?;
+        let dlq = DeadLetterSink::new(&sink_cfg, &k.dlq_topic)?;
+        let late = LateSink::new(&sink_cfg, &k.late_topic)?;
+        let stats = Arc::new(Stats::default());
+        stats.broker_ok.store(true, Ordering::Relaxed);
+        let mut published = PublishedIds::new(cfg.decisions.dedup_tail.max(1) * 8);
+        let store = if cfg.checkpoint.enabled {
+            let c = &cfg.checkpoint;
+            let store = CheckpointStore::open(&c.url, &c.options, c.keep)?;
+            match store.load_newest(|_| true).await? {
+                Some((loaded, skipped)) => {
+                    if let Some(bytes) = loaded.section(GLOBAL_SECTION) {
+                        core.restore_global(bytes, &mut published)?;
+                    }
+                    tracing::info!(checkpoint = %loaded.manifest.id, store = %store.describe(), skipped = ?skipped, "restored the state that spans partitions");
+                }
+                None => tracing::info!(store = %store.describe(), "no checkpoint yet: every stage starts from nothing"),
+            }
+            Some(store)
+        } else {
+            None
+        };
+        let source = KafkaSource::new(KafkaSourceConfig {
+            brokers: k.brokers.clone(),
+            group_id: k.group_id.clone(),
+            topics: k.input_topics.clone(),
+            max_batch: k.max_batch,
+            poll_timeout: k.poll_timeout,
+            linger: Duration::from_millis(20),
+            properties: k.consumer.clone(),
+        })?;
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let mut engine = Self {
+            source,
+            core,
+            decisions,
+            dlq,
+            late,
+            tables,
+            stats,
+            commit_interval: k.commit_interval,
+            last_commit: Instant::now(),
+            dirty: false,
+            assigned: Vec::new(),
+            store,
+            member: cfg.checkpoint.member_name(),
+            checkpoint_interval: cfg.checkpoint.interval,
+            last_checkpoint: Instant::now(),
+            published,
+            brokers: k.brokers.clone(),
+            decisions_topic: k.decisions_topic.clone(),
+            dedup_tail: cfg.decisions.dedup_tail,
+            grace: cfg.shutdown.grace,
+            last_check: Instant::now(),
+            stop,
+            stop_tx,
+        };
+        engine.refresh_published().await;
+        Ok(engine)
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// The decoders' counters summed over every format, as of now.
+    pub fn ingest_counters(&self) -> Arc<IngestCounters> {
+        self.core.ingest_counters()
+    }
+
+    /// The decoders' counters per input format.
+    pub fn format_counters(&self) -> Arc<vigil_ingest::FormatCounters> {
+        self.core.format_counters()
+    }
+
+    /// The partitions this member owns.
+    pub fn assigned(&self) -> &[PartKey] {
+        &self.assigned
+    }
+
+    /// Reads the ids already on the decisions topic (a failure only warns: the ids kept in the
+    /// checkpoint still apply).
+    async fn refresh_published(&mut self) {
+        if self.dedup_tail == 0 {
+            return;
+        }
+        let (brokers, topic, n) = (self.brokers.clone(), self.decisions_topic.clone(), self.dedup_tail);
+        let read = tokio::task::spawn_blocking(move || vigil_sinks::published_ids(&brokers, &topic, n, Duration::from_secs(10))).await;
+        match read {
+            Ok(Ok(ids)) => {
+                let n = ids.len();
+                for id in ids {
+                    self.published.insert(id);
+                }
+                tracing::debug!(ids = n, topic = %self.decisions_topic, "decision ids already published");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not read the decisions topic's tail; only the ids kept in the checkpoint prevent republishing"),
+            Err(e) => tracing::warn!(error = %e, "reading the decisions topic's tail failed"),
+        }
+    }
+
+    /// Whether a stop was asked for.
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// One poll-process-commit cycle. Returns the decisions published (and acknowledged) in it.
+    pub async fn step(&mut self) -> Result<Vec<Decision>, EngineError> {
+        let mut stop = self.stop.clone();
+        let polled = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return Ok(Vec::new()),
+            r = self.source.next_batch() => r,
+        };
+        let mut raw = match polled {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "poll failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Vec::new()
+            }
+        };
+        self.handle_rebalances(&mut raw).await?;
+        let mut published = Vec::new();
+        let raw_was_empty = raw.is_empty();
+        if !raw.is_empty() {
+            let span = tracing::debug_span!("batch", records = raw.len());
+            let _g = span.enter();
+            Stats::add(&self.stats.polls, 1);
+            Stats::add(&self.stats.records, raw.len());
+            self.stats.broker_ok.store(true, Ordering::Relaxed);
+            let (rejected, pushed) = self.core.ingest(&raw)?;
+            drop(raw);
+            if !rejected.is_empty() {
+                for r in rejected.iter().take(3) {
+                    tracing::debug!(topic = %r.pos.topic, partition = r.pos.partition, offset = r.pos.offset, reason = %r.reason, "dead-lettering record");
+                }
+                let dlq = &self.dlq;
+                retry("dead letters", &self.stop, &self.stats.delivery_failures, || dlq.publish(&rejected)).await?;
+                Stats::add(&self.stats.dead_lettered, rejected.len());
+            }
+            Stats::add(&self.stats.late, pushed.late);
+            Stats::add(&self.stats.replayed, pushed.replayed);
+            self.publish_late().await?;
+            self.dirty = true;
+            self.note_watermark();
+            published = self.close_and_publish().await?;
+        }
+        if let Some(f) = self.core.take_forecasts(false).await? {
+            Stats::add(&self.stats.forecasts, f.num_rows());
+            self.tables.append("forecasts", f)?;
+        }
+        if raw_was_empty {
+            // Nothing arrived: a partition may have gone idle, which can release the watermark.
+            self.core.windower_mut().advance_idle();
+            self.note_watermark();
+            published.extend(self.close_and_publish().await?);
+        }
+        if self.store.is_some() && self.last_checkpoint.elapsed() >= self.checkpoint_interval {
+            self.checkpoint_logged(None).await;
+        }
+        if self.dirty && self.last_commit.elapsed() >= self.commit_interval {
+            self.commit_offsets()?;
+        }
+        self.housekeeping();
+        self.stats.last_step_ms.store(stats::now_ms(), Ordering::Relaxed);
+        Ok(published)
+    }
+
+    fn note_watermark(&self) {
+        if let Some(wm) = self.core.windower().watermark() {
+            self.stats.watermark_ms.store(wm, Ordering::Relaxed);
+        }
+    }
+
+    /// Lag per partition and the broker check, every few seconds.
+    fn housekeeping(&mut self) {
+        if self.last_check.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        self.last_check = Instant::now();
+        let lag: Vec<(String, i32, i64)> = self.source.lag().into_iter().map(|(t, p, l)| (t.to_string(), p, l)).collect();
+        *self.stats.lag.lock().unwrap_or_else(|e| e.into_inner()) = lag;
+        let ok = self.source.broker_reachable(Duration::from_millis(500));
+        if !ok && self.stats.broker_ok.load(Ordering::Relaxed) {
+            tracing::warn!(brokers = %self.brokers, "no broker answers; polling on, results are held until it is back");
+        }
+        self.stats.broker_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Closes the windows the watermark has passed, publishes their results, and commits.
+    async fn close_and_publish(&mut self) -> Result<Vec<Decision>, EngineError> {
+        let t0 = Instant::now();
+        let Some(closed) = self.core.close_ready().await? else { return Ok(Vec::new()) };
+        let out = self.publish(closed).await?;
+        self.stats.close_latency.observe(t0.elapsed());
+        self.commit_offsets()?;
+        Ok(out)
+    }
+
+    async fn publish_late(&mut self) -> Result<(), EngineError> {
+        for rows in self.core.windower_mut().take_late() {
+            let json = late::json_rows(&rows).map_err(crate::Error::from)?;
+            let why = late::reason(rows.watermark);
+            let records: Vec<LateRecord<'_>> =
+                json.iter().zip(&rows.positions).map(|(j, pos)| LateRecord { json: j, reason: &why, pos }).collect();
+            let sink = &self.late;
+            retry("late rows", &self.stop, &self.stats.delivery_failures, || sink.publish(&records)).await?;
+            if let Some(b) = late::late_points(&rows).map_err(crate::Error::from)? {
+                self.tables.append("late_points", b)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, c: Closed) -> Result<Vec<Decision>, EngineError> {
+        // Durable first, then visible: a decision is in the table only once the broker has it.
+        // A decision whose id is already on the topic (published before a crash) is not sent
+        // again.
+        let fresh: Vec<Decision> = c.decisions.iter().filter(|d| !self.published.contains(&d.id)).cloned().collect();
+        let repeated = c.decisions.len() - fresh.len();
+        if repeated > 0 {
+            tracing::info!(decisions = repeated, "already on the decisions topic (published before a restart): not sent again");
+            Stats::add(&self.stats.decisions_deduplicated, repeated);
+        }
+        let sink = &self.decisions;
+        retry("decisions", &self.stop, &self.stats.delivery_failures, || sink.publish(&fresh)).await?;
+        for d in &fresh {
+            self.published.insert(d.id.clone());
+        }
+        Stats::add(&self.stats.windows_closed, c.windows);
+        Stats::add(&self.stats.feature_rows, c.features.num_rows());
+        Stats::add(&self.stats.anomalies, c.anomalies.num_rows());
+        Stats::add(&self.stats.decisions, fresh.len());
+        if c.windows > 0 {
+            tracing::debug!(starts = ?c.starts, "windows closed");
+        }
+        self.tables.append("points", c.points)?;
+        self.tables.append("logs", c.logs)?;
+        self.tables.append("features", c.features)?;
+        self.tables.append("anomalies", c.anomalies)?;
+        self.tables.append("decisions", DecisionRule::to_batch(&fresh)?)?;
+        Ok(fresh)
+    }
+
+    /// Acts on the rebalances since the last poll. Records of revoked partitions in `raw` are
+    /// dropped (the next owner reads them), and so are those of partitions moved back to their
+    /// checkpoint's offsets.
+    async fn handle_rebalances(&mut self, raw: &mut Vec<RawRecord>) -> Result<(), EngineError> {
+        for ev in self.source.take_rebalances() {
+            Stats::add(&self.stats.rebalances, 1);
+            match ev {
+                RebalanceEvent::Revoked(parts) => {
+                    let parts: Vec<PartKey> = parts.into_iter().filter(|p| self.assigned.contains(p)).collect();
+                    if parts.is_empty() {
+                        continue;
+                    }
+                    if self.store.is_some() {
+                        self.checkpoint_logged(Some(&parts)).await;
+                    }
+                    let removed = self.core.forget_partitions(&parts)?;
+                    self.assigned.retain(|p| !parts.contains(p));
+                    raw.retain(|r| !parts.iter().any(|(t, p)| *p == r.pos.partition && **t == *r.pos.topic));
+                    self.core.windower_mut().assign(&self.assigned);
+                    tracing::info!(partitions = ?names(&parts), rows_dropped = removed, "partitions revoked: checkpointed and handed over");
+                }
+                RebalanceEvent::Assigned(parts) => {
+                    let new: Vec<PartKey> = parts.into_iter().filter(|p| !self.assigned.contains(p)).collect();
+                    self.assigned.extend(new.iter().cloned());
+                    if self.store.is_some() && !new.is_empty() {
+                        let moved = self.restore_partitions(&new).await?;
+                        raw.retain(|r| !moved.iter().any(|(t, p)| *p == r.pos.partition && **t == *r.pos.topic));
+                        self.refresh_published().await;
+                    }
+                    self.core.windower_mut().assign(&self.assigned);
+                    tracing::info!(partitions = ?names(&new), "partitions assigned");
+                }
+            }
+        }
+        if !self.assigned.is_empty() && !self.stats.ready.load(Ordering::Relaxed) {
+            self.stats.ready.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Restores `parts` from the newest checkpoint holding each; returns the partitions whose
+    /// read position was moved back to their checkpoint.
+    async fn restore_partitions(&mut self, parts: &[PartKey]) -> Result<Vec<PartKey>, EngineError> {
+        let Some(store) = &self.store else { return Ok(Vec::new()) };
+        let mut need: HashMap<String, PartKey> = parts.iter().map(|(t, p)| (state::partition_section(t, *p), (t.clone(), *p))).collect();
+        let mut restored = Vec::new();
+        while !need.is_empty() {
+            let found = store.load_newest(|m| m.sections.iter().any(|s| need.contains_key(&s.name))).await?;
+            let Some((loaded, skipped)) = found else { break };
+            if !skipped.is_empty() {
+                tracing::warn!(skipped = ?skipped, used = %loaded.manifest.id, "newer checkpoints were unreadable; using an older one");
+            }
+            let names: Vec<String> = loaded.manifest.sections.iter().map(|s| s.name.clone()).filter(|n| need.contains_key(n)).collect();
+            for name in names {
+                let Some(bytes) = loaded.section(&name) else { continue };
+                let pos = self.core.restore_partition(&name, bytes)?;
+                let key = need.remove(&name).expect("selected from need");
+                Stats::add(&self.stats.restored_partitions, 1);
+                tracing::info!(partition = %format!("{}/{}", key.0, key.1), checkpoint = %loaded.manifest.id, resume = pos.resume, series = self.core.owned_series(&key), "partition restored");
+                restored.push((key, pos));
+            }
+        }
+        for (t, p) in need.values() {
+            tracing::info!(partition = %format!("{t}/{p}"), "no checkpoint holds this partition: its series start from nothing, from the group's committed offset");
+        }
+        // Read each restored partition from its checkpoint's resume point.
+        let keys: Vec<PartKey> = restored.iter().map(|(k, _)| k.clone()).collect();
+        let committed: HashMap<PartKey, i64> = match self.source.committed_for(&keys, Duration::from_secs(10)) {
+            Ok(c) => c.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read committed offsets; moving every restored partition to its checkpoint");
+                HashMap::new()
+            }
+        };
+        let mut moved = Vec::new();
+        for (k, pos) in restored {
+            if committed.get(&k) == Some(&pos.resume) {
+                continue;
+            }
+            match self.source.seek(&k.0, k.1, pos.resume) {
+                Ok(()) => moved.push(k),
+                Err(e) => tracing::warn!(error = %e, partition = %format!("{}/{}", k.0, k.1), "could not move to the checkpoint's offset; reading from the committed offset"),
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Writes a checkpoint of `parts` (all assigned partitions when `None`) and the global
+    /// state. Returns its size in bytes.
+    pub async fn checkpoint(&mut self, parts: Option<&[PartKey]>) -> Result<u64, EngineError> {
+        let Some(store) = &self.store else { return Ok(0) };
+        let t0 = Instant::now();
+        let owned: &[PartKey] = parts.unwrap_or(&self.assigned);
+        let positions: Vec<crate::PartitionPosition> = self
+            .core
+            .windower()
+            .positions()
+            .into_iter()
+            .filter(|p| owned.iter().any(|(t, n)| **t == *p.topic && *n == p.partition))
+            .collect();
+        let mut sections = vec![Section { name: GLOBAL_SECTION.into(), bytes: self.core.snapshot_global(&self.published)? }];
+        let mut series = 0;
+        for pos in &positions {
+            let (bytes, n) = self.core.snapshot_partition(pos)?;
+            series += n;
+            sections.push(Section { name: state::partition_section(&pos.topic, pos.partition), bytes });
+        }
+        let meta = serde_json::json!({ "partitions": positions, "member": self.member });
+        let written = store.write(&self.member, sections, meta).await?;
+        let took = t0.elapsed();
+        Stats::add(&self.stats.checkpoints, 1);
+        self.stats.checkpoint_at_ms.store(stats::now_ms(), Ordering::Relaxed);
+        self.stats.checkpoint_bytes.store(written.bytes, Ordering::Relaxed);
+        self.stats.checkpoint_us.store(took.as_micros() as u64, Ordering::Relaxed);
+        self.stats.checkpoint_series.store(series as u64, Ordering::Relaxed);
+        self.last_checkpoint = Instant::now();
+        tracing::debug!(id = %written.id, bytes = written.bytes, series, partitions = positions.len(), ms = took.as_millis() as u64, "checkpoint written");
+        Ok(written.bytes)
+    }
+
+    /// A checkpoint whose failure is logged and counted, not fatal: the previous one still
+    /// holds, and the next interval tries again.
+    async fn checkpoint_logged(&mut self, parts: Option<&[PartKey]>) {
+        if let Err(e) = self.checkpoint(parts).await {
+            Stats::add(&self.stats.checkpoint_failures, 1);
+            self.last_checkpoint = Instant::now();
+            tracing::warn!(error = %e, "checkpoint failed; the previous one still holds, retrying at the next interval");
+        }
+    }
+
+    fn commit_offsets(&mut self) -> Result<(), EngineError> {
+        let pos: Vec<(Arc<str>, i32, i64)> =
+            self.core.windower().commit_positions().into_iter().filter(|(t, p, _)| self.assigned.iter().any(|(at, ap)| at == t && ap == p)).collect();
+        self.last_commit = Instant::now();
+        match self.source.commit(&pos) {
+            Ok(()) => {
+                Stats::add(&self.stats.commits, 1);
+                self.dirty = false;
+            }
+            // During a rebalance the group refuses commits (stale generation, unknown member):
+            // the offsets are committed again after it, and a restore starts from the
+            // checkpoint's offsets anyway. Nothing is lost by waiting.
+            Err(e) => {
+                Stats::add(&self.stats.commit_failures, 1);
+                tracing::warn!(error = %e, "offset commit refused; committing again at the next chance");
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a checkpoint (when they are on) and commits the input offsets whose results are
+    /// durable.
+    pub async fn commit(&mut self) -> Result<(), EngineError> {
+        if self.store.is_some() {
+            self.checkpoint(None).await?;
+        }
+        self.commit_offsets()
+    }
+
+    /// The offsets the group has committed (for tests and diagnostics).
+    pub fn committed(&self) -> Result<Vec<(String, i32, i64)>, EngineError> {
+        Ok(self.source.committed(Duration::from_secs(5))?)
+    }
+
+    /// Runs steps until `shutdown` resolves or an error stops it; calls `on_decision` for each
+    /// acknowledged decision. On shutdown: stops polling, takes a final checkpoint, commits
+    /// what is durable and flushes the producers, all within `shutdown.grace`.
+    pub async fn run(
+        &mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        mut on_decision: impl FnMut(&Decision),
+    ) -> Result<(), EngineError> {
+        let tx = self.stop_tx.clone();
+        let forward = tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        });
+        let res = async {
+            while !self.stopping() {
+                for d in self.step().await? {
+                    on_decision(&d);
+                }
+            }
+            Ok::<(), EngineError>(())
+        }
+        .await;
+        forward.abort();
+        res?;
+        let grace = self.grace;
+        tracing::info!(grace = ?grace, "stopping: final checkpoint, commit, flush");
+        match tokio::time::timeout(grace, self.finish()).await {
+            Ok(r) => r,
+            Err(_) => Err(EngineError::ShutdownTimeout(grace)),
+        }
+    }
+
+    async fn finish(&mut self) -> Result<(), EngineError> {
+        if self.store.is_some() {
+            self.checkpoint(None).await?;
+        }
+        self.commit_offsets()?;
+        self.decisions.flush(self.grace / 2);
+        self.late.flush(self.grace / 4);
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+
+    /// Asks a running [`Self::run`] to stop (as its `shutdown` future would).
+    pub fn stop_handle(&self) -> tokio::sync::watch::Sender<bool> {
+        self.stop_tx.clone()
+    }
+
+    /// Closes every open window regardless of the watermark and publishes its results (for a
+    /// bounded input that has ended), then checkpoints and commits.
+    pub async fn drain(&mut self) -> Result<Vec<Decision>, EngineError> {
+        let out = match self.core.close_all().await? {
+            Some(c) => self.publish(c).await?,
+            None => Vec::new(),
+        };
+        if let Some(f) = self.core.take_forecasts(true).await? {
+            Stats::add(&self.stats.forecasts, f.num_rows());
+            self.tables.append("forecasts", f)?;
+        }
+        self.commit().await?;
+        Ok(out)
+    }
+}
+
+fn names(parts: &[PartKey]) -> Vec<String> {
+    parts.iter().map(|(t, p)| format!("{t}/{p}")).collect()
+}
+
+/// Delivers with `f` until it succeeds: a broker outage holds results back (nothing is
+/// committed past them) instead of stopping the engine. Gives up only when a stop is asked.
+async fn retry<'a, T, Fut>(
+    what: &'static str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    failures: &std::sync::atomic::AtomicU64,
+    mut f: impl FnMut() -> Fut,
+) -> Result<T, EngineError>
+where
+    Fut: Future<Output = vigil_sinks::Result<T>> + 'a,
+{
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?wait, "{what} not delivered; holding them and retrying");
+                let mut stop = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => return Err(EngineError::StoppedUndelivered(what)),
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The Kafka-free core of the engine: decode, window, run the feature plan, score, decide.
+
+use std::sync::Arc;
+
+use vigil_ingest::{IngestCounters, JsonPointDecoder};
+use vigil_models::{Decision, DecisionConfig, DecisionRule, Detector};
+
+use super::EngineError;
+use crate::config::{Config, ConfigError};
+use crate::{FeaturePlan, ResultTables, Windower};
+
+/// The results of closing a set of windows.
+#[derive(Debug)]
+pub struct Closed {
+    /// Windows closed.
+    pub windows: usize,
+    /// Their starts, epoch ms, oldest first.
+    pub starts: Vec<i64>,
+    /// Their points, as the feature SQL saw them (log signals included).
+    pub points: arrow::array::RecordBatch,
+    /// Their log rows.
+    pub logs: arrow::array::RecordBatch,
+    /// The feature SQL's output.
+    pub features: arrow::array::RecordBatch,
+    /// Rows scoring at or above the anomaly threshold.
+    pub anomalies: arrow::array::RecordBatch,
+    /// New decisions.
+    pub decisions: Vec<Decision>,
+}
+
+/// A non-default input format's decoder.
+#[derive(Debug)]
+pub(super) enum TopicDecoder {
+    Influx(vigil_ingest::InfluxDecoder),
+    Mapped(Box<vigil_ingest::MappedJsonDecoder>),
+    Otlp(Box<vigil_ingest::OtlpMetricsDecoder>),
+    OtlpLogs(Box<vigil_ingest::OtlpLogsDecoder>),
+    JsonLogs(Box<vigil_ingest::JsonLogDecoder>),
+}
+
+/// What a topic's records decode into.
+enum Decoded {
+    Points(vigil_ingest::DecodedBatch),
+    Logs(vigil_ingest::DecodedLogs),
+}
+
+impl TopicDecoder {
+    fn decode(&mut self, raw: &[&vigil_ingest::RawRecord]) -> vigil_ingest::Result<Decoded> {
+        Ok(match self {
+            Self::Influx(d) => Decoded::Points(d.decode_refs(raw)?),
+            Self::Mapped(d) => Decoded::Points(d.decode_refs(raw)?),
+            Self::Otlp(d) => Decoded::Points(d.decode_refs(raw)?),
+            Self::OtlpLogs(d) => Decoded::Logs(d.decode_refs(raw)?),
+            Self::JsonLogs(d) => Decoded::Logs(d.decode_refs(raw)?),
+        })
+    }
+}
+
+/// The Kafka-free core of the engine: decode, window, run the feature plan, score, decide.
+/// The engine drives it from Kafka; `vigil bench` drives it from a file, so both measure and run
+/// exactly the same code.
+pub struct Processor {
+    decoder: JsonPointDecoder,
+    /// Decoders of the topics that are not JSON points.
+    pub(super) others: std::collections::HashMap<String, TopicDecoder>,
+    /// Decoder counters per input format.
+    counters: Arc<vigil_ingest::FormatCounters>,
+    pub(super) windower: Windower,
+    plan: FeaturePlan,
+    pub(super) detector: Detector,
+    pub(super) rule: DecisionRule,
+    feature: String,
+    pub(super) forecaster: vigil_models::Forecaster,
+    pub(super) fleet: Option<vigil_models::FleetDetector>,
+    forecast_cfg: vigil_models::ForecastConfig,
+    /// The refit running in the background, if any.
+    refit: Option<tokio::task::JoinHandle<vigil_models::Result<arrow::array::RecordBatch>>>,
+    /// The input partition each series' points came from: state is checkpointed and handed
+    /// over per partition.
+    pub(super) owner: super::state::Owners,
+}
+
+impl Processor {
+    /// Builds the stages from `cfg` (the Kafka sections are not used).
+    pub async fn new(cfg: &Config) -> Result<Self, EngineError> {
+        cfg.validate()?;
+        let sql = cfg.features_sql()?;
+        let log_sql = cfg.log_signals_sql()?;
+        let functions = vigil_models::sql_functions();
+        let plan = FeaturePlan::with_functions(&sql, &log_sql, &cfg.detector.feature, functions.scalar, functions.aggregate).await?;
+        let d = &cfg.detector;
+        let detector = Detector::new(d.model_config(cfg.window.size));
+        let rule = DecisionRule::new(DecisionConfig {
+            threshold: cfg.decisions.threshold,
+            min_deviation: cfg.decisions.min_deviation,
+            rearm_ms: cfg.decisions.rearm_after.as_millis() as i64,
+            full_support: d.history_windows as u32,
+        });
+        let windower = Windower::new(crate::WindowConfig {
+            size_ms: cfg.window.size.as_millis() as i64,
+            allowed_lag_ms: cfg.window.allowed_lag.as_millis() as i64,
+            idle_timeout: cfg.window.idle_timeout,
+        });
+        let mut counters = vigil_ingest::FormatCounters::default();
+        let decoder = JsonPointDecoder::new(counters.for_format("json"));
+        let precision = vigil_ingest::Precision::parse(&cfg.kafka.influx_precision).unwrap_or_default();
+        let mut others = std::collections::HashMap::new();
+        for (topic, format) in &cfg.kafka.input_formats {
+            let c = counters.for_format(format);
+            let dec = match format.as_str() {
+                "influx" => TopicDecoder::Influx(vigil_ingest::InfluxDecoder::new(precision, c)),
+                "mapped" => {
+                    let m = cfg.kafka.mappings.get(topic).map(|m| m.to_mapping()).ok_or_else(|| {
+                        ConfigError::Invalid { key: "kafka.mappings", problem: format!("no mapping for topic `{topic}`"), fix: "add one".into() }
+                    })?;
+                    let d = vigil_ingest::MappedJsonDecoder::new(m, c)
+                        .map_err(|e| ConfigError::Invalid { key: "kafka.mappings", problem: e, fix: "fix the mapping".into() })?;
+                    TopicDecoder::Mapped(Box::new(d))
+                }
+                "otlp_proto" | "otlp_json" => {
+                    let enc = if format == "otlp_proto" { vigil_ingest::OtlpEncoding::Proto } else { vigil_ingest::OtlpEncoding::Json };
+                    TopicDecoder::Otlp(Box::new(vigil_ingest::OtlpMetricsDecoder::new(enc, c)))
+                }
+                "otlp_logs_proto" | "otlp_logs_json" => {
+                    let enc = if format == "otlp_logs_proto" { vigil_ingest::OtlpEncoding::Proto } else { vigil_ingest::OtlpEncoding::Json };
+                    TopicDecoder::OtlpLogs(Box::new(vigil_ingest::OtlpLogsDecoder::new(enc, cfg.logs.drain(), c)))
+                }
+                "json_logs" => {
+                    let m = cfg.kafka.log_mappings.get(topic).cloned().unwrap_or_default().to_mapping();
+                    let d = vigil_ingest::JsonLogDecoder::new(m, cfg.logs.drain(), c)
+                        .map_err(|e| ConfigError::Invalid { key: "kafka.log_mappings", problem: e, fix: "fix the mapping".into() })?;
+                    TopicDecoder::JsonLogs(Box::new(d))
+                }
+                _ => continue,
+            };
+            others.insert(topic.clone(), dec);
+        }
+        let f = &cfg.forecast;
+        let window_ms = cfg.window.size.as_millis() as i64;
+        let windows = |d: std::time::Duration| (d.as_millis() as i64 / window_ms).max(1) as usize;
+        let forecaster = vigil_models::Forecaster::new(
+            f.metrics.iter().map(|m| (m.clone(), f.limits.get(m).copied())),
+            window_ms,
+            windows(f.history),
+            f.refit_every.as_millis() as i64,
+        );
+        let forecast_cfg = vigil_models::ForecastConfig { horizon: windows(f.horizon), max_period: windows(f.max_period) };
+        Ok(Self {
+            decoder,
+            others,
+            counters: Arc::new(counters),
+            windower,
+            plan,
+            detector,
+            rule,
+            feature: d.feature.clone(),
+            forecaster,
+            fleet: cfg.fleet.enabled.then(|| vigil_models::FleetDetector::new(cfg.fleet.model_config())),
+            forecast_cfg,
+            refit: None,
+            owner: Default::default(),
+        })
+    }
+
+    /// Creates the result tables this processor's output goes to.
+    pub fn create_tables(&self, tables: &ResultTables, max_rows: usize) {
+        tables.create("points", self.plan.points_schema(), max_rows);
+        tables.create("logs", self.plan.logs_schema(), max_rows);
+        tables.create("features", self.plan.output_schema(), max_rows);
+        tables.create("anomalies", vigil_models::anomalies_schema(), max_rows);
+        tables.create("forecasts", vigil_models::forecasts_schema(), max_rows);
+        tables.create("decisions", vigil_models::decisions_schema(), max_rows);
+        tables.create("late_points", super::late::late_points_schema(), max_rows);
+    }
+
+    /// Decodes a batch, notes every record as consumed, and adds the points to their windows.
+    pub fn ingest(&mut self, raw: &[vigil_ingest::RawRecord]) -> Result<(Vec<vigil_ingest::Rejected>, crate::PushStats), EngineError> {
+        self.windower.consumed(raw.iter().map(|r| &r.pos));
+        if self.others.is_empty() || !raw.iter().any(|r| self.others.contains_key(&*r.pos.topic)) {
+            let decoded = self.decoder.decode(raw)?;
+            self.owner.note(&decoded.points, &decoded.positions);
+            let pushed = self.windower.push(&decoded.points, &decoded.positions)?;
+            return Ok((decoded.rejected, pushed));
+        }
+        // Mixed topics: decode each format's records together (topics keep their own order).
+        let mut groups: std::collections::BTreeMap<Option<&str>, Vec<&vigil_ingest::RawRecord>> = Default::default();
+        for r in raw {
+            let key = self.others.contains_key(&*r.pos.topic).then_some(&*r.pos.topic);
+            groups.entry(key).or_default().push(r);
+        }
+        let mut rejected = Vec::new();
+        let mut pushed = crate::PushStats::default();
+        for (topic, records) in groups {
+            let decoded = match topic.and_then(|t| self.others.get_mut(t)) {
+                Some(d) => d.decode(&records)?,
+                None => Decoded::Points(self.decoder.decode_refs(&records)?),
+            };
+            let p = match decoded {
+                Decoded::Points(d) => {
+                    rejected.extend(d.rejected);
+                    self.owner.note(&d.points, &d.positions);
+                    self.windower.push(&d.points, &d.positions)?
+                }
+                Decoded::Logs(d) => {
+                    rejected.extend(d.rejected);
+                    self.windower.push_logs(&d.logs, &d.positions)?
+                }
+            };
+            pushed.accepted += p.accepted;
+            pushed.late += p.late;
+            pushed.replayed += p.replayed;
+        }
+        Ok((rejected, pushed))
+    }
+
+    /// Processes the windows the watermark has closed, if any.
+    pub async fn close_ready(&mut self) -> Result<Option<Closed>, EngineError> {
+        let closed = self.windower.take_closed();
+        self.close(closed).await
+    }
+
+    /// Processes every open window (end of a bounded input).
+    pub async fn close_all(&mut self) -> Result<Option<Closed>, EngineError> {
+        let all = self.windower.take_all();
+        self.close(all).await
+    }
+
+    async fn close(&mut self, closed: Vec<crate::ClosedWindow>) -> Result<Option<Closed>, EngineError> {
+        if closed.is_empty() {
+            return Ok(None);
+        }
+        let span = tracing::debug_span!("close", windows = closed.len(), first_start = closed[0].start_ms);
+        let _g = span.enter();
+        let crate::PlanOutput { points, logs, features } = self.plan.run(&closed).await?;
+        let mut anomalies = self.detector.score_batch(&features, &self.feature)?;
+        if let Some(fleet) = self.fleet.as_mut() {
+            let outliers = fleet.observe(&features, &self.feature)?;
+            if outliers.num_rows() > 0 {
+                anomalies = arrow::compute::concat_batches(&anomalies.schema(), [&anomalies, &outliers]).map_err(vigil_models::Error::from)?;
+            }
+        }
+        let decisions = self.rule.decide(&anomalies)?;
+        if self.forecaster.enabled() {
+            self.forecaster.observe(&features, &self.feature);
+            // A change point makes the series' forecast stale: refit at the next chance.
+            let parts = anomalies.column_by_name("part").map(|c| arrow::array::AsArray::as_string::<i32>(c).clone());
+            let ids = anomalies.column_by_name("series_id").map(|c| arrow::array::AsArray::as_primitive::<arrow::datatypes::UInt64Type>(c).clone());
+            if let (Some(parts), Some(ids)) = (parts, ids) {
+                for i in 0..anomalies.num_rows() {
+                    if parts.value(i) == vigil_models::Part::Shift.name() && self.forecaster.refit_soon(ids.value(i)) {
+                        tracing::debug!(series_id = ids.value(i), "change point: forecast refit brought forward");
+                    }
+                }
+            }
+            // Refits run on a blocking thread, one at a time, never on this path.
+            if self.refit.is_none() {
+                let now = closed.last().map_or(i64::MIN, |w| w.end_ms);
+                if let Some(jobs) = self.forecaster.due(now) {
+                    let (cfg, window_ms) = (self.forecast_cfg, self.forecaster.window_ms());
+                    self.refit = Some(tokio::task::spawn_blocking(move || {
+                        let _span = tracing::debug_span!("refit", series = jobs.len()).entered();
+                        vigil_models::run_forecasts(&jobs, &cfg, window_ms)
+                    }));
+                }
+            }
+        }
+        let starts = closed.iter().map(|w| w.start_ms).collect();
+        Ok(Some(Closed { windows: closed.len(), starts, points, logs, features, anomalies, decisions }))
+    }
+
+    /// The decoders' counters summed over every format, as of now.
+    pub fn ingest_counters(&self) -> Arc<IngestCounters> {
+        Arc::new(self.counters.total())
+    }
+
+    /// The forecasts of a finished background refit, if one has finished since the last call.
+    /// With `wait`, waits for a running refit.
+    pub async fn take_forecasts(&mut self, wait: bool) -> Result<Option<arrow::array::RecordBatch>, EngineError> {
+        match &self.refit {
+            Some(h) if wait || h.is_finished() => {}
+            _ => return Ok(None),
+        }
+        let h = self.refit.take().expect("checked above");
+        match h.await {
+            Ok(r) => {
+                let batch = r?;
+                // The detector's forecast part checks the coming windows against these bands.
+                self.detector.use_forecasts(&batch);
+                Ok(Some(batch))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "forecast refit failed; the next one is scheduled as usual");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The decoders' counters per input format.
+    pub fn format_counters(&self) -> Arc<vigil_ingest::FormatCounters> {
+        self.counters.clone()
+    }
+
+    /// Series the detector holds state for.
+    pub fn series(&self) -> usize {
+        self.detector.series()
+    }
+
+    /// The windower (watermark, open windows, offsets).
+    pub fn windower(&self) -> &Windower {
+        &self.windower
+    }
+
+    /// The windower, to move the watermark or take late rows.
+    pub fn windower_mut(&mut self) -> &mut Windower {
+        &mut self.windower
+    }
+
+}
+

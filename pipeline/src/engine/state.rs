@@ -1,0 +1,500 @@
+//! The snapshot/restore contract every stateful stage goes through, and how the processor's
+//! state is cut into checkpoint sections: one per input partition (the state of the series
+//! whose points come from it, and where reading resumes) and one global section (state that
+//! spans partitions: fleet groups, log templates, OTLP cumulative streams, derived log-signal
+//! series, the ids of decisions already published).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::UInt64Type;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use vigil_ingest::SourcePos;
+use vigil_models::{DecisionRule, Detector, FleetDetector, Forecaster};
+
+use super::processor::{Processor, TopicDecoder};
+use crate::PartitionPosition;
+
+/// A stage whose state goes into checkpoints.
+///
+/// State keyed by series is cut by the `keep` predicate (the series of one partition); state
+/// that spans partitions ignores it and is written to the global section only. `restore`
+/// merges: it replaces the keys the state holds and leaves the others.
+pub trait Stateful {
+    /// The state as written (serde, encoded with postcard).
+    type State: Serialize + DeserializeOwned;
+    /// Version of `State`'s encoding. A checkpoint holding another version is refused with an
+    /// error naming the stage, rather than misread.
+    const VERSION: u32;
+    /// The state of the series `keep` selects (all of it for state that is not per series).
+    fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State;
+    /// Takes state from a checkpoint.
+    fn restore(&mut self, state: Self::State);
+    /// Forgets the series `drop` selects (their partition went to another member).
+    fn forget(&mut self, _drop: &dyn Fn(u64) -> bool) {}
+}
+
+impl Stateful for Detector {
+    type State = Vec<(u64, vigil_models::SeriesState)>;
+    const VERSION: u32 = 1;
+    fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.export(keep)
+    }
+    fn restore(&mut self, state: Self::State) {
+        self.import(state)
+    }
+    fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
+        Detector::forget(self, drop)
+    }
+}
+
+impl Stateful for Forecaster {
+    type State = Vec<(u64, vigil_models::ForecastHistory)>;
+    const VERSION: u32 = 1;
+    fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.export(keep)
+    }
+    fn restore(&mut self, state: Self::State) {
+        self.import(state)
+    }
+    fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
+        Forecaster::forget(self, drop)
+    }
+}
+
+impl Stateful for DecisionRule {
+    type State = Vec<(u64, i64)>;
+    const VERSION: u32 = 1;
+    fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.export(keep)
+    }
+    fn restore(&mut self, state: Self::State) {
+        self.import(state)
+    }
+    fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
+        DecisionRule::forget(self, drop)
+    }
+}
+
+/// Fleet groups span partitions: global.
+impl Stateful for FleetDetector {
+    type State = Vec<(String, vigil_models::FleetGroup)>;
+    const VERSION: u32 = 1;
+    fn snapshot(&self, _keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.export()
+    }
+    fn restore(&mut self, state: Self::State) {
+        self.import(state)
+    }
+}
+
+/// Log templates are mined per topic across partitions: global.
+impl Stateful for vigil_ingest::Drain {
+    type State = vigil_ingest::DrainState;
+    const VERSION: u32 = 1;
+    fn snapshot(&self, _keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.export()
+    }
+    fn restore(&mut self, state: Self::State) {
+        self.import(state)
+    }
+}
+
+/// OTLP cumulative streams (the last point of each, to turn the next into a rate): global.
+impl Stateful for vigil_ingest::OtlpMetricsDecoder {
+    type State = (Vec<(u64, vigil_ingest::OtlpStream)>, u64);
+    const VERSION: u32 = 1;
+    fn snapshot(&self, _keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.export()
+    }
+    fn restore(&mut self, state: Self::State) {
+        self.import(state.0, state.1)
+    }
+}
+
+/// Decision ids a checkpoint carries at most.
+pub const CHECKPOINTED_IDS: usize = 1000;
+
+/// Ids of the decisions published lately, newest last, at most `cap`: a replay after a crash
+/// skips them. Global.
+#[derive(Debug)]
+pub struct PublishedIds {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+    cap: usize,
+}
+
+impl PublishedIds {
+    /// An empty set keeping at most `cap` ids.
+    pub fn new(cap: usize) -> Self {
+        Self { order: VecDeque::new(), set: HashSet::new(), cap: cap.max(1) }
+    }
+    /// Whether `id` was published.
+    pub fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+    /// Notes that `id` was published.
+    pub fn insert(&mut self, id: String) {
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id);
+            while self.order.len() > self.cap {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+    /// Ids held.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+impl Stateful for PublishedIds {
+    type State = Vec<String>;
+    const VERSION: u32 = 1;
+    /// The newest [`CHECKPOINTED_IDS`]: the decisions a replay can repeat are those made after
+    /// the checkpoint, which the decisions topic's tail holds; these cover a tail that cannot be
+    /// read at start.
+    fn snapshot(&self, _keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.order.iter().rev().take(CHECKPOINTED_IDS).rev().cloned().collect()
+    }
+    fn restore(&mut self, state: Self::State) {
+        for id in state {
+            self.insert(id);
+        }
+    }
+}
+
+/// A problem with a checkpoint's contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The bytes do not decode (damaged, or written by an incompatible build).
+    #[error("checkpoint section `{section}`, state `{name}`: {problem}")]
+    Decode {
+        /// The section.
+        section: String,
+        /// The stage.
+        name: String,
+        /// What failed.
+        problem: String,
+    },
+    /// The stage's state was written in another version of its encoding.
+    #[error(
+        "checkpoint section `{section}` holds state `{name}` in version {found}; this Vigil reads version {supported}: \
+         run the Vigil version that wrote it, or move the checkpoints aside to rebuild state from the input"
+    )]
+    Version {
+        /// The section.
+        section: String,
+        /// The stage.
+        name: String,
+        /// Version found.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    name: String,
+    version: u32,
+    bytes: Vec<u8>,
+}
+
+/// Builds one checkpoint section: named, versioned entries, one per stage.
+#[derive(Default)]
+pub struct SectionWriter {
+    entries: Vec<Entry>,
+}
+
+impl SectionWriter {
+    /// Adds `stage`'s state for the series `keep` selects, under `name`.
+    pub fn put<T: Stateful>(&mut self, name: &str, stage: &T, keep: &dyn Fn(u64) -> bool) -> Result<(), StateError> {
+        self.put_value::<T::State>(name, T::VERSION, &stage.snapshot(keep))
+    }
+    fn put_value<S: Serialize>(&mut self, name: &str, version: u32, value: &S) -> Result<(), StateError> {
+        let bytes = postcard::to_stdvec(value).map_err(|e| StateError::Decode { section: String::new(), name: name.into(), problem: e.to_string() })?;
+        self.entries.push(Entry { name: name.into(), version, bytes });
+        Ok(())
+    }
+    /// The encoded section.
+    pub fn finish(self) -> Result<Vec<u8>, StateError> {
+        postcard::to_stdvec(&self.entries).map_err(|e| StateError::Decode { section: String::new(), name: "section".into(), problem: e.to_string() })
+    }
+}
+
+/// Reads one checkpoint section.
+pub struct SectionReader {
+    section: String,
+    entries: Vec<Entry>,
+}
+
+impl SectionReader {
+    /// Decodes a section's bytes; `section` names it in errors.
+    pub fn new(section: &str, bytes: &[u8]) -> Result<Self, StateError> {
+        let entries = postcard::from_bytes(bytes).map_err(|e| StateError::Decode { section: section.into(), name: "section".into(), problem: e.to_string() })?;
+        Ok(Self { section: section.into(), entries })
+    }
+    /// Restores `stage` from the entry `name`, if the section has it. Returns whether it did.
+    pub fn get<T: Stateful>(&self, name: &str, stage: &mut T) -> Result<bool, StateError> {
+        match self.value::<T::State>(name, T::VERSION)? {
+            Some(v) => {
+                stage.restore(v);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+    fn value<S: DeserializeOwned>(&self, name: &str, supported: u32) -> Result<Option<S>, StateError> {
+        let Some(e) = self.entries.iter().find(|e| e.name == name) else { return Ok(None) };
+        if e.version != supported {
+            return Err(StateError::Version { section: self.section.clone(), name: name.into(), found: e.version, supported });
+        }
+        postcard::from_bytes(&e.bytes).map(Some).map_err(|err| StateError::Decode { section: self.section.clone(), name: name.into(), problem: err.to_string() })
+    }
+}
+
+type PartKey = (Arc<str>, i32);
+
+/// Which input partition each series' points came from (the last one, if a producer moved it).
+#[derive(Debug, Default)]
+pub struct Owners {
+    parts: Vec<PartKey>,
+    index: HashMap<PartKey, u32>,
+    of: HashMap<u64, u32>,
+}
+
+impl Owners {
+    fn index_of(&mut self, k: &PartKey) -> u32 {
+        if let Some(i) = self.index.get(k) {
+            return *i;
+        }
+        let i = self.parts.len() as u32;
+        self.parts.push(k.clone());
+        self.index.insert(k.clone(), i);
+        i
+    }
+
+    /// Notes the partition of every row of a points batch.
+    pub fn note(&mut self, points: &RecordBatch, positions: &[SourcePos]) {
+        if points.num_rows() == 0 {
+            return;
+        }
+        let ids = points.column(1).as_primitive::<UInt64Type>();
+        let mut last: Option<(i32, *const str, u32)> = None;
+        let mut last_id = None;
+        for (id, p) in ids.values().iter().zip(positions) {
+            let idx = match last {
+                Some((part, t, i)) if part == p.partition && std::ptr::eq(t, Arc::as_ptr(&p.topic)) => i,
+                _ => {
+                    let i = self.index_of(&(p.topic.clone(), p.partition));
+                    last = Some((p.partition, Arc::as_ptr(&p.topic), i));
+                    i
+                }
+            };
+            if last_id == Some((*id, idx)) {
+                continue;
+            }
+            last_id = Some((*id, idx));
+            self.of.insert(*id, idx);
+        }
+    }
+
+    /// A predicate selecting the series of `parts`.
+    pub fn of_parts(&self, parts: &[PartKey]) -> impl Fn(u64) -> bool + '_ {
+        let idx: HashSet<u32> = parts.iter().filter_map(|k| self.index.get(k).copied()).collect();
+        move |id| self.of.get(&id).is_some_and(|i| idx.contains(i))
+    }
+
+    /// A predicate selecting the series of no partition (derived series, e.g. log signals).
+    pub fn unowned(&self) -> impl Fn(u64) -> bool + '_ {
+        move |id| !self.of.contains_key(&id)
+    }
+
+    /// The series of partition `k`.
+    pub fn series_of(&self, k: &PartKey) -> Vec<u64> {
+        match self.index.get(k) {
+            Some(i) => self.of.iter().filter(|(_, p)| *p == i).map(|(id, _)| *id).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Assigns `series` to partition `k` (from a checkpoint).
+    pub fn assign(&mut self, k: &PartKey, series: &[u64]) {
+        let i = self.index_of(k);
+        for id in series {
+            self.of.insert(*id, i);
+        }
+    }
+
+    /// Forgets the series of `parts`.
+    pub fn forget(&mut self, parts: &[PartKey]) {
+        let idx: HashSet<u32> = parts.iter().filter_map(|k| self.index.get(k).copied()).collect();
+        self.of.retain(|_, i| !idx.contains(i));
+    }
+}
+
+/// Section name of a partition's state.
+pub fn partition_section(topic: &str, partition: i32) -> String {
+    format!("partition/{topic}/{partition}")
+}
+
+/// Section name of the state that spans partitions.
+pub const GLOBAL_SECTION: &str = "global";
+
+impl Processor {
+    /// The state of partition `pos` (its series and where reading resumes) as a section.
+    /// Returns the bytes and the number of series.
+    pub fn snapshot_partition(&self, pos: &PartitionPosition) -> Result<(Vec<u8>, usize), StateError> {
+        let k: PartKey = (Arc::from(pos.topic.as_str()), pos.partition);
+        let series = self.owner.series_of(&k);
+        let set: HashSet<u64> = series.iter().copied().collect();
+        let keep = |id: u64| set.contains(&id);
+        let mut w = SectionWriter::default();
+        w.put_value("position", 1, pos)?;
+        w.put_value("series", 1, &series)?;
+        w.put("detector", &self.detector, &keep)?;
+        w.put("forecaster", &self.forecaster, &keep)?;
+        w.put("decision_rule", &self.rule, &keep)?;
+        Ok((w.finish()?, series.len()))
+    }
+
+    /// The state that spans partitions, and that of series no partition owns, as a section.
+    pub fn snapshot_global(&self, published: &PublishedIds) -> Result<Vec<u8>, StateError> {
+        let unowned = self.owner.unowned();
+        let mut w = SectionWriter::default();
+        w.put("detector", &self.detector, &unowned)?;
+        w.put("forecaster", &self.forecaster, &unowned)?;
+        w.put("decision_rule", &self.rule, &unowned)?;
+        w.put_value("forecaster.next_refit", 1, &self.forecaster.next_refit())?;
+        if let Some(f) = &self.fleet {
+            w.put("fleet", f, &|_| true)?;
+        }
+        for (topic, d) in &self.others {
+            match d {
+                TopicDecoder::Otlp(d) => w.put(&format!("otlp/{topic}"), d.as_ref(), &|_| true)?,
+                TopicDecoder::OtlpLogs(d) => w.put(&format!("drain/{topic}"), d.drain(), &|_| true)?,
+                TopicDecoder::JsonLogs(d) => w.put(&format!("drain/{topic}"), d.drain(), &|_| true)?,
+                TopicDecoder::Influx(_) | TopicDecoder::Mapped(_) => {}
+            }
+        }
+        w.put("published", published, &|_| true)?;
+        w.finish()
+    }
+
+    /// Restores a partition's section; returns where its reading resumes. Its position joins
+    /// the windower (replay fence, event-time progress).
+    pub fn restore_partition(&mut self, section: &str, bytes: &[u8]) -> Result<PartitionPosition, StateError> {
+        let r = SectionReader::new(section, bytes)?;
+        let pos: PartitionPosition =
+            r.value("position", 1)?.ok_or_else(|| StateError::Decode { section: section.into(), name: "position".into(), problem: "missing".into() })?;
+        let series: Vec<u64> = r.value("series", 1)?.unwrap_or_default();
+        r.get("detector", &mut self.detector)?;
+        r.get("forecaster", &mut self.forecaster)?;
+        r.get("decision_rule", &mut self.rule)?;
+        self.owner.assign(&(Arc::from(pos.topic.as_str()), pos.partition), &series);
+        self.windower.restore(&pos);
+        Ok(pos)
+    }
+
+    /// Restores the global section.
+    pub fn restore_global(&mut self, bytes: &[u8], published: &mut PublishedIds) -> Result<(), StateError> {
+        let r = SectionReader::new(GLOBAL_SECTION, bytes)?;
+        r.get("detector", &mut self.detector)?;
+        r.get("forecaster", &mut self.forecaster)?;
+        r.get("decision_rule", &mut self.rule)?;
+        let next: Option<Option<i64>> = r.value("forecaster.next_refit", 1)?;
+        self.forecaster.set_next_refit(next.flatten());
+        if let Some(f) = self.fleet.as_mut() {
+            r.get("fleet", f)?;
+        }
+        for (topic, d) in self.others.iter_mut() {
+            match d {
+                TopicDecoder::Otlp(d) => {
+                    r.get(&format!("otlp/{topic}"), d.as_mut())?;
+                }
+                TopicDecoder::OtlpLogs(d) => {
+                    r.get(&format!("drain/{topic}"), d.drain_mut())?;
+                }
+                TopicDecoder::JsonLogs(d) => {
+                    r.get(&format!("drain/{topic}"), d.drain_mut())?;
+                }
+                TopicDecoder::Influx(_) | TopicDecoder::Mapped(_) => {}
+            }
+        }
+        r.get("published", published)?;
+        Ok(())
+    }
+
+    /// Forgets everything about `parts` (revoked): their series' state, their rows in open
+    /// windows, their offsets. The next owner restores them from the checkpoint.
+    pub fn forget_partitions(&mut self, parts: &[PartKey]) -> Result<usize, crate::Error> {
+        let removed = {
+            let drop = self.owner.of_parts(parts);
+            Stateful::forget(&mut self.detector, &drop);
+            Stateful::forget(&mut self.forecaster, &drop);
+            Stateful::forget(&mut self.rule, &drop);
+            self.windower.drop_series(&drop)?
+        };
+        self.windower.revoke(parts);
+        self.owner.forget(parts);
+        Ok(removed)
+    }
+
+    /// Series whose state is held, per partition section and global.
+    pub fn owned_series(&self, k: &PartKey) -> usize {
+        self.owner.series_of(k).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_ids_stay_bounded_and_round_trip() {
+        let mut p = PublishedIds::new(3);
+        for i in 0..5 {
+            p.insert(format!("id{i}"));
+        }
+        assert_eq!(p.len(), 3);
+        assert!(!p.contains("id1") && p.contains("id4"));
+        let mut w = SectionWriter::default();
+        w.put("published", &p, &|_| true).unwrap();
+        let bytes = w.finish().unwrap();
+        let mut q = PublishedIds::new(10);
+        assert!(SectionReader::new("global", &bytes).unwrap().get("published", &mut q).unwrap());
+        assert!(q.contains("id2") && q.contains("id4") && !q.contains("id0"));
+    }
+
+    #[test]
+    fn a_state_of_another_version_is_refused_by_name() {
+        let mut w = SectionWriter::default();
+        w.put_value("published", 99, &Vec::<String>::new()).unwrap();
+        let bytes = w.finish().unwrap();
+        let mut q = PublishedIds::new(10);
+        let e = SectionReader::new("global", &bytes).unwrap().get("published", &mut q).unwrap_err();
+        assert!(matches!(e, StateError::Version { found: 99, supported: 1, .. }), "{e}");
+        assert!(e.to_string().contains("`published`"), "{e}");
+    }
+
+    #[test]
+    fn damaged_section_bytes_are_an_error_not_a_panic() {
+        assert!(SectionReader::new("global", &[0xff, 0xff, 0xff]).is_err());
+        let mut w = SectionWriter::default();
+        w.put_value("published", 1, &vec!["a".to_string()]).unwrap();
+        let mut bytes = w.finish().unwrap();
+        let n = bytes.len();
+        bytes.truncate(n - 1);
+        let r = SectionReader::new("global", &bytes);
+        assert!(r.is_err() || r.unwrap().get("published", &mut PublishedIds::new(2)).is_err());
+    }
+}
