@@ -240,6 +240,22 @@ impl LateSink {
     }
 }
 
+/// A client context for reading a topic to its end: the end of a partition is expected, not an
+/// error worth logging.
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
+        if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::warn!(error = %error, reason, "reading the decisions topic");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
 /// The CloudEvents ids (`ce_id`) of the newest `per_partition` records of every partition of
 /// `topic`: what was already published, so a replay after a crash does not publish it again.
 /// A topic that does not exist yet has none.
@@ -251,12 +267,13 @@ pub fn published_ids(brokers: &str, topic: &str, per_partition: usize, timeout: 
     if per_partition == 0 {
         return Ok(ids);
     }
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<QuietEof> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "vigil-published-ids")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()
+        .set("fetch.wait.max.ms", "50")
+        .create_with_context(QuietEof)
         .map_err(Error::Create)?;
     let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| Error::Read { topic: topic.to_string(), source: e })?;
     let mut tpl = TopicPartitionList::new();

@@ -126,3 +126,4 @@ async fn a_broker_outage_of_a_minute_holds_results_back_and_loses_nothing() {
     let decisions = read_decisions(&kafka.brokers, "vigil.decisions");
     check_decisions(&decisions, &incidents).unwrap();
 }
+

@@ -106,9 +106,15 @@ fn twenty_sigkills_against_tansu_lose_no_window_and_publish_each_decision_once()
     let state = dir.join("state");
     let log = dir.join("vigil.log");
     let port = free_port();
-    // Static membership: a restarted process takes its predecessor's place at once instead of
-    // waiting out its session.
-    let cfg = write_config(&dir, &brokers, "crash-loop", &state.display().to_string(), port, &[("group.instance.id", "vigil-crash-loop")]);
+    // A killed member holds its partitions until its session times out: keep that short.
+    let cfg = write_config(
+        &dir,
+        &brokers,
+        "crash-loop",
+        &state.display().to_string(),
+        port,
+        &[("session.timeout.ms", "3000"), ("heartbeat.interval.ms", "300")],
+    );
 
     let produced = Arc::new(AtomicI64::new(0));
     let (holding, release) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
@@ -121,7 +127,12 @@ fn twenty_sigkills_against_tansu_lose_no_window_and_publish_each_decision_once()
     let mut run = Vigil::start(&cfg, port, &log);
     while kills < KILLS {
         assert!(run.wait_ready(Duration::from_secs(60)), "vigil never became ready; log:\n{}", tail(&log));
-        std::thread::sleep(Duration::from_millis(rng.random_range(200..2500)));
+        // A random moment once the run is processing input.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while run.metric("vigil_records_total") == 0.0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..2500)));
         run.kill9();
         kills += 1;
         run = Vigil::start(&cfg, port, &log);
@@ -142,8 +153,9 @@ fn twenty_sigkills_against_tansu_lose_no_window_and_publish_each_decision_once()
     let closed = closed_windows(&log);
     let lost: Vec<_> = expected_windows(WINDOWS).difference(&closed).copied().collect();
     println!(
-        "crash loop: {kills} SIGKILLs in {:.0}s (seed {seed}), {} decisions for {} incidents, {} distinct ids, {} windows lost",
+        "crash loop: {kills} SIGKILLs in {:.0}s (seed {seed}), {} partition restores, {} decisions for {} incidents, {} distinct ids, {} windows lost",
         began.elapsed().as_secs_f64(),
+        std::fs::read_to_string(&log).unwrap().matches("partition restored").count(),
         decisions.len(),
         incidents.len(),
         decisions.iter().map(|d| &d.id).collect::<BTreeSet<_>>().len(),
@@ -152,6 +164,9 @@ fn twenty_sigkills_against_tansu_lose_no_window_and_publish_each_decision_once()
     assert!(lost.is_empty(), "windows never closed by any run: {lost:?}");
     assert_eq!(closed, expected_windows(WINDOWS), "the runs together closed exactly the windows of a run without kills");
     check_decisions(&decisions, &incidents).unwrap();
+    assert_eq!(count_records(&brokers, "vigil.late"), 0, "no row of a replay counted as late");
+    let restored = std::fs::read_to_string(&log).unwrap().matches("partition restored").count();
+    assert!(restored >= 10, "runs restored their partitions from checkpoints ({restored} restores)");
     let offsets = committed(&brokers, "crash-loop", "metrics", 3);
     assert!(offsets.iter().all(|o| *o > 0), "offsets committed: {offsets:?}");
 }

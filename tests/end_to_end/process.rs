@@ -39,7 +39,12 @@ pub fn temp_dir(name: &str) -> PathBuf {
 /// A configuration file for `vigil run`: brokers, group, checkpoints every second in
 /// `state`, one input topic, fleet outliers off (only the injected spikes should decide).
 pub fn write_config(dir: &Path, brokers: &str, group: &str, state: &str, listen_port: u16, extra_consumer: &[(&str, &str)]) -> PathBuf {
-    let mut consumer = String::from("\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n");
+    let mut consumer = String::new();
+    for (k, v) in [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")] {
+        if !extra_consumer.iter().any(|(ek, _)| *ek == k) {
+            consumer.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+        }
+    }
     for (k, v) in extra_consumer {
         consumer.push_str(&format!("\"{k}\" = \"{v}\"\n"));
     }
@@ -56,7 +61,7 @@ delivery_timeout = "10s"
 [window]
 size = "10s"
 allowed_lag = "5s"
-idle_timeout = "2s"
+idle_timeout = "10s"
 
 [fleet]
 enabled = false
@@ -112,6 +117,12 @@ impl Vigil {
         s.read_to_string(&mut buf).ok()?;
         let status = buf.split_whitespace().nth(1)?.parse().ok()?;
         Some((status, buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()))
+    }
+
+    /// A sample of `/metrics` (0 when absent or unreachable).
+    pub fn metric(&self, name: &str) -> f64 {
+        let Some((200, body)) = self.get("/metrics") else { return 0.0 };
+        body.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
     }
 
     /// Waits until `/readyz` answers 200 (state restored, partitions assigned).
@@ -252,6 +263,37 @@ pub fn read_decisions(brokers: &str, topic: &str) -> Vec<TopicDecision> {
     }
     assert!(ends.is_empty(), "could not read {topic} to its end");
     out
+}
+
+/// How many records `topic` holds (read to the end each partition reports while fetching).
+pub fn count_records(brokers: &str, topic: &str) -> usize {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("count-{}", unique()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut open = BTreeSet::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        open.insert(p.id());
+    }
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    while !open.is_empty() && Instant::now() < deadline {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(_)) => n += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            _ => {}
+        }
+    }
+    n
 }
 
 /// The window starts the runs logged as closed ("windows closed starts=[...]").
