@@ -75,9 +75,11 @@ struct OpenWindow {
 /// would turn that skew into spurious lateness. A partition idle for `idle_timeout` stops holding
 /// the watermark back.
 ///
-/// Semantics, per row in arrival order: the row is late if its window's end is at or before the
-/// current watermark; otherwise it joins its window. Then its partition's watermark, and the
-/// overall one, advance. A window `[start, end)` closes once `watermark >= end`. Computing
+/// Semantics, per row in arrival order: the row is late if its window's end is at or before its
+/// own partition's watermark; otherwise it joins its window (a window that has already closed
+/// because other partitions moved on opens again for it, and closes with the next
+/// [`Self::take_closed`]: series live on one partition, so each series' window is still processed
+/// once). Then its partition's watermark, and the overall one, advance. A window `[start, end)` closes once `watermark >= end`. Computing
 /// lateness row by row (not batch by batch) makes the result independent of how the records were
 /// grouped into polls.
 #[derive(Debug)]
@@ -248,28 +250,34 @@ impl Windower {
         let mut starts: Vec<i64> = Vec::with_capacity(n);
         let mut late = 0usize;
         let mut replayed = 0usize;
+        let mut late_wm = i64::MIN;
         let mut last_key: Option<PartKey> = None;
         for (i, &t) in ts.iter().enumerate() {
             let start = t - t.rem_euclid(size);
             let end = start.saturating_add(size);
             let p = &positions[i];
-            let fence = if self.fences.is_empty() { None } else { self.fences.get(&(p.topic.clone(), p.partition)) };
-            if fence.is_some_and(|f| p.offset < f.offset && end <= f.watermark) {
-                // Seen before the checkpoint, in a window that was processed then.
-                starts.push(SKIPPED);
-                replayed += 1;
-            } else if end <= wm {
-                starts.push(LATE);
-                late += 1;
-            } else {
-                starts.push(start);
-            }
             let same = matches!(&last_key, Some((tp, pp)) if *pp == p.partition && Arc::ptr_eq(tp, &p.topic));
             if !same {
                 last_key = Some((p.topic.clone(), p.partition));
             }
             let key = last_key.as_ref().expect("set above");
+            let fence = if self.fences.is_empty() { None } else { self.fences.get(key) };
             let e = self.part_max.entry(key.clone()).or_insert((i64::MIN, now));
+            // Lateness is judged against the row's own partition: a partition that was idle, or
+            // was just assigned or restored behind the others, is not late for being behind them
+            // (its rows fill a window that closes again at once).
+            let part_wm = e.0.saturating_sub(lag);
+            if fence.is_some_and(|f| p.offset < f.offset && end <= f.watermark) {
+                // Seen before the checkpoint, in a window that was processed then.
+                starts.push(SKIPPED);
+                replayed += 1;
+            } else if e.0 != i64::MIN && end <= part_wm {
+                starts.push(LATE);
+                late += 1;
+                late_wm = late_wm.max(part_wm);
+            } else {
+                starts.push(start);
+            }
             e.1 = now;
             if t > e.0 {
                 e.0 = t;
@@ -292,7 +300,7 @@ impl Windower {
             let mask: BooleanArray = starts.iter().map(|s| Some(*s == LATE)).collect();
             let rows = filter_record_batch(points, &mask)?;
             let positions = starts.iter().zip(positions).filter(|(s, _)| **s == LATE).map(|(_, p)| p.clone()).collect();
-            self.late.push(LateRows { rows, positions, logs, watermark: wm });
+            self.late.push(LateRows { rows, positions, logs, watermark: late_wm });
         }
 
         // Pass 2: split rows by window. A poll usually spans one or two windows.
@@ -508,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn late_beyond_the_lag_is_counted_and_dropped() {
+    fn late_beyond_the_lag_is_counted_and_kept_aside() {
         let mut w = windower();
         let (b, p) = batch(&[(0, 1_000), (1, 21_000)]);
         w.push(&b, &p).unwrap();
@@ -653,5 +661,22 @@ mod tests {
         let id = vigil_ingest::series_id(&vigil_ingest::series_key("x", []));
         assert_eq!(w.drop_series(&|s| s == id).unwrap(), 3);
         assert_eq!(w.buffered_rows(), 0);
+    }
+
+    #[test]
+    fn a_partition_that_joins_behind_the_others_is_not_late_and_its_windows_close_again() {
+        let mut w = windower();
+        let (b, p) = batch_on(0, &[(0, 1_000), (1, 61_000)]);
+        w.push(&b, &p).unwrap();
+        assert_eq!(w.take_closed().len(), 1, "[0,10s) closed");
+        // Partition 1 is assigned later (a rebalance) with a backlog from the start.
+        let (b, p) = batch_on(1, &[(0, 2_000), (1, 12_000)]);
+        let s = w.push(&b, &p).unwrap();
+        assert_eq!((s.accepted, s.late), (2, 0), "judged against its own progress");
+        let closed: Vec<_> = w.take_closed().iter().map(|c| (c.start_ms, c.rows())).collect();
+        assert_eq!(closed, vec![(0, 1), (10_000, 1)], "[0,10s) opens again for partition 1's row and closes at once");
+        // Its own out-of-order rows beyond the lag are still late.
+        let (b, p) = batch_on(1, &[(2, 30_000), (3, 3_000)]);
+        assert_eq!(w.push(&b, &p).unwrap().late, 1);
     }
 }
