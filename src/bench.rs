@@ -51,6 +51,9 @@ pub struct CheckpointCost {
     pub encode_ms: f64,
     /// The whole checkpoint (encode and write, fsync-free rename), ms.
     pub total_ms: f64,
+    /// Checkpoint bytes of one series whose detector history is full (the steady state; the
+    /// run's series may have seen fewer windows).
+    pub full_series_bytes: usize,
 }
 
 impl BenchReport {
@@ -67,7 +70,8 @@ impl BenchReport {
              throughput        {:.1} MB/s per core\n\
              batch latency     p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} records per batch)\n\
              state per series  {} bytes at most (detector)\n\
-             checkpoint        {} series: {:.1} MB, {:.0} ms ({:.0} ms to encode); per 10,000 series {:.1} MB, {:.0} ms\n",
+             checkpoint        {} series: {:.1} MB, {:.0} ms ({:.0} ms to encode); per 10,000 series {:.1} MB, {:.0} ms\n\
+             checkpoint, full  {} bytes per series with a full history ({:.0} MB per 10,000 series)\n",
             self.events,
             self.bytes,
             self.bytes as f64 / 1e6,
@@ -91,6 +95,8 @@ impl BenchReport {
             self.checkpoint.encode_ms,
             self.checkpoint.bytes as f64 / 1e6 * 10_000.0 / self.checkpoint.series.max(1) as f64,
             self.checkpoint.total_ms * 10_000.0 / self.checkpoint.series.max(1) as f64,
+            self.checkpoint.full_series_bytes,
+            self.checkpoint.full_series_bytes as f64 * 10_000.0 / 1e6,
         )
     }
 }
@@ -204,7 +210,7 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
     let ring = vigil_models::Detector::new(cfg.detector.model_config(cfg.window.size)).max_bytes_per_series();
-    let checkpoint = checkpoint_cost(&core).await?;
+    let checkpoint = checkpoint_cost(&core, cfg).await?;
     Ok(BenchReport {
         events,
         bytes,
@@ -221,8 +227,8 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
 }
 
 /// Takes one checkpoint of everything `core` holds, into a temporary local directory.
-async fn checkpoint_cost(core: &Processor) -> Result<CheckpointCost, EngineError> {
-    use vigil_pipeline::engine::{state::partition_section, PublishedIds, GLOBAL_SECTION};
+async fn checkpoint_cost(core: &Processor, cfg: &Config) -> Result<CheckpointCost, EngineError> {
+    use vigil_pipeline::engine::{state::partition_section, PublishedIds, SectionWriter, GLOBAL_SECTION};
     use vigil_pipeline::store::{CheckpointStore, Section};
     let t = Instant::now();
     let mut sections = vec![Section { name: GLOBAL_SECTION.into(), bytes: core.snapshot_global(&PublishedIds::new(1))? }];
@@ -238,5 +244,15 @@ async fn checkpoint_cost(core: &Processor) -> Result<CheckpointCost, EngineError
     let written = store.write("bench", sections, serde_json::json!({})).await?;
     let total_ms = t.elapsed().as_secs_f64() * 1000.0;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(CheckpointCost { series, bytes: written.bytes, encode_ms, total_ms })
+    // One series observed past its longest history, as every series is in a long run.
+    let dcfg = cfg.detector.model_config(cfg.window.size);
+    let cap = dcfg.history.max(dcfg.seasons * dcfg.max_period + 1) + dcfg.calibration;
+    let mut d = vigil_models::Detector::new(dcfg);
+    for i in 0..cap as i64 {
+        d.observe_at(1, i * 10_000, 100.0 + (i % 97) as f64 * 0.37 + (i % 13) as f64);
+    }
+    let mut w = SectionWriter::default();
+    w.put("detector", &d, &|_| true)?;
+    let full_series_bytes = w.finish()?.len();
+    Ok(CheckpointCost { series, bytes: written.bytes, encode_ms, total_ms, full_series_bytes })
 }
