@@ -383,6 +383,7 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
         cluster.create_topic(topic, partitions, 1).with_context(|| format!("creating topic {topic}"))?;
     }
     cluster.create_topic("vigil.dlq", 1, 1).context("creating topic vigil.dlq")?;
+    cluster.create_topic("vigil.late", 1, 1).context("creating topic vigil.late")?;
     cluster.create_topic("vigil.decisions", 3, 1).context("creating topic vigil.decisions")?;
 
     let mut cfg = Config::default();
@@ -525,7 +526,7 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     println!("records produced        {produced} ({} corrupted, {} sent late)", gen_stats.corrupted.load(Ordering::Relaxed), gen_stats.late.load(Ordering::Relaxed));
     println!("records consumed        {} in {:.1}s ({:.0} records/s)", Stats::get(&stats.records), wall.as_secs_f64(), Stats::get(&stats.records) as f64 / wall.as_secs_f64());
     println!("dead-lettered           {} (on topic vigil.dlq: {dlq_on_topic})", Stats::get(&stats.dead_lettered));
-    println!("late (dropped)          {}", Stats::get(&stats.late));
+    println!("late (to vigil.late)    {} (on topic: {})", Stats::get(&stats.late), count_topic(&brokers, "vigil.late"));
     println!("windows closed          {}", Stats::get(&stats.windows_closed));
     println!("feature rows            {}", Stats::get(&stats.feature_rows));
     for (format, c) in formats_sql.iter() {
