@@ -18,5 +18,6 @@ mod kafka_decisions;
 mod kafka_delivery;
 mod kafka_forecasts;
 mod kafka_formats;
+mod kafka_late;
 mod kafka_otlp_and_logs;
 mod kafka_restart;

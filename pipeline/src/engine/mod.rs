@@ -321,6 +321,12 @@ impl Engine {
 
     async fn publish_late(&mut self) -> Result<(), EngineError> {
         for rows in self.core.windower_mut().take_late() {
+            {
+                let mut by_topic = self.stats.late_by_topic.lock().unwrap_or_else(|e| e.into_inner());
+                for p in &rows.positions {
+                    *by_topic.entry(p.topic.to_string()).or_insert(0) += 1;
+                }
+            }
             let json = late::json_rows(&rows).map_err(crate::Error::from)?;
             let why = late::reason(rows.watermark);
             let records: Vec<LateRecord<'_>> =

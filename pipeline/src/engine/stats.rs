@@ -143,6 +143,8 @@ pub struct Stats {
     pub close_latency: Histogram,
     /// Consumer lag per assigned partition (records not read yet).
     pub lag: Mutex<Vec<(String, i32, i64)>>,
+    /// Rows behind the watermark per input topic.
+    pub late_by_topic: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -228,6 +230,9 @@ pub fn metrics_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>)
         out.push(gauge("vigil_ready", "1 once state is restored and partitions are assigned.", s.ready.load(Ordering::Relaxed) as u8 as f64));
         for (t, p, lag) in s.lag.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             out.push(gauge(&format!("vigil_consumer_lag{{topic=\"{t}\",partition=\"{p}\"}}"), "Records of an assigned partition not read yet.", *lag as f64));
+        }
+        for (t, n) in s.late_by_topic.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.push(counter(&format!("vigil_late_rows_total{{topic=\"{t}\"}}"), "Rows behind the watermark, per input topic.", *n as f64));
         }
         let h = &s.close_latency;
         let hist = "Window close to its decisions acknowledged by the broker, seconds.";
