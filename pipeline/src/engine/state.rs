@@ -264,12 +264,33 @@ impl SectionReader {
 
 type PartKey = (Arc<str>, i32);
 
+/// Hashes a series id by itself: ids are already XXH3 hashes, so hashing them again (SipHash,
+/// the default) only costs time on the per-row path.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = x;
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Which input partition each series' points came from (the last one, if a producer moved it).
 #[derive(Debug, Default)]
 pub struct Owners {
     parts: Vec<PartKey>,
     index: HashMap<PartKey, u32>,
-    of: HashMap<u64, u32>,
+    of: IdMap<u32>,
 }
 
 impl Owners {
@@ -304,7 +325,16 @@ impl Owners {
                 continue;
             }
             last_id = Some((*id, idx));
-            self.of.insert(*id, idx);
+            match self.of.entry(*id) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if *e.get() != idx {
+                        e.insert(idx);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(idx);
+                }
+            }
         }
     }
 
