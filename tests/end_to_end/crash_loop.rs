@@ -120,7 +120,7 @@ fn twenty_sigkills_against_tansu_lose_no_window_and_publish_each_decision_once()
     let (holding, release) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let producer = spawn_producer(brokers.clone(), data, 4.0, produced.clone(), Some((after_restart, holding.clone(), release.clone())));
 
-    let seed: u64 = std::env::var("VIGIL_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261124);
+    let seed: u64 = std::env::var("CRASH_LOOP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261124);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut kills = 0;
     let began = Instant::now();
