@@ -223,53 +223,12 @@ pub struct TopicDecision {
     pub window_start_ms: i64,
 }
 
-/// Every decision on `topic`, read from the beginning.
-pub fn read_decisions(brokers: &str, topic: &str) -> Vec<TopicDecision> {
+/// Calls `each` with every record of `topic`, from the beginning to the end each partition
+/// reports while fetching (tansu's answer to a watermark request is not the true end).
+fn read_to_end(brokers: &str, topic: &str, mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("audit-{}", unique()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let mut tpl = TopicPartitionList::new();
-    // Read to the end each partition reports while fetching (tansu's answer to a watermark
-    // request is not the true end).
-    let mut ends = BTreeSet::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
-        ends.insert(p.id());
-    }
-    let mut out = Vec::new();
-    c.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ends.is_empty() && Instant::now() < deadline {
-        let m = match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => m,
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                ends.remove(&p);
-                continue;
-            }
-            _ => continue,
-        };
-        {
-            let id = m.headers().and_then(|h| h.iter().find(|x| x.key == "ce_id").and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).to_string()))).unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
-            let ws = v["evidence"]["window_start"].as_str().unwrap_or_default();
-            let ws = chrono::DateTime::parse_from_rfc3339(ws).map(|t| t.timestamp_millis()).unwrap_or(i64::MIN);
-            out.push(TopicDecision { id, series: v["series"]["key"].as_str().unwrap_or_default().to_string(), window_start_ms: ws });
-        }
-    }
-    assert!(ends.is_empty(), "could not read {topic} to its end");
-    out
-}
-
-/// How many records `topic` holds (read to the end each partition reports while fetching).
-pub fn count_records(brokers: &str, topic: &str) -> usize {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("count-{}", unique()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .create()
@@ -283,16 +242,35 @@ pub fn count_records(brokers: &str, topic: &str) -> usize {
     }
     c.assign(&tpl).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut n = 0;
-    while !open.is_empty() && Instant::now() < deadline {
+    while !open.is_empty() {
+        assert!(Instant::now() < deadline, "could not read {topic} to its end");
         match c.poll(Duration::from_millis(200)) {
-            Some(Ok(_)) => n += 1,
+            Some(Ok(m)) => each(&m),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);
             }
             _ => {}
         }
     }
+}
+
+/// Every decision on `topic`, read from the beginning.
+pub fn read_decisions(brokers: &str, topic: &str) -> Vec<TopicDecision> {
+    let mut out = Vec::new();
+    read_to_end(brokers, topic, |m| {
+        let id = m.headers().and_then(|h| h.iter().find(|x| x.key == "ce_id").and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).to_string()))).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+        let ws = v["evidence"]["window_start"].as_str().unwrap_or_default();
+        let ws = chrono::DateTime::parse_from_rfc3339(ws).map(|t| t.timestamp_millis()).unwrap_or(i64::MIN);
+        out.push(TopicDecision { id, series: v["series"]["key"].as_str().unwrap_or_default().to_string(), window_start_ms: ws });
+    });
+    out
+}
+
+/// How many records `topic` holds.
+pub fn count_records(brokers: &str, topic: &str) -> usize {
+    let mut n = 0;
+    read_to_end(brokers, topic, |_| n += 1);
     n
 }
 

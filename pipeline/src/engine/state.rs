@@ -36,47 +36,28 @@ pub trait Stateful {
     fn forget(&mut self, _drop: &dyn Fn(u64) -> bool) {}
 }
 
-impl Stateful for Detector {
-    type State = Vec<(u64, vigil_models::SeriesState)>;
-    const VERSION: u32 = 1;
-    fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State {
-        self.export(keep)
-    }
-    fn restore(&mut self, state: Self::State) {
-        self.import(state)
-    }
-    fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
-        Detector::forget(self, drop)
-    }
+/// The per-series stages: `export(keep)`, `import`, `forget(drop)` of their own.
+macro_rules! per_series {
+    ($stage:ty, $state:ty) => {
+        impl Stateful for $stage {
+            type State = $state;
+            const VERSION: u32 = 1;
+            fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State {
+                self.export(keep)
+            }
+            fn restore(&mut self, state: Self::State) {
+                self.import(state)
+            }
+            fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
+                <$stage>::forget(self, drop)
+            }
+        }
+    };
 }
 
-impl Stateful for Forecaster {
-    type State = Vec<(u64, vigil_models::ForecastHistory)>;
-    const VERSION: u32 = 1;
-    fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State {
-        self.export(keep)
-    }
-    fn restore(&mut self, state: Self::State) {
-        self.import(state)
-    }
-    fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
-        Forecaster::forget(self, drop)
-    }
-}
-
-impl Stateful for DecisionRule {
-    type State = Vec<(u64, i64)>;
-    const VERSION: u32 = 1;
-    fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State {
-        self.export(keep)
-    }
-    fn restore(&mut self, state: Self::State) {
-        self.import(state)
-    }
-    fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
-        DecisionRule::forget(self, drop)
-    }
-}
+per_series!(Detector, Vec<(u64, vigil_models::SeriesState)>);
+per_series!(Forecaster, Vec<(u64, vigil_models::ForecastHistory)>);
+per_series!(DecisionRule, Vec<(u64, i64)>);
 
 /// Fleet groups span partitions: global.
 impl Stateful for FleetDetector {
