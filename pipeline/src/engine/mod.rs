@@ -194,11 +194,6 @@ impl Engine {
         self.core.format_counters()
     }
 
-    /// The partitions this member owns.
-    pub fn assigned(&self) -> &[PartKey] {
-        &self.assigned
-    }
-
     /// Reads the ids already on the decisions topic (a failure only warns: the ids kept in the
     /// checkpoint still apply).
     async fn refresh_published(&mut self) {

@@ -71,16 +71,6 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
-
-    /// The smallest bucket bound holding at least `q` of the observations (an upper estimate
-    /// of the quantile), or `None` without observations or beyond the last bucket.
-    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
-        let n = self.count() as f64;
-        if n == 0.0 {
-            return None;
-        }
-        LATENCY_BUCKETS.iter().zip(&self.buckets).find(|(_, c)| c.load(Ordering::Relaxed) as f64 >= q * n).map(|(b, _)| *b)
-    }
 }
 
 /// Engine counters and gauges, readable while it runs.
