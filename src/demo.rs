@@ -367,38 +367,49 @@ fn corrupt(buf: &mut String, how: u32) {
 /// How the decisions of a run compare to the injected incidents.
 #[derive(Debug, Default)]
 pub struct Scorecard {
-    /// Per incident: its kind, series and the first matching decision's window start, if any.
+    /// Per incident: its kind, series and the first matching decision (window start of its
+    /// first signal, policy and action), if any.
     pub incidents: Vec<(String, String, Option<String>)>,
-    /// Decisions that match no incident.
+    /// Firing decisions that match no incident.
     pub false_decisions: Vec<String>,
+    /// Firing decisions (resolved events are not decisions).
+    pub firing: usize,
+    /// Resolved events.
+    pub resolved: usize,
+    /// Distinct Vigil incidents with a firing decision.
+    pub decided_incidents: usize,
 }
 
 impl Scorecard {
-    /// Matches decisions to incidents: a decision about the incident's series whose window ends
-    /// after the incident starts and starts no later than 10 minutes after it ends.
+    /// Matches firing decisions to injected incidents: a decision whose incident has the
+    /// injected series among its members (for a log incident: a `log_*` series of its service),
+    /// made after the injected incident starts and no later than 10 minutes after it ends.
     pub fn score(sim: &Simulation, decisions: &[vigil_models::Decision]) -> Self {
         let mut card = Scorecard::default();
-        let mut matched = vec![false; decisions.len()];
+        let firing: Vec<&vigil_models::Decision> = decisions.iter().filter(|d| d.status == "firing").collect();
+        card.firing = firing.len();
+        card.resolved = decisions.len() - firing.len();
+        card.decided_incidents = firing.iter().map(|d| d.incident.id.as_str()).collect::<std::collections::HashSet<_>>().len();
+        let mut matched = vec![false; firing.len()];
         let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()).unwrap_or(i64::MIN);
         for inc in &sim.incidents {
             let mut first = None;
-            for (i, d) in decisions.iter().enumerate() {
-                let ws = parse(&d.evidence.window_start);
-                let we = parse(&d.evidence.window_end);
-                let about = match inc.log_service {
-                    Some(svc) => d.series.name.starts_with("log_") && d.series.labels.get("service").map(String::as_str) == Some(svc),
-                    None => d.series.key == inc.series,
-                };
-                if about && we > inc.start_ms && ws <= inc.end_ms + 600_000 {
+            for (i, d) in firing.iter().enumerate() {
+                let at = parse(&d.time);
+                let about = d.incident.members.iter().any(|m| match inc.log_service {
+                    Some(svc) => m.starts_with("log_") && m.contains(&format!("service=\"{svc}\"")),
+                    None => *m == inc.series,
+                });
+                if about && at > inc.start_ms && at <= inc.end_ms + 600_000 {
                     matched[i] = true;
-                    first.get_or_insert_with(|| d.evidence.window_start.clone());
+                    first.get_or_insert_with(|| format!("{} {} -> {}", d.evidence.window_start, d.policy, d.action));
                 }
             }
             card.incidents.push((inc.kind.to_string(), inc.series.clone(), first));
         }
-        for (i, d) in decisions.iter().enumerate() {
+        for (i, d) in firing.iter().enumerate() {
             if !matched[i] {
-                card.false_decisions.push(format!("{} {} score {}", d.evidence.window_start, d.series.key, d.evidence.score));
+                card.false_decisions.push(format!("{} {} {} ({} -> {}) score {}", d.time, d.incident.key, d.incident.origin, d.policy, d.action, d.evidence.score));
             }
         }
         card

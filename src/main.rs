@@ -130,6 +130,17 @@ enum Command {
         #[arg(long, short, env = "VIGIL_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Check the decision policies (`decisions.policies_file`, or the built-in
+    /// sql/policies.toml) and list them in the order they are tried.
+    ///
+    /// Every policy's SQL is planned against the `incidents` table: a policy that does not
+    /// parse or names an unknown column is reported with its name and the column, and the exit
+    /// status is 1.
+    Policies {
+        /// TOML configuration file.
+        #[arg(long, short, env = "VIGIL_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Print the effective configuration (defaults, file, environment) as TOML, or the error.
     Config {
         /// TOML configuration file.
@@ -286,6 +297,25 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Backtest { .. } => unreachable!("run before the runtime is built"),
+            Command::Policies { config } => {
+                let cfg = Config::load(config.as_deref())?;
+                let (text, source) = cfg.policies_text()?;
+                let set = vigil_models::PolicySet::new(&text, &source).await?;
+                println!("{source}: {} policies, tried in this order", set.specs().len());
+                for p in set.specs() {
+                    println!(
+                        "  {:<20} {:<14} risk {:<6} mode {:<8} cooldown {:<6} max/h {:<4} when {}",
+                        p.name,
+                        p.action,
+                        p.risk.name(),
+                        p.mode.name(),
+                        humantime::format_duration(p.cooldown).to_string(),
+                        p.max_per_hour,
+                        p.when
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Config { config } => {
                 let cfg = Config::load(config.as_deref())?;
                 print!("{}", cfg.to_toml());
@@ -317,8 +347,8 @@ fn sql_service(tables: Arc<ResultTables>) -> SqlService {
 
 fn log_decision(d: &Decision) {
     tracing::info!(
-        id = %d.id, kind = %d.kind, severity = %d.severity, action = %d.recommendation.action,
-        "decision: {}", d.explanation
+        id = %d.id, kind = %d.kind, status = %d.status, severity = %d.severity, policy = %d.policy, action = %d.action, target = %d.target.name,
+        incident = %d.incident.id, "decision: {}", d.annotations.get("summary").map_or("", String::as_str)
     );
 }
 
@@ -549,7 +579,38 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
         .unwrap_or_default();
     println!("  may reach the 8 GB limit: {reaching}");
     println!("anomalies               {} (SQL: {anomalies_sql})", Stats::get(&stats.anomalies));
-    println!("decisions               {} (on topic vigil.decisions: {on_topic})", decisions.len());
+    let threshold = cfg.decisions.threshold;
+    let high = sql
+        .query_json(&format!("select count(*) as n from anomalies where score >= {threshold}"))
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v[0]["n"].as_u64())
+        .unwrap_or(0);
+    let incidents_sql = sql
+        .query_json("select count(distinct id) as incidents, sum(case when state = 'resolved' then 1 else 0 end) as resolved from incidents")
+        .await
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default();
+    let log_sql = sql
+        .query_json("select outcome, count(*) as n from decision_log group by outcome order by n desc")
+        .await
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default();
+    println!("incidents               {incidents_sql}");
+    println!("decision log            {log_sql}");
+    println!(
+        "decisions               {} firing + {} resolved (on topic vigil.decisions: {on_topic}), about {} incidents: {:.2} per incident",
+        card.firing,
+        card.resolved,
+        card.decided_incidents,
+        card.firing as f64 / card.decided_incidents.max(1) as f64
+    );
+    println!(
+        "alert compression       {:.1}% (1 - {} firing decisions / {high} anomaly rows scoring >= {threshold})",
+        100.0 * (1.0 - card.firing as f64 / high.max(1) as f64),
+        card.firing
+    );
     for (kind, series, first) in &card.incidents {
         match first {
             Some(at) => println!("  detected  {kind:<12} {series} (window {at})"),

@@ -24,6 +24,7 @@
 
 mod drain;
 mod error;
+mod feedback;
 mod influx;
 mod json;
 mod logs;
@@ -34,6 +35,7 @@ mod series;
 mod source;
 
 pub use error::{Error, Result};
+pub use feedback::FeedbackSource;
 pub use influx::{InfluxCounters, InfluxDecoder, Precision};
 pub use mapped::{JsonMapping, MappedJsonDecoder};
 pub use otlp::{OtlpCounters, OtlpEncoding, OtlpMetricsDecoder, Prev as OtlpStream, MAX_STREAMS, STREAM_TTL_NS};

@@ -1,16 +1,17 @@
-//! Decision rule: anomalies at or above a score become decisions for remediation executors.
+//! Decisions as executors read them: the payload published to the decisions topic (CloudEvents
+//! binary mode; the JSON carries `status`, `fingerprint`, `labels` and `annotations` so that
+//! Alertmanager- and Keep-style receivers map it without code), and the tables `decisions`,
+//! `decision_log` (every decision and every suppression, with its reason) and
+//! `decision_outcomes` (what executors and people answered).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use arrow::array::{
-    Array, AsArray, Float64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
-};
-use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit, UInt32Type, UInt64Type};
-use arrow::datatypes::TimestampMillisecondType;
+use arrow::array::{ArrayRef, Float64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::Result;
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into()))
@@ -41,142 +42,14 @@ pub fn anomalies_schema() -> SchemaRef {
     .clone()
 }
 
-/// Schema of the `decisions` table.
-pub fn decisions_schema() -> SchemaRef {
-    static S: OnceLock<SchemaRef> = OnceLock::new();
-    S.get_or_init(|| {
-        Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Utf8, false),
-            Field::new("time", ts_type(), false),
-            Field::new("kind", DataType::Utf8, false),
-            Field::new("severity", DataType::Utf8, false),
-            Field::new("series", DataType::Utf8, false),
-            Field::new("name", DataType::Utf8, false),
-            Field::new("labels", DataType::Utf8, false),
-            Field::new("value", DataType::Float64, false),
-            Field::new("expected", DataType::Float64, false),
-            Field::new("lower", DataType::Float64, false),
-            Field::new("upper", DataType::Float64, false),
-            Field::new("score", DataType::Float64, false),
-            Field::new("confidence", DataType::Float64, false),
-            Field::new("action", DataType::Utf8, false),
-            Field::new("parameters", DataType::Utf8, false),
-            Field::new("explanation", DataType::Utf8, false),
-        ]))
-    })
-    .clone()
-}
-
-/// Settings of the decision rule.
-#[derive(Debug, Clone)]
-pub struct DecisionConfig {
-    /// Anomalies scoring at or above this become decisions.
-    pub threshold: f64,
-    /// And only when |z| (robust standard deviations from the expectation of the part that
-    /// fired) is at least this.
-    pub min_deviation: f64,
-    /// After a decision about a series, further anomalies of that series within this many
-    /// milliseconds of its last anomalous window are the same incident and produce no decision.
-    pub rearm_ms: i64,
-    /// Baseline size of a fully warmed-up series (for the confidence figure).
-    pub full_support: u32,
-}
-
-impl Default for DecisionConfig {
-    fn default() -> Self {
-        Self { threshold: 0.999, min_deviation: 8.0, rearm_ms: 300_000, full_support: 120 }
-    }
-}
-
-/// The series a decision is about.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SeriesRef {
-    /// Canonical series key, `name{k="v",...}`.
-    pub key: String,
-    /// Metric name.
-    pub name: String,
-    /// Labels, sorted by key.
-    pub labels: BTreeMap<String, String>,
-}
-
-/// What was measured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Evidence {
-    /// The feature scored (e.g. `mean`).
-    pub feature: String,
-    /// Its value in the window.
-    pub value: f64,
-    /// What the baseline expected.
-    pub expected: f64,
-    /// Normal band `[lower, upper]`.
-    pub band: [f64; 2],
-    /// Anomaly score in [0, 1].
-    pub score: f64,
-    /// Robust z-score.
-    pub z: f64,
-    /// Window start (RFC 3339).
-    pub window_start: String,
-    /// Window end (RFC 3339).
-    pub window_end: String,
-}
-
-/// What an executor should do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Recommendation {
-    /// Action name: `scale_out`, `open_incident`, `run_runbook` or `investigate`.
-    pub action: String,
-    /// Parameters of the action.
-    pub parameters: BTreeMap<String, serde_json::Value>,
-}
-
-/// A decision, as published to the decisions topic (JSON) and kept in the `decisions` table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
-    /// Deterministic id: hash of rule, series and window, so a replay yields the same id.
-    pub id: String,
-    /// When it applies: the end of the window it was made from (RFC 3339).
-    pub time: String,
-    /// `anomaly.spike` (above the band) or `anomaly.drop` (below it).
-    pub kind: String,
-    /// `critical` (score >= 0.95) or `warning`.
-    pub severity: String,
-    /// The rule that made it.
-    pub rule: String,
-    /// The series concerned.
-    pub series: SeriesRef,
-    /// What was measured.
-    pub evidence: Evidence,
-    /// How sure: the score discounted by how much history backs the baseline.
-    pub confidence: f64,
-    /// What to do.
-    pub recommendation: Recommendation,
-    /// One sentence for a person.
-    pub explanation: String,
-}
-
-impl Decision {
-    /// The entity a decision is keyed by on Kafka: the canonical series key, so every decision
-    /// about one series lands in one partition, in order.
-    pub fn entity(&self) -> &str {
-        &self.series.key
-    }
-}
-
-/// Turns anomalies into decisions; holds per-series "already firing" state.
-#[derive(Debug)]
-pub struct DecisionRule {
-    cfg: DecisionConfig,
-    /// Per series: window start of its last anomaly at or above the threshold.
-    last_high: HashMap<u64, i64>,
-}
-
-fn rfc3339(ms: i64) -> String {
+/// Epoch ms as RFC 3339 (UTC, milliseconds).
+pub(crate) fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn round(x: f64, digits: i32) -> f64 {
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p
 }
@@ -216,190 +89,402 @@ pub(crate) fn parse_series_key(key: &str) -> (String, BTreeMap<String, String>) 
     (name, labels)
 }
 
-fn recommend(name: &str, labels: &BTreeMap<String, String>, up: bool, severity: &str, key: &str) -> Recommendation {
-    let n = name.to_ascii_lowercase();
-    let target = labels.get("service").or_else(|| labels.get("host")).cloned().unwrap_or_else(|| key.to_string());
-    let mut p = BTreeMap::new();
-    let action = if up && (n.contains("error") || n.contains("5xx") || n.contains("fail")) {
-        p.insert("service".into(), target.into());
-        p.insert("severity".into(), severity.into());
-        "open_incident"
-    } else if up && (n.contains("latency") || n.contains("cpu") || n.contains("utilization") || n.contains("saturation") || n.contains("queue")) {
-        p.insert("service".into(), target.into());
-        p.insert("replicas_delta".into(), (if severity == "critical" { 2 } else { 1 }).into());
-        "scale_out"
-    } else if up && (n.contains("memory") || n.contains("disk") || n.contains("heap")) {
-        let rb = if n.contains("disk") { "disk-pressure" } else { "memory-pressure" };
-        p.insert("runbook".into(), rb.into());
-        if let Some(h) = labels.get("host") {
-            p.insert("host".into(), h.clone().into());
-        }
-        p.insert("service".into(), target.into());
-        "run_runbook"
-    } else {
-        p.insert("series".into(), key.into());
-        "investigate"
-    };
-    Recommendation { action: action.into(), parameters: p }
+
+/// How much harm a wrong action can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    /// Reversible and cheap (open a ticket, page).
+    #[default]
+    Low,
+    /// Changes the system, reversibly (scale out, run a runbook).
+    Medium,
+    /// Hard to reverse or disruptive (restart, fail over, delete).
+    High,
 }
 
-impl DecisionRule {
-    /// The rule's name, part of every decision id.
-    pub const NAME: &'static str = "anomaly_score";
-
-    /// A rule with no state.
-    pub fn new(cfg: DecisionConfig) -> Self {
-        Self { cfg, last_high: HashMap::new() }
-    }
-
-    /// Per series (of those `keep` selects): window start of its last anomaly at or above the
-    /// threshold, for a checkpoint.
-    pub fn export(&self, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, i64)> {
-        self.last_high.iter().filter(|(id, _)| keep(**id)).map(|(id, t)| (*id, *t)).collect()
-    }
-
-    /// Takes "already firing" state from a checkpoint.
-    pub fn import(&mut self, last_high: Vec<(u64, i64)>) {
-        self.last_high.extend(last_high);
-    }
-
-    /// Forgets the series `drop` selects.
-    pub fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
-        self.last_high.retain(|id, _| !drop(*id));
-    }
-
-    /// Schema of the `decisions` table.
-    pub fn table_schema() -> SchemaRef {
-        decisions_schema()
-    }
-
-    /// Decides on an `anomalies` batch (rows in window order). Returns the new decisions.
-    pub fn decide(&mut self, anomalies: &RecordBatch) -> Result<Vec<Decision>> {
-        if anomalies.schema() != anomalies_schema() {
-            return Err(Error::Input("decide() takes a batch in the anomalies schema".into()));
+impl Risk {
+    /// `low`, `medium` or `high`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
         }
-        let c = |i: usize| anomalies.column(i);
-        let ws = c(0).as_primitive::<TimestampMillisecondType>();
-        let we = c(1).as_primitive::<TimestampMillisecondType>();
-        let ids = c(2).as_primitive::<UInt64Type>();
-        let series = c(3).as_string::<i32>();
-        let feature = c(5).as_string::<i32>();
-        let f = |i: usize| c(i).as_primitive::<Float64Type>();
-        let (value, expected, lower, upper, score, z) = (f(6), f(7), f(8), f(9), f(10), f(11));
-        let support = c(12).as_primitive::<UInt32Type>();
-        let explanation = c(13).as_string::<i32>();
-        let part = c(14).as_string::<i32>();
-        let mut out = Vec::new();
-        for i in 0..anomalies.num_rows() {
-            let s = score.value(i);
-            if s < self.cfg.threshold || z.value(i).abs() < self.cfg.min_deviation {
-                continue;
-            }
-            let sid = ids.value(i);
-            let start = ws.value(i);
-            let previous = self.last_high.insert(sid, start);
-            if let Some(prev) = previous {
-                // Same window (several parts or the fleet check fired on it), or the same
-                // incident still going: one decision (its id is rule + series + window).
-                if start >= prev && start - prev <= self.cfg.rearm_ms {
-                    continue;
-                }
-            }
-            let key = series.value(i);
-            let (name, labels) = parse_series_key(key);
-            let up = z.value(i) >= 0.0;
-            // Scores are one minus a tail probability: 0.9999 is one in ten thousand.
-            let severity = if s >= 0.9999 { "critical" } else { "warning" };
-            let id_src = format!("{}|{sid:016x}|{start}", Self::NAME);
-            let id = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(id_src.as_bytes()));
-            let warm = (support.value(i) as f64 / self.cfg.full_support.max(1) as f64).min(1.0);
-            out.push(Decision {
-                id,
-                time: rfc3339(we.value(i)),
-                kind: match (part.value(i), up) {
-                    ("shift", true) => "anomaly.shift_up",
-                    ("shift", false) => "anomaly.shift_down",
-                    ("fleet", _) => "anomaly.fleet_outlier",
-                    (_, true) => "anomaly.spike",
-                    (_, false) => "anomaly.drop",
-                }
-                .into(),
-                severity: severity.into(),
-                rule: format!("{} >= {}", Self::NAME, self.cfg.threshold),
-                recommendation: recommend(&name, &labels, up, severity, key),
-                series: SeriesRef { key: key.to_string(), name, labels },
-                evidence: Evidence {
-                    feature: feature.value(i).to_string(),
-                    value: value.value(i),
-                    expected: round(expected.value(i), 6),
-                    band: [round(lower.value(i), 6), round(upper.value(i), 6)],
-                    score: round(s, 4),
-                    z: round(z.value(i), 3),
-                    window_start: rfc3339(start),
-                    window_end: rfc3339(we.value(i)),
-                },
-                confidence: round(s * (0.5 + 0.5 * warm), 3),
-                explanation: explanation.value(i).to_string(),
-            });
+    }
+}
+
+/// What happens to a policy's decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Published for executors to act on.
+    #[default]
+    Auto,
+    /// Held until approved on the feedback topic, then published.
+    Approval,
+    /// Logged in `decision_log`, never published.
+    DryRun,
+}
+
+impl Mode {
+    /// `auto`, `approval` or `dry_run`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Approval => "approval",
+            Mode::DryRun => "dry_run",
         }
-        Ok(out)
+    }
+}
+
+/// What to act on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    /// `service`, `host`, `resource` or `series`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// The incident a decision is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentRef {
+    /// Incident id.
+    pub id: String,
+    /// Correlation key (the entity).
+    pub key: String,
+    /// `opened`, `updated` or `resolved`.
+    pub state: String,
+    /// When its first signal's window started (RFC 3339).
+    pub opened_at: String,
+    /// When it resolved (RFC 3339), once it has.
+    pub resolved_at: Option<String>,
+    /// The earliest mover (series key).
+    pub origin: String,
+    /// Member series.
+    pub members: Vec<String>,
+    /// Highest severity of its signals.
+    pub severity: String,
+}
+
+/// What was measured (the incident's first signal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The series.
+    pub series: String,
+    /// The feature scored (e.g. `mean`; `forecast` for a capacity signal).
+    pub feature: String,
+    /// Its value in the window.
+    pub value: f64,
+    /// What the baseline expected (for a capacity signal: the limit).
+    pub expected: f64,
+    /// Normal band `[lower, upper]` (for a capacity signal: the 95% interval of the next window).
+    pub band: [f64; 2],
+    /// Anomaly score in [0, 1].
+    pub score: f64,
+    /// Robust z-score.
+    pub z: f64,
+    /// Window start (RFC 3339).
+    pub window_start: String,
+    /// Window end (RFC 3339).
+    pub window_end: String,
+}
+
+/// When a forecast says a limit will be reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// The series forecast.
+    pub series: String,
+    /// The limit.
+    pub limit: f64,
+    /// When the point forecast reaches it (RFC 3339), if within the horizon.
+    pub expected_at: Option<String>,
+    /// The 95% interval of when: from (the earliest it may happen) ...
+    pub earliest: String,
+    /// ... to (by then it almost surely has), if within the horizon.
+    pub latest: Option<String>,
+    /// Forecasting method.
+    pub method: String,
+}
+
+/// The approval state of a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// `not_required`, `pending` or `approved`.
+    pub state: String,
+    /// Who approved (null unless approved).
+    pub by: Option<String>,
+    /// When (RFC 3339; null unless approved).
+    pub at: Option<String>,
+}
+
+/// A decision, as published to the decisions topic (JSON) and kept in the `decisions` table.
+/// The JSON Schema is `docs/schemas/decision.schema.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Deterministic id: incident, policy, action and status, so a replay yields the same id.
+    pub id: String,
+    /// Event time it was made (RFC 3339).
+    pub time: String,
+    /// `incident.opened`, `incident.updated`, `incident.resolved`, `capacity.limit_expected`, or
+    /// the policy's own kind.
+    pub kind: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// Stable for the problem: the same on its firing and resolved events (PagerDuty's
+    /// `dedup_key`, Alertmanager's fingerprint).
+    pub fingerprint: String,
+    /// `critical`, `warning` or `info`.
+    pub severity: String,
+    /// The policy that made it.
+    pub policy: String,
+    /// The policy's risk.
+    pub risk: Risk,
+    /// The policy's mode.
+    pub mode: Mode,
+    /// Approval state.
+    pub approval: Approval,
+    /// What to act on.
+    pub target: Target,
+    /// What to do.
+    pub action: String,
+    /// Parameters of the action.
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    /// How sure, in [0, 1].
+    pub confidence: f64,
+    /// The incident.
+    pub incident: IncidentRef,
+    /// Alertmanager-style labels: `alertname` (the policy), `severity`, the correlation label,
+    /// `action`, `target`.
+    pub labels: BTreeMap<String, String>,
+    /// `summary`, `description`, and `runbook_url` when the policy has one.
+    pub annotations: BTreeMap<String, String>,
+    /// The incident's first signal.
+    pub evidence: Evidence,
+    /// When a forecast says a limit will be reached (null otherwise).
+    pub capacity: Option<Capacity>,
+    /// One sentence for a person.
+    pub explanation: String,
+}
+
+impl Decision {
+    /// The Kafka key: the incident's correlation key, so every decision about one entity lands
+    /// in one partition, in order.
+    pub fn entity(&self) -> &str {
+        &self.incident.key
     }
 
-    /// The decisions as a batch in the `decisions` table schema.
-    pub fn to_batch(decisions: &[Decision]) -> Result<RecordBatch> {
-        let n = decisions.len();
-        let mut s: Vec<StringBuilder> = (0..9).map(|_| StringBuilder::with_capacity(n, n * 32)).collect();
-        let mut fl: Vec<Float64Builder> = (0..6).map(|_| Float64Builder::with_capacity(n)).collect();
-        let mut time = TimestampMillisecondBuilder::with_capacity(n).with_timezone("+00:00");
-        for d in decisions {
-            let t = chrono::DateTime::parse_from_rfc3339(&d.time).map(|t| t.timestamp_millis()).unwrap_or(0);
-            time.append_value(t);
-            s[0].append_value(&d.id);
-            s[1].append_value(&d.kind);
-            s[2].append_value(&d.severity);
-            s[3].append_value(&d.series.key);
-            s[4].append_value(&d.series.name);
-            s[5].append_value(serde_json::to_string(&d.series.labels).unwrap_or_default());
-            s[6].append_value(&d.recommendation.action);
-            s[7].append_value(serde_json::to_string(&d.recommendation.parameters).unwrap_or_default());
-            s[8].append_value(&d.explanation);
-            let e = &d.evidence;
-            for (b, v) in fl.iter_mut().zip([e.value, e.expected, e.band[0], e.band[1], e.score, d.confidence]) {
-                b.append_value(v);
-            }
-        }
-        let mut s: Vec<_> = s.into_iter().map(|mut b| Arc::new(b.finish()) as Arc<dyn Array>).collect();
-        let mut fl: Vec<_> = fl.into_iter().map(|mut b| Arc::new(b.finish()) as Arc<dyn Array>).collect();
-        let cols = vec![
-            s.remove(0),
-            Arc::new(time.finish()) as Arc<dyn Array>,
-            s.remove(0),
-            s.remove(0),
-            s.remove(0),
-            s.remove(0),
-            s.remove(0),
-            fl.remove(0),
-            fl.remove(0),
-            fl.remove(0),
-            fl.remove(0),
-            fl.remove(0),
-            fl.remove(0),
-            s.remove(0),
-            s.remove(0),
-            s.remove(0),
-        ];
-        Ok(RecordBatch::try_new(decisions_schema(), cols)?)
+    /// The CloudEvents type: `dev.vigil.<kind>`.
+    pub fn ce_type(&self) -> String {
+        format!("dev.vigil.{}", self.kind)
     }
+}
+
+fn ts_field(name: &str, nullable: bool) -> Field {
+    Field::new(name, ts_type(), nullable)
+}
+
+fn utf8(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, false)
+}
+
+/// Schema of the `decisions` table.
+pub fn decisions_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        let mut f = vec![ts_field("time", false)];
+        f.extend(DECISION_TEXT.iter().map(|n| utf8(n)));
+        f.push(Field::new("confidence", DataType::Float64, false));
+        Arc::new(Schema::new(f))
+    })
+    .clone()
+}
+
+const DECISION_TEXT: [&str; 20] = [
+    "id", "kind", "status", "fingerprint", "incident_id", "incident_key", "incident_state", "policy", "severity", "risk", "mode", "approval",
+    "target_kind", "target", "action", "parameters", "origin", "members", "labels", "explanation",
+];
+
+fn decision_text(d: &Decision) -> [String; 20] {
+    let json = |v: &dyn erased::Json| v.json();
+    [
+        d.id.clone(),
+        d.kind.clone(),
+        d.status.clone(),
+        d.fingerprint.clone(),
+        d.incident.id.clone(),
+        d.incident.key.clone(),
+        d.incident.state.clone(),
+        d.policy.clone(),
+        d.severity.clone(),
+        d.risk.name().into(),
+        d.mode.name().into(),
+        d.approval.state.clone(),
+        d.target.kind.clone(),
+        d.target.name.clone(),
+        d.action.clone(),
+        json(&d.parameters),
+        d.incident.origin.clone(),
+        d.incident.members.join(","),
+        json(&d.labels),
+        d.explanation.clone(),
+    ]
+}
+
+mod erased {
+    /// JSON text of a serialisable value.
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}
+
+fn ms(rfc: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc).map(|t| t.timestamp_millis()).unwrap_or(0)
+}
+
+/// Decisions as rows of the `decisions` table.
+pub fn decisions_batch(decisions: &[Decision]) -> Result<RecordBatch> {
+    let mut time = TimestampMillisecondBuilder::with_capacity(decisions.len()).with_timezone("+00:00");
+    let mut text: Vec<StringBuilder> = (0..DECISION_TEXT.len()).map(|_| StringBuilder::new()).collect();
+    let mut conf = Float64Builder::with_capacity(decisions.len());
+    for d in decisions {
+        time.append_value(ms(&d.time));
+        for (b, v) in text.iter_mut().zip(decision_text(d)) {
+            b.append_value(v);
+        }
+        conf.append_value(d.confidence);
+    }
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(time.finish())];
+    cols.extend(text.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
+    cols.push(Arc::new(conf.finish()));
+    Ok(RecordBatch::try_new(decisions_schema(), cols)?)
+}
+
+/// One line of the audit log: a decision made, or one not made, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Event time, epoch ms.
+    pub time_ms: i64,
+    /// `published`, `resolved`, `approved`, `dry_run`, `waiting_for_approval`, `cooldown`,
+    /// `rate_limited`, `snoozed`, `rejected`, `dropped` or `no_policy`.
+    pub outcome: String,
+    /// Why, for a person.
+    pub reason: String,
+    /// The decision made or withheld (its id, policy, action, ...), if one was formed.
+    pub decision: Option<Box<Decision>>,
+    /// The incident.
+    pub incident_id: String,
+}
+
+/// Schema of the `decision_log` table.
+pub fn decision_log_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            ts_field("time", false),
+            utf8("outcome"),
+            utf8("reason"),
+            utf8("incident_id"),
+            Field::new("decision_id", DataType::Utf8, true),
+            Field::new("fingerprint", DataType::Utf8, true),
+            Field::new("policy", DataType::Utf8, true),
+            Field::new("action", DataType::Utf8, true),
+            Field::new("target", DataType::Utf8, true),
+            Field::new("decision", DataType::Utf8, true),
+        ]))
+    })
+    .clone()
+}
+
+/// Log entries as rows of the `decision_log` table.
+pub fn decision_log_batch(entries: &[LogEntry]) -> Result<RecordBatch> {
+    let mut time = TimestampMillisecondBuilder::with_capacity(entries.len()).with_timezone("+00:00");
+    let mut text: Vec<StringBuilder> = (0..9).map(|_| StringBuilder::new()).collect();
+    for e in entries {
+        time.append_value(e.time_ms);
+        text[0].append_value(&e.outcome);
+        text[1].append_value(&e.reason);
+        text[2].append_value(&e.incident_id);
+        let d = e.decision.as_deref();
+        text[3].append_option(d.map(|d| d.id.as_str()));
+        text[4].append_option(d.map(|d| d.fingerprint.as_str()));
+        text[5].append_option(d.map(|d| d.policy.as_str()));
+        text[6].append_option(d.map(|d| d.action.as_str()));
+        text[7].append_option(d.map(|d| d.target.name.as_str()));
+        text[8].append_option(d.map(|d| serde_json::to_string(d).unwrap_or_default()));
+    }
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(time.finish())];
+    cols.extend(text.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
+    Ok(RecordBatch::try_new(decision_log_schema(), cols)?)
+}
+
+/// An answer about a decision, as stored in `decision_outcomes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// When it was given (the feedback's `time`), epoch ms.
+    pub time_ms: i64,
+    /// The decision answered (if known).
+    pub decision_id: Option<String>,
+    /// The incident.
+    pub incident_id: Option<String>,
+    /// The decision's fingerprint, if known.
+    pub fingerprint: Option<String>,
+    /// The decision's policy, if known.
+    pub policy: Option<String>,
+    /// `approved`, `rejected`, `executed`, `failed` or `snoozed`.
+    pub outcome: String,
+    /// Who.
+    pub by: String,
+    /// Free text.
+    pub note: String,
+}
+
+/// Schema of the `decision_outcomes` table.
+pub fn outcomes_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            ts_field("time", false),
+            Field::new("decision_id", DataType::Utf8, true),
+            Field::new("incident_id", DataType::Utf8, true),
+            Field::new("fingerprint", DataType::Utf8, true),
+            Field::new("policy", DataType::Utf8, true),
+            utf8("outcome"),
+            utf8("by"),
+            utf8("note"),
+        ]))
+    })
+    .clone()
+}
+
+/// Outcomes as rows of the `decision_outcomes` table.
+pub fn outcomes_batch(outcomes: &[Outcome]) -> Result<RecordBatch> {
+    let mut time = TimestampMillisecondBuilder::with_capacity(outcomes.len()).with_timezone("+00:00");
+    let mut text: Vec<StringBuilder> = (0..7).map(|_| StringBuilder::new()).collect();
+    for o in outcomes {
+        time.append_value(o.time_ms);
+        text[0].append_option(o.decision_id.as_deref());
+        text[1].append_option(o.incident_id.as_deref());
+        text[2].append_option(o.fingerprint.as_deref());
+        text[3].append_option(o.policy.as_deref());
+        text[4].append_value(&o.outcome);
+        text[5].append_value(&o.by);
+        text[6].append_value(&o.note);
+    }
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(time.finish())];
+    cols.extend(text.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef));
+    Ok(RecordBatch::try_new(outcomes_schema(), cols)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::{Detector, DetectorConfig};
-
-    fn features(window: i64, rows: &[(u64, &str, f64)]) -> RecordBatch {
-        crate::columns::test_features(window, rows)
-    }
 
     #[test]
     fn series_keys_round_trip() {
@@ -408,52 +493,5 @@ mod tests {
         assert_eq!(l["host"], "h\"1");
         assert_eq!(l["service"], "checkout");
         assert_eq!(parse_series_key("up"), ("up".to_string(), BTreeMap::new()));
-    }
-
-    #[test]
-    fn persistent_anomaly_makes_one_decision_with_a_stable_id() {
-        let run = || {
-            let mut det = Detector::new(DetectorConfig::default());
-            let mut rule = DecisionRule::new(DecisionConfig::default());
-            let key = r#"cpu_utilization{host="h1",service="checkout"}"#;
-            let mut all = Vec::new();
-            for w in 0..60i64 {
-                let v = if w >= 50 { 0.95 } else { 0.40 + 0.01 * ((w * 7) % 5) as f64 };
-                let a = det.score_batch(&features(w * 10_000, &[(42, key, v), (43, "other", 1.0 + (w % 3) as f64 * 0.01)]), "mean").unwrap();
-                all.extend(rule.decide(&a).unwrap());
-            }
-            all
-        };
-        let a = run();
-        assert_eq!(a.len(), 1, "{a:#?}");
-        let d = &a[0];
-        assert_eq!(d.kind, "anomaly.spike");
-        assert_eq!(d.severity, "critical");
-        assert_eq!(d.series.labels["service"], "checkout");
-        assert_eq!(d.recommendation.action, "scale_out");
-        assert_eq!(d.evidence.window_start, "1970-01-01T00:08:20.000Z");
-        assert_eq!(d.time, "1970-01-01T00:08:30.000Z");
-        assert!(d.evidence.band[1] < 0.95 && d.evidence.expected > 0.39);
-        assert!(d.confidence > 0.5 && d.confidence <= 1.0);
-        assert_eq!(run()[0].id, d.id, "a replay yields the same id");
-        // The fleet check firing on the same series and window adds no second decision (it
-        // would carry the same id).
-        let mut rule = DecisionRule::new(DecisionConfig::default());
-        let mut det = Detector::new(DetectorConfig::default());
-        let key = r#"cpu_utilization{host="h1",service="checkout"}"#;
-        let mut first = None;
-        for w in 0..60i64 {
-            let v = if w >= 50 { 0.95 } else { 0.40 + 0.01 * ((w * 7) % 5) as f64 };
-            let a = det.score_batch(&features(w * 10_000, &[(42, key, v)]), "mean").unwrap();
-            if a.num_rows() > 0 && first.is_none() {
-                first = Some(a);
-            }
-        }
-        let once = first.unwrap();
-        let twice = arrow::compute::concat_batches(&once.schema(), [&once, &once]).unwrap();
-        assert_eq!(rule.decide(&twice).unwrap().len(), 1);
-        let b = DecisionRule::to_batch(&a).unwrap();
-        assert_eq!(b.num_rows(), 1);
-        assert_eq!(b.schema(), decisions_schema());
     }
 }

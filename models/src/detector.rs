@@ -815,6 +815,31 @@ mod tests {
     }
 
     #[test]
+    fn a_short_history_of_a_long_cycle_gets_no_spurious_period_in_its_explanation() {
+        // A 360-window cycle (a day of 4-minute windows) seen for 64 to 300 windows looks like a
+        // trend; no short period may be "found" in it, and an explanation names none.
+        let cfg = DetectorConfig { max_period: 400, ..Default::default() };
+        let mut d = Detector::new(cfg);
+        let mut rng = StdRng::seed_from_u64(5);
+        let noise = Normal::new(0.0, 0.5).unwrap();
+        let y = |i: usize| 100.0 + 30.0 * (2.0 * std::f64::consts::PI * i as f64 / 360.0).sin();
+        for i in 0..300 {
+            d.observe(9, y(i) + noise.sample(&mut rng));
+            assert_eq!(d.period(9), None, "a period found after {} windows of a 360-window cycle", i + 1);
+        }
+        let s = d.observe(9, 400.0).unwrap();
+        assert!(s.score > 0.999, "{s:?}");
+        let text = explain("rps", "mean", 400.0, &s);
+        assert!(!text.contains("-window cycle"), "{text}");
+        // Enough whole cycles confirm it (detection runs at 1024 values, then every 1200).
+        for i in 301..2300 {
+            d.observe(9, y(i) + noise.sample(&mut rng));
+        }
+        let p = d.period(9).expect("a confirmed period after three cycles");
+        assert!((330..=380).contains(&p), "period {p}");
+    }
+
+    #[test]
     fn a_steady_level_shift_too_small_for_any_single_value_is_found_by_the_shift_part() {
         let mut d = Detector::new(DetectorConfig::default());
         // Calibration resolves one in n after n values: warm up long enough to claim 1 in 1000.

@@ -97,12 +97,19 @@ pub struct Crossing {
     pub latest: Option<usize>,
 }
 
-/// The dominant period of `y` (in steps), if the periodogram finds one.
+/// The dominant period of `y` (in steps), if the periodogram finds one and the data confirm it.
+///
+/// Confirmed means: the series (with its linear trend removed) covers at least three cycles,
+/// repeats at that lag (autocorrelation >= 0.25), and repeats better there than half a cycle
+/// away. A slow cycle seen over a short history looks like a trend, and a trend correlates with
+/// itself at every short lag; without the last two checks it used to come out as a spurious
+/// short period (16 windows for a 360-window day).
 pub fn detect_period(y: &[f64], max_period: usize) -> Option<usize> {
-    let max = max_period.min(y.len() / 2);
+    let max = max_period.min(y.len() / 3);
     if max < 4 || y.len() < 16 {
         return None;
     }
+    let y = &detrend(y);
     let det = PeriodogramDetector::builder().min_period(4).max_period(max as u32).build();
     let periods = catch_unwind(AssertUnwindSafe(|| det.detect(y))).ok()?;
     // Every peak is refined to the lag within -20%..+25% with the highest autocorrelation (the
@@ -123,12 +130,31 @@ pub fn detect_period(y: &[f64], max_period: usize) -> Option<usize> {
         let lo = (p * 4 / 5).max(4);
         let hi = (p * 5 / 4 + 2).min(max);
         let (lag, r) = (lo..=hi).map(|lag| (lag, autocorrelation(y, lag))).fold((p, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+        // A cycle repeats better a whole period away than half of one.
+        if r - autocorrelation(y, (lag / 2).max(1)) < 0.2 {
+            continue;
+        }
         best = match best {
             Some((bl, br)) if br > r + 0.05 || ((br - r).abs() <= 0.05 && bl <= lag) => Some((bl, br)),
             _ => Some((lag, r)),
         };
     }
     best.filter(|(_, r)| *r >= 0.25).map(|(lag, _)| lag)
+}
+
+/// `y` minus its least-squares line.
+fn detrend(y: &[f64]) -> Vec<f64> {
+    let n = y.len() as f64;
+    let mx = (n - 1.0) / 2.0;
+    let my = y.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (i, v) in y.iter().enumerate() {
+        let dx = i as f64 - mx;
+        sxy += dx * (v - my);
+        sxx += dx * dx;
+    }
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    y.iter().enumerate().map(|(i, v)| v - my - b * (i as f64 - mx)).collect()
 }
 
 /// Sample autocorrelation of `y` at `lag`.

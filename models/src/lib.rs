@@ -1,8 +1,8 @@
-//! # vigil-models: anomaly scoring and decision rules
+//! # vigil-models: anomaly scoring, incidents and decision policies
 //!
 //! Pure functions over Arrow arrays plus explicit per-series state, nothing else: no I/O, no
 //! clocks, no Kafka. The engine hands this crate the `features` batch of the windows that just
-//! closed and gets back the `anomalies` batch and the [`Decision`]s to publish.
+//! closed and gets back the `anomalies` batch, the incidents, and the [`Decision`]s to publish.
 //!
 //! - [`Detector`]: a streaming, causal detector ensemble with bounded state per series. A level
 //!   part (median/MAD of recent windows), a seasonal part (period from augurs' periodogram), a
@@ -16,9 +16,15 @@
 //!   [`time_to_threshold`] reads one against a limit.
 //! - [`sql_functions`]: the same models as DataFusion functions (`robust_sigma`, `anomaly_score`,
 //!   `vigil_forecast`, `vigil_period`), registered in the feature plan and the SQL service.
-//! - [`DecisionRule`]: turns anomalies at or above a score into [`Decision`]s with deterministic
-//!   ids (rule + series + window), so a replay of the same input yields the same ids, and
-//!   suppresses repeats while a series stays anomalous.
+//! - [`Correlator`]: anomalies at or above the decision threshold, fleet outliers and forecasts
+//!   reaching a limit become *signals*; the signals of one entity (a service, by default) that
+//!   overlap in time are one [`Incident`], with a stable id and fingerprint, its members, the
+//!   earliest mover as origin, and a resolution once every member has been quiet.
+//! - [`PolicySet`] and [`Gate`]: decision policies are SQL over the `incidents` table (a file
+//!   users edit, `sql/policies.toml` by default); the first that holds decides an incident, and
+//!   the gate applies cooldowns, hourly limits, modes (auto, approval, dry run), approvals and
+//!   suppressions from the feedback topic, logging every decision and suppression. Ids are
+//!   deterministic (incident, policy, action, status), so a replay yields the same [`Decision`]s.
 #![deny(missing_docs)]
 
 mod columns;
@@ -27,9 +33,16 @@ mod detector;
 mod error;
 mod fleet;
 mod forecast;
+mod incident;
+mod policy;
 mod sql;
 
-pub use decision::{anomalies_schema, decisions_schema, Decision, DecisionConfig, DecisionRule, Evidence, Recommendation, SeriesRef};
+pub use decision::{
+    anomalies_schema, decision_log_batch, decision_log_schema, decisions_batch, decisions_schema, outcomes_batch, outcomes_schema, Approval, Capacity,
+    Decision, Evidence, IncidentRef, LogEntry, Mode, Outcome, Risk, Target,
+};
+pub use incident::{incidents_batch, incidents_schema, CapacityForecast, Changes, Correlator, Incident, IncidentConfig, Member, Signal};
+pub use policy::{Feedback, FeedbackError, Gate, GateOutput, GateState, Match, PolicyError, PolicySet, PolicySpec, DEFAULT_POLICIES};
 pub use detector::{Detector, DetectorConfig, Part, Score, SeriesState};
 pub use error::{Error, Result};
 pub use fleet::{Algorithm as FleetAlgorithm, FleetConfig, FleetDetector, Group as FleetGroup};

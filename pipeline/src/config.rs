@@ -55,8 +55,10 @@ pub struct Config {
     pub detector: DetectorConfig,
     /// Forecasts and time-to-limit.
     pub forecast: ForecastSection,
-    /// The decision rule.
+    /// Decisions: thresholds, policies, feedback.
     pub decisions: DecisionsConfig,
+    /// Incidents: correlation and resolution.
+    pub incidents: IncidentsConfig,
     /// Fleet outliers.
     pub fleet: FleetSection,
     /// The SQL/HTTP server.
@@ -158,6 +160,8 @@ pub struct KafkaConfig {
     pub decisions_topic: String,
     /// Where rows that arrive behind the watermark go (JSON, with the reason in headers).
     pub late_topic: String,
+    /// Answers to decisions (approve, reject, executed, failed, snooze), read by every member.
+    pub feedback_topic: String,
     /// Most records decoded per poll.
     pub max_batch: usize,
     /// How long one poll waits for a first record.
@@ -188,6 +192,7 @@ impl Default for KafkaConfig {
             dlq_topic: "vigil.dlq".into(),
             decisions_topic: "vigil.decisions".into(),
             late_topic: "vigil.late".into(),
+            feedback_topic: "vigil.feedback".into(),
             max_batch: 10_000,
             poll_timeout: Duration::from_millis(200),
             delivery_timeout: Duration::from_secs(30),
@@ -469,9 +474,16 @@ pub struct DecisionsConfig {
     /// part that fired expected: statistically rare is not enough to page someone, the change
     /// must be large too. Departures from a flat baseline always qualify.
     pub min_deviation: f64,
-    /// While a series keeps scoring high, no new decision about it until it has been quiet this long.
+    /// The decision policies (TOML; see `sql/policies.toml`, the default shipped with Vigil):
+    /// SQL over the `incidents` table choosing the action, target, parameters, risk, mode,
+    /// cooldown and hourly limit. Checked at start; `vigil policies` checks a file.
+    pub policies_file: Option<PathBuf>,
+    /// A fingerprint rejected on the feedback topic makes no decision for this long.
     #[serde(with = "humantime_serde")]
-    pub rearm_after: Duration,
+    pub reject_suppress: Duration,
+    /// A snooze on the feedback topic without `until` lasts this long.
+    #[serde(with = "humantime_serde")]
+    pub snooze: Duration,
     /// At start and when partitions are assigned, the ids of the newest this many decisions per
     /// partition of the decisions topic are read, so that a decision published before a crash
     /// is not published again when its input is replayed.
@@ -480,7 +492,36 @@ pub struct DecisionsConfig {
 
 impl Default for DecisionsConfig {
     fn default() -> Self {
-        Self { threshold: 0.999, min_deviation: 8.0, rearm_after: Duration::from_secs(300), dedup_tail: 10_000 }
+        Self {
+            threshold: 0.999,
+            min_deviation: 8.0,
+            policies_file: None,
+            reject_suppress: Duration::from_secs(3600),
+            snooze: Duration::from_secs(3600),
+            dedup_tail: 10_000,
+        }
+    }
+}
+
+/// `[incidents]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// Labels naming the entity an incident is about, tried in order (their values share one
+    /// name space: `service="cart"` and `service.name="cart"` are one entity). Signals of series
+    /// with none of them are incidents of their own.
+    pub correlate_by: Vec<String>,
+    /// An incident resolves once every member has been quiet this long (event time); it is also
+    /// the correlation span: a signal within it of the incident's last one joins it.
+    #[serde(with = "humantime_serde")]
+    pub resolve_after: Duration,
+    /// Open incidents held at most; beyond it the longest-quiet one is resolved.
+    pub max_open: usize,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        Self { correlate_by: vec!["service".into(), "service.name".into(), "k8s.namespace.name".into()], resolve_after: Duration::from_secs(600), max_open: 10_000 }
     }
 }
 
@@ -617,7 +658,7 @@ impl Config {
         if k.input_topics.is_empty() {
             return Err(invalid("kafka.input_topics", "lists no topic", "list the metrics topics, e.g. [\"metrics\"]"));
         }
-        for (key, t) in [("kafka.dlq_topic", &k.dlq_topic), ("kafka.decisions_topic", &k.decisions_topic), ("kafka.late_topic", &k.late_topic)] {
+        for (key, t) in [("kafka.dlq_topic", &k.dlq_topic), ("kafka.decisions_topic", &k.decisions_topic), ("kafka.late_topic", &k.late_topic), ("kafka.feedback_topic", &k.feedback_topic)] {
             if t.trim().is_empty() {
                 return Err(invalid(key, "is empty", "name a topic"));
             }
@@ -735,6 +776,16 @@ impl Config {
         if !(fl.min_deviation.is_finite() && fl.min_deviation >= 0.0) {
             return Err(invalid("fleet.min_deviation", format!("is {}", fl.min_deviation), "use a number of robust standard deviations, e.g. 3"));
         }
+        let inc = &self.incidents;
+        if inc.resolve_after.is_zero() {
+            return Err(invalid("incidents.resolve_after", "is 0", "use how long every member must be quiet before an incident resolves, e.g. 10m"));
+        }
+        if inc.correlate_by.iter().any(|l| l.trim().is_empty()) {
+            return Err(invalid("incidents.correlate_by", "has an empty label", "list label names, e.g. [\"service\", \"service.name\"]"));
+        }
+        if inc.max_open == 0 {
+            return Err(invalid("incidents.max_open", "is 0", "use the most open incidents to hold, e.g. 10000"));
+        }
         let md = self.decisions.min_deviation;
         if !(md.is_finite() && md >= 0.0) {
             return Err(invalid("decisions.min_deviation", format!("is {md}"), "use a number of robust standard deviations, e.g. 8"));
@@ -796,6 +847,16 @@ impl Config {
             None => Ok(crate::DEFAULT_FEATURES_SQL.to_string()),
             Some(p) => std::fs::read_to_string(p).map_err(|e| {
                 invalid("features.sql_file", format!("cannot read {}: {e}", p.display()), "point it at a readable SQL file")
+            }),
+        }
+    }
+
+    /// The policy file's text and where it came from: the configured file or the shipped default.
+    pub fn policies_text(&self) -> Result<(String, String), ConfigError> {
+        match &self.decisions.policies_file {
+            None => Ok((vigil_models::DEFAULT_POLICIES.to_string(), "sql/policies.toml (built in)".into())),
+            Some(p) => std::fs::read_to_string(p).map(|t| (t, p.display().to_string())).map_err(|e| {
+                invalid("decisions.policies_file", format!("cannot read {}: {e}", p.display()), "point it at a readable TOML file of [[policy]] entries")
             }),
         }
     }

@@ -116,7 +116,7 @@ impl DecisionSink {
             return Ok(0);
         }
         let bodies: Vec<Vec<u8>> = decisions.iter().map(serde_json::to_vec).collect::<Result<_, _>>()?;
-        let ce_type: Vec<String> = decisions.iter().map(|d| format!("dev.vigil.decision.{}", d.kind)).collect();
+        let ce_type: Vec<String> = decisions.iter().map(Decision::ce_type).collect();
         let records = decisions.iter().zip(&bodies).zip(&ce_type).map(|((d, body), ty)| {
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "ce_specversion", value: Some("1.0") })

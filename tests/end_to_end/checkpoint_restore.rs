@@ -46,6 +46,8 @@ async fn a_restarted_engine_is_warm_and_a_corrupt_newest_checkpoint_falls_back_t
     let incidents = [Incident { series: 3, window: 40 }, Incident { series: 8, window: 62 }];
     let data = stream(SERIES, 70, 2, &incidents, 5);
     let mut cfg = kafka.config("vigil-warm");
+    // One spike per host: every host its own incident.
+    cfg.incidents.correlate_by = vec!["host".into()];
     cfg.window.idle_timeout = Duration::from_millis(500);
     cfg.fleet.enabled = false;
     let state = std::path::PathBuf::from(&cfg.checkpoint.url);
@@ -95,6 +97,7 @@ async fn a_broker_outage_of_a_minute_holds_results_back_and_loses_nothing() {
     let incidents = [Incident { series: 2, window: 35 }, Incident { series: 9, window: 60 }];
     let data = stream(SERIES, 72, 2, &incidents, 9);
     let mut cfg = kafka.config("vigil-outage");
+    cfg.incidents.correlate_by = vec!["host".into()];
     cfg.window.idle_timeout = Duration::from_millis(500);
     cfg.fleet.enabled = false;
     cfg.kafka.delivery_timeout = Duration::from_secs(5);

@@ -24,6 +24,7 @@ impl Kafka {
         cluster.create_topic("vigil.dlq", 1, 1).unwrap();
         cluster.create_topic("vigil.decisions", 2, 1).unwrap();
         cluster.create_topic("vigil.late", 1, 1).unwrap();
+        cluster.create_topic("vigil.feedback", 1, 1).unwrap();
         Self { cluster, brokers }
     }
 
@@ -82,6 +83,9 @@ impl Kafka {
                             let hh = h.get(i);
                             headers.push((hh.key.to_string(), String::from_utf8_lossy(hh.value.unwrap_or_default()).to_string()));
                         }
+                    }
+                    if topic == "vigil.decisions" {
+                        validate_decision(m.payload().unwrap_or_default());
                     }
                     out.push(Record {
                         key: m.key().map(|k| String::from_utf8_lossy(k).to_string()),
@@ -155,6 +159,24 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &s
     let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
     (status, body)
 }
+
+/// Checks a decision record against `docs/schemas/decision.schema.json`; panics naming every
+/// violation. Every decision the end-to-end tests read from the topic goes through it.
+pub fn validate_decision(payload: &[u8]) -> serde_json::Value {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let v = SCHEMA.get_or_init(|| {
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../../docs/schemas/decision.schema.json")).expect("schema is JSON");
+        jsonschema::options().should_validate_formats(true).build(&schema).expect("schema compiles")
+    });
+    let value: serde_json::Value = serde_json::from_slice(payload).expect("decision is JSON");
+    let errors: Vec<String> = v.iter_errors(&value).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "decision does not match docs/schemas/decision.schema.json: {errors:#?}\n{value:#}");
+    VALIDATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    value
+}
+
+/// Decision records validated so far in this test binary.
+pub static VALIDATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 pub fn tables() -> Arc<vigil_pipeline::ResultTables> {
     Arc::new(vigil_pipeline::ResultTables::new())

@@ -53,20 +53,23 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     // Exactly one decision, about the spiking series.
     let spiking = vigil_ingest::series_key("cpu_utilization", [("host", "h07"), ("service", "checkout")]);
     assert_eq!(first.len(), 1, "{first:#?}");
-    assert_eq!(first[0].series.key, spiking);
+    assert_eq!(first[0].evidence.series, spiking);
+    assert_eq!(first[0].incident.members, [spiking.clone()]);
 
     let on_topic = kafka.read_all("vigil.decisions", 1, Duration::from_secs(10));
     assert_eq!(on_topic.len(), 1, "no decision for any normal series");
     let rec = &on_topic[0];
-    assert_eq!(rec.key.as_deref(), Some(spiking.as_str()), "keyed by the series");
+    assert_eq!(rec.key.as_deref(), Some("checkout"), "keyed by the incident's entity");
+    // Every field of the schema (read_all validated the record against it).
     let body: serde_json::Value = serde_json::from_slice(&rec.payload).unwrap();
-    for field in ["id", "time", "kind", "severity", "series", "evidence", "confidence", "recommendation", "explanation"] {
-        assert!(body.get(field).is_some(), "decision lacks `{field}`: {body}");
-    }
-    assert_eq!(body["kind"], "anomaly.spike");
-    assert_eq!(body["series"]["name"], "cpu_utilization");
-    assert_eq!(body["series"]["labels"]["host"], "h07");
-    assert_eq!(body["series"]["labels"]["service"], "checkout");
+    assert_eq!((body["kind"].as_str(), body["status"].as_str()), (Some("incident.opened"), Some("firing")));
+    assert_eq!(body["incident"]["key"], "checkout");
+    assert_eq!(body["incident"]["origin"], spiking.as_str());
+    assert_eq!(body["labels"]["alertname"], "saturation");
+    assert_eq!(body["labels"]["service"], "checkout");
+    assert_eq!((body["policy"].as_str(), body["risk"].as_str(), body["mode"].as_str()), (Some("saturation"), Some("medium"), Some("auto")));
+    assert_eq!(body["target"], serde_json::json!({"kind": "service", "name": "checkout"}));
+    assert!(body["annotations"]["summary"].as_str().unwrap().contains("scale out"), "{body}");
     let ev = &body["evidence"];
     assert!((ev["value"].as_f64().unwrap() - 0.97).abs() < 1e-9);
     assert!((ev["expected"].as_f64().unwrap() - 0.5).abs() < 0.01);
@@ -74,15 +77,15 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     assert!(ev["score"].as_f64().unwrap() >= 0.8);
     let spike_start = chrono::DateTime::from_timestamp_millis(T0 + SPIKE_WINDOW * 10_000).unwrap();
     assert_eq!(ev["window_start"], spike_start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    assert_eq!(body["recommendation"]["action"], "scale_out");
-    assert_eq!(body["recommendation"]["parameters"]["service"], "checkout");
+    assert_eq!(body["action"], "scale_out");
+    assert_eq!(body["parameters"]["service"], "checkout");
     let confidence = body["confidence"].as_f64().unwrap();
     assert!(confidence > 0.0 && confidence <= 1.0);
     assert!(body["explanation"].as_str().unwrap().contains("above its recent level"));
     // CloudEvents binary mode.
     assert_eq!(rec.header("ce_specversion"), Some("1.0"));
     assert_eq!(rec.header("ce_id"), body["id"].as_str());
-    assert_eq!(rec.header("ce_type"), Some("dev.vigil.decision.anomaly.spike"));
+    assert_eq!(rec.header("ce_type"), Some("dev.vigil.incident.opened"));
     assert_eq!(rec.header("ce_source"), Some("/vigil/vigil-e2e"));
     assert_eq!(rec.header("ce_time"), body["time"].as_str());
     assert_eq!(rec.header("content-type"), Some("application/json"));
@@ -104,11 +107,19 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
         ready: std::sync::Arc::new(move || r.readiness()),
     };
     tokio::spawn(vigil_queries::serve(listener, vigil_queries::SqlService::new(tables.clone()), probes, std::future::pending()));
-    let (status, body) = http(addr, "POST", "/sql", "select series, kind from decisions").await;
+    let (status, body) = http(addr, "POST", "/sql", "select origin, kind, policy from decisions").await;
     assert_eq!(status, 200, "{body}");
     let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
-    assert_eq!(rows[0]["series"], spiking.as_str());
+    assert_eq!(rows[0]["origin"], spiking.as_str());
+    let (status, body) = http(addr, "POST", "/sql", "select state, key, member_count from incidents").await;
+    assert_eq!(status, 200, "{body}");
+    let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows[0]["state"], "opened", "{rows}");
+    let (status, body) = http(addr, "POST", "/sql", "select outcome, policy from decision_log").await;
+    assert_eq!(status, 200, "{body}");
+    let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rows[0]["outcome"], "published", "{rows}");
     let (status, body) = http(addr, "POST", "/sql", "select count(*) as n from features").await;
     assert_eq!(status, 200);
     let n = serde_json::from_str::<serde_json::Value>(&body).unwrap()[0]["n"].as_i64().unwrap();

@@ -16,6 +16,7 @@ mod config_env;
 mod kafka_dead_letters;
 mod kafka_decisions;
 mod kafka_delivery;
+mod kafka_feedback;
 mod kafka_forecasts;
 mod kafka_formats;
 mod kafka_late;

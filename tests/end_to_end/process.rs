@@ -66,6 +66,10 @@ idle_timeout = "10s"
 [fleet]
 enabled = false
 
+# Every host its own incident: the tests inject one spike per host and count its decision.
+[incidents]
+correlate_by = ["host"]
+
 [checkpoint]
 url = "{state}"
 interval = "1s"
@@ -219,8 +223,11 @@ pub async fn produce_window(p: &FutureProducer, records: &[(i32, String, Vec<u8>
 #[derive(Debug, Clone)]
 pub struct TopicDecision {
     pub id: String,
+    /// The series of the incident's first signal.
     pub series: String,
     pub window_start_ms: i64,
+    /// `firing` or `resolved`.
+    pub status: String,
 }
 
 /// Calls `each` with every record of `topic`, from the beginning to the end each partition
@@ -259,10 +266,15 @@ pub fn read_decisions(brokers: &str, topic: &str) -> Vec<TopicDecision> {
     let mut out = Vec::new();
     read_to_end(brokers, topic, |m| {
         let id = m.headers().and_then(|h| h.iter().find(|x| x.key == "ce_id").and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).to_string()))).unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+        let v = crate::common::validate_decision(m.payload().unwrap_or_default());
         let ws = v["evidence"]["window_start"].as_str().unwrap_or_default();
         let ws = chrono::DateTime::parse_from_rfc3339(ws).map(|t| t.timestamp_millis()).unwrap_or(i64::MIN);
-        out.push(TopicDecision { id, series: v["series"]["key"].as_str().unwrap_or_default().to_string(), window_start_ms: ws });
+        out.push(TopicDecision {
+            id,
+            series: v["evidence"]["series"].as_str().unwrap_or_default().to_string(),
+            window_start_ms: ws,
+            status: v["status"].as_str().unwrap_or_default().to_string(),
+        });
     });
     out
 }
@@ -290,15 +302,21 @@ pub fn closed_windows(log: &Path) -> BTreeSet<i64> {
 }
 
 /// Checks the decisions on the topic against the incidents: each decided exactly once (one
-/// id, in the incident's window), no other decision, no id twice.
-pub fn check_decisions(decisions: &[TopicDecision], incidents: &[Incident]) -> Result<(), String> {
+/// firing decision, from the incident's window), no other firing decision, at most one
+/// resolved event per incident, no id twice.
+pub fn check_decisions(all: &[TopicDecision], incidents: &[Incident]) -> Result<(), String> {
     let mut ids = BTreeMap::new();
-    for d in decisions {
+    for d in all {
         *ids.entry(d.id.clone()).or_insert(0) += 1;
     }
     let dup: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
     if !dup.is_empty() {
         return Err(format!("duplicate decision ids: {dup:?}"));
+    }
+    let decisions: Vec<&TopicDecision> = all.iter().filter(|d| d.status == "firing").collect();
+    let resolved = all.iter().filter(|d| d.status == "resolved").count();
+    if resolved > incidents.len() {
+        return Err(format!("{resolved} resolved events for {} incidents: {all:?}", incidents.len()));
     }
     for i in incidents {
         let key = vigil_ingest::series_key("cpu_utilization", [("host", host(i.series).as_str()), ("service", "checkout")]);

@@ -15,6 +15,8 @@
 //! closed again with the same state, and their decisions, whose ids are deterministic, are not
 //! published twice (the ids on the decisions topic's tail are read at start and on assignment).
 
+#[cfg(test)]
+mod decide_tests;
 pub mod late;
 mod processor;
 pub mod state;
@@ -27,14 +29,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vigil_ingest::{IngestCounters, KafkaSource, KafkaSourceConfig, RawRecord, RebalanceEvent};
-use vigil_models::{Decision, DecisionRule};
+use vigil_models::Decision;
 use vigil_sinks::{DeadLetterSink, DecisionSink, KafkaSinkConfig, LateRecord, LateSink};
 
 use crate::config::{Config, ConfigError};
 use crate::store::{CheckpointStore, Section};
 use crate::ResultTables;
 
-pub use processor::{Closed, Processor};
+pub use processor::{Answered, Closed, Processor};
 pub use state::{PublishedIds, SectionReader, SectionWriter, StateError, Stateful, GLOBAL_SECTION};
 pub use stats::{metrics_fn, Histogram, Metric, MetricKind, MetricsFn, Stats, LATENCY_BUCKETS};
 
@@ -72,13 +74,15 @@ pub enum EngineError {
 }
 
 /// Names of the result tables the engine keeps.
-pub const TABLES: [&str; 7] = ["points", "logs", "features", "anomalies", "forecasts", "decisions", "late_points"];
+pub const TABLES: [&str; 10] =
+    ["points", "logs", "features", "anomalies", "forecasts", "incidents", "decisions", "decision_log", "decision_outcomes", "late_points"];
 
 type PartKey = (Arc<str>, i32);
 
 /// The running pipeline. See the module docs.
 pub struct Engine {
     source: KafkaSource,
+    feedback: vigil_ingest::FeedbackSource,
     core: Processor,
     decisions: DecisionSink,
     dlq: DeadLetterSink,
@@ -149,9 +153,17 @@ impl Engine {
             linger: Duration::from_millis(20),
             properties: k.consumer.clone(),
         })?;
+        let feedback = vigil_ingest::FeedbackSource::new(
+            &k.brokers,
+            &k.feedback_topic,
+            &format!("{}.{}", k.group_id, cfg.checkpoint.member_name()),
+            core.feedback_positions.clone(),
+            &k.consumer,
+        )?;
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let mut engine = Self {
             source,
+            feedback,
             core,
             decisions,
             dlq,
@@ -262,6 +274,7 @@ impl Engine {
             self.note_watermark();
             published = self.close_and_publish().await?;
         }
+        published.extend(self.answer_feedback().await?);
         if let Some(f) = self.core.take_forecasts(false).await? {
             Stats::add(&self.stats.forecasts, f.num_rows());
             self.tables.append("forecasts", f)?;
@@ -335,12 +348,33 @@ impl Engine {
         Ok(())
     }
 
-    async fn publish(&mut self, c: Closed) -> Result<Vec<Decision>, EngineError> {
-        // Durable first, then visible: a decision is in the table only once the broker has it.
-        // A decision whose id is already on the topic (published before a crash) is not sent
-        // again.
-        let fresh: Vec<Decision> = c.decisions.iter().filter(|d| !self.published.contains(&d.id)).cloned().collect();
-        let repeated = c.decisions.len() - fresh.len();
+    /// Applies the answers that arrived on the feedback topic; publishes the decisions they
+    /// approved.
+    async fn answer_feedback(&mut self) -> Result<Vec<Decision>, EngineError> {
+        let records = self.feedback.poll(1000);
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let a = self.core.feedback(&records);
+        Stats::add(&self.stats.feedback, records.len());
+        if !a.rejected.is_empty() {
+            for r in &a.rejected {
+                tracing::warn!(partition = r.pos.partition, offset = r.pos.offset, reason = %r.reason, "malformed feedback: dead-lettered");
+            }
+            let dlq = &self.dlq;
+            retry("dead letters", &self.stop, &self.stats.delivery_failures, || dlq.publish(&a.rejected)).await?;
+            Stats::add(&self.stats.dead_lettered, a.rejected.len());
+        }
+        let out = self.publish_decisions(&a.decisions).await?;
+        self.tables.append("decision_log", vigil_models::decision_log_batch(&a.log)?)?;
+        self.tables.append("decision_outcomes", vigil_models::outcomes_batch(&a.outcomes)?)?;
+        Ok(out)
+    }
+
+    /// Publishes the decisions not already on the topic and waits for the broker; returns them.
+    async fn publish_decisions(&mut self, decisions: &[Decision]) -> Result<Vec<Decision>, EngineError> {
+        let fresh: Vec<Decision> = decisions.iter().filter(|d| !self.published.contains(&d.id)).cloned().collect();
+        let repeated = decisions.len() - fresh.len();
         if repeated > 0 {
             tracing::info!(decisions = repeated, "already on the decisions topic (published before a restart): not sent again");
             Stats::add(&self.stats.decisions_deduplicated, repeated);
@@ -350,10 +384,20 @@ impl Engine {
         for d in &fresh {
             self.published.insert(d.id.clone());
         }
+        Stats::add(&self.stats.decisions, fresh.len());
+        self.tables.append("decisions", vigil_models::decisions_batch(&fresh)?)?;
+        Ok(fresh)
+    }
+
+    async fn publish(&mut self, c: Closed) -> Result<Vec<Decision>, EngineError> {
+        // Durable first, then visible: a decision is in the table only once the broker has it.
+        // A decision whose id is already on the topic (published before a crash) is not sent
+        // again.
+        let fresh = self.publish_decisions(&c.decisions).await?;
         Stats::add(&self.stats.windows_closed, c.windows);
         Stats::add(&self.stats.feature_rows, c.features.num_rows());
         Stats::add(&self.stats.anomalies, c.anomalies.num_rows());
-        Stats::add(&self.stats.decisions, fresh.len());
+        Stats::add(&self.stats.incidents, c.incidents.num_rows());
         if c.windows > 0 {
             tracing::debug!(starts = ?c.starts, "windows closed");
         }
@@ -361,7 +405,8 @@ impl Engine {
         self.tables.append("logs", c.logs)?;
         self.tables.append("features", c.features)?;
         self.tables.append("anomalies", c.anomalies)?;
-        self.tables.append("decisions", DecisionRule::to_batch(&fresh)?)?;
+        self.tables.append("incidents", c.incidents)?;
+        self.tables.append("decision_log", vigil_models::decision_log_batch(&c.log)?)?;
         Ok(fresh)
     }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use vigil_ingest::{IngestCounters, JsonPointDecoder};
-use vigil_models::{Decision, DecisionConfig, DecisionRule, Detector};
+use vigil_models::{Correlator, Decision, Detector, Feedback, Gate, IncidentConfig, LogEntry, Outcome, PolicySet, Signal};
 
 use super::EngineError;
 use crate::config::{Config, ConfigError};
@@ -24,8 +24,25 @@ pub struct Closed {
     pub features: arrow::array::RecordBatch,
     /// Rows scoring at or above the anomaly threshold.
     pub anomalies: arrow::array::RecordBatch,
+    /// Incidents opened, updated or resolved (rows of the `incidents` table).
+    pub incidents: arrow::array::RecordBatch,
     /// New decisions.
     pub decisions: Vec<Decision>,
+    /// Every decision and suppression, with its reason.
+    pub log: Vec<LogEntry>,
+}
+
+/// What the answers on the feedback topic did.
+#[derive(Debug, Default)]
+pub struct Answered {
+    /// Decisions approved: to publish now.
+    pub decisions: Vec<Decision>,
+    /// Audit entries.
+    pub log: Vec<LogEntry>,
+    /// Answers recorded.
+    pub outcomes: Vec<Outcome>,
+    /// Malformed records, for the dead-letter topic.
+    pub rejected: Vec<vigil_ingest::Rejected>,
 }
 
 /// A non-default input format's decoder.
@@ -68,7 +85,16 @@ pub struct Processor {
     pub(super) windower: Windower,
     plan: FeaturePlan,
     pub(super) detector: Detector,
-    pub(super) rule: DecisionRule,
+    /// Signals into incidents.
+    pub(super) correlator: Correlator,
+    /// The decision policies.
+    policies: PolicySet,
+    /// Cooldowns, limits, modes, approvals and suppressions.
+    pub(super) gate: Gate,
+    /// Capacity signals from the last refit, for the next close.
+    pending_signals: Vec<Signal>,
+    /// Where the feedback topic's reading resumes (partition → next offset).
+    pub(super) feedback_positions: std::collections::BTreeMap<i32, i64>,
     feature: String,
     pub(super) forecaster: vigil_models::Forecaster,
     pub(super) fleet: Option<vigil_models::FleetDetector>,
@@ -90,12 +116,19 @@ impl Processor {
         let plan = FeaturePlan::with_functions(&sql, &log_sql, &cfg.detector.feature, functions.scalar, functions.aggregate).await?;
         let d = &cfg.detector;
         let detector = Detector::new(d.model_config(cfg.window.size));
-        let rule = DecisionRule::new(DecisionConfig {
+        let correlator = Correlator::new(IncidentConfig {
+            correlate_by: cfg.incidents.correlate_by.clone(),
+            resolve_after_ms: cfg.incidents.resolve_after.as_millis() as i64,
             threshold: cfg.decisions.threshold,
             min_deviation: cfg.decisions.min_deviation,
-            rearm_ms: cfg.decisions.rearm_after.as_millis() as i64,
             full_support: d.history_windows as u32,
+            max_open: cfg.incidents.max_open,
         });
+        let (text, source) = cfg.policies_text()?;
+        let policies = PolicySet::new(&text, &source)
+            .await
+            .map_err(|e| ConfigError::Invalid { key: "decisions.policies_file", problem: e.to_string(), fix: "fix the policy (see sql/policies.toml)".into() })?;
+        let gate = Gate::new(policies.specs().to_vec(), cfg.decisions.reject_suppress.as_millis() as i64, cfg.decisions.snooze.as_millis() as i64);
         let windower = Windower::new(crate::WindowConfig {
             size_ms: cfg.window.size.as_millis() as i64,
             allowed_lag_ms: cfg.window.allowed_lag.as_millis() as i64,
@@ -152,7 +185,11 @@ impl Processor {
             windower,
             plan,
             detector,
-            rule,
+            correlator,
+            policies,
+            gate,
+            pending_signals: Vec::new(),
+            feedback_positions: Default::default(),
             feature: d.feature.clone(),
             forecaster,
             fleet: cfg.fleet.enabled.then(|| vigil_models::FleetDetector::new(cfg.fleet.model_config())),
@@ -169,7 +206,10 @@ impl Processor {
         tables.create("features", self.plan.output_schema(), max_rows);
         tables.create("anomalies", vigil_models::anomalies_schema(), max_rows);
         tables.create("forecasts", vigil_models::forecasts_schema(), max_rows);
+        tables.create("incidents", vigil_models::incidents_schema(), max_rows);
         tables.create("decisions", vigil_models::decisions_schema(), max_rows);
+        tables.create("decision_log", vigil_models::decision_log_schema(), max_rows);
+        tables.create("decision_outcomes", vigil_models::outcomes_schema(), max_rows);
         tables.create("late_points", super::late::late_points_schema(), max_rows);
     }
 
@@ -239,7 +279,20 @@ impl Processor {
                 anomalies = arrow::compute::concat_batches(&anomalies.schema(), [&anomalies, &outliers]).map_err(vigil_models::Error::from)?;
             }
         }
-        let decisions = self.rule.decide(&anomalies)?;
+        // Signals → incidents → policies → gate.
+        let mut signals = self.correlator.anomaly_signals(&anomalies)?;
+        signals.append(&mut self.pending_signals);
+        signals.sort_by(|a, b| (a.window_start, &a.series).cmp(&(b.window_start, &b.series)));
+        let now = closed.last().map_or(i64::MIN, |w| w.end_ms);
+        let changes = self.correlator.observe(&signals, now);
+        let live: Vec<vigil_models::Incident> = changes.incidents.iter().filter(|i| i.state != "resolved").cloned().collect();
+        let matches = if live.is_empty() {
+            Vec::new()
+        } else {
+            self.policies.evaluate(&vigil_models::incidents_batch(&live)?).await.map_err(|e| vigil_models::Error::Input(e.to_string()))?
+        };
+        let gated = self.gate.decide(&changes.incidents, &matches, now);
+        let incidents = vigil_models::incidents_batch(&changes.incidents)?;
         if self.forecaster.enabled() {
             self.forecaster.observe(&features, &self.feature);
             // A change point makes the series' forecast stale: refit at the next chance.
@@ -265,7 +318,7 @@ impl Processor {
             }
         }
         let starts = closed.iter().map(|w| w.start_ms).collect();
-        Ok(Some(Closed { windows: closed.len(), starts, points, logs, features, anomalies, decisions }))
+        Ok(Some(Closed { windows: closed.len(), starts, points, logs, features, anomalies, incidents, decisions: gated.publish, log: gated.log }))
     }
 
     /// The decoders' counters summed over every format, as of now.
@@ -286,6 +339,8 @@ impl Processor {
                 let batch = r?;
                 // The detector's forecast part checks the coming windows against these bands.
                 self.detector.use_forecasts(&batch);
+                // A limit expected within the horizon is a signal for the next close.
+                self.pending_signals.extend(Correlator::capacity_signals(&batch)?);
                 Ok(Some(batch))
             }
             Err(e) => {
@@ -293,6 +348,39 @@ impl Processor {
                 Ok(None)
             }
         }
+    }
+
+    /// Applies answers read from the feedback topic.
+    pub fn feedback(&mut self, records: &[vigil_ingest::RawRecord]) -> Answered {
+        let mut out = Answered::default();
+        for r in records {
+            self.feedback_positions.insert(r.pos.partition, r.pos.offset + 1);
+            let parsed = match &r.payload {
+                Some(p) => Feedback::parse(p),
+                None => Err(vigil_models::FeedbackError("empty record (tombstone)".into())),
+            };
+            match parsed {
+                Ok(f) => {
+                    let g = self.gate.feedback(&f);
+                    out.decisions.extend(g.publish);
+                    out.log.extend(g.log);
+                    out.outcomes.extend(g.outcomes);
+                }
+                Err(e) => out.rejected.push(vigil_ingest::Rejected {
+                    payload: r.payload.clone().unwrap_or_default(),
+                    key: r.key.clone(),
+                    pos: r.pos.clone(),
+                    kind: "feedback",
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        out
+    }
+
+    /// Decisions waiting for approval.
+    pub fn pending_approvals(&self) -> Vec<Decision> {
+        self.gate.pending().cloned().collect()
     }
 
     /// The decoders' counters per input format.

@@ -2,7 +2,8 @@
 //! state is cut into checkpoint sections: one per input partition (the state of the series
 //! whose points come from it, and where reading resumes) and one global section (state that
 //! spans partitions: fleet groups, log templates, OTLP cumulative streams, derived log-signal
-//! series, the ids of decisions already published).
+//! series, open incidents, the policies' gate (cooldowns, pending approvals, suppressions), the
+//! feedback topic's positions, the ids of decisions already published).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use arrow::datatypes::UInt64Type;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vigil_ingest::SourcePos;
-use vigil_models::{DecisionRule, Detector, FleetDetector, Forecaster};
+use vigil_models::{Correlator, Detector, FleetDetector, Forecaster, Gate};
 
 use super::processor::{Processor, TopicDecoder};
 use crate::PartitionPosition;
@@ -57,7 +58,30 @@ macro_rules! per_series {
 
 per_series!(Detector, Vec<(u64, vigil_models::SeriesState)>);
 per_series!(Forecaster, Vec<(u64, vigil_models::ForecastHistory)>);
-per_series!(DecisionRule, Vec<(u64, i64)>);
+
+/// Open incidents span partitions (a service's series come from several): global.
+impl Stateful for Correlator {
+    type State = Vec<vigil_models::Incident>;
+    const VERSION: u32 = 1;
+    fn snapshot(&self, _keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.export()
+    }
+    fn restore(&mut self, state: Self::State) {
+        self.import(state)
+    }
+}
+
+/// Cooldowns, hourly counts, decisions per incident, pending approvals, suppressions: global.
+impl Stateful for Gate {
+    type State = vigil_models::GateState;
+    const VERSION: u32 = 1;
+    fn snapshot(&self, _keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.export()
+    }
+    fn restore(&mut self, state: Self::State) {
+        self.import(state)
+    }
+}
 
 /// Fleet groups span partitions: global.
 impl Stateful for FleetDetector {
@@ -374,7 +398,6 @@ impl Processor {
         w.put_value("series", 1, &series)?;
         w.put("detector", &self.detector, &keep)?;
         w.put("forecaster", &self.forecaster, &keep)?;
-        w.put("decision_rule", &self.rule, &keep)?;
         Ok((w.finish()?, series.len()))
     }
 
@@ -384,7 +407,9 @@ impl Processor {
         let mut w = SectionWriter::default();
         w.put("detector", &self.detector, &unowned)?;
         w.put("forecaster", &self.forecaster, &unowned)?;
-        w.put("decision_rule", &self.rule, &unowned)?;
+        w.put("incidents", &self.correlator, &|_| true)?;
+        w.put("gate", &self.gate, &|_| true)?;
+        w.put_value("feedback.positions", 1, &self.feedback_positions)?;
         w.put_value("forecaster.next_refit", 1, &self.forecaster.next_refit())?;
         if let Some(f) = &self.fleet {
             w.put("fleet", f, &|_| true)?;
@@ -410,7 +435,6 @@ impl Processor {
         let series: Vec<u64> = r.value("series", 1)?.unwrap_or_default();
         r.get("detector", &mut self.detector)?;
         r.get("forecaster", &mut self.forecaster)?;
-        r.get("decision_rule", &mut self.rule)?;
         self.owner.assign(&(Arc::from(pos.topic.as_str()), pos.partition), &series);
         self.windower.restore(&pos);
         Ok(pos)
@@ -421,7 +445,11 @@ impl Processor {
         let r = SectionReader::new(GLOBAL_SECTION, bytes)?;
         r.get("detector", &mut self.detector)?;
         r.get("forecaster", &mut self.forecaster)?;
-        r.get("decision_rule", &mut self.rule)?;
+        r.get("incidents", &mut self.correlator)?;
+        r.get("gate", &mut self.gate)?;
+        if let Some(p) = r.value("feedback.positions", 1)? {
+            self.feedback_positions = p;
+        }
         let next: Option<Option<i64>> = r.value("forecaster.next_refit", 1)?;
         self.forecaster.set_next_refit(next.flatten());
         if let Some(f) = self.fleet.as_mut() {
@@ -452,7 +480,6 @@ impl Processor {
             let drop = self.owner.of_parts(parts);
             Stateful::forget(&mut self.detector, &drop);
             Stateful::forget(&mut self.forecaster, &drop);
-            Stateful::forget(&mut self.rule, &drop);
             self.windower.drop_series(&drop)?
         };
         self.windower.revoke(parts);

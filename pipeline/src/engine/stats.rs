@@ -96,6 +96,10 @@ pub struct Stats {
     pub decisions: AtomicU64,
     /// Decisions not published because the decisions topic already held their id.
     pub decisions_deduplicated: AtomicU64,
+    /// Incident changes (opened, updated, resolved).
+    pub incidents: AtomicU64,
+    /// Records read from the feedback topic.
+    pub feedback: AtomicU64,
     /// Forecast rows computed (one per series and step ahead).
     pub forecasts: AtomicU64,
     /// Deliveries (decisions, dead letters, late rows) the broker did not acknowledge; each is
@@ -197,6 +201,8 @@ pub fn metrics_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>)
             counter("vigil_anomalies_total", "Anomalies scored at or above the anomaly threshold.", g(&s.anomalies)),
             counter("vigil_decisions_total", "Decisions published and acknowledged.", g(&s.decisions)),
             counter("vigil_decisions_deduplicated_total", "Decisions not published again because the decisions topic already held their id.", g(&s.decisions_deduplicated)),
+            counter("vigil_incident_changes_total", "Incidents opened, updated or resolved.", g(&s.incidents)),
+            counter("vigil_feedback_total", "Records read from the feedback topic.", g(&s.feedback)),
             counter("vigil_forecast_rows_total", "Forecast rows computed (series x steps ahead).", g(&s.forecasts)),
             counter("vigil_commits_total", "Input offset commits.", g(&s.commits)),
             counter("vigil_commit_failures_total", "Offset commits the group refused (during a rebalance), retried at the next chance.", g(&s.commit_failures)),

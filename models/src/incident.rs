@@ -1,0 +1,708 @@
+//! Incidents: the signals of one entity (a service, by default) that overlap in time are one
+//! problem, not one alert per series.
+//!
+//! A *signal* is an anomaly row at or above the decision threshold (spike, drop, shift, fleet
+//! outlier) or a forecast whose 95% upper bound reaches a configured limit within the horizon.
+//! Signals whose series share a correlation key (the first of `correlate_by`'s labels a series
+//! carries; the series itself when it carries none) join the key's open incident, or open one.
+//! An incident is resolved once every member has been quiet for `resolve_after` of event time.
+//! Everything is in event time, so a replay of the same input yields the same incidents, ids
+//! and fingerprints.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType, UInt32Type, UInt64Type};
+use serde::{Deserialize, Serialize};
+
+use crate::decision::parse_series_key;
+use crate::{Error, Result};
+
+/// Settings of the correlator.
+#[derive(Debug, Clone)]
+pub struct IncidentConfig {
+    /// Labels naming the entity an incident is about, tried in order; their values are treated
+    /// as one name space (`service="cart"` and `service.name="cart"` are the same entity).
+    pub correlate_by: Vec<String>,
+    /// An incident resolves once its members have been quiet this long (event time, ms). It is
+    /// also the correlation span: a signal within it of the incident's last one joins it.
+    pub resolve_after_ms: i64,
+    /// Anomalies scoring at or above this are signals.
+    pub threshold: f64,
+    /// And only when |z| is at least this.
+    pub min_deviation: f64,
+    /// Baseline size of a fully warmed-up series (for the confidence figure).
+    pub full_support: u32,
+    /// Open incidents held at most (the oldest-updated is resolved beyond it).
+    pub max_open: usize,
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        Self {
+            correlate_by: vec!["service".into(), "service.name".into(), "k8s.namespace.name".into()],
+            resolve_after_ms: 600_000,
+            threshold: 0.999,
+            min_deviation: 8.0,
+            full_support: 120,
+            max_open: 10_000,
+        }
+    }
+}
+
+/// A forecast reaching a limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapacityForecast {
+    /// The configured limit.
+    pub limit: f64,
+    /// When the point forecast reaches it (epoch ms), if within the horizon.
+    pub expected_ms: Option<i64>,
+    /// When the 95% upper bound first reaches it (the earliest it may happen).
+    pub earliest_ms: i64,
+    /// When the whole 95% interval is past it, if within the horizon.
+    pub latest_ms: Option<i64>,
+    /// The forecasting method.
+    pub method: String,
+}
+
+/// Something that may open or feed an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    /// `anomaly.spike`, `anomaly.drop`, `anomaly.shift_up`, `anomaly.shift_down`,
+    /// `anomaly.fleet_outlier` or `capacity.limit_expected`.
+    pub kind: String,
+    /// Series id.
+    pub series_id: u64,
+    /// Canonical series key.
+    pub series: String,
+    /// The feature scored.
+    pub feature: String,
+    /// Window (or forecast origin) start and end, epoch ms.
+    pub window_start: i64,
+    /// End.
+    pub window_end: i64,
+    /// Observed value (for a capacity signal: the next window's forecast).
+    pub value: f64,
+    /// Expected value (for a capacity signal: the limit).
+    pub expected: f64,
+    /// Normal band.
+    pub band: [f64; 2],
+    /// Score in [0, 1].
+    pub score: f64,
+    /// Robust z.
+    pub z: f64,
+    /// Score discounted by how much history backs it.
+    pub confidence: f64,
+    /// One sentence.
+    pub explanation: String,
+    /// For a capacity signal.
+    pub capacity: Option<CapacityForecast>,
+}
+
+impl Signal {
+    /// `critical` (anomaly score >= 0.9999, or a limit expected to be reached) or `warning`.
+    pub fn severity(&self) -> &'static str {
+        match &self.capacity {
+            Some(c) if c.expected_ms.is_some() => "critical",
+            Some(_) => "warning",
+            None if self.score >= 0.9999 => "critical",
+            None => "warning",
+        }
+    }
+}
+
+/// A member series of an incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// Metric name.
+    pub name: String,
+    /// First and last signal window start, epoch ms.
+    pub first_ms: i64,
+    /// Last.
+    pub last_ms: i64,
+    /// Signals seen.
+    pub signals: u32,
+    /// Highest score.
+    pub score: f64,
+}
+
+/// An incident, as held and as shown in the `incidents` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Stable id: key and first window.
+    pub id: String,
+    /// Stable across occurrences of the same problem: key and the origin's metric name.
+    pub fingerprint: String,
+    /// Correlation key (the entity's name).
+    pub key: String,
+    /// Label the key came from (`service`, ...), or `series`.
+    pub key_label: String,
+    /// `opened`, `updated` or `resolved`.
+    pub state: String,
+    /// First signal's window start, epoch ms.
+    pub opened_ms: i64,
+    /// Last change, epoch ms (event time).
+    pub updated_ms: i64,
+    /// Last signal's window end, epoch ms.
+    pub last_signal_ms: i64,
+    /// When resolved, epoch ms.
+    pub resolved_ms: Option<i64>,
+    /// `critical` or `warning`: the highest of its signals.
+    pub severity: String,
+    /// The earliest mover: the member whose signal opened the incident.
+    pub origin: String,
+    /// Members by series key.
+    pub members: BTreeMap<String, Member>,
+    /// Kinds of the signals seen.
+    pub kinds: BTreeSet<String>,
+    /// The origin's first signal (evidence and explanation).
+    pub first: Signal,
+    /// The strongest signal seen.
+    pub strongest: Signal,
+    /// The latest capacity forecast among the members, if any.
+    pub capacity: Option<(String, CapacityForecast)>,
+    /// Signals seen.
+    pub signals: u32,
+}
+
+impl Incident {
+    /// Labels of the origin series.
+    pub fn origin_labels(&self) -> BTreeMap<String, String> {
+        parse_series_key(&self.origin).1
+    }
+
+    /// The direction of the origin's deviation: `up` or `down`.
+    pub fn direction(&self) -> &'static str {
+        if self.first.z >= 0.0 || self.first.capacity.is_some() {
+            "up"
+        } else {
+            "down"
+        }
+    }
+}
+
+/// Correlates signals into incidents; holds the open ones.
+#[derive(Debug)]
+pub struct Correlator {
+    cfg: IncidentConfig,
+    open: HashMap<String, Incident>,
+}
+
+/// What a batch of signals did to the incidents.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Incidents opened or updated (their state says which), and resolved ones, in order.
+    pub incidents: Vec<Incident>,
+}
+
+fn hex128(s: &str) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(s.as_bytes()))
+}
+
+impl Correlator {
+    /// A correlator with nothing open.
+    pub fn new(cfg: IncidentConfig) -> Self {
+        Self { cfg, open: HashMap::new() }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &IncidentConfig {
+        &self.cfg
+    }
+
+    /// Open incidents.
+    pub fn open(&self) -> impl Iterator<Item = &Incident> {
+        self.open.values()
+    }
+
+    /// The correlation key of a series: (label, value).
+    pub fn key_of(&self, series: &str) -> (String, String) {
+        let (_, labels) = parse_series_key(series);
+        for l in &self.cfg.correlate_by {
+            if let Some(v) = labels.get(l).filter(|v| !v.is_empty()) {
+                return (l.clone(), v.clone());
+            }
+        }
+        ("series".into(), series.to_string())
+    }
+
+    /// The signals of an `anomalies` batch: rows at or above the threshold and minimum
+    /// deviation.
+    pub fn anomaly_signals(&self, anomalies: &RecordBatch) -> Result<Vec<Signal>> {
+        if anomalies.schema() != crate::anomalies_schema() {
+            return Err(Error::Input("anomaly_signals() takes a batch in the anomalies schema".into()));
+        }
+        let c = |i: usize| anomalies.column(i);
+        let ws = c(0).as_primitive::<TimestampMillisecondType>();
+        let we = c(1).as_primitive::<TimestampMillisecondType>();
+        let ids = c(2).as_primitive::<UInt64Type>();
+        let series = c(3).as_string::<i32>();
+        let feature = c(5).as_string::<i32>();
+        let f = |i: usize| c(i).as_primitive::<Float64Type>();
+        let (value, expected, lower, upper, score, z) = (f(6), f(7), f(8), f(9), f(10), f(11));
+        let support = c(12).as_primitive::<UInt32Type>();
+        let explanation = c(13).as_string::<i32>();
+        let part = c(14).as_string::<i32>();
+        let mut out = Vec::new();
+        for i in 0..anomalies.num_rows() {
+            let s = score.value(i);
+            if s < self.cfg.threshold || z.value(i).abs() < self.cfg.min_deviation {
+                continue;
+            }
+            let up = z.value(i) >= 0.0;
+            let warm = (support.value(i) as f64 / self.cfg.full_support.max(1) as f64).min(1.0);
+            out.push(Signal {
+                kind: match (part.value(i), up) {
+                    ("shift", true) => "anomaly.shift_up",
+                    ("shift", false) => "anomaly.shift_down",
+                    ("fleet", _) => "anomaly.fleet_outlier",
+                    (_, true) => "anomaly.spike",
+                    (_, false) => "anomaly.drop",
+                }
+                .into(),
+                series_id: ids.value(i),
+                series: series.value(i).to_string(),
+                feature: feature.value(i).to_string(),
+                window_start: ws.value(i),
+                window_end: we.value(i),
+                value: value.value(i),
+                expected: expected.value(i),
+                band: [lower.value(i), upper.value(i)],
+                score: s,
+                z: z.value(i),
+                confidence: round(s * (0.5 + 0.5 * warm), 3),
+                explanation: explanation.value(i).to_string(),
+                capacity: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The signals of a `forecasts` batch: one per series whose 95% upper bound reaches its
+    /// limit within the horizon.
+    pub fn capacity_signals(forecasts: &RecordBatch) -> Result<Vec<Signal>> {
+        if forecasts.schema() != crate::forecasts_schema() {
+            return Err(Error::Input("capacity_signals() takes a batch in the forecasts schema".into()));
+        }
+        let col = |n: &str| forecasts.column_by_name(n).expect("forecasts schema");
+        let ts = |n: &str| col(n).as_primitive::<TimestampMillisecondType>().clone();
+        let f = |n: &str| col(n).as_primitive::<Float64Type>().clone();
+        let (made, early, exp, late) = (ts("made_at"), ts("crosses_earliest"), ts("crosses_expected"), ts("crosses_latest"));
+        let (point, l95, u95, limit) = (f("point"), f("lower_95"), f("upper_95"), f("limit"));
+        let ids = col("series_id").as_primitive::<UInt64Type>();
+        let series = col("series").as_string::<i32>();
+        let method = col("method").as_string::<i32>();
+        let step = col("step").as_primitive::<arrow::datatypes::Int64Type>();
+        let mut out = Vec::new();
+        for i in 0..forecasts.num_rows() {
+            // The first step of each series' forecast carries the crossing.
+            if step.value(i) != 1 || early.is_null(i) || limit.is_null(i) {
+                continue;
+            }
+            let lim = limit.value(i);
+            let e = early.value(i);
+            let expected = (!exp.is_null(i)).then(|| exp.value(i));
+            let latest = (!late.is_null(i)).then(|| late.value(i));
+            let at = |ms: i64| crate::decision::rfc3339(ms);
+            let explanation = match expected {
+                Some(x) => format!(
+                    "{} is forecast ({}) to reach its limit {} at {} (95% interval: from {}{})",
+                    series.value(i),
+                    method.value(i),
+                    crate::detector::fmt(lim),
+                    at(x),
+                    at(e),
+                    latest.map(|l| format!(" to {}", at(l))).unwrap_or_default()
+                ),
+                None => format!(
+                    "{} may reach its limit {} as early as {}: the 95% upper bound of its forecast ({}) crosses it within the horizon",
+                    series.value(i),
+                    crate::detector::fmt(lim),
+                    at(e),
+                    method.value(i)
+                ),
+            };
+            out.push(Signal {
+                kind: "capacity.limit_expected".into(),
+                series_id: ids.value(i),
+                series: series.value(i).to_string(),
+                feature: "forecast".into(),
+                window_start: made.value(i),
+                window_end: made.value(i),
+                value: point.value(i),
+                expected: lim,
+                band: [l95.value(i), u95.value(i)],
+                score: if expected.is_some() { 0.99 } else { 0.95 },
+                z: 0.0,
+                confidence: if expected.is_some() { 0.9 } else { 0.6 },
+                explanation,
+                capacity: Some(CapacityForecast { limit: lim, expected_ms: expected, earliest_ms: e, latest_ms: latest, method: method.value(i).to_string() }),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Feeds signals (in window order) and resolves the incidents quiet since `now_ms - resolve_after`.
+    pub fn observe(&mut self, signals: &[Signal], now_ms: i64) -> Changes {
+        let mut changed: Vec<String> = Vec::new();
+        let note = |changed: &mut Vec<String>, k: &str| {
+            if !changed.iter().any(|c| c == k) {
+                changed.push(k.to_string());
+            }
+        };
+        for s in signals {
+            let (label, key) = self.key_of(&s.series);
+            let name = parse_series_key(&s.series).0;
+            let sev = s.severity();
+            match self.open.get_mut(&key) {
+                Some(inc) => {
+                    let mut grew = false;
+                    let m = inc.members.entry(s.series.clone()).or_insert_with(|| {
+                        grew = true;
+                        Member { name: name.clone(), first_ms: s.window_start, last_ms: s.window_start, signals: 0, score: 0.0 }
+                    });
+                    m.last_ms = m.last_ms.max(s.window_start);
+                    m.signals += 1;
+                    m.score = m.score.max(s.score);
+                    inc.signals += 1;
+                    inc.last_signal_ms = inc.last_signal_ms.max(s.window_end);
+                    grew |= inc.kinds.insert(s.kind.clone());
+                    if rank(sev) > rank(&inc.severity) {
+                        inc.severity = sev.into();
+                        grew = true;
+                    }
+                    if s.score > inc.strongest.score {
+                        inc.strongest = s.clone();
+                    }
+                    if let Some(c) = &s.capacity {
+                        grew |= inc.capacity.is_none();
+                        inc.capacity = Some((s.series.clone(), c.clone()));
+                    }
+                    if grew {
+                        inc.state = "updated".into();
+                        inc.updated_ms = s.window_end;
+                        note(&mut changed, &key);
+                    }
+                }
+                None => {
+                    let id = hex128(&format!("incident|{key}|{}|{}", s.window_start, s.series));
+                    let fingerprint = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(format!("{label}={key}|{name}").as_bytes()));
+                    let mut members = BTreeMap::new();
+                    members.insert(s.series.clone(), Member { name, first_ms: s.window_start, last_ms: s.window_start, signals: 1, score: s.score });
+                    let inc = Incident {
+                        id,
+                        fingerprint,
+                        key: key.clone(),
+                        key_label: label,
+                        state: "opened".into(),
+                        opened_ms: s.window_start,
+                        updated_ms: s.window_end,
+                        last_signal_ms: s.window_end,
+                        resolved_ms: None,
+                        severity: sev.into(),
+                        origin: s.series.clone(),
+                        members,
+                        kinds: [s.kind.clone()].into(),
+                        first: s.clone(),
+                        strongest: s.clone(),
+                        capacity: s.capacity.clone().map(|c| (s.series.clone(), c)),
+                        signals: 1,
+                    };
+                    self.open.insert(key.clone(), inc);
+                    note(&mut changed, &key);
+                }
+            }
+        }
+        let mut out: Vec<Incident> = changed.iter().filter_map(|k| self.open.get(k).cloned()).collect();
+        // Resolution: every member quiet for `resolve_after`.
+        let mut done: Vec<String> =
+            self.open.iter().filter(|(_, i)| now_ms - i.last_signal_ms >= self.cfg.resolve_after_ms).map(|(k, _)| k.clone()).collect();
+        if self.open.len() - done.len() > self.cfg.max_open {
+            let mut rest: Vec<(&String, i64)> = self.open.iter().filter(|(k, _)| !done.contains(k)).map(|(k, i)| (k, i.last_signal_ms)).collect();
+            rest.sort_by_key(|(k, t)| (*t, (*k).clone()));
+            let extra = self.open.len() - done.len() - self.cfg.max_open;
+            done.extend(rest.into_iter().take(extra).map(|(k, _)| k.clone()));
+        }
+        done.sort();
+        for k in done {
+            if let Some(mut inc) = self.open.remove(&k) {
+                inc.state = "resolved".into();
+                inc.resolved_ms = Some(now_ms.max(inc.last_signal_ms));
+                inc.updated_ms = now_ms;
+                out.retain(|o| o.id != inc.id);
+                out.push(inc);
+            }
+        }
+        Changes { incidents: out }
+    }
+
+    /// The open incidents, for a checkpoint.
+    pub fn export(&self) -> Vec<Incident> {
+        let mut v: Vec<Incident> = self.open.values().cloned().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    /// Takes open incidents from a checkpoint.
+    pub fn import(&mut self, incidents: Vec<Incident>) {
+        for i in incidents {
+            self.open.insert(i.key.clone(), i);
+        }
+    }
+}
+
+fn rank(severity: &str) -> u8 {
+    match severity {
+        "critical" => 3,
+        "warning" => 2,
+        _ => 1,
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into()))
+}
+
+/// Schema of the `incidents` table: one row per change (opened, updated, resolved). It is also
+/// the table decision policies are SQL over.
+pub fn incidents_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        let s = |n: &str| Field::new(n, DataType::Utf8, false);
+        let f = |n: &str| Field::new(n, DataType::Float64, false);
+        Arc::new(Schema::new(vec![
+            Field::new("time", ts_type(), false),
+            s("id"),
+            s("fingerprint"),
+            s("state"),
+            s("key"),
+            s("key_label"),
+            s("severity"),
+            Field::new("opened_at", ts_type(), false),
+            Field::new("resolved_at", ts_type(), true),
+            s("origin"),
+            s("origin_name"),
+            Field::new("origin_host", DataType::Utf8, true),
+            s("direction"),
+            s("kinds"),
+            s("names"),
+            s("members"),
+            Field::new("member_count", DataType::UInt32, false),
+            Field::new("signals", DataType::UInt32, false),
+            f("score"),
+            f("confidence"),
+            f("value"),
+            f("expected"),
+            f("z"),
+            Field::new("capacity_series", DataType::Utf8, true),
+            Field::new("capacity_limit", DataType::Float64, true),
+            Field::new("capacity_expected_at", ts_type(), true),
+            Field::new("capacity_earliest", ts_type(), true),
+            Field::new("capacity_latest", ts_type(), true),
+            s("explanation"),
+        ]))
+    })
+    .clone()
+}
+
+/// Incidents as rows of the `incidents` table.
+pub fn incidents_batch(incidents: &[Incident]) -> Result<RecordBatch> {
+    let n = incidents.len();
+    let ts = || TimestampMillisecondBuilder::with_capacity(n).with_timezone("+00:00");
+    let (mut time, mut opened, mut resolved) = (ts(), ts(), ts());
+    let (mut cap_exp, mut cap_early, mut cap_late) = (ts(), ts(), ts());
+    let mut text: Vec<StringBuilder> = (0..14).map(|_| StringBuilder::new()).collect();
+    let mut host = StringBuilder::new();
+    let mut cap_series = StringBuilder::new();
+    let (mut member_count, mut signals) = (UInt32Builder::new(), UInt32Builder::new());
+    let mut nums: Vec<Float64Builder> = (0..5).map(|_| Float64Builder::new()).collect();
+    let mut cap_limit = Float64Builder::new();
+    for i in incidents {
+        time.append_value(i.updated_ms);
+        opened.append_value(i.opened_ms);
+        resolved.append_option(i.resolved_ms);
+        let names: BTreeSet<&str> = i.members.values().map(|m| m.name.as_str()).collect();
+        let origin_name = parse_series_key(&i.origin).0;
+        let members: Vec<&str> = i.members.keys().map(String::as_str).collect();
+        let kinds: Vec<&str> = i.kinds.iter().map(String::as_str).collect();
+        let strongest = &i.strongest;
+        for (b, v) in text.iter_mut().zip([
+            i.id.as_str(),
+            &i.fingerprint,
+            &i.state,
+            &i.key,
+            &i.key_label,
+            &i.severity,
+            &i.origin,
+            &origin_name,
+            i.direction(),
+            &kinds.join(","),
+            &names.into_iter().collect::<Vec<_>>().join(","),
+            &members.join(","),
+            &i.first.explanation,
+        ]) {
+            b.append_value(v);
+        }
+        let labels = i.origin_labels();
+        host.append_option(labels.get("host").or_else(|| labels.get("host.name")).or_else(|| labels.get("k8s.pod.name")));
+        member_count.append_value(i.members.len() as u32);
+        signals.append_value(i.signals);
+        for (b, v) in nums.iter_mut().zip([strongest.score, i.first.confidence.max(strongest.confidence), i.first.value, i.first.expected, i.first.z]) {
+            b.append_value(v);
+        }
+        match &i.capacity {
+            Some((s, c)) => {
+                cap_series.append_value(s);
+                cap_limit.append_value(c.limit);
+                cap_exp.append_option(c.expected_ms);
+                cap_early.append_value(c.earliest_ms);
+                cap_late.append_option(c.latest_ms);
+            }
+            None => {
+                cap_series.append_null();
+                cap_limit.append_null();
+                cap_exp.append_null();
+                cap_early.append_null();
+                cap_late.append_null();
+            }
+        }
+    }
+    let mut t: Vec<ArrayRef> = text.into_iter().take(13).map(|mut b| Arc::new(b.finish()) as ArrayRef).collect();
+    let mut nums: Vec<ArrayRef> = nums.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef).collect();
+    let take = |v: &mut Vec<ArrayRef>| v.remove(0);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(time.finish()),
+        take(&mut t), // id
+        take(&mut t), // fingerprint
+        take(&mut t), // state
+        take(&mut t), // key
+        take(&mut t), // key_label
+        take(&mut t), // severity
+        Arc::new(opened.finish()),
+        Arc::new(resolved.finish()),
+        take(&mut t), // origin
+        take(&mut t), // origin_name
+        Arc::new(host.finish()),
+        take(&mut t), // direction
+        take(&mut t), // kinds
+        take(&mut t), // names
+        take(&mut t), // members
+        Arc::new(member_count.finish()),
+        Arc::new(signals.finish()),
+        take(&mut nums),
+        take(&mut nums),
+        take(&mut nums),
+        take(&mut nums),
+        take(&mut nums),
+        Arc::new(cap_series.finish()),
+        Arc::new(cap_limit.finish()),
+        Arc::new(cap_exp.finish()),
+        Arc::new(cap_early.finish()),
+        Arc::new(cap_late.finish()),
+        take(&mut t), // explanation
+    ];
+    Ok(RecordBatch::try_new(incidents_schema(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn signal(series: &str, start: i64, score: f64) -> Signal {
+        Signal {
+            kind: "anomaly.spike".into(),
+            series_id: xxhash_rust::xxh3::xxh3_64(series.as_bytes()),
+            series: series.into(),
+            feature: "mean".into(),
+            window_start: start,
+            window_end: start + 10_000,
+            value: 10.0,
+            expected: 1.0,
+            band: [0.0, 2.0],
+            score,
+            z: 12.0,
+            confidence: 0.9,
+            explanation: format!("{series} is high"),
+            capacity: None,
+        }
+    }
+
+    fn cfg() -> IncidentConfig {
+        IncidentConfig { resolve_after_ms: 60_000, ..Default::default() }
+    }
+
+    #[test]
+    fn two_services_at_once_are_two_incidents() {
+        let mut c = Correlator::new(cfg());
+        let ch = c.observe(&[signal(r#"cpu{host="a1",service="a"}"#, 0, 0.9995), signal(r#"cpu{host="b1",service="b"}"#, 0, 0.9995)], 10_000);
+        assert_eq!(ch.incidents.len(), 2);
+        assert!(ch.incidents.iter().all(|i| i.state == "opened"));
+        assert_ne!(ch.incidents[0].id, ch.incidents[1].id);
+        assert_ne!(ch.incidents[0].fingerprint, ch.incidents[1].fingerprint);
+    }
+
+    #[test]
+    fn one_services_metrics_and_logs_are_one_incident_with_the_earliest_mover_as_origin() {
+        let mut c = Correlator::new(cfg());
+        let first = c.observe(&[signal(r#"log_error_ratio{service="auth"}"#, 0, 0.9995)], 10_000);
+        assert_eq!(first.incidents.len(), 1);
+        let id = first.incidents[0].id.clone();
+        // The OTLP name of the same service, a log signal and a metric, a window later.
+        let next = c.observe(
+            &[
+                signal(r#"log_records{level="error",service="auth"}"#, 10_000, 0.99999),
+                signal(r#"latency_p99_ms{host.name="auth-1",service.name="auth"}"#, 10_000, 0.9995),
+            ],
+            20_000,
+        );
+        assert_eq!(next.incidents.len(), 1);
+        let inc = &next.incidents[0];
+        assert_eq!((inc.id.as_str(), inc.state.as_str(), inc.members.len()), (id.as_str(), "updated", 3));
+        assert_eq!(inc.origin, r#"log_error_ratio{service="auth"}"#);
+        assert_eq!(inc.severity, "critical", "the highest of its members");
+        // The same signal again changes nothing worth reporting.
+        assert!(c.observe(&[signal(r#"log_error_ratio{service="auth"}"#, 20_000, 0.9995)], 30_000).incidents.is_empty());
+    }
+
+    #[test]
+    fn an_incident_resolves_when_every_member_is_quiet_and_replays_identically() {
+        let run = || {
+            let mut c = Correlator::new(cfg());
+            let mut all = Vec::new();
+            for w in 0..20i64 {
+                let t = w * 10_000;
+                let s: Vec<Signal> = if (2..5).contains(&w) { vec![signal(r#"err{service="pay"}"#, t, 0.9995)] } else { vec![] };
+                all.extend(c.observe(&s, t + 10_000).incidents);
+            }
+            all
+        };
+        let a = run();
+        let states: Vec<&str> = a.iter().map(|i| i.state.as_str()).collect();
+        assert_eq!(states, ["opened", "resolved"]);
+        // Last signal window ends at 50 s; quiet for 60 s: resolved at the close ending at 110 s.
+        assert_eq!(a[1].resolved_ms, Some(110_000));
+        assert_eq!(a[0].id, a[1].id);
+        assert_eq!(a[0].fingerprint, a[1].fingerprint);
+        let b = run();
+        assert_eq!(a, b, "a replay yields the same incidents");
+        let batch = incidents_batch(&a).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.schema(), incidents_schema());
+    }
+
+    #[test]
+    fn series_without_a_correlation_label_are_their_own_incidents() {
+        let mut c = Correlator::new(cfg());
+        let ch = c.observe(&[signal(r#"disk{host="x"}"#, 0, 0.9995), signal(r#"cpu{host="x"}"#, 0, 0.9995)], 10_000);
+        assert_eq!(ch.incidents.len(), 2);
+        assert_eq!(ch.incidents[0].key_label, "series");
+    }
+}
