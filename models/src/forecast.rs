@@ -129,7 +129,23 @@ pub fn detect_period(y: &[f64], max_period: usize) -> Option<usize> {
     for p in candidates {
         let lo = (p * 4 / 5).max(4);
         let hi = (p * 5 / 4 + 2).min(max);
-        let (lag, r) = (lo..=hi).map(|lag| (lag, autocorrelation(y, lag))).fold((p, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+        let (mut lag, mut r) = (lo..=hi).map(|lag| (lag, autocorrelation(y, lag))).fold((p, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+        // The window's best may sit on its edge when the periodogram's bin was far off: climb to
+        // the autocorrelation's local peak.
+        while lag < max {
+            let up = autocorrelation(y, lag + 1);
+            if up <= r {
+                break;
+            }
+            (lag, r) = (lag + 1, up);
+        }
+        while lag > 4 {
+            let down = autocorrelation(y, lag - 1);
+            if down <= r {
+                break;
+            }
+            (lag, r) = (lag - 1, down);
+        }
         // A cycle repeats better a whole period away than half of one.
         if r - autocorrelation(y, (lag / 2).max(1)) < 0.2 {
             continue;

@@ -19,7 +19,9 @@ const INDEX_CAP: usize = 10_000;
 struct Decided {
     policy: String,
     action: String,
-    /// The decision as published (or pending approval).
+    /// The decision as published (or pending approval); as JSON text, since its parameters are
+    /// free-form JSON values, which a checkpoint's compact encoding cannot carry.
+    #[serde(with = "as_json")]
     decision: Decision,
     /// False while it waits for approval.
     published: bool,
@@ -323,6 +325,19 @@ impl Gate {
             _ => {}
         }
         out
+    }
+}
+
+mod as_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &crate::Decision, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::to_string(d).map_err(serde::ser::Error::custom)?.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<crate::Decision, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }
 }
 

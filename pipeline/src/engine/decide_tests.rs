@@ -80,3 +80,44 @@ async fn a_policy_naming_an_unknown_column_stops_the_processor_at_start() {
     let e = e.to_string();
     assert!(e.contains("decisions.policies_file") && e.contains("page_on_call") && e.contains("`servce`"), "{e}");
 }
+
+#[tokio::test]
+async fn open_incidents_and_a_pending_approval_survive_a_checkpoint_round_trip() {
+    use super::state::{SectionReader, SectionWriter};
+    use vigil_models::{incidents_batch, Correlator, Gate, IncidentConfig, PolicySet, Signal};
+    let set = PolicySet::new("[[policy]]\nname = \"restart\"\nwhen = \"true\"\naction = \"restart\"\nparameters = { n = \"member_count\", why = \"explanation\" }\nmode = \"approval\"\n", "test").await.unwrap();
+    let mut corr = Correlator::new(IncidentConfig::default());
+    let mut gate = Gate::new(set.specs().to_vec(), 3_600_000, 3_600_000);
+    let s = Signal {
+        kind: "anomaly.spike".into(),
+        series_id: 1,
+        series: r#"cpu{host="a",service="x"}"#.into(),
+        feature: "mean".into(),
+        window_start: T0,
+        window_end: T0 + 10_000,
+        value: 9.0,
+        expected: 1.0,
+        band: [0.0, 2.0],
+        score: 0.9999,
+        z: 20.0,
+        confidence: 0.9,
+        explanation: "high".into(),
+        capacity: None,
+    };
+    let ch = corr.observe(&[s], T0 + 10_000);
+    let m = set.evaluate(&incidents_batch(&ch.incidents).unwrap()).await.unwrap();
+    let out = gate.decide(&ch.incidents, &m, T0 + 10_000);
+    assert_eq!(out.log[0].outcome, "waiting_for_approval");
+    let mut w = SectionWriter::default();
+    w.put("incidents", &corr, &|_| true).unwrap();
+    w.put("gate", &gate, &|_| true).unwrap();
+    let bytes = w.finish().unwrap();
+    let r = SectionReader::new("global", &bytes).unwrap();
+    let mut corr2 = Correlator::new(IncidentConfig::default());
+    let mut gate2 = Gate::new(set.specs().to_vec(), 3_600_000, 3_600_000);
+    assert!(r.get("incidents", &mut corr2).unwrap() && r.get("gate", &mut gate2).unwrap());
+    assert_eq!(corr2.export(), corr.export());
+    let (a, b): (Vec<_>, Vec<_>) = (gate.pending().cloned().collect(), gate2.pending().cloned().collect());
+    assert_eq!(a, b);
+    assert_eq!(b[0].parameters["n"], serde_json::json!(1));
+}
