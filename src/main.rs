@@ -423,11 +423,12 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     for (topic, format, _) in vigil::demo::TOPICS {
         cfg.kafka.input_formats.insert(topic.into(), format.into());
     }
-    // Memory is forecast half an hour ahead against the hosts' 8 GB, refitted every half hour of
-    // event time (every 5 s of the demo), in the background.
+    // Memory is forecast half an hour ahead against the hosts' 8 GB, refitted every ten minutes
+    // of event time (every 1.7 s of the demo), in the background: a forecast that reaches the
+    // limit is a capacity decision.
     cfg.forecast.metrics = vec!["memory_used_bytes".into()];
     cfg.forecast.limits.insert("memory_used_bytes".into(), 8.0e9);
-    cfg.forecast.refit_every = Duration::from_secs(1800);
+    cfg.forecast.refit_every = Duration::from_secs(600);
     cfg.forecast.history = Duration::from_secs(6 * 3600);
     let log_mapping = vigil::config::LogMappingConfig { attribute_fields: vec!["host".into()], ..Default::default() };
     cfg.kafka.log_mappings.insert("app-logs".into(), log_mapping);

@@ -533,6 +533,42 @@ impl Forecaster {
         }
     }
 
+    /// Capacity signals from a linear trend, checked at every close for the series of
+    /// `features` that have a limit (Prometheus' `predict_linear`, with a 95% prediction
+    /// interval): cheap and immediate, so a steady climb is decided without waiting for the
+    /// next model refit. The trend is fitted over the last `horizon` windows (at least 30).
+    pub fn trend_signals(&self, features: &arrow::array::RecordBatch, horizon: usize) -> Vec<crate::Signal> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::UInt64Type;
+        let Some(ids) = features.column_by_name("series_id").and_then(|c| c.as_primitive_opt::<UInt64Type>()) else { return Vec::new() };
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for id in ids.values().iter() {
+            if !seen.insert(*id) {
+                continue;
+            }
+            let Some(h) = self.series.get(id) else { continue };
+            let Some(Some(limit)) = self.metrics.get(&h.name) else { continue };
+            let n = h.values.len().min(horizon.max(30));
+            if n < 30 {
+                continue;
+            }
+            let y: Vec<f64> = h.values.range(h.values.len() - n..).copied().collect();
+            let Some(c) = crate::incident::linear_crossing(&y, *limit, horizon) else { continue };
+            let at = |step: usize| h.last_window_ms + step as i64 * self.window_ms;
+            let made = h.last_window_ms + self.window_ms;
+            out.push(crate::incident::capacity_signal(
+                *id,
+                &h.series,
+                made,
+                c.next,
+                *limit,
+                crate::CapacityForecast { limit: *limit, expected_ms: c.expected.map(at), earliest_ms: at(c.earliest), latest_ms: c.latest.map(at), method: "linear_trend".into() },
+            ));
+        }
+        out
+    }
+
     /// When a refit is due at event time `now_ms`: a snapshot of every series' history.
     pub fn due(&mut self, now_ms: i64) -> Option<Vec<ForecastJob>> {
         let next = self.next_refit_ms?;

@@ -306,41 +306,14 @@ impl Correlator {
             let e = early.value(i);
             let expected = (!exp.is_null(i)).then(|| exp.value(i));
             let latest = (!late.is_null(i)).then(|| late.value(i));
-            let at = |ms: i64| crate::decision::rfc3339(ms);
-            let explanation = match expected {
-                Some(x) => format!(
-                    "{} is forecast ({}) to reach its limit {} at {} (95% interval: from {}{})",
-                    series.value(i),
-                    method.value(i),
-                    crate::detector::fmt(lim),
-                    at(x),
-                    at(e),
-                    latest.map(|l| format!(" to {}", at(l))).unwrap_or_default()
-                ),
-                None => format!(
-                    "{} may reach its limit {} as early as {}: the 95% upper bound of its forecast ({}) crosses it within the horizon",
-                    series.value(i),
-                    crate::detector::fmt(lim),
-                    at(e),
-                    method.value(i)
-                ),
-            };
-            out.push(Signal {
-                kind: "capacity.limit_expected".into(),
-                series_id: ids.value(i),
-                series: series.value(i).to_string(),
-                feature: "forecast".into(),
-                window_start: made.value(i),
-                window_end: made.value(i),
-                value: point.value(i),
-                expected: lim,
-                band: [l95.value(i), u95.value(i)],
-                score: if expected.is_some() { 0.99 } else { 0.95 },
-                z: 0.0,
-                confidence: if expected.is_some() { 0.9 } else { 0.6 },
-                explanation,
-                capacity: Some(CapacityForecast { limit: lim, expected_ms: expected, earliest_ms: e, latest_ms: latest, method: method.value(i).to_string() }),
-            });
+            out.push(capacity_signal(
+                ids.value(i),
+                series.value(i),
+                made.value(i),
+                [point.value(i), l95.value(i), u95.value(i)],
+                lim,
+                CapacityForecast { limit: lim, expected_ms: expected, earliest_ms: e, latest_ms: latest, method: method.value(i).to_string() },
+            ));
         }
         Ok(out)
     }
@@ -354,6 +327,8 @@ impl Correlator {
             }
         };
         for s in signals {
+            // A forecast keeps its incident open until the limit may be reached.
+            let active_until = s.capacity.as_ref().map_or(s.window_end, |c| c.earliest_ms.max(s.window_end));
             let (label, key) = self.key_of(&s.series);
             let name = parse_series_key(&s.series).0;
             let sev = s.severity();
@@ -368,7 +343,7 @@ impl Correlator {
                     m.signals += 1;
                     m.score = m.score.max(s.score);
                     inc.signals += 1;
-                    inc.last_signal_ms = inc.last_signal_ms.max(s.window_end);
+                    inc.last_signal_ms = inc.last_signal_ms.max(active_until);
                     grew |= inc.kinds.insert(s.kind.clone());
                     if rank(sev) > rank(&inc.severity) {
                         inc.severity = sev.into();
@@ -400,7 +375,7 @@ impl Correlator {
                         state: "opened".into(),
                         opened_ms: s.window_start,
                         updated_ms: s.window_end,
-                        last_signal_ms: s.window_end,
+                        last_signal_ms: active_until,
                         resolved_ms: None,
                         severity: sev.into(),
                         origin: s.series.clone(),
@@ -452,6 +427,95 @@ impl Correlator {
             self.open.insert(i.key.clone(), i);
         }
     }
+}
+
+/// A capacity signal: `next` is the next window's forecast and its 95% interval.
+pub(crate) fn capacity_signal(series_id: u64, series: &str, made_ms: i64, next: [f64; 3], limit: f64, c: CapacityForecast) -> Signal {
+    let at = |ms: i64| crate::decision::rfc3339(ms);
+    let lim = crate::detector::fmt(limit);
+    let explanation = match c.expected_ms {
+        Some(x) => format!(
+            "{series} is forecast ({}) to reach its limit {lim} at {} (95% interval: from {}{})",
+            c.method,
+            at(x),
+            at(c.earliest_ms),
+            c.latest_ms.map(|l| format!(" to {}", at(l))).unwrap_or_else(|| " to beyond the horizon".into())
+        ),
+        None => format!(
+            "{series} may reach its limit {lim} as early as {}: the 95% upper bound of its forecast ({}) crosses it within the horizon",
+            at(c.earliest_ms),
+            c.method
+        ),
+    };
+    let sure = c.expected_ms.is_some();
+    Signal {
+        kind: "capacity.limit_expected".into(),
+        series_id,
+        series: series.to_string(),
+        feature: "forecast".into(),
+        window_start: made_ms,
+        window_end: made_ms,
+        value: next[0],
+        expected: limit,
+        band: [next[1], next[2]],
+        score: if sure { 0.99 } else { 0.95 },
+        z: 0.0,
+        confidence: if sure { 0.9 } else { 0.6 },
+        explanation,
+        capacity: Some(c),
+    }
+}
+
+/// Where a linear trend reaches a limit: steps ahead (1 = the next window).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LinearCrossing {
+    /// The next window's forecast and its 95% interval.
+    pub next: [f64; 3],
+    /// First step whose 95% upper bound reaches the limit.
+    pub earliest: usize,
+    /// First step whose point forecast does.
+    pub expected: Option<usize>,
+    /// First step whose 95% lower bound does.
+    pub latest: Option<usize>,
+}
+
+/// Fits a line to `y` (one value per window) and says when its 95% prediction interval reaches
+/// `limit` within `horizon` steps. Only a rising trend clearly above the noise (slope at least
+/// four standard errors) counts: a flat series near its limit is not a forecast crossing.
+pub(crate) fn linear_crossing(y: &[f64], limit: f64, horizon: usize) -> Option<LinearCrossing> {
+    let n = y.len();
+    if n < 8 || horizon == 0 {
+        return None;
+    }
+    let nf = n as f64;
+    let mx = (nf - 1.0) / 2.0;
+    let my = y.iter().sum::<f64>() / nf;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (i, v) in y.iter().enumerate() {
+        let dx = i as f64 - mx;
+        sxy += dx * (v - my);
+        sxx += dx * dx;
+    }
+    let b = sxy / sxx;
+    let a = my - b * mx;
+    let sse: f64 = y.iter().enumerate().map(|(i, v)| (v - a - b * i as f64).powi(2)).sum();
+    let s = (sse / (nf - 2.0)).sqrt();
+    if !(b > 0.0) || !b.is_finite() || b < 4.0 * s / sxx.sqrt() {
+        return None;
+    }
+    let at = |h: usize| {
+        let x = (n - 1 + h) as f64;
+        let half = 1.96 * s * (1.0 + 1.0 / nf + (x - mx).powi(2) / sxx).sqrt();
+        let p = a + b * x;
+        [p, p - half, p + half]
+    };
+    let earliest = (1..=horizon).find(|h| at(*h)[2] >= limit)?;
+    Some(LinearCrossing {
+        next: at(1),
+        earliest,
+        expected: (earliest..=horizon).find(|h| at(*h)[0] >= limit),
+        latest: (earliest..=horizon).find(|h| at(*h)[1] >= limit),
+    })
 }
 
 fn rank(severity: &str) -> u8 {
@@ -696,6 +760,18 @@ mod tests {
         let batch = incidents_batch(&a).unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema(), incidents_schema());
+    }
+
+    #[test]
+    fn a_rising_line_reaches_its_limit_and_a_flat_noisy_one_does_not() {
+        let rising: Vec<f64> = (0..60).map(|i| 50.0 + 0.5 * i as f64 + ((i * 7919) % 5) as f64 * 0.05).collect();
+        // At 79.5 after 60 steps, +0.5 per step: 100 is about 41 steps ahead.
+        let c = linear_crossing(&rising, 100.0, 60).unwrap();
+        assert!((38..=44).contains(&c.expected.unwrap()), "{c:?}");
+        assert!(c.earliest <= c.expected.unwrap() && c.expected.unwrap() <= c.latest.unwrap());
+        assert!(linear_crossing(&rising, 100.0, 20).is_none(), "beyond the horizon");
+        let flat: Vec<f64> = (0..60).map(|i| 90.0 + ((i * 7919) % 11) as f64 * 0.5).collect();
+        assert!(linear_crossing(&flat, 100.0, 60).is_none());
     }
 
     #[test]

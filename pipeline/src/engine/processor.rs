@@ -282,6 +282,10 @@ impl Processor {
         // Signals → incidents → policies → gate.
         let mut signals = self.correlator.anomaly_signals(&anomalies)?;
         signals.append(&mut self.pending_signals);
+        if self.forecaster.enabled() {
+            self.forecaster.observe(&features, &self.feature);
+            signals.extend(self.forecaster.trend_signals(&features, self.forecast_cfg.horizon));
+        }
         signals.sort_by(|a, b| (a.window_start, &a.series).cmp(&(b.window_start, &b.series)));
         let now = closed.last().map_or(i64::MIN, |w| w.end_ms);
         let changes = self.correlator.observe(&signals, now);
@@ -294,7 +298,6 @@ impl Processor {
         let gated = self.gate.decide(&changes.incidents, &matches, now);
         let incidents = vigil_models::incidents_batch(&changes.incidents)?;
         if self.forecaster.enabled() {
-            self.forecaster.observe(&features, &self.feature);
             // A change point makes the series' forecast stale: refit at the next chance.
             let parts = anomalies.column_by_name("part").map(|c| arrow::array::AsArray::as_string::<i32>(c).clone());
             let ids = anomalies.column_by_name("series_id").map(|c| arrow::array::AsArray::as_primitive::<arrow::datatypes::UInt64Type>(c).clone());
