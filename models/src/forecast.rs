@@ -97,19 +97,12 @@ pub struct Crossing {
     pub latest: Option<usize>,
 }
 
-/// The dominant period of `y` (in steps), if the periodogram finds one and the data confirm it.
-///
-/// Confirmed means: the series (with its linear trend removed) covers at least three cycles,
-/// repeats at that lag (autocorrelation >= 0.25), and repeats better there than half a cycle
-/// away. A slow cycle seen over a short history looks like a trend, and a trend correlates with
-/// itself at every short lag; without the last two checks it used to come out as a spurious
-/// short period (16 windows for a 360-window day).
+/// The dominant period of `y` (in steps), if the periodogram finds one.
 pub fn detect_period(y: &[f64], max_period: usize) -> Option<usize> {
-    let max = max_period.min(y.len() / 3);
+    let max = max_period.min(y.len() / 2);
     if max < 4 || y.len() < 16 {
         return None;
     }
-    let y = &detrend(y);
     let det = PeriodogramDetector::builder().min_period(4).max_period(max as u32).build();
     let periods = catch_unwind(AssertUnwindSafe(|| det.detect(y))).ok()?;
     // Every peak is refined to the lag within -20%..+25% with the highest autocorrelation (the
@@ -129,33 +122,28 @@ pub fn detect_period(y: &[f64], max_period: usize) -> Option<usize> {
     for p in candidates {
         let lo = (p * 4 / 5).max(4);
         let hi = (p * 5 / 4 + 2).min(max);
-        let (mut lag, mut r) = (lo..=hi).map(|lag| (lag, autocorrelation(y, lag))).fold((p, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
-        // The window's best may sit on its edge when the periodogram's bin was far off: climb to
-        // the autocorrelation's local peak.
-        while lag < max {
-            let up = autocorrelation(y, lag + 1);
-            if up <= r {
-                break;
-            }
-            (lag, r) = (lag + 1, up);
-        }
-        while lag > 4 {
-            let down = autocorrelation(y, lag - 1);
-            if down <= r {
-                break;
-            }
-            (lag, r) = (lag - 1, down);
-        }
-        // A cycle repeats better a whole period away than half of one.
-        if r - autocorrelation(y, (lag / 2).max(1)) < 0.2 {
-            continue;
-        }
+        let (lag, r) = (lo..=hi).map(|lag| (lag, autocorrelation(y, lag))).fold((p, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
         best = match best {
             Some((bl, br)) if br > r + 0.05 || ((br - r).abs() <= 0.05 && bl <= lag) => Some((bl, br)),
             _ => Some((lag, r)),
         };
     }
     best.filter(|(_, r)| *r >= 0.25).map(|(lag, _)| lag)
+}
+
+/// Whether `y` confirms period `p`, so that an explanation may name it: it covers at least three
+/// whole cycles and, with its linear trend removed, repeats at that lag (autocorrelation >= 0.25)
+/// better than half a cycle away (by 0.2). A slow cycle seen over a short history looks like a
+/// trend, and a trend correlates with itself at every short lag: the periodogram then reports a
+/// short period (16 windows for a 360-window day) that no explanation should name. Scoring keeps
+/// using the period found (it was measured on NAB that way); only what is said about it is checked.
+pub fn confirm_period(y: &[f64], p: usize) -> bool {
+    if p < 2 || y.len() < 3 * p {
+        return false;
+    }
+    let y = detrend(y);
+    let r = autocorrelation(&y, p);
+    r >= 0.25 && r - autocorrelation(&y, (p / 2).max(1)) >= 0.2
 }
 
 /// `y` minus its least-squares line.

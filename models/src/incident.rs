@@ -357,7 +357,10 @@ impl Correlator {
                         inc.capacity = Some((s.series.clone(), c.clone()));
                     }
                     if grew {
-                        inc.state = "updated".into();
+                        // Opened in this same call: it is still news that it opened.
+                        if !changed.iter().any(|c| c == &key) || inc.state != "opened" {
+                            inc.state = "updated".into();
+                        }
                         inc.updated_ms = s.window_end;
                         note(&mut changed, &key);
                     }

@@ -48,6 +48,6 @@ pub use error::{Error, Result};
 pub use fleet::{Algorithm as FleetAlgorithm, FleetConfig, FleetDetector, Group as FleetGroup};
 pub use sql::{sql_functions, SqlFunctions};
 pub use forecast::{
-    detect_period, forecast, forecasts_schema, mase, run_forecasts, seasonal_naive, smape, time_to_threshold, Crossing, ForecastConfig, ForecastJob,
+    confirm_period, detect_period, forecast, forecasts_schema, mase, run_forecasts, seasonal_naive, smape, time_to_threshold, Crossing, ForecastConfig, ForecastJob,
     Forecaster, History as ForecastHistory, Method, SeriesForecast,
 };

@@ -100,7 +100,9 @@ impl Gate {
         let kind = if !firing {
             "incident.resolved".to_string()
         } else {
-            spec.kind.clone().unwrap_or_else(|| format!("incident.{}", if inc.state == "opened" { "opened" } else { "updated" }))
+            // The incident's first decision says it opened, later ones that it changed.
+            let first = !self.state.decided.contains_key(&inc.id);
+            spec.kind.clone().unwrap_or_else(|| format!("incident.{}", if first { "opened" } else { "updated" }))
         };
         let id = id_of(&["decision", &inc.id, &spec.name, &spec.action, status]);
         let mut labels = BTreeMap::new();
