@@ -137,7 +137,9 @@ pub struct Forwarder {
 
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Forwarder").field("cfg", &self.cfg).finish()
+        // Not the targets: their headers and routing keys are secrets.
+        let targets: Vec<&str> = self.endpoints.iter().map(|e| e.name.as_str()).collect();
+        f.debug_struct("Forwarder").field("group_id", &self.cfg.group_id).field("topic", &self.cfg.topic).field("targets", &targets).finish()
     }
 }
 
