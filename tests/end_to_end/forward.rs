@@ -40,12 +40,15 @@ impl Seen {
     }
 }
 
+/// Per path, the answers to the first requests: status and `Retry-After`.
+type Script = HashMap<String, Vec<(u16, Option<&'static str>)>>;
+
 /// A receiver: per path, the answers to give to the first requests (status, Retry-After),
 /// then `ok`; or 503 while `down` is set.
 #[derive(Default)]
 struct Receiver {
     seen: Mutex<Vec<Seen>>,
-    script: Mutex<HashMap<String, Vec<(u16, Option<&'static str>)>>>,
+    script: Mutex<Script>,
     ok: HashMap<String, u16>,
     down: AtomicBool,
 }
