@@ -51,6 +51,28 @@ enum Command {
         #[arg(long, short, env = "VIGIL_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Deliver decisions to HTTP receivers: Alertmanager-compatible webhooks, PagerDuty and
+    /// generic JSON webhooks.
+    ///
+    /// Reads the decisions topic (`forward.topic`, default vigil.decisions) from
+    /// `kafka.brokers` as consumer group `forward.group_id` and POSTs every decision to each
+    /// `[[forward.targets]]`: kind "alertmanager" sends Alertmanager's webhook payload
+    /// (version 4, as Keep, Grafana OnCall and other Alertmanager receivers accept it),
+    /// "pagerduty" an Events API v2 trigger or resolve (dedup_key = the decision's
+    /// fingerprint), "webhook" the decision JSON unchanged with the configured headers.
+    ///
+    /// A record's offset is committed only once every target has accepted it (2xx). Connection
+    /// errors, timeouts, 429 and 5xx are retried with exponential backoff (up to
+    /// `forward.max_backoff`, honouring Retry-After) for as long as it takes; order per
+    /// partition is kept. A record that is not a decision, or that a receiver refuses with
+    /// another 4xx, goes to `forward.dlq_topic` with the reason in the `vigil.error` header.
+    /// Delivery is at least once: receivers deduplicate on the fingerprint. SIGTERM or
+    /// SIGINT: stop, commit what was delivered, exit 0. See docs/FORWARDING.md.
+    Forward {
+        /// TOML configuration file with a `[forward]` section (see `vigil config`).
+        #[arg(long, short, env = "VIGIL_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Run the embedded demo: an in-process Kafka mock cluster, a simulated fleet with injected
     /// incidents, and the real pipeline and SQL server against it.
     ///
@@ -217,6 +239,7 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     rt.block_on(async {
         match command {
             Command::Run { config } => run(config).await,
+            Command::Forward { config } => forward(config).await,
             Command::Demo { duration, speedup, hosts, listen, seed } => demo(duration, speedup, hosts, listen, seed).await,
             Command::Bench { input, events, hosts, batch, format, config } => {
                 let mut cfg = Config::load(config.as_deref())?;
@@ -360,6 +383,20 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     tracing::info!(brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.input_topics, group = %cfg.kafka.group_id, "running");
     engine.run(stop_signal(), log_decision).await?;
     let _ = stop_server.send(());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn forward(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config.as_deref())?;
+    cfg.validate_forward()?;
+    let kafka = vigil_sinks::KafkaSinkConfig {
+        brokers: cfg.kafka.brokers.clone(),
+        delivery_timeout: cfg.kafka.delivery_timeout,
+        properties: cfg.kafka.producer.clone(),
+    };
+    let forwarder = vigil_sinks::Forwarder::new(&cfg.forward, &kafka, &cfg.kafka.consumer)?;
+    tracing::info!(brokers = %cfg.kafka.brokers, topic = %cfg.forward.topic, group = %cfg.forward.group_id, "forwarding");
+    forwarder.run(stop_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

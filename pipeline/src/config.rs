@@ -69,6 +69,9 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     /// Stopping on SIGTERM or SIGINT.
     pub shutdown: ShutdownConfig,
+    /// `vigil forward`: delivery of decisions to HTTP receivers (Alertmanager-compatible
+    /// webhooks, PagerDuty, generic webhooks).
+    pub forward: vigil_sinks::ForwardConfig,
 }
 
 /// `[checkpoint]`
@@ -838,7 +841,14 @@ impl Config {
                 return Err(invalid("features.sql_file", format!("cannot read {}: {e}", p.display()), "point it at a SQL file, or remove it to use the shipped features SQL"));
             }
         }
+        self.forward.validate().map_err(|p| invalid(p.key, p.problem, p.fix))?;
         Ok(())
+    }
+
+    /// What `vigil forward` needs on top of [`Self::validate`]: at least one target in
+    /// `[forward]`, and every PagerDuty routing key found.
+    pub fn validate_forward(&self) -> Result<(), ConfigError> {
+        self.forward.validate_for_run().map_err(|p| invalid(p.key, p.problem, p.fix))
     }
 
     /// The feature SQL text: the configured file or the shipped default.
@@ -950,5 +960,21 @@ mod tests {
         assert!(e.starts_with("config key `forecast.horizon`"), "{e}");
         let e = load_str("[forecast]\nrefit_every = \"1s\"\n").unwrap_err().to_string();
         assert!(e.starts_with("config key `forecast.refit_every`"), "{e}");
+    }
+
+    #[test]
+    fn forward_targets_load_and_their_mistakes_are_named() {
+        let c = load_str("[forward]\ntimeout = \"5s\"\n[[forward.targets]]\nname = \"pd\"\nkind = \"pagerduty\"\nrouting_key = \"R\"\n").unwrap();
+        assert_eq!(c.forward.timeout, Duration::from_secs(5));
+        assert_eq!(c.forward.targets[0].kind, vigil_sinks::TargetKind::Pagerduty);
+        c.validate_forward().unwrap();
+        let e = Config::default().validate_forward().unwrap_err().to_string();
+        assert!(e.starts_with("config key `forward.targets`: lists no target"), "{e}");
+        let e = load_str("[[forward.targets]]\nname = \"pd\"\nkind = \"pagerduty\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("config key `forward.targets`") && e.contains("routing_key"), "{e}");
+        let e = load_str("[[forward.targets]]\nname = \"am\"\nkind = \"alertmanager\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("config key `forward.targets`") && e.contains("no url"), "{e}");
+        let e = load_str("[[forward.targets]]\nname = \"x\"\nkind = \"slack\"\nurl = \"http://x\"\n").unwrap_err().to_string();
+        assert!(e.contains("`forward.targets.0.kind`") && e.contains("`alertmanager`, `pagerduty`, `webhook`"), "{e}");
     }
 }

@@ -56,7 +56,7 @@ pub struct KafkaSinkConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-fn producer(cfg: &KafkaSinkConfig) -> Result<FutureProducer> {
+pub(crate) fn producer(cfg: &KafkaSinkConfig) -> Result<FutureProducer> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &cfg.brokers)
         .set("enable.idempotence", "true")

@@ -13,6 +13,7 @@ mod checkpoint_restore;
 mod crash_loop;
 
 mod config_env;
+mod forward;
 mod kafka_dead_letters;
 mod kafka_decisions;
 mod kafka_delivery;
