@@ -345,3 +345,55 @@ async fn a_failing_receiver_holds_the_committed_offset_until_it_recovers() {
     assert_eq!((counts.records, counts.delivered, counts.dead_lettered), (2, 2, 0), "{counts:?}");
     assert!(counts.retries >= 5, "{counts:?}");
 }
+
+/// The contract between the engine and the forwarder: decisions made by the real correlator,
+/// policies and gate (firing and resolved) match the JSON Schema and map to Alertmanager and
+/// PagerDuty payloads with the incident's fingerprint.
+#[tokio::test]
+async fn engine_made_decisions_match_the_schema_and_map_to_receiver_payloads() {
+    use vigil_models::{incidents_batch, Correlator, Gate, IncidentConfig, PolicySet, Signal};
+    use vigil_sinks::forward::payloads::{alertmanager, pagerduty, parse_decision};
+    let set = PolicySet::defaults().await.unwrap();
+    let mut corr = Correlator::new(IncidentConfig { resolve_after_ms: 60_000, ..Default::default() });
+    let mut gate = Gate::new(set.specs().to_vec(), 3_600_000, 3_600_000);
+    let t0 = 1_767_571_200_000;
+    let signal = Signal {
+        kind: "anomaly.spike".into(),
+        series_id: 7,
+        series: r#"latency_p99_ms{host="c3",service="checkout"}"#.into(),
+        feature: "mean".into(),
+        window_start: t0,
+        window_end: t0 + 10_000,
+        value: 220.0,
+        expected: 90.0,
+        band: [80.0, 100.0],
+        score: 0.99999,
+        z: 40.0,
+        confidence: 0.97,
+        explanation: "latency is high".into(),
+        capacity: None,
+    };
+    let mut made = Vec::new();
+    for (now, signals) in [(t0 + 10_000, vec![signal]), (t0 + 200_000, vec![])] {
+        let ch = corr.observe(&signals, now);
+        let live: Vec<_> = ch.incidents.iter().filter(|i| i.state != "resolved").cloned().collect();
+        let m = set.evaluate(&incidents_batch(&live).unwrap()).await.unwrap();
+        made.extend(gate.decide(&ch.incidents, &m, now).publish);
+    }
+    assert_eq!(made.iter().map(|d| d.status.as_str()).collect::<Vec<_>>(), ["firing", "resolved"]);
+    for d in &made {
+        let bytes = serde_json::to_vec(d).unwrap();
+        crate::common::validate_decision(&bytes);
+        let parsed = parse_decision(&bytes).unwrap();
+        let am = serde_json::to_value(alertmanager(&parsed.decision, "am", "")).unwrap();
+        assert_eq!(am["version"], "4");
+        assert_eq!(am["status"], d.status.as_str());
+        assert_eq!(am["alerts"][0]["fingerprint"], d.fingerprint.as_str());
+        assert_eq!(am["alerts"][0]["labels"]["alertname"], "saturation");
+        assert_eq!(am["alerts"][0]["labels"]["service"], "checkout");
+        let pd = serde_json::to_value(pagerduty(&parsed, "KEY")).unwrap();
+        assert_eq!(pd["dedup_key"], d.fingerprint.as_str());
+        assert_eq!(pd["event_action"], if d.status == "firing" { "trigger" } else { "resolve" });
+    }
+    assert_eq!(made[0].fingerprint, made[1].fingerprint);
+}
