@@ -127,6 +127,8 @@ pub struct Member {
     pub signals: u32,
     /// Highest score.
     pub score: f64,
+    /// Whether its latest signal was above what was expected (a capacity signal is).
+    pub up: bool,
 }
 
 /// An incident, as held and as shown in the `incidents` table.
@@ -174,13 +176,18 @@ impl Incident {
         parse_series_key(&self.origin).1
     }
 
-    /// The direction of the origin's deviation: `up` or `down`.
+    /// `up` when any member's latest signal is above what was expected, else `down`.
     pub fn direction(&self) -> &'static str {
-        if self.first.z >= 0.0 || self.first.capacity.is_some() {
+        if self.members.values().any(|m| m.up) {
             "up"
         } else {
             "down"
         }
+    }
+
+    /// Series keys of the members going up (`true`) or down, comma-separated.
+    pub fn moving(&self, up: bool) -> String {
+        self.members.iter().filter(|(_, m)| m.up == up).map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -332,16 +339,21 @@ impl Correlator {
             let (label, key) = self.key_of(&s.series);
             let name = parse_series_key(&s.series).0;
             let sev = s.severity();
+            let up = s.z >= 0.0 || s.capacity.is_some();
             match self.open.get_mut(&key) {
                 Some(inc) => {
                     let mut grew = false;
                     let m = inc.members.entry(s.series.clone()).or_insert_with(|| {
                         grew = true;
-                        Member { name: name.clone(), first_ms: s.window_start, last_ms: s.window_start, signals: 0, score: 0.0 }
+                        Member { name: name.clone(), first_ms: s.window_start, last_ms: s.window_start, signals: 0, score: 0.0, up }
                     });
                     m.last_ms = m.last_ms.max(s.window_start);
                     m.signals += 1;
                     m.score = m.score.max(s.score);
+                    if m.up != up {
+                        m.up = up;
+                        grew = true;
+                    }
                     inc.signals += 1;
                     inc.last_signal_ms = inc.last_signal_ms.max(active_until);
                     grew |= inc.kinds.insert(s.kind.clone());
@@ -369,7 +381,7 @@ impl Correlator {
                     let id = hex128(&format!("incident|{key}|{}|{}", s.window_start, s.series));
                     let fingerprint = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(format!("{label}={key}|{name}").as_bytes()));
                     let mut members = BTreeMap::new();
-                    members.insert(s.series.clone(), Member { name, first_ms: s.window_start, last_ms: s.window_start, signals: 1, score: s.score });
+                    members.insert(s.series.clone(), Member { name, first_ms: s.window_start, last_ms: s.window_start, signals: 1, score: s.score, up });
                     let inc = Incident {
                         id,
                         fingerprint,
@@ -562,6 +574,8 @@ pub fn incidents_schema() -> SchemaRef {
             s("kinds"),
             s("names"),
             s("members"),
+            s("rising"),
+            s("falling"),
             Field::new("member_count", DataType::UInt32, false),
             Field::new("signals", DataType::UInt32, false),
             f("score"),
@@ -586,7 +600,7 @@ pub fn incidents_batch(incidents: &[Incident]) -> Result<RecordBatch> {
     let ts = || TimestampMillisecondBuilder::with_capacity(n).with_timezone("+00:00");
     let (mut time, mut opened, mut resolved) = (ts(), ts(), ts());
     let (mut cap_exp, mut cap_early, mut cap_late) = (ts(), ts(), ts());
-    let mut text: Vec<StringBuilder> = (0..14).map(|_| StringBuilder::new()).collect();
+    let mut text: Vec<StringBuilder> = (0..16).map(|_| StringBuilder::new()).collect();
     let mut host = StringBuilder::new();
     let mut cap_series = StringBuilder::new();
     let (mut member_count, mut signals) = (UInt32Builder::new(), UInt32Builder::new());
@@ -614,6 +628,8 @@ pub fn incidents_batch(incidents: &[Incident]) -> Result<RecordBatch> {
             &kinds.join(","),
             &names.into_iter().collect::<Vec<_>>().join(","),
             &members.join(","),
+            &i.moving(true),
+            &i.moving(false),
             &i.first.explanation,
         ]) {
             b.append_value(v);
@@ -642,7 +658,7 @@ pub fn incidents_batch(incidents: &[Incident]) -> Result<RecordBatch> {
             }
         }
     }
-    let mut t: Vec<ArrayRef> = text.into_iter().take(13).map(|mut b| Arc::new(b.finish()) as ArrayRef).collect();
+    let mut t: Vec<ArrayRef> = text.into_iter().take(15).map(|mut b| Arc::new(b.finish()) as ArrayRef).collect();
     let mut nums: Vec<ArrayRef> = nums.into_iter().map(|mut b| Arc::new(b.finish()) as ArrayRef).collect();
     let take = |v: &mut Vec<ArrayRef>| v.remove(0);
     let cols: Vec<ArrayRef> = vec![
@@ -662,6 +678,8 @@ pub fn incidents_batch(incidents: &[Incident]) -> Result<RecordBatch> {
         take(&mut t), // kinds
         take(&mut t), // names
         take(&mut t), // members
+        take(&mut t), // rising
+        take(&mut t), // falling
         Arc::new(member_count.finish()),
         Arc::new(signals.finish()),
         take(&mut nums),

@@ -185,3 +185,21 @@ fn malformed_feedback_is_refused_with_a_reason() {
     let f = Feedback::parse(br#"{"decision_id":"x","outcome":"snoozed","by":"a","until":"2026-01-05T10:00:00Z"}"#).unwrap();
     assert_eq!(f.until_ms, Some(1_767_607_200_000));
 }
+
+#[tokio::test]
+async fn an_error_rate_rising_in_an_incident_opened_by_a_drop_changes_the_action() {
+    let set = PolicySet::defaults().await.unwrap();
+    let mut g = gate(&set);
+    let mut drop = signal(r#"cpu_utilization{host="p2",service="payments"}"#, 0, 0.9993);
+    drop.z = -9.0;
+    drop.kind = "anomaly.drop".into();
+    let out = run(
+        &set,
+        &mut g,
+        &[(10_000, vec![drop]), (60_000, vec![signal(r#"error_rate{host="p5",service="payments"}"#, 50_000, 0.99999)])],
+    )
+    .await;
+    let got: Vec<(&str, &str, &str)> = out.publish.iter().map(|d| (d.kind.as_str(), d.policy.as_str(), d.action.as_str())).collect();
+    assert_eq!(got, [("incident.opened", "investigate", "investigate"), ("incident.updated", "errors", "open_incident")]);
+    assert_eq!(out.publish[0].incident.id, out.publish[1].incident.id, "one incident");
+}
