@@ -127,8 +127,10 @@ pub struct Member {
     pub signals: u32,
     /// Highest score.
     pub score: f64,
-    /// Whether its latest signal was above what was expected (a capacity signal is).
+    /// Whether any of its signals was above what was expected (a capacity signal is).
     pub up: bool,
+    /// Whether any of its signals was below what was expected.
+    pub down: bool,
 }
 
 /// An incident, as held and as shown in the `incidents` table.
@@ -176,7 +178,7 @@ impl Incident {
         parse_series_key(&self.origin).1
     }
 
-    /// `up` when any member's latest signal is above what was expected, else `down`.
+    /// `up` when any member rose above what was expected, else `down`.
     pub fn direction(&self) -> &'static str {
         if self.members.values().any(|m| m.up) {
             "up"
@@ -185,9 +187,9 @@ impl Incident {
         }
     }
 
-    /// Series keys of the members going up (`true`) or down, comma-separated.
+    /// Series keys of the members that rose (`true`) or fell, comma-separated.
     pub fn moving(&self, up: bool) -> String {
-        self.members.iter().filter(|(_, m)| m.up == up).map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(",")
+        self.members.iter().filter(|(_, m)| if up { m.up } else { m.down }).map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -345,13 +347,16 @@ impl Correlator {
                     let mut grew = false;
                     let m = inc.members.entry(s.series.clone()).or_insert_with(|| {
                         grew = true;
-                        Member { name: name.clone(), first_ms: s.window_start, last_ms: s.window_start, signals: 0, score: 0.0, up }
+                        Member { name: name.clone(), first_ms: s.window_start, last_ms: s.window_start, signals: 0, score: 0.0, up, down: !up }
                     });
                     m.last_ms = m.last_ms.max(s.window_start);
                     m.signals += 1;
                     m.score = m.score.max(s.score);
-                    if m.up != up {
-                        m.up = up;
+                    // Directions are sticky: a member that rose stays among the rising ones, so a
+                    // dip after a spike does not change the incident's decision.
+                    if (up && !m.up) || (!up && !m.down) {
+                        m.up |= up;
+                        m.down |= !up;
                         grew = true;
                     }
                     inc.signals += 1;
@@ -381,7 +386,7 @@ impl Correlator {
                     let id = hex128(&format!("incident|{key}|{}|{}", s.window_start, s.series));
                     let fingerprint = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(format!("{label}={key}|{name}").as_bytes()));
                     let mut members = BTreeMap::new();
-                    members.insert(s.series.clone(), Member { name, first_ms: s.window_start, last_ms: s.window_start, signals: 1, score: s.score, up });
+                    members.insert(s.series.clone(), Member { name, first_ms: s.window_start, last_ms: s.window_start, signals: 1, score: s.score, up, down: !up });
                     let inc = Incident {
                         id,
                         fingerprint,

@@ -202,4 +202,12 @@ async fn an_error_rate_rising_in_an_incident_opened_by_a_drop_changes_the_action
     let got: Vec<(&str, &str, &str)> = out.publish.iter().map(|d| (d.kind.as_str(), d.policy.as_str(), d.action.as_str())).collect();
     assert_eq!(got, [("incident.opened", "investigate", "investigate"), ("incident.updated", "errors", "open_incident")]);
     assert_eq!(out.publish[0].incident.id, out.publish[1].incident.id, "one incident");
+
+    // A spike followed by a dip of the same series: still the spike's decision, no second one.
+    let mut g = gate(&set);
+    let spike = signal(r#"latency_p99_ms{host="c1",service="checkout"}"#, 0, 0.99999);
+    let mut dip = signal(r#"latency_p99_ms{host="c1",service="checkout"}"#, 10_000, 0.9995);
+    dip.z = -9.0;
+    let out = run(&set, &mut g, &[(10_000, vec![spike]), (20_000, vec![dip])]).await;
+    assert_eq!(out.publish.iter().map(|d| d.action.as_str()).collect::<Vec<_>>(), ["scale_out"]);
 }
