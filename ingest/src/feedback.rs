@@ -54,17 +54,18 @@ impl FeedbackSource {
         }
         let consumer: BaseConsumer = cc.create().map_err(|e| Error::kafka("creating the feedback consumer", e))?;
         let mut s = Self { consumer, topic: Arc::from(topic), next: positions, assigned: false, last_look: None };
-        s.try_assign();
+        s.try_assign(Duration::from_secs(5));
         Ok(s)
     }
 
-    /// Assigns every partition of the topic once it exists (looked for every 30 s).
-    fn try_assign(&mut self) {
+    /// Assigns every partition of the topic once it exists (looked for every 30 s, waiting at
+    /// most `timeout` for the broker: after start this runs on the engine's loop).
+    fn try_assign(&mut self, timeout: Duration) {
         if self.assigned || self.last_look.is_some_and(|t| t.elapsed() < Duration::from_secs(30)) {
             return;
         }
         self.last_look = Some(Instant::now());
-        let parts: Vec<i32> = match self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5)) {
+        let parts: Vec<i32> = match self.consumer.fetch_metadata(Some(&self.topic), timeout) {
             Ok(md) => md.topics().iter().filter(|t| t.error().is_none()).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect(),
             Err(e) => {
                 tracing::debug!(error = %e, topic = %self.topic, "feedback topic metadata unavailable");
@@ -91,7 +92,7 @@ impl FeedbackSource {
 
     /// The records that arrived, at most `max`, without waiting.
     pub fn poll(&mut self, max: usize) -> Vec<RawRecord> {
-        self.try_assign();
+        self.try_assign(Duration::from_millis(500));
         let mut out = Vec::new();
         if !self.assigned {
             return out;

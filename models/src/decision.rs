@@ -307,7 +307,6 @@ const DECISION_TEXT: [&str; 20] = [
 ];
 
 fn decision_text(d: &Decision) -> [String; 20] {
-    let json = |v: &dyn erased::Json| v.json();
     [
         d.id.clone(),
         d.kind.clone(),
@@ -332,16 +331,9 @@ fn decision_text(d: &Decision) -> [String; 20] {
     ]
 }
 
-mod erased {
-    /// JSON text of a serialisable value.
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_default()
-        }
-    }
+/// JSON text of a map (for the table's text columns).
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 fn ms(rfc: &str) -> i64 {

@@ -521,21 +521,16 @@ impl Forecaster {
         }
     }
 
-    /// Capacity signals from a linear trend, checked at every close for the series of
-    /// `features` that have a limit (Prometheus' `predict_linear`, with a 95% prediction
-    /// interval): cheap and immediate, so a steady climb is decided without waiting for the
-    /// next model refit. The trend is fitted over the last `horizon` windows (at least 30).
-    pub fn trend_signals(&self, features: &arrow::array::RecordBatch, horizon: usize) -> Vec<crate::Signal> {
-        use arrow::array::AsArray;
-        use arrow::datatypes::UInt64Type;
-        let Some(ids) = features.column_by_name("series_id").and_then(|c| c.as_primitive_opt::<UInt64Type>()) else { return Vec::new() };
-        let mut seen = std::collections::HashSet::new();
+    /// Capacity signals from a linear trend, checked at every close for the series with a
+    /// limit that got a window at or after `since_ms` (Prometheus' `predict_linear`, with a 95%
+    /// prediction interval): cheap and immediate, so a steady climb is decided without waiting
+    /// for the next model refit. The trend is fitted over the last `horizon` windows (at least 30).
+    pub fn trend_signals(&self, since_ms: i64, horizon: usize) -> Vec<crate::Signal> {
         let mut out = Vec::new();
-        for id in ids.values().iter() {
-            if !seen.insert(*id) {
+        for (id, h) in &self.series {
+            if h.last_window_ms < since_ms {
                 continue;
             }
-            let Some(h) = self.series.get(id) else { continue };
             let Some(Some(limit)) = self.metrics.get(&h.name) else { continue };
             let n = h.values.len().min(horizon.max(30));
             if n < 30 {

@@ -217,16 +217,6 @@ impl Correlator {
         Self { cfg, open: HashMap::new() }
     }
 
-    /// The settings.
-    pub fn config(&self) -> &IncidentConfig {
-        &self.cfg
-    }
-
-    /// Open incidents.
-    pub fn open(&self) -> impl Iterator<Item = &Incident> {
-        self.open.values()
-    }
-
     /// The correlation key of a series: (label, value).
     pub fn key_of(&self, series: &str) -> (String, String) {
         let (_, labels) = parse_series_key(series);
@@ -703,7 +693,7 @@ pub fn incidents_batch(incidents: &[Incident]) -> Result<RecordBatch> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn signal(series: &str, start: i64, score: f64) -> Signal {

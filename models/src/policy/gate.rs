@@ -90,11 +90,6 @@ impl Gate {
         self.state.decided.values().filter(|d| !d.published).map(|d| &d.decision)
     }
 
-    /// Latest event time seen.
-    pub fn now_ms(&self) -> i64 {
-        self.state.now_ms
-    }
-
     fn build(&self, inc: &Incident, m: &Match, spec: &PolicySpec, status: &str, approval: &str) -> Decision {
         let firing = status == "firing";
         let kind = if !firing {
@@ -195,6 +190,9 @@ impl Gate {
                 q.pop_front();
             }
         }
+        // A cooldown that has run out is forgotten (targets come and go).
+        let longest = self.specs.iter().map(|s| s.cooldown.as_millis() as i64).max().unwrap_or(0);
+        self.state.last_by_target.retain(|_, t| now_ms - *t < longest);
         for inc in incidents {
             if inc.state == "resolved" {
                 let Some(prev) = self.state.decided.remove(&inc.id) else { continue };

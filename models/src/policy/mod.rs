@@ -299,12 +299,13 @@ impl PolicySet {
             let batches = self.ctx.sql(q).await.map_err(|e| fail(&p.name, &e))?.collect().await.map_err(|e| fail(&p.name, &e))?;
             for b in batches {
                 let text = |c: usize, r: usize| -> Option<String> {
-                    let col = b.column(c);
-                    if col.is_null(r) {
+                    // One cell: planning may have chosen Utf8View for the VARCHAR casts.
+                    let cell = b.column(c).slice(r, 1);
+                    if cell.is_null(0) {
                         return None;
                     }
-                    let s = arrow::compute::cast(col, &DataType::Utf8).ok()?;
-                    Some(s.as_string::<i32>().value(r).to_string())
+                    let s = arrow::compute::cast(&cell, &DataType::Utf8).ok()?;
+                    Some(s.as_string::<i32>().value(0).to_string())
                 };
                 for r in 0..b.num_rows() {
                     let Some(incident) = text(0, r) else { continue };
@@ -331,6 +332,9 @@ impl PolicySet {
 /// A SQL value as JSON: numbers stay numbers, booleans booleans, NULL null.
 fn json_value(col: &arrow::array::ArrayRef, row: usize) -> serde_json::Value {
     use serde_json::Value;
+    // Cast one cell, not the column.
+    let col = &col.slice(row, 1);
+    let row = 0;
     if col.is_null(row) {
         return Value::Null;
     }

@@ -1,24 +1,6 @@
 use super::*;
+use crate::incident::tests::signal;
 use crate::incident::{incidents_batch, Correlator, IncidentConfig, Signal};
-
-fn signal(series: &str, start: i64, score: f64) -> Signal {
-    Signal {
-        kind: "anomaly.spike".into(),
-        series_id: xxhash_rust::xxh3::xxh3_64(series.as_bytes()),
-        series: series.into(),
-        feature: "mean".into(),
-        window_start: start,
-        window_end: start + 10_000,
-        value: 10.0,
-        expected: 1.0,
-        band: [0.0, 2.0],
-        score,
-        z: 12.0,
-        confidence: 0.9,
-        explanation: format!("{series} is high"),
-        capacity: None,
-    }
-}
 
 /// Runs signals through correlator, policies and gate, one close per entry of `closes`.
 async fn run(set: &PolicySet, gate: &mut Gate, closes: &[(i64, Vec<Signal>)]) -> GateOutput {

@@ -91,8 +91,8 @@ pub struct Processor {
     policies: PolicySet,
     /// Cooldowns, limits, modes, approvals and suppressions.
     pub(super) gate: Gate,
-    /// Capacity signals from the last refit, for the next close.
-    pending_signals: Vec<Signal>,
+    /// Capacity signals from the last refit, for the next close (checkpointed).
+    pub(super) pending_signals: Vec<Signal>,
     /// Where the feedback topic's reading resumes (partition → next offset).
     pub(super) feedback_positions: std::collections::BTreeMap<i32, i64>,
     feature: String,
@@ -284,7 +284,7 @@ impl Processor {
         signals.append(&mut self.pending_signals);
         if self.forecaster.enabled() {
             self.forecaster.observe(&features, &self.feature);
-            signals.extend(self.forecaster.trend_signals(&features, self.forecast_cfg.horizon));
+            signals.extend(self.forecaster.trend_signals(closed[0].start_ms, self.forecast_cfg.horizon));
         }
         signals.sort_by(|a, b| (a.window_start, &a.series).cmp(&(b.window_start, &b.series)));
         let now = closed.last().map_or(i64::MIN, |w| w.end_ms);
@@ -379,11 +379,6 @@ impl Processor {
             }
         }
         out
-    }
-
-    /// Decisions waiting for approval.
-    pub fn pending_approvals(&self) -> Vec<Decision> {
-        self.gate.pending().cloned().collect()
     }
 
     /// The decoders' counters per input format.

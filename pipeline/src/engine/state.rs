@@ -410,6 +410,7 @@ impl Processor {
         w.put("incidents", &self.correlator, &|_| true)?;
         w.put("gate", &self.gate, &|_| true)?;
         w.put_value("feedback.positions", 1, &self.feedback_positions)?;
+        w.put_value("capacity.pending", 1, &self.pending_signals)?;
         w.put_value("forecaster.next_refit", 1, &self.forecaster.next_refit())?;
         if let Some(f) = &self.fleet {
             w.put("fleet", f, &|_| true)?;
@@ -449,6 +450,9 @@ impl Processor {
         r.get("gate", &mut self.gate)?;
         if let Some(p) = r.value("feedback.positions", 1)? {
             self.feedback_positions = p;
+        }
+        if let Some(p) = r.value("capacity.pending", 1)? {
+            self.pending_signals = p;
         }
         let next: Option<Option<i64>> = r.value("forecaster.next_refit", 1)?;
         self.forecaster.set_next_refit(next.flatten());
