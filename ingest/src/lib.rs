@@ -25,6 +25,7 @@
 mod drain;
 mod error;
 mod feedback;
+mod focus;
 mod influx;
 mod json;
 mod logs;
@@ -36,6 +37,7 @@ mod source;
 
 pub use error::{Error, Result};
 pub use feedback::FeedbackSource;
+pub use focus::{costs_schema, DecodedCosts, FocusDecoder, COST_COLUMNS};
 pub use influx::{InfluxCounters, InfluxDecoder, Precision};
 pub use mapped::{JsonMapping, MappedJsonDecoder};
 pub use otlp::{OtlpCounters, OtlpEncoding, OtlpMetricsDecoder, Prev as OtlpStream, MAX_STREAMS, STREAM_TTL_NS};

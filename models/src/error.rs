@@ -13,4 +13,7 @@ pub enum Error {
     /// Occurs when an Arrow kernel fails (a bug in Vigil).
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),
+    /// Occurs when a model's SQL (health) fails to run.
+    #[error("SQL: {0}")]
+    Sql(#[from] datafusion::error::DataFusionError),
 }

@@ -250,8 +250,36 @@ pub fn forecast(history: &[f64], cfg: &ForecastConfig) -> SeriesForecast {
         return naive(&y, horizon, 1);
     }
     let period = detect_period(&y, cfg.max_period);
-    // Choose the method on a holdout: the last `horizon` values, forecast from the rest. The
-    // method with the lowest error there is refitted on everything.
+    choose_and_fit(&y, horizon, &period.into_iter().collect::<Vec<_>>())
+}
+
+/// Forecasts `horizon` steps after `history` with the given seasonal periods (for hourly cost:
+/// 24 and 168, a day and a week): MSTL over the periods that fit twice in the history, with an
+/// AutoETS trend, AutoETS, or seasonal naive at the shortest period, chosen on a holdout as in
+/// [`forecast`], with intervals calibrated on it. Never panics.
+pub fn forecast_seasonal(history: &[f64], periods: &[usize], horizon: usize) -> SeriesForecast {
+    let horizon = horizon.max(1);
+    let mut y = Vec::with_capacity(history.len());
+    let mut last = history.iter().copied().find(|v| v.is_finite()).unwrap_or(0.0);
+    for &v in history {
+        if v.is_finite() {
+            last = v;
+        }
+        y.push(last);
+    }
+    if y.len() < 8 {
+        return naive(&y, horizon, 1);
+    }
+    // MSTL uses the periods that fit twice; seasonal naive the shortest.
+    let mut periods: Vec<usize> = periods.iter().copied().filter(|p| *p >= 2 && *p <= y.len()).collect();
+    periods.sort_unstable();
+    periods.dedup();
+    choose_and_fit(&y, horizon, &periods)
+}
+
+/// Chooses the method on a holdout (the last `horizon` values, at most a quarter of the history,
+/// forecast from the rest) and refits the best on everything.
+fn choose_and_fit(y: &[f64], horizon: usize, periods: &[usize]) -> SeriesForecast {
     let n = y.len();
     let h = horizon.min(n / 4);
     let mut order = vec![Method::MstlEts, Method::Ets, Method::SeasonalNaive];
@@ -261,7 +289,7 @@ pub fn forecast(history: &[f64], cfg: &ForecastConfig) -> SeriesForecast {
         let (train, valid) = y.split_at(n - h);
         let mut scored: Vec<(Method, f64)> = Vec::new();
         for m in order.iter().copied() {
-            let Some(f) = fit_one(m, train, h, period) else {
+            let Some(f) = fit_one(m, train, h, periods) else {
                 scored.push((m, f64::INFINITY));
                 continue;
             };
@@ -279,14 +307,14 @@ pub fn forecast(history: &[f64], cfg: &ForecastConfig) -> SeriesForecast {
         order = scored.into_iter().map(|(m, _)| m).collect();
     }
     for m in order {
-        if let Some(mut f) = fit_one(m, &y, horizon, period) {
+        if let Some(mut f) = fit_one(m, y, horizon, periods) {
             if let Some((_, units)) = holdout.iter().find(|(hm, _)| *hm == m) {
                 calibrate(&mut f, units);
             }
             return f;
         }
     }
-    naive(&y, horizon, period.unwrap_or(1))
+    naive(y, horizon, periods.first().copied().unwrap_or(1))
 }
 
 /// Rescales the intervals of `f` around its point forecast so that, on the holdout, the errors
@@ -314,7 +342,8 @@ fn calibrate(f: &mut SeriesForecast, units: &[f64]) {
 }
 
 /// Fits one method; `None` when it does not apply (no period, too short) or fails.
-fn fit_one(method: Method, y: &[f64], horizon: usize, period: Option<usize>) -> Option<SeriesForecast> {
+fn fit_one(method: Method, y: &[f64], horizon: usize, periods: &[usize]) -> Option<SeriesForecast> {
+    let period = periods.first().copied();
     let pack = |method: Method, period: Option<usize>, (point, [l80, u80, l95, u95]): (Vec<f64>, [Vec<f64>; 4])| SeriesForecast {
         method,
         period,
@@ -327,8 +356,9 @@ fn fit_one(method: Method, y: &[f64], horizon: usize, period: Option<usize>) -> 
     match method {
         Method::MstlEts => {
             // MSTL needs two full periods.
-            let p = period.filter(|p| y.len() >= 2 * p + 2)?;
-            let model = MSTLModel::new(vec![p], AutoETS::non_seasonal().into_trend_model());
+            let ps: Vec<usize> = periods.iter().copied().filter(|p| y.len() >= 2 * p + 2).collect();
+            let p = *ps.first()?;
+            let model = MSTLModel::new(ps, AutoETS::non_seasonal().into_trend_model());
             augurs_forecast(model, y, horizon).map(|out| pack(Method::MstlEts, Some(p), out))
         }
         Method::Ets => augurs_forecast(AutoETS::non_seasonal(), y, horizon).map(|out| pack(Method::Ets, None, out)),

@@ -207,6 +207,22 @@ pub struct Changes {
     pub incidents: Vec<Incident>,
 }
 
+/// The domain of a signal kind whose incidents are kept apart from operational ones for the same
+/// entity: cost, budget and efficiency signals open `cost` incidents (a service's spend drifting
+/// is not its latency spiking); everything else, SLO burns included, shares the entity's
+/// operational incident.
+pub(crate) fn domain(kind: &str) -> Option<&'static str> {
+    (kind.starts_with("cost.") || kind.starts_with("budget.")).then_some("cost")
+}
+
+/// Where an incident is held: its key, prefixed with its domain.
+fn slot(kind: &str, key: &str) -> String {
+    match domain(kind) {
+        Some(d) => format!("{d}:{key}"),
+        None => key.to_string(),
+    }
+}
+
 fn hex128(s: &str) -> String {
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(s.as_bytes()))
 }
@@ -332,7 +348,8 @@ impl Correlator {
             let name = parse_series_key(&s.series).0;
             let sev = s.severity();
             let up = s.z >= 0.0 || s.capacity.is_some();
-            match self.open.get_mut(&key) {
+            let held = slot(&s.kind, &key);
+            match self.open.get_mut(&held) {
                 Some(inc) => {
                     let mut grew = false;
                     let m = inc.members.entry(s.series.clone()).or_insert_with(|| {
@@ -365,11 +382,11 @@ impl Correlator {
                     }
                     if grew {
                         // Opened in this same call: it is still news that it opened.
-                        if !changed.iter().any(|c| c == &key) || inc.state != "opened" {
+                        if !changed.iter().any(|c| c == &held) || inc.state != "opened" {
                             inc.state = "updated".into();
                         }
                         inc.updated_ms = s.window_end;
-                        note(&mut changed, &key);
+                        note(&mut changed, &held);
                     }
                 }
                 None => {
@@ -396,8 +413,8 @@ impl Correlator {
                         capacity: s.capacity.clone().map(|c| (s.series.clone(), c)),
                         signals: 1,
                     };
-                    self.open.insert(key.clone(), inc);
-                    note(&mut changed, &key);
+                    self.open.insert(held.clone(), inc);
+                    note(&mut changed, &held);
                 }
             }
         }
@@ -434,8 +451,15 @@ impl Correlator {
     /// Takes open incidents from a checkpoint.
     pub fn import(&mut self, incidents: Vec<Incident>) {
         for i in incidents {
-            self.open.insert(i.key.clone(), i);
+            self.open.insert(slot(&i.first.kind, &i.key), i);
         }
+    }
+
+    /// The open incidents.
+    pub fn open(&self) -> Vec<&Incident> {
+        let mut v: Vec<&Incident> = self.open.values().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key).then(a.id.cmp(&b.id)));
+        v
     }
 }
 

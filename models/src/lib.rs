@@ -25,16 +25,23 @@
 //!   the gate applies cooldowns, hourly limits, modes (auto, approval, dry run), approvals and
 //!   suppressions from the feedback topic, logging every decision and suppression. Ids are
 //!   deterministic (incident, policy, action, status), so a replay yields the same [`Decision`]s.
+//! - [`cost`]: cost drift against the forecaster's expectation with root causes, budgets with
+//!   period-end projections, efficiency (idle and oversized resources), and their signals.
+//! - [`SloTracker`]: error budgets and multiwindow, multi-burn-rate alerts per SLO.
+//! - [`HealthPlan`]: a 0-100 health score per service, composed in SQL (`sql/health.sql`).
 #![deny(missing_docs)]
 
 mod columns;
+pub mod cost;
 mod decision;
 mod detector;
 mod error;
 mod fleet;
 mod forecast;
+mod health;
 mod incident;
 mod policy;
+mod slo;
 mod sql;
 
 pub use decision::{
@@ -47,7 +54,10 @@ pub use detector::{Detector, DetectorConfig, Part, Score, SeriesState};
 pub use error::{Error, Result};
 pub use fleet::{Algorithm as FleetAlgorithm, FleetConfig, FleetDetector, Group as FleetGroup};
 pub use sql::{sql_functions, SqlFunctions};
+pub use cost::{CostConfig, CostEngine, CostOutput, CostState};
+pub use health::{health_inputs_batch, health_inputs_schema, HealthInput, HealthInputs, HealthPlan, DEFAULT_HEALTH_SQL};
+pub use slo::{burn_rate, slo_batch, slo_schema, SloConfig, SloRow, SloState, SloTracker};
 pub use forecast::{
-    confirm_period, detect_period, forecast, forecasts_schema, mase, run_forecasts, seasonal_naive, smape, time_to_threshold, Crossing, ForecastConfig, ForecastJob,
+    confirm_period, detect_period, forecast, forecast_seasonal, forecasts_schema, mase, run_forecasts, seasonal_naive, smape, time_to_threshold, Crossing, ForecastConfig, ForecastJob,
     Forecaster, History as ForecastHistory, Method, SeriesForecast,
 };
