@@ -61,6 +61,12 @@ pub struct Config {
     pub incidents: IncidentsConfig,
     /// Fleet outliers.
     pub fleet: FleetSection,
+    /// Cost: FOCUS rows and cost metrics, drift, budgets and efficiency (`docs/COST.md`).
+    pub cost: vigil_models::CostConfig,
+    /// Service level objectives, one `[[slo]]` each (`docs/HEALTH.md`).
+    pub slo: Vec<vigil_models::SloConfig>,
+    /// The health score per service.
+    pub health: HealthConfig,
     /// The SQL/HTTP server.
     pub server: ServerConfig,
     /// How much of each result table is kept in memory.
@@ -310,7 +316,7 @@ impl LogsConfig {
 }
 
 /// Every input format, for validation and help.
-pub const INPUT_FORMATS: [&str; 8] = ["json", "influx", "mapped", "otlp_proto", "otlp_json", "otlp_logs_proto", "otlp_logs_json", "json_logs"];
+pub const INPUT_FORMATS: [&str; 9] = ["json", "influx", "mapped", "otlp_proto", "otlp_json", "otlp_logs_proto", "otlp_logs_json", "json_logs", "focus"];
 
 fn default_time_unit() -> String {
     "ms".into()
@@ -581,6 +587,23 @@ impl FleetSection {
     }
 }
 
+/// `[health]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// The health SQL (over `health_inputs`); the shipped `sql/health.sql` when unset.
+    pub sql_file: Option<PathBuf>,
+    /// A `health` row per service this often (event time).
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { sql_file: None, every: Duration::from_secs(60) }
+    }
+}
+
 /// `[server]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -842,7 +865,31 @@ impl Config {
             }
         }
         self.forward.validate().map_err(|p| invalid(p.key, p.problem, p.fix))?;
+        self.cost.validate().map_err(|(key, problem, fix)| invalid(key, problem, fix))?;
+        let mut names = std::collections::HashSet::new();
+        for slo in &self.slo {
+            slo.validate().map_err(|(problem, fix)| invalid("slo", problem, fix))?;
+            if !names.insert(slo.name.as_str()) {
+                return Err(invalid("slo", format!("two SLOs are named `{}`", slo.name), "give each [[slo]] its own name"));
+            }
+        }
+        if self.health.every < self.window.size {
+            return Err(invalid("health.every", format!("{} is shorter than a window ({})", humantime::format_duration(self.health.every), humantime::format_duration(self.window.size)), "use a multiple of window.size, e.g. \"1m\""));
+        }
+        if let Some(p) = &self.health.sql_file {
+            if let Err(e) = std::fs::metadata(p) {
+                return Err(invalid("health.sql_file", format!("cannot read {}: {e}", p.display()), "point it at a SQL file, or remove it to use the shipped sql/health.sql"));
+            }
+        }
         Ok(())
+    }
+
+    /// The health SQL text: the configured file or the shipped default.
+    pub fn health_sql(&self) -> Result<String, ConfigError> {
+        match &self.health.sql_file {
+            None => Ok(vigil_models::DEFAULT_HEALTH_SQL.to_string()),
+            Some(p) => std::fs::read_to_string(p).map_err(|e| invalid("health.sql_file", format!("cannot read {}: {e}", p.display()), "point it at a readable SQL file")),
+        }
     }
 
     /// What `vigil forward` needs on top of [`Self::validate`]: at least one target in

@@ -323,6 +323,69 @@ impl CostEngine {
         }
     }
 
+    /// Reads the cost and utilisation metrics of a `features` batch: a metric in `cost.metrics`
+    /// (a cost per hour) adds `mean × window / 1 h` of spend at its window, with its labels as
+    /// dimensions (`node` or `instance`, else the resource label, is the resource; the metric's
+    /// name is the `cloud_service`); the efficiency metrics add utilisation to their resource's
+    /// hour. `correlate_by` names the labels that give a resource's service. Returns how many
+    /// cost points fell in hours that had already closed on the cost clock (not counted).
+    pub fn observe_metrics(&mut self, features: &RecordBatch, correlate_by: &[String]) -> Result<usize> {
+        let e = self.cfg.efficiency.clone();
+        let usage_metrics: Vec<&str> =
+            [&e.cpu_utilization, &e.cpu_used, &e.cpu_allocated, &e.memory_used, &e.memory_allocated].into_iter().flatten().map(String::as_str).collect();
+        if features.num_rows() == 0 || (self.cfg.metrics.is_empty() && usage_metrics.is_empty()) {
+            return Ok(0);
+        }
+        let col = |n: &str| features.column_by_name(n).ok_or_else(|| crate::Error::Input(format!("cost needs the feature column `{n}`")));
+        let name = col("name")?.as_string::<i32>().clone();
+        let series = col("series")?.as_string::<i32>().clone();
+        let start = col("window_start")?.as_primitive::<TimestampMillisecondType>().clone();
+        let end = col("window_end")?.as_primitive::<TimestampMillisecondType>().clone();
+        let mean = col("mean")?.as_primitive::<Float64Type>().clone();
+        let mut rows = Vec::new();
+        for i in 0..features.num_rows() {
+            let n = name.value(i);
+            let is_cost = self.cfg.metrics.iter().any(|m| m == n);
+            let is_usage = usage_metrics.contains(&n);
+            if !(is_cost || is_usage) || mean.is_null(i) || !mean.value(i).is_finite() {
+                continue;
+            }
+            let labels = crate::decision::parse_series_key(series.value(i)).1;
+            let v = mean.value(i);
+            if is_cost {
+                let mut dims: BTreeMap<String, String> = labels.clone();
+                dims.insert("cloud_service".into(), n.to_string());
+                if let Some(r) = labels.get("node").or_else(|| labels.get("instance")).or_else(|| labels.get(&e.resource_label)) {
+                    dims.insert("resource".into(), r.clone());
+                }
+                if let Some(svc) = correlate_by.iter().find_map(|l| labels.get(l)) {
+                    dims.entry("service".into()).or_insert_with(|| svc.clone());
+                }
+                let (s, t) = (start.value(i), end.value(i));
+                rows.push(CostRow { start_ms: s, end_ms: t, cost: v * (t - s) as f64 / HOUR_MS as f64, dims });
+            }
+            if is_usage {
+                let Some(res) = labels.get(&e.resource_label) else { continue };
+                let svc = correlate_by.iter().find_map(|l| labels.get(l)).map(String::as_str);
+                let one = (v, 1);
+                let mut u = ResourceUse::default();
+                for (m, slot) in [
+                    (&e.cpu_utilization, &mut u.cpu_utilization),
+                    (&e.cpu_used, &mut u.cpu_used),
+                    (&e.cpu_allocated, &mut u.cpu_allocated),
+                    (&e.memory_used, &mut u.memory_used),
+                    (&e.memory_allocated, &mut u.memory_allocated),
+                ] {
+                    if m.as_deref() == Some(n) {
+                        *slot = one;
+                    }
+                }
+                self.observe_usage(start.value(i), res, svc, u);
+            }
+        }
+        Ok(if rows.is_empty() { 0 } else { self.push(&rows).len() })
+    }
+
     /// The time up to which cost hours may close, given the metrics' event time.
     fn clock(&self, metrics_now: Option<i64>) -> Option<i64> {
         let by_rows = self.state.newest_end.map(|e| e - self.cfg.allowed_lag.as_millis() as i64);
@@ -409,6 +472,11 @@ impl CostEngine {
     /// Restores a checkpoint's state (replacing what is held: cost state is global).
     pub fn import(&mut self, state: CostState) {
         self.state = state;
+    }
+
+    /// Every hour before this has closed (the cost clock's progress).
+    pub fn closed_until(&self) -> Option<i64> {
+        self.state.closed_until
     }
 
     /// Scope values tracked.

@@ -74,8 +74,24 @@ pub enum EngineError {
 }
 
 /// Names of the result tables the engine keeps.
-pub const TABLES: [&str; 10] =
-    ["points", "logs", "features", "anomalies", "forecasts", "incidents", "decisions", "decision_log", "decision_outcomes", "late_points"];
+pub const TABLES: [&str; 16] = [
+    "points",
+    "logs",
+    "features",
+    "anomalies",
+    "forecasts",
+    "incidents",
+    "decisions",
+    "decision_log",
+    "decision_outcomes",
+    "late_points",
+    "costs",
+    "cost_drift",
+    "budgets",
+    "efficiency",
+    "slo",
+    "health",
+];
 
 type PartKey = (Arc<str>, i32);
 
@@ -327,8 +343,17 @@ impl Engine {
         Ok(out)
     }
 
+    /// The windower follows the assigned partitions of the windowed topics (cost topics have
+    /// their own clock and never hold the watermark).
+    fn assign_windows(&mut self) {
+        let windowed: Vec<PartKey> = self.assigned.iter().filter(|(t, _)| self.core.windowed(t)).cloned().collect();
+        self.core.windower_mut().assign(&windowed);
+    }
+
     async fn publish_late(&mut self) -> Result<(), EngineError> {
-        for rows in self.core.windower_mut().take_late() {
+        let mut late = self.core.windower_mut().take_late();
+        late.extend(self.core.take_late_costs());
+        for rows in late {
             {
                 let mut by_topic = self.stats.late_by_topic.lock().unwrap_or_else(|e| e.into_inner());
                 for p in &rows.positions {
@@ -407,6 +432,15 @@ impl Engine {
         self.tables.append("anomalies", c.anomalies)?;
         self.tables.append("incidents", c.incidents)?;
         self.tables.append("decision_log", vigil_models::decision_log_batch(&c.log)?)?;
+        for b in c.costs {
+            self.tables.append("costs", b)?;
+        }
+        Stats::add(&self.stats.cost_hours, c.cost_hours);
+        self.tables.append("cost_drift", c.cost_drift)?;
+        self.tables.append("budgets", c.budgets)?;
+        self.tables.append("efficiency", c.efficiency)?;
+        self.tables.append("slo", c.slo)?;
+        self.tables.append("health", c.health)?;
         Ok(fresh)
     }
 
@@ -428,7 +462,7 @@ impl Engine {
                     let removed = self.core.forget_partitions(&parts)?;
                     self.assigned.retain(|p| !parts.contains(p));
                     raw.retain(|r| !parts.iter().any(|(t, p)| *p == r.pos.partition && **t == *r.pos.topic));
-                    self.core.windower_mut().assign(&self.assigned);
+                    self.assign_windows();
                     tracing::info!(partitions = ?names(&parts), rows_dropped = removed, "partitions revoked: checkpointed and handed over");
                 }
                 RebalanceEvent::Assigned(parts) => {
@@ -439,7 +473,7 @@ impl Engine {
                         raw.retain(|r| !moved.iter().any(|(t, p)| *p == r.pos.partition && **t == *r.pos.topic));
                         self.refresh_published().await;
                     }
-                    self.core.windower_mut().assign(&self.assigned);
+                    self.assign_windows();
                     tracing::info!(partitions = ?names(&new), "partitions assigned");
                 }
             }

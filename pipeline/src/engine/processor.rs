@@ -30,6 +30,20 @@ pub struct Closed {
     pub decisions: Vec<Decision>,
     /// Every decision and suppression, with its reason.
     pub log: Vec<LogEntry>,
+    /// Cost rows received since the last close (the `costs` table).
+    pub costs: Vec<arrow::array::RecordBatch>,
+    /// Cost hours closed.
+    pub cost_hours: usize,
+    /// `cost_drift` rows.
+    pub cost_drift: arrow::array::RecordBatch,
+    /// `budgets` rows.
+    pub budgets: arrow::array::RecordBatch,
+    /// `efficiency` rows.
+    pub efficiency: arrow::array::RecordBatch,
+    /// `slo` rows.
+    pub slo: arrow::array::RecordBatch,
+    /// `health` rows.
+    pub health: arrow::array::RecordBatch,
 }
 
 /// What the answers on the feedback topic did.
@@ -53,12 +67,14 @@ pub(super) enum TopicDecoder {
     Otlp(Box<vigil_ingest::OtlpMetricsDecoder>),
     OtlpLogs(Box<vigil_ingest::OtlpLogsDecoder>),
     JsonLogs(Box<vigil_ingest::JsonLogDecoder>),
+    Focus(vigil_ingest::FocusDecoder),
 }
 
 /// What a topic's records decode into.
 enum Decoded {
     Points(vigil_ingest::DecodedBatch),
     Logs(vigil_ingest::DecodedLogs),
+    Costs(vigil_ingest::DecodedCosts),
 }
 
 impl TopicDecoder {
@@ -69,6 +85,7 @@ impl TopicDecoder {
             Self::Otlp(d) => Decoded::Points(d.decode_refs(raw)?),
             Self::OtlpLogs(d) => Decoded::Logs(d.decode_refs(raw)?),
             Self::JsonLogs(d) => Decoded::Logs(d.decode_refs(raw)?),
+            Self::Focus(d) => Decoded::Costs(d.decode_refs(raw)?),
         })
     }
 }
@@ -104,6 +121,20 @@ pub struct Processor {
     /// The input partition each series' points came from: state is checkpointed and handed
     /// over per partition.
     pub(super) owner: super::state::Owners,
+    /// Cost drift, budgets and efficiency (their own hourly clock).
+    pub(super) cost: vigil_models::CostEngine,
+    /// Cost rows for the `costs` table, until the next close.
+    pending_costs: Vec<arrow::array::RecordBatch>,
+    /// Cost rows for hours already closed, for the late topic.
+    late_costs: Vec<crate::LateRows>,
+    /// SLO error budgets and burn rates.
+    pub(super) slo: vigil_models::SloTracker,
+    /// What the health score reads, between two rows.
+    health_inputs: vigil_models::HealthInputs,
+    health: vigil_models::HealthPlan,
+    health_every_ms: i64,
+    next_health_ms: i64,
+    correlate_by: Vec<String>,
 }
 
 impl Processor {
@@ -158,6 +189,10 @@ impl Processor {
                     let enc = if format == "otlp_logs_proto" { vigil_ingest::OtlpEncoding::Proto } else { vigil_ingest::OtlpEncoding::Json };
                     TopicDecoder::OtlpLogs(Box::new(vigil_ingest::OtlpLogsDecoder::new(enc, cfg.logs.drain(), c)))
                 }
+                "focus" => TopicDecoder::Focus(
+                    vigil_ingest::FocusDecoder::new(&cfg.cost.column, c)
+                        .map_err(|e| ConfigError::Invalid { key: "cost.column", problem: e, fix: "use one of the FOCUS cost columns".into() })?,
+                ),
                 "json_logs" => {
                     let m = cfg.kafka.log_mappings.get(topic).cloned().unwrap_or_default().to_mapping();
                     let d = vigil_ingest::JsonLogDecoder::new(m, cfg.logs.drain(), c)
@@ -178,6 +213,9 @@ impl Processor {
             f.refit_every.as_millis() as i64,
         );
         let forecast_cfg = vigil_models::ForecastConfig { horizon: windows(f.horizon), max_period: windows(f.max_period) };
+        let health = vigil_models::HealthPlan::new(&cfg.health_sql()?)
+            .await
+            .map_err(|e| ConfigError::Invalid { key: "health.sql_file", problem: e.to_string(), fix: "fix the health SQL (see sql/health.sql)".into() })?;
         Ok(Self {
             decoder,
             others,
@@ -196,7 +234,54 @@ impl Processor {
             forecast_cfg,
             refit: None,
             owner: Default::default(),
+            cost: vigil_models::CostEngine::new(cfg.cost.clone()),
+            pending_costs: Vec::new(),
+            late_costs: Vec::new(),
+            slo: vigil_models::SloTracker::new(cfg.slo.clone(), cfg.incidents.correlate_by.clone(), &d.feature),
+            health_inputs: vigil_models::HealthInputs::new(cfg.incidents.correlate_by.clone(), cfg.decisions.threshold),
+            health,
+            health_every_ms: cfg.health.every.as_millis() as i64,
+            next_health_ms: i64::MIN,
+            correlate_by: cfg.incidents.correlate_by.clone(),
         })
+    }
+
+    /// Whether a topic's records go through the event-time windows (points and logs do; cost
+    /// rows have their own hourly clock and must not hold the watermark).
+    pub fn windowed(&self, topic: &str) -> bool {
+        !matches!(self.others.get(topic), Some(TopicDecoder::Focus(_)))
+    }
+
+    /// Adds decoded cost rows to their hours; rows for hours already closed go to the late
+    /// side output. Returns how many were late.
+    fn push_costs(&mut self, d: vigil_ingest::DecodedCosts) -> Result<usize, EngineError> {
+        let rows = vigil_models::cost::cost_rows(&d.costs)?;
+        let late = self.cost.push(&rows);
+        if late.is_empty() {
+            if d.costs.num_rows() > 0 {
+                self.pending_costs.push(d.costs);
+            }
+            return Ok(0);
+        }
+        let mut keep = vec![true; rows.len()];
+        for &i in &late {
+            keep[i] = false;
+        }
+        let mask = arrow::array::BooleanArray::from(keep.clone());
+        let on_time = arrow::compute::filter_record_batch(&d.costs, &mask).map_err(vigil_models::Error::from)?;
+        let late_idx = arrow::array::UInt32Array::from(late.iter().map(|&i| i as u32).collect::<Vec<_>>());
+        let late_rows = arrow::compute::take_record_batch(&d.costs, &late_idx).map_err(vigil_models::Error::from)?;
+        if on_time.num_rows() > 0 {
+            self.pending_costs.push(on_time);
+        }
+        let positions = late.iter().map(|&i| d.positions[i].clone()).collect();
+        self.late_costs.push(crate::LateRows { rows: late_rows, positions, logs: true, watermark: self.cost.closed_until().unwrap_or(i64::MIN) });
+        Ok(late.len())
+    }
+
+    /// Cost rows that arrived for hours already closed.
+    pub fn take_late_costs(&mut self) -> Vec<crate::LateRows> {
+        std::mem::take(&mut self.late_costs)
     }
 
     /// Creates the result tables this processor's output goes to.
@@ -211,6 +296,12 @@ impl Processor {
         tables.create("decision_log", vigil_models::decision_log_schema(), max_rows);
         tables.create("decision_outcomes", vigil_models::outcomes_schema(), max_rows);
         tables.create("late_points", super::late::late_points_schema(), max_rows);
+        tables.create("costs", vigil_ingest::costs_schema(), max_rows);
+        tables.create("cost_drift", vigil_models::cost::cost_drift_schema(), max_rows);
+        tables.create("budgets", vigil_models::cost::budgets_schema(), max_rows);
+        tables.create("efficiency", vigil_models::cost::efficiency_schema(), max_rows);
+        tables.create("slo", vigil_models::slo_schema(), max_rows);
+        tables.create("health", self.health.schema(), max_rows);
     }
 
     /// Decodes a batch, notes every record as consumed, and adds the points to their windows.
@@ -245,6 +336,10 @@ impl Processor {
                     rejected.extend(d.rejected);
                     self.windower.push_logs(&d.logs, &d.positions)?
                 }
+                Decoded::Costs(mut d) => {
+                    rejected.append(&mut d.rejected);
+                    crate::PushStats { late: self.push_costs(d)?, ..Default::default() }
+                }
             };
             pushed.accepted += p.accepted;
             pushed.late += p.late;
@@ -266,14 +361,25 @@ impl Processor {
     }
 
     async fn close(&mut self, closed: Vec<crate::ClosedWindow>) -> Result<Option<Closed>, EngineError> {
-        if closed.is_empty() {
+        let metrics_now = closed.last().map(|w| w.end_ms).or_else(|| self.windower.watermark());
+        if closed.is_empty() && !self.cost.ready(metrics_now) && self.pending_costs.is_empty() {
             return Ok(None);
         }
-        let span = tracing::debug_span!("close", windows = closed.len(), first_start = closed[0].start_ms);
+        let span = tracing::debug_span!("close", windows = closed.len(), first_start = closed.first().map(|w| w.start_ms));
         let _g = span.enter();
-        let crate::PlanOutput { points, logs, features } = self.plan.run(&closed).await?;
-        let mut anomalies = self.detector.score_batch(&features, &self.feature)?;
-        if let Some(fleet) = self.fleet.as_mut() {
+        let (points, logs, features, mut anomalies) = if closed.is_empty() {
+            (
+                arrow::array::RecordBatch::new_empty(self.plan.points_schema()),
+                arrow::array::RecordBatch::new_empty(self.plan.logs_schema()),
+                arrow::array::RecordBatch::new_empty(self.plan.output_schema()),
+                arrow::array::RecordBatch::new_empty(vigil_models::anomalies_schema()),
+            )
+        } else {
+            let crate::PlanOutput { points, logs, features } = self.plan.run(&closed).await?;
+            let anomalies = self.detector.score_batch(&features, &self.feature)?;
+            (points, logs, features, anomalies)
+        };
+        if let Some(fleet) = self.fleet.as_mut().filter(|_| !closed.is_empty()) {
             let outliers = fleet.observe(&features, &self.feature)?;
             if outliers.num_rows() > 0 {
                 anomalies = arrow::compute::concat_batches(&anomalies.schema(), [&anomalies, &outliers]).map_err(vigil_models::Error::from)?;
@@ -282,12 +388,27 @@ impl Processor {
         // Signals → incidents → policies → gate.
         let mut signals = self.correlator.anomaly_signals(&anomalies)?;
         signals.append(&mut self.pending_signals);
-        if self.forecaster.enabled() {
+        if self.forecaster.enabled() && !closed.is_empty() {
             self.forecaster.observe(&features, &self.feature);
             signals.extend(self.forecaster.trend_signals(closed[0].start_ms, self.forecast_cfg.horizon));
         }
+        // Cost (its own hourly clock) and SLOs.
+        let late_cost_metrics = self.cost.observe_metrics(&features, &self.correlate_by)?;
+        if late_cost_metrics > 0 {
+            tracing::debug!(points = late_cost_metrics, "cost metrics for hours already closed on the cost clock were not counted");
+        }
+        let cost = self.cost.close_ready(metrics_now);
+        signals.extend(cost.signals.iter().cloned());
+        let cost_now = cost.drift.iter().map(|d| d.end_ms).max();
+        let now = metrics_now.or(cost_now).unwrap_or(i64::MIN);
+        let mut slo_rows = Vec::new();
+        if self.slo.enabled() && !closed.is_empty() {
+            self.slo.observe(&features)?;
+            let (rows, s) = self.slo.evaluate(now);
+            signals.extend(s);
+            slo_rows = rows;
+        }
         signals.sort_by(|a, b| (a.window_start, &a.series).cmp(&(b.window_start, &b.series)));
-        let now = closed.last().map_or(i64::MIN, |w| w.end_ms);
         let changes = self.correlator.observe(&signals, now);
         let live: Vec<vigil_models::Incident> = changes.incidents.iter().filter(|i| i.state != "resolved").cloned().collect();
         let matches = if live.is_empty() {
@@ -297,7 +418,24 @@ impl Processor {
         };
         let gated = self.gate.decide(&changes.incidents, &matches, now);
         let incidents = vigil_models::incidents_batch(&changes.incidents)?;
-        if self.forecaster.enabled() {
+        // Health, every `health.every` of event time.
+        let mut health = arrow::array::RecordBatch::new_empty(self.health.schema());
+        if !closed.is_empty() {
+            self.health_inputs.observe(&features, &self.feature, &anomalies, now);
+            if !slo_rows.is_empty() {
+                self.health_inputs.observe_slo(&slo_rows);
+            }
+            if now >= self.next_health_ms {
+                let every = self.health_every_ms.max(1);
+                let inputs = self.health_inputs.take(now, &self.correlator.open());
+                if !inputs.is_empty() {
+                    let batch = vigil_models::health_inputs_batch(now - every, now, &inputs)?;
+                    health = self.health.run(batch).await?;
+                }
+                self.next_health_ms = (now.div_euclid(every) + 1) * every;
+            }
+        }
+        if self.forecaster.enabled() && !closed.is_empty() {
             // A change point makes the series' forecast stale: refit at the next chance.
             let parts = anomalies.column_by_name("part").map(|c| arrow::array::AsArray::as_string::<i32>(c).clone());
             let ids = anomalies.column_by_name("series_id").map(|c| arrow::array::AsArray::as_primitive::<arrow::datatypes::UInt64Type>(c).clone());
@@ -310,7 +448,6 @@ impl Processor {
             }
             // Refits run on a blocking thread, one at a time, never on this path.
             if self.refit.is_none() {
-                let now = closed.last().map_or(i64::MIN, |w| w.end_ms);
                 if let Some(jobs) = self.forecaster.due(now) {
                     let (cfg, window_ms) = (self.forecast_cfg, self.forecaster.window_ms());
                     self.refit = Some(tokio::task::spawn_blocking(move || {
@@ -321,7 +458,24 @@ impl Processor {
             }
         }
         let starts = closed.iter().map(|w| w.start_ms).collect();
-        Ok(Some(Closed { windows: closed.len(), starts, points, logs, features, anomalies, incidents, decisions: gated.publish, log: gated.log }))
+        Ok(Some(Closed {
+            windows: closed.len(),
+            starts,
+            points,
+            logs,
+            features,
+            anomalies,
+            incidents,
+            decisions: gated.publish,
+            log: gated.log,
+            costs: std::mem::take(&mut self.pending_costs),
+            cost_hours: cost.hours,
+            cost_drift: vigil_models::cost::cost_drift_batch(&cost.drift)?,
+            budgets: vigil_models::cost::budgets_batch(&cost.budgets)?,
+            efficiency: vigil_models::cost::efficiency_batch(&cost.efficiency)?,
+            slo: vigil_models::slo_batch(&slo_rows)?,
+            health,
+        }))
     }
 
     /// The decoders' counters summed over every format, as of now.

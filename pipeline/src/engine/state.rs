@@ -71,6 +71,30 @@ impl Stateful for Correlator {
     }
 }
 
+/// Cost hours, scope histories and forecasts, budgets and resources span partitions: global.
+impl Stateful for vigil_models::CostEngine {
+    type State = vigil_models::CostState;
+    const VERSION: u32 = 1;
+    fn snapshot(&self, _keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.export()
+    }
+    fn restore(&mut self, state: Self::State) {
+        self.import(state)
+    }
+}
+
+/// SLO event sums span the service's series: global.
+impl Stateful for vigil_models::SloTracker {
+    type State = std::collections::BTreeMap<String, vigil_models::SloState>;
+    const VERSION: u32 = 1;
+    fn snapshot(&self, _keep: &dyn Fn(u64) -> bool) -> Self::State {
+        self.export()
+    }
+    fn restore(&mut self, state: Self::State) {
+        self.import(state)
+    }
+}
+
 /// Cooldowns, hourly counts, decisions per incident, pending approvals, suppressions: global.
 impl Stateful for Gate {
     type State = vigil_models::GateState;
@@ -409,6 +433,8 @@ impl Processor {
         w.put("forecaster", &self.forecaster, &unowned)?;
         w.put("incidents", &self.correlator, &|_| true)?;
         w.put("gate", &self.gate, &|_| true)?;
+        w.put("cost", &self.cost, &|_| true)?;
+        w.put("slo", &self.slo, &|_| true)?;
         w.put_value("feedback.positions", 1, &self.feedback_positions)?;
         w.put_value("capacity.pending", 1, &self.pending_signals)?;
         w.put_value("forecaster.next_refit", 1, &self.forecaster.next_refit())?;
@@ -420,7 +446,7 @@ impl Processor {
                 TopicDecoder::Otlp(d) => w.put(&format!("otlp/{topic}"), d.as_ref(), &|_| true)?,
                 TopicDecoder::OtlpLogs(d) => w.put(&format!("drain/{topic}"), d.drain(), &|_| true)?,
                 TopicDecoder::JsonLogs(d) => w.put(&format!("drain/{topic}"), d.drain(), &|_| true)?,
-                TopicDecoder::Influx(_) | TopicDecoder::Mapped(_) => {}
+                TopicDecoder::Influx(_) | TopicDecoder::Mapped(_) | TopicDecoder::Focus(_) => {}
             }
         }
         w.put("published", published, &|_| true)?;
@@ -448,6 +474,8 @@ impl Processor {
         r.get("forecaster", &mut self.forecaster)?;
         r.get("incidents", &mut self.correlator)?;
         r.get("gate", &mut self.gate)?;
+        r.get("cost", &mut self.cost)?;
+        r.get("slo", &mut self.slo)?;
         if let Some(p) = r.value("feedback.positions", 1)? {
             self.feedback_positions = p;
         }
@@ -470,7 +498,7 @@ impl Processor {
                 TopicDecoder::JsonLogs(d) => {
                     r.get(&format!("drain/{topic}"), d.drain_mut())?;
                 }
-                TopicDecoder::Influx(_) | TopicDecoder::Mapped(_) => {}
+                TopicDecoder::Influx(_) | TopicDecoder::Mapped(_) | TopicDecoder::Focus(_) => {}
             }
         }
         r.get("published", published)?;

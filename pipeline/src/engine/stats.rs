@@ -98,6 +98,8 @@ pub struct Stats {
     pub decisions_deduplicated: AtomicU64,
     /// Incident changes (opened, updated, resolved).
     pub incidents: AtomicU64,
+    /// Cost hours closed (on the cost clock).
+    pub cost_hours: AtomicU64,
     /// Records read from the feedback topic.
     pub feedback: AtomicU64,
     /// Forecast rows computed (one per series and step ahead).
@@ -202,6 +204,7 @@ pub fn metrics_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>)
             counter("vigil_decisions_total", "Decisions published and acknowledged.", g(&s.decisions)),
             counter("vigil_decisions_deduplicated_total", "Decisions not published again because the decisions topic already held their id.", g(&s.decisions_deduplicated)),
             counter("vigil_incident_changes_total", "Incidents opened, updated or resolved.", g(&s.incidents)),
+            counter("vigil_cost_hours_closed_total", "Cost hours closed on the cost clock.", g(&s.cost_hours)),
             counter("vigil_feedback_total", "Records read from the feedback topic.", g(&s.feedback)),
             counter("vigil_forecast_rows_total", "Forecast rows computed (series x steps ahead).", g(&s.forecasts)),
             counter("vigil_commits_total", "Input offset commits.", g(&s.commits)),
