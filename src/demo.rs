@@ -6,10 +6,14 @@
 //! to move the signals, while incidents sit at known times so the summary can say how many were
 //! detected and how many decisions were false.
 //!
-//! Three inputs, three formats: JSON points on `metrics` (five services), OTLP protobuf on
-//! `otel-metrics` (the `cart` service, as an OpenTelemetry Collector would write it), and JSON
-//! logs on `app-logs` (every service). Five incidents: a latency spike, an error-rate level shift
-//! and a slow memory climb in the metrics; an error burst and a never-seen log message in the logs.
+//! Four inputs, four formats: JSON points on `metrics` (five services), OTLP protobuf on
+//! `otel-metrics` (the `cart` service, as an OpenTelemetry Collector would write it), JSON logs
+//! on `app-logs` (every service), and FOCUS cost rows on `costs` (per service and hour: three
+//! weeks of history first, then each hour a few minutes after it ends, as billing exports arrive
+//! late). Eight incidents: a latency spike, an error-rate level shift and a slow memory climb in
+//! the metrics; an error burst and a never-seen log message in the logs; idle instances that
+//! raise checkout's spend by half (a cost anomaly), the checkout budget that the projection then
+//! shows will be exceeded, and the checkout latency SLO that the spike burns.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,6 +56,8 @@ pub struct Incident {
     pub end_ms: i64,
     /// Size of the change in units of the series' noise.
     pub magnitude_sigma: f64,
+    /// Other series a decision may name to count for it (e.g. the idle instances).
+    pub also: Vec<String>,
 }
 
 /// What the generator simulates.
@@ -84,7 +90,19 @@ const METRICS: [(&str, f64, f64, f64, f64); 5] = [
 ];
 
 /// Topics of the demo and their formats.
-pub const TOPICS: [(&str, &str, i32); 3] = [("metrics", "json", 6), ("otel-metrics", "otlp_proto", 2), ("app-logs", "json_logs", 3)];
+pub const TOPICS: [(&str, &str, i32); 4] = [("metrics", "json", 6), ("otel-metrics", "otlp_proto", 2), ("app-logs", "json_logs", 3), ("costs", "focus", 2)];
+
+/// Teams owning the services (FOCUS `Tags.team`).
+const TEAMS: [&str; 6] = ["commerce", "commerce", "discovery", "identity", "discovery", "commerce"];
+/// Days of cost history written before the live part.
+pub const COST_HISTORY_DAYS: i64 = 21;
+/// The idle instances of the cost incident.
+pub const IDLE_INSTANCES: usize = 3;
+/// The demo's budget and SLO names.
+pub const BUDGET: &str = "checkout-monthly";
+/// The checkout latency SLO.
+pub const SLO: &str = "checkout-latency";
+const HOUR: i64 = 3_600_000;
 
 /// The service whose metrics arrive as OTLP.
 pub const OTLP_SERVICE: &str = "cart";
@@ -103,6 +121,15 @@ pub struct Simulation {
     pub series: Vec<SimSeries>,
     /// The incidents, in time order.
     pub incidents: Vec<Incident>,
+    /// Per service: price per hour of its autoscaling group (all hosts) and of its storage.
+    prices: Vec<(f64, f64)>,
+    /// When the idle instances start (an hour boundary), and the price of each.
+    pub idle_start_ms: i64,
+    idle_price: f64,
+    /// The checkout budget for the month the demo runs in: its expected spend / 0.9.
+    pub budget_amount: f64,
+    /// The checkout latency SLO's threshold (ms): a quarter above the highest normal level.
+    pub slo_threshold: f64,
 }
 
 impl Simulation {
@@ -135,14 +162,111 @@ impl Simulation {
         };
         let end = spec.start_ms + spec.span_ms;
         let logs = |svc: &'static str| format!("log_*{{service=\"{svc}\"}}");
+        // The latency SLO: good when p99 is at most a quarter above checkout's highest normal
+        // level; the spike goes well past it for five minutes.
+        let checkout_latency: Vec<&SimSeries> = series.iter().filter(|s| s.name == "latency_p99_ms" && s.key.contains("service=\"checkout\"")).collect();
+        let slo_threshold = (1.25 * checkout_latency.iter().map(|s| s.base * (1.0 + s.amp) + 5.0 * s.sigma).fold(0.0, f64::max)).round();
+        let spiked = pick("checkout", 3, "latency_p99_ms");
+        let spike_sigma = series.iter().find(|s| s.key == spiked).map_or(40.0, |s| ((1.6 * slo_threshold - (1.0 - s.amp) * s.base) / s.sigma).max(40.0));
+        let prices: Vec<(f64, f64)> = (0..SERVICES.len()).map(|_| (spec.hosts_per_service as f64 * (0.25 + 0.35 * rng.random::<f64>()), 0.1 + 0.1 * rng.random::<f64>())).collect();
+        let idle_start_ms = (at(0.2) / HOUR) * HOUR;
+        let mut sim = Self { spec: spec.clone(), series, incidents: Vec::new(), prices, idle_start_ms, idle_price: 0.0, budget_amount: 0.0, slo_threshold };
+        // Idle instances that add half of checkout's usual spend.
+        let mean_checkout = (0..24 * 7).map(|h| sim.hourly_cost(0, spec.start_ms - (h + 1) * HOUR)).sum::<f64>() / (24.0 * 7.0);
+        sim.idle_price = 0.5 * mean_checkout / IDLE_INSTANCES as f64;
+        sim.budget_amount = (sim.month_spend(0) / 0.9).round();
+        let idle: Vec<String> = (1..=IDLE_INSTANCES).map(|i| format!("resource=\"checkout-idle-{i:02}\"")).collect();
         let incidents = vec![
-            Incident { kind: "spike", series: pick("checkout", 3, "latency_p99_ms"), log_service: None, start_ms: at(0.30), end_ms: at(0.30) + 20_000, magnitude_sigma: 40.0 },
-            Incident { kind: "error_burst", series: logs("auth"), log_service: Some("auth"), start_ms: at(0.40), end_ms: at(0.40) + 3 * 60_000, magnitude_sigma: 0.0 },
-            Incident { kind: "level_shift", series: pick("payments", 5, "error_rate"), log_service: None, start_ms: at(0.50), end_ms: end, magnitude_sigma: 60.0 },
-            Incident { kind: "new_template", series: logs("catalog"), log_service: Some("catalog"), start_ms: at(0.60), end_ms: at(0.60) + 5 * 60_000, magnitude_sigma: 0.0 },
-            Incident { kind: "slow_climb", series: pick("search", 2, "memory_used_bytes"), log_service: None, start_ms: at(0.70), end_ms: at(0.70) + 20 * 60_000, magnitude_sigma: 60.0 },
+            Incident { kind: "spike", series: spiked.clone(), log_service: None, start_ms: at(0.30), end_ms: at(0.30) + 5 * 60_000, magnitude_sigma: spike_sigma, also: vec![] },
+            Incident {
+                kind: "cost_anomaly",
+                series: "cost{service=\"checkout\"}".into(),
+                log_service: None,
+                start_ms: idle_start_ms,
+                end_ms: end,
+                magnitude_sigma: 0.0,
+                also: idle,
+            },
+            Incident { kind: "budget", series: format!("budget{{budget=\"{BUDGET}\"}}"), log_service: None, start_ms: idle_start_ms, end_ms: end, magnitude_sigma: 0.0, also: vec![] },
+            Incident {
+                kind: "slo_burn",
+                series: format!("slo_burn{{service=\"checkout\",slo=\"{SLO}\"}}"),
+                log_service: None,
+                start_ms: at(0.30),
+                end_ms: at(0.30) + 5 * 60_000,
+                magnitude_sigma: 0.0,
+                also: vec![],
+            },
+            Incident { kind: "error_burst", series: logs("auth"), log_service: Some("auth"), start_ms: at(0.40), end_ms: at(0.40) + 3 * 60_000, magnitude_sigma: 0.0, also: vec![] },
+            Incident { kind: "level_shift", series: pick("payments", 5, "error_rate"), log_service: None, start_ms: at(0.50), end_ms: end, magnitude_sigma: 60.0, also: vec![] },
+            Incident { kind: "new_template", series: logs("catalog"), log_service: Some("catalog"), start_ms: at(0.60), end_ms: at(0.60) + 5 * 60_000, magnitude_sigma: 0.0, also: vec![] },
+            Incident { kind: "slow_climb", series: pick("search", 2, "memory_used_bytes"), log_service: None, start_ms: at(0.70), end_ms: at(0.70) + 20 * 60_000, magnitude_sigma: 60.0, also: vec![] },
         ];
-        Self { spec, series, incidents }
+        let mut incidents = incidents;
+        incidents.sort_by_key(|i| i.start_ms);
+        sim.incidents = incidents;
+        sim
+    }
+
+    /// Expected spend of service `svc` in the hour starting at `t` (autoscaling group and
+    /// storage; without noise, without the idle instances): a daily cycle and quieter weekends.
+    pub fn hourly_cost(&self, svc: usize, t: i64) -> f64 {
+        let (asg, data) = self.prices[svc];
+        self.asg_factor(svc, t) * asg + data
+    }
+
+    fn asg_factor(&self, svc: usize, t: i64) -> f64 {
+        use chrono::Datelike;
+        let day = 86_400_000.0;
+        let daily = 1.0 + 0.12 * (2.0 * std::f64::consts::PI * (t as f64) / day + svc as f64 * 0.7).sin();
+        let weekend = chrono::DateTime::from_timestamp_millis(t).map_or(false, |d| d.weekday().number_from_monday() >= 6);
+        daily * if weekend { 0.85 } else { 1.0 }
+    }
+
+    /// Expected spend of `svc` over the calendar month the demo starts in.
+    fn month_spend(&self, svc: usize) -> f64 {
+        use chrono::{Datelike, TimeZone};
+        let t = chrono::Utc.timestamp_millis_opt(self.spec.start_ms).single().expect("valid start");
+        let first = chrono::Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0).single().expect("valid month").timestamp_millis();
+        let (y, m) = if t.month() == 12 { (t.year() + 1, 1) } else { (t.year(), t.month() + 1) };
+        let next = chrono::Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().expect("valid month").timestamp_millis();
+        (0..(next - first) / HOUR).map(|h| self.hourly_cost(svc, first + h * HOUR)).sum()
+    }
+
+    /// The FOCUS rows of the hour starting at `t`: per service its autoscaling group and its
+    /// storage, and from `idle_start_ms` on the idle instances of checkout.
+    fn cost_rows(&self, t: i64, rng: &mut StdRng) -> Vec<String> {
+        let iso = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
+        let row = |cost: f64, name: &str, id: String, cloud: &str, category: &str, svc: &str, team: &str| {
+            serde_json::json!({
+                "BilledCost": (cost * 10_000.0).round() / 10_000.0,
+                "EffectiveCost": (cost * 10_000.0).round() / 10_000.0,
+                "ListCost": (cost * 12_500.0).round() / 10_000.0,
+                "ChargePeriodStart": iso(t),
+                "ChargePeriodEnd": iso(t + HOUR),
+                "ServiceName": cloud,
+                "ServiceCategory": category,
+                "ResourceId": id,
+                "ResourceName": name,
+                "RegionId": "eu-west-1",
+                "SubAccountName": "prod",
+                "Tags": { "service": svc, "team": team },
+            })
+            .to_string()
+        };
+        let mut out = Vec::new();
+        for (i, svc) in SERVICES.iter().enumerate() {
+            let (asg, data) = self.prices[i];
+            let noise = 1.0 + 0.02 * (rng.random::<f64>() * 2.0 - 1.0);
+            out.push(row(self.asg_factor(i, t) * asg * noise, &format!("{svc}-asg"), format!("asg-{svc}"), "Amazon EC2", "Compute", svc, TEAMS[i]));
+            out.push(row(data, &format!("{svc}-data"), format!("vol-{svc}"), "Amazon EBS", "Storage", svc, TEAMS[i]));
+        }
+        if t >= self.idle_start_ms {
+            for k in 1..=IDLE_INSTANCES {
+                out.push(row(self.idle_price, &format!("checkout-idle-{k:02}"), format!("i-idle{k:02}"), "Amazon EC2", "Compute", "checkout", TEAMS[0]));
+            }
+        }
+        out
     }
 
     /// Every metric series as one value per `window_ms` over the whole span (the level plus the
@@ -295,10 +419,20 @@ pub fn generate(sim: &Simulation, brokers: &str, speedup: f64, stats: &GenStats)
     let spec = &sim.spec;
     let mut rng = StdRng::seed_from_u64(spec.seed ^ 0x5eed);
     let unit = Normal::new(0.0, 1.0).expect("valid normal");
+    // Cost history first: three weeks of hourly FOCUS rows, as a billing export backfill.
+    let costs_topic = TOPICS[3].0;
+    for h in (1..=COST_HISTORY_DAYS * 24).rev() {
+        let hour = spec.start_ms - h * HOUR;
+        for row in sim.cost_rows(hour, &mut rng) {
+            send(&producer, costs_topic, "history", row.as_bytes(), stats);
+        }
+    }
     let began = Instant::now();
     let mut t = spec.start_ms;
     let end = spec.start_ms + spec.span_ms;
     let mut buf = String::with_capacity(256);
+    // The next hour whose cost rows are due: they arrive 5 minutes after it ends.
+    let mut cost_hour = spec.start_ms;
     while t < end {
         let sim_now = spec.start_ms + (began.elapsed().as_secs_f64() * 1000.0 * speedup) as i64;
         if t > sim_now {
@@ -334,6 +468,32 @@ pub fn generate(sim: &Simulation, brokers: &str, speedup: f64, stats: &GenStats)
         }
         for (host, points) in &otlp {
             send(&producer, TOPICS[1].0, host, &otlp_request(host, OTLP_SERVICE, points), stats);
+        }
+        // The idle instances report their (idle) CPU like every host.
+        if t >= sim.idle_start_ms {
+            for k in 1..=IDLE_INSTANCES {
+                let v = (0.01 + 0.003 * unit.sample(&mut rng)).max(0.0);
+                let line = format!(r#"{{"ts":{},"name":"cpu_utilization","labels":{{"host":"checkout-idle-{k:02}","service":"checkout"}},"value":{v}}}"#, t + rng.random_range(0..2_000));
+                send(&producer, TOPICS[0].0, &format!("checkout-idle-{k:02}"), line.as_bytes(), stats);
+            }
+        }
+        // Cost rows of the hour that ended 5 minutes ago; and, from the fourth hour on, a
+        // correction for an hour that has long closed (it goes to the late topic).
+        while t >= cost_hour + HOUR + 5 * 60_000 {
+            for mut row in sim.cost_rows(cost_hour, &mut rng) {
+                if rng.random::<f64>() < spec.corrupt_fraction * 20.0 {
+                    row = row.replacen("\"EffectiveCost\":", "\"EffectiveCost\":\"n/a\",\"x\":", 1);
+                    stats.corrupted.fetch_add(1, Ordering::Relaxed);
+                }
+                send(&producer, costs_topic, "live", row.as_bytes(), stats);
+            }
+            if cost_hour >= spec.start_ms + 3 * HOUR {
+                if let Some(row) = sim.cost_rows(cost_hour - 3 * HOUR, &mut rng).into_iter().next() {
+                    send(&producer, costs_topic, "correction", row.as_bytes(), stats);
+                    stats.late.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            cost_hour += HOUR;
         }
         // Logs, one JSON object per line.
         for (svc, name) in SERVICES.iter().enumerate() {
@@ -398,7 +558,7 @@ impl Scorecard {
                 let at = parse(&d.time);
                 let about = d.incident.members.iter().any(|m| match inc.log_service {
                     Some(svc) => m.starts_with("log_") && m.contains(&format!("service=\"{svc}\"")),
-                    None => *m == inc.series,
+                    None => *m == inc.series || inc.also.iter().any(|a| m.contains(a.as_str())),
                 });
                 if about && at > inc.start_ms && at <= inc.end_ms + 600_000 {
                     matched[i] = true;

@@ -467,13 +467,17 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     cfg.forecast.limits.insert("memory_used_bytes".into(), 8.0e9);
     cfg.forecast.refit_every = Duration::from_secs(600);
     cfg.forecast.history = Duration::from_secs(6 * 3600);
+    // Cost rows arrive a few minutes after their hour: an hour closes once the next hour's rows
+    // are in (30 minutes of lateness). Idle instances: below 5% CPU for an hour.
+    cfg.cost.allowed_lag = Duration::from_secs(1800);
+    cfg.cost.efficiency.cpu_utilization = Some("cpu_utilization".into());
+    cfg.cost.efficiency.idle_for = Duration::from_secs(3600);
     let log_mapping = vigil::config::LogMappingConfig { attribute_fields: vec!["host".into()], ..Default::default() };
     cfg.kafka.log_mappings.insert("app-logs".into(), log_mapping);
     cfg.server.listen = listen;
     // The demo's state lives as long as the demo: checkpoints go to a temporary directory.
     let state_dir = std::env::temp_dir().join(format!("vigil-demo-{}", std::process::id()));
     cfg.checkpoint.url = state_dir.display().to_string();
-    cfg.validate()?;
 
     let window_ms = cfg.window.size.as_millis() as i64;
     let start_ms = 1_767_571_200_000; // 2026-01-05T00:00:00Z, a Monday
@@ -487,6 +491,31 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
         corrupt_fraction: 0.0005,
         late_fraction: 0.0002,
     }));
+    // The checkout budget (its expected spend for the month / 0.9: on track until the idle
+    // instances) and its latency SLO.
+    cfg.cost.budgets.push(vigil_models::cost::BudgetConfig {
+        name: vigil::demo::BUDGET.into(),
+        scope: "service".into(),
+        value: "checkout".into(),
+        amount: sim.budget_amount,
+        period: "month".into(),
+        start: None,
+        end: None,
+        warn_at: 0.95,
+    });
+    cfg.slo.push(vigil_models::SloConfig {
+        name: vigil::demo::SLO.into(),
+        service: "checkout".into(),
+        objective: 99.9,
+        period: Duration::from_secs(30 * 86_400),
+        metric: Some("latency_p99_ms".into()),
+        threshold: Some(sim.slo_threshold),
+        ratio: None,
+        good: None,
+        bad: None,
+        total: None,
+    });
+    cfg.validate()?;
     println!(
         "vigil demo: {} series over {} of event time at {}x ({} wall), mock Kafka at {brokers}",
         sim.series.len(),
@@ -500,6 +529,14 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     for inc in &sim.incidents {
         println!("  incident planned: {:<12} {} at +{}", inc.kind, inc.series, humantime::format_duration(Duration::from_secs(((inc.start_ms - start_ms) / 1000) as u64)));
     }
+    println!(
+        "  cost: {} days of FOCUS history, budget {} = {:.0}, SLO {} = 99.9% of windows with p99 <= {} ms",
+        vigil::demo::COST_HISTORY_DAYS,
+        vigil::demo::BUDGET,
+        sim.budget_amount,
+        vigil::demo::SLO,
+        sim.slo_threshold
+    );
     println!("  SQL: curl -s -X POST {listen}/sql -d 'select count(*) from anomalies'");
 
     let tables = Arc::new(ResultTables::new());
@@ -585,6 +622,20 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
         .await
         .map(|b| String::from_utf8_lossy(&b).to_string())
         .unwrap_or_default();
+    let q = |text: &'static str| {
+        let sql_service = &sql;
+        async move { sql_service.query_json(text).await.map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_else(|e| format!("({e})")) }
+    };
+    let cost_sql = q("select count(*) as hours, sum(case when anomaly then 1 else 0 end) as anomalies from cost_drift where granularity = 'hour'").await;
+    let cost_top = q("select cast(window_start as varchar) as hour, value, actual, expected, impact_percent, root_causes from cost_drift \
+         where anomaly and granularity = 'hour' and scope = 'service' order by window_start limit 2").await;
+    let budget_sql = q("select cast(window_start as varchar) as hour, budget, status, spend_to_date, projected, projected_low, projected_high, cast(runs_out_at as varchar) as runs_out_at \
+         from budgets order by window_start desc limit 1").await;
+    let idle_sql = q("select resource, max(idle_hours) as idle_hours, max(monthly_saving) as monthly_saving from efficiency where idle group by resource order by resource").await;
+    let slo_sql = q("select slo, max(burn_5m) as max_burn_5m, max(burn_1h) as max_burn_1h, min(budget_remaining) as budget_remaining, \
+         sum(case when alert = 'page' then 1 else 0 end) as page_evaluations from slo group by slo").await;
+    let health_sql = q("select service, min(score) as lowest, round(avg(score), 1) as mean, max(case when status <> 'healthy' then 1 else 0 end) as ever_unhealthy \
+         from health group by service order by lowest limit 3").await;
     let card = Scorecard::score(&sim, &decisions);
     let _ = stop_server.send(());
 
@@ -635,6 +686,12 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
         .await
         .map(|b| String::from_utf8_lossy(&b).to_string())
         .unwrap_or_default();
+    println!("cost hours (drift rows)  {cost_sql} (cost hours closed: {})", Stats::get(&stats.cost_hours));
+    println!("  cost anomalies        {cost_top}");
+    println!("  budget                {budget_sql}");
+    println!("  idle resources        {idle_sql}");
+    println!("slo                     {slo_sql}");
+    println!("health (worst 3)        {health_sql}");
     println!("incidents               {incidents_sql}");
     println!("decision log            {log_sql}");
     println!(
