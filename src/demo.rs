@@ -126,7 +126,7 @@ pub struct Simulation {
     /// When the idle instances start (an hour boundary), and the price of each.
     pub idle_start_ms: i64,
     idle_price: f64,
-    /// The checkout budget for the month the demo runs in: its expected spend / 0.9.
+    /// The checkout budget for the month the demo runs in: its expected spend / 0.85.
     pub budget_amount: f64,
     /// The checkout latency SLO's threshold (ms): a quarter above the highest normal level.
     pub slo_threshold: f64,
@@ -163,7 +163,7 @@ impl Simulation {
         let end = spec.start_ms + spec.span_ms;
         let logs = |svc: &'static str| format!("log_*{{service=\"{svc}\"}}");
         // The latency SLO: good when p99 is at most a quarter above checkout's highest normal
-        // level; the spike goes well past it for five minutes.
+        // level; the spike goes well past it for ten minutes.
         let checkout_latency: Vec<&SimSeries> = series.iter().filter(|s| s.name == "latency_p99_ms" && s.key.contains("service=\"checkout\"")).collect();
         let slo_threshold = (1.25 * checkout_latency.iter().map(|s| s.base * (1.0 + s.amp) + 5.0 * s.sigma).fold(0.0, f64::max)).round();
         let spiked = pick("checkout", 3, "latency_p99_ms");
@@ -174,10 +174,13 @@ impl Simulation {
         // Idle instances that add half of checkout's usual spend.
         let mean_checkout = (0..24 * 7).map(|h| sim.hourly_cost(0, spec.start_ms - (h + 1) * HOUR)).sum::<f64>() / (24.0 * 7.0);
         sim.idle_price = 0.5 * mean_checkout / IDLE_INSTANCES as f64;
-        sim.budget_amount = (sim.month_spend(0) / 0.9).round();
-        let idle: Vec<String> = (1..=IDLE_INSTANCES).map(|i| format!("resource=\"checkout-idle-{i:02}\"")).collect();
+        sim.budget_amount = (sim.month_spend(0) / 0.85).round();
+        // A decision counts for the cost incident when it names the idle instances, or the
+        // spend of checkout's team, which they raise too.
+        let mut idle: Vec<String> = (1..=IDLE_INSTANCES).map(|i| format!("resource=\"checkout-idle-{i:02}\"")).collect();
+        idle.push(format!("cost{{team=\"{}\"}}", TEAMS[0]));
         let incidents = vec![
-            Incident { kind: "spike", series: spiked.clone(), log_service: None, start_ms: at(0.30), end_ms: at(0.30) + 5 * 60_000, magnitude_sigma: spike_sigma, also: vec![] },
+            Incident { kind: "spike", series: spiked.clone(), log_service: None, start_ms: at(0.30), end_ms: at(0.30) + 10 * 60_000, magnitude_sigma: spike_sigma, also: vec![] },
             Incident {
                 kind: "cost_anomaly",
                 series: "cost{service=\"checkout\"}".into(),
@@ -193,7 +196,7 @@ impl Simulation {
                 series: format!("slo_burn{{service=\"checkout\",slo=\"{SLO}\"}}"),
                 log_service: None,
                 start_ms: at(0.30),
-                end_ms: at(0.30) + 5 * 60_000,
+                end_ms: at(0.30) + 10 * 60_000,
                 magnitude_sigma: 0.0,
                 also: vec![],
             },

@@ -491,7 +491,7 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
         corrupt_fraction: 0.0005,
         late_fraction: 0.0002,
     }));
-    // The checkout budget (its expected spend for the month / 0.9: on track until the idle
+    // The checkout budget (its expected spend for the month / 0.85: on track until the idle
     // instances) and its latency SLO.
     cfg.cost.budgets.push(vigil_models::cost::BudgetConfig {
         name: vigil::demo::BUDGET.into(),

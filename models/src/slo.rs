@@ -12,8 +12,9 @@
 //! Burn rate over a window = bad ratio over it / (1 - objective). Alerts fire only when both
 //! windows of a pair burn faster than the rate: page at 14.4 (1 h and 5 m) or 6 (6 h and 30 m),
 //! ticket at 1 (3 d and 6 h). The windows scale with the period (period / 30 days), as Pyrra
-//! does. Error budget remaining = 1 - bad ratio over the period / (1 - objective), over the
-//! history held (at most the period).
+//! does; a window is judged once a tenth of it holds data. Error budget remaining = 1 - bad
+//! ratio over the period / (1 - objective) × (time held / period, at most 1): errors so far
+//! against what the whole period allows.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock};
@@ -138,6 +139,14 @@ impl SloState {
     pub fn add(&mut self, t_ms: i64, bad: f64, total: f64) {
         add(&mut self.minutes, t_ms.div_euclid(60_000) * 60_000, bad, total);
         add(&mut self.hours, t_ms.div_euclid(3_600_000) * 3_600_000, bad, total);
+    }
+
+    /// Since when events are held (the oldest bucket), epoch ms.
+    pub fn since(&self) -> Option<i64> {
+        match (self.minutes.front(), self.hours.front()) {
+            (Some(m), Some(h)) => Some(m.0.min(h.0)),
+            (m, h) => m.or(h).map(|e| e.0),
+        }
     }
 
     /// (bad, total) over [now - window, now).
@@ -281,15 +290,25 @@ impl SloTracker {
             let st = self.states.entry(slo.name.clone()).or_default();
             let longest_minutes = slo.window(3 * 86_400_000) + 60_000;
             st.trim(now_ms, longest_minutes, slo.period.as_millis() as i64);
+            // A window is judged once a tenth of it holds data: right after a start, a 3-day
+            // window holding ten minutes is not a 3-day burn rate.
+            let held = st.since().map_or(0, |s| now_ms - s);
             let burn = |w: i64, _: i64| {
+                if held * 10 < w {
+                    return None;
+                }
                 let (b, t) = st.sums(now_ms, w);
                 burn_rate(b, t, slo.objective)
             };
             let scale = |w: i64| slo.window(w);
             let bases = [300_000, 1_800_000, 3_600_000, 6 * 3_600_000, 3 * 86_400_000];
             let rates: [Option<f64>; 5] = bases.map(|w| burn(scale(w), 0).map(|r| (r * 1000.0).round() / 1000.0));
-            let (pb, pt) = st.sums(now_ms, slo.period.as_millis() as i64 + 3_600_000);
-            let remaining = (pt > 0.0).then(|| 1.0 - (pb / pt) / slo.budget());
+            // The budget is the period's: errors so far against what the whole period allows at
+            // the rate events arrive (held time / period of it, once less than a period is held).
+            let period = slo.period.as_millis() as i64;
+            let (pb, pt) = st.sums(now_ms, period + 3_600_000);
+            let spent_share = (held.max(60_000) as f64 / period as f64).min(1.0);
+            let remaining = (pt > 0.0).then(|| 1.0 - (pb / pt) / slo.budget() * spent_share);
             let fired = alert(&burn, &scale);
             let windows = fired.map(|(_, l, s, _)| format!("{}/{}", human(scale(l)), human(scale(s))));
             let explanation = match fired {
@@ -493,13 +512,14 @@ mod tests {
         assert_eq!(cfg.window(3_600_000), 840_000);
         let mut t = SloTracker::new(vec![cfg], vec!["service".into()], "mean");
         let st = t.states.entry("checkout-availability".into()).or_default();
-        // 2 days at 0.5% errors: half the budget of a 99% objective spent.
+        // 2 days at 0.5% errors against a 99% objective: burning at 0.5x, so 2 of the 7 days
+        // have spent half of their share of the budget: 1 - 0.5 × 2/7 is left.
         let now = 10 * 86_400_000;
         for m in 1..=2 * 1440 {
             st.add(now - m * 60_000, 0.005, 1.0);
         }
         let (rows, signals) = t.evaluate(now);
-        assert!((rows[0].budget_remaining.unwrap() - 0.5).abs() < 1e-6, "{:?}", rows[0]);
+        assert!((rows[0].budget_remaining.unwrap() - (1.0 - 0.5 * 2.0 / 7.0)).abs() < 1e-4, "{:?}", rows[0]);
         assert!((rows[0].sli.unwrap() - 99.5).abs() < 1e-9);
         assert!(signals.is_empty());
     }

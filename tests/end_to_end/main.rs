@@ -15,6 +15,7 @@ mod crash_loop;
 mod config_env;
 mod forward;
 mod kafka_dead_letters;
+mod kafka_cost;
 mod kafka_decisions;
 mod kafka_delivery;
 mod kafka_feedback;

@@ -23,7 +23,8 @@ pub struct CostConfig {
     #[serde(with = "humantime_serde")]
     pub allowed_lag: Duration,
     /// An hour also closes once the metrics' event time is this far past it, when the cost
-    /// stream has stopped.
+    /// stream has stopped. An hour closing later than this behind the metrics is backfill: it
+    /// gets its rows but makes no signals.
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
     /// A `cost.anomaly` needs an impact (actual - expected) of at least this, in the cost's
@@ -31,7 +32,8 @@ pub struct CostConfig {
     pub anomaly_min_impact: f64,
     /// ...and at least this percentage of the expected spend.
     pub anomaly_min_impact_percent: f64,
-    /// Hours of history a scope needs before it has an expectation.
+    /// History a scope needs before it has an expectation (15 days: two weekly cycles and a
+    /// day, so that weekends are expected).
     #[serde(with = "humantime_serde")]
     pub min_history: Duration,
     /// Metrics that are costs per hour (OpenCost's), turned into spend per window and analysed

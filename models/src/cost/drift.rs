@@ -27,36 +27,40 @@ pub struct RootCause {
     pub share: f64,
 }
 
-/// The root causes of `impact`: each part's impact is its actual spend minus its usual share of
-/// the expected spend (`baseline_share`: part → share of the scope's spend, summing to at most
-/// 1); the parts that moved the same way as the total are ranked, each with its share of their
-/// sum. At most `top` are returned.
+/// The root causes of `impact`: each part's (`dimension=value`) impact is its actual spend minus
+/// its usual share of the expected spend (`baseline_share`: part → share of the scope's spend);
+/// within each dimension that has more than one value, the values that moved the same way as
+/// the total get their share of that dimension's movement. The largest `top` are returned.
 pub fn root_causes(impact: f64, expected: f64, actual_parts: &BTreeMap<String, f64>, baseline_share: &BTreeMap<String, f64>, top: usize) -> Vec<RootCause> {
     if impact == 0.0 {
         return Vec::new();
     }
-    let mut parts: Vec<(String, f64)> = Vec::new();
+    // Per dimension: each value's impact, and its share of the dimension's same-signed impact.
+    let mut dims: BTreeMap<&str, Vec<(&str, f64)>> = BTreeMap::new();
     let mut names: Vec<&String> = actual_parts.keys().chain(baseline_share.keys()).collect();
     names.sort();
     names.dedup();
-    for n in names {
-        let a = actual_parts.get(n).copied().unwrap_or(0.0);
-        let b = expected * baseline_share.get(n).copied().unwrap_or(0.0);
-        let i = a - b;
-        if i * impact > 0.0 {
-            parts.push((n.clone(), i));
+    for n in &names {
+        let (d, v) = n.split_once('=').unwrap_or((n.as_str(), ""));
+        let a = actual_parts.get(*n).copied().unwrap_or(0.0);
+        let b = expected * baseline_share.get(*n).copied().unwrap_or(0.0);
+        dims.entry(d).or_default().push((v, a - b));
+    }
+    let mut out: Vec<RootCause> = Vec::new();
+    for (d, values) in dims {
+        // A dimension with one value (one region, say) explains nothing.
+        if values.len() < 2 {
+            continue;
+        }
+        let moved: Vec<(&str, f64)> = values.into_iter().filter(|(_, i)| i * impact > 0.0).collect();
+        let sum: f64 = moved.iter().map(|(_, i)| i).sum();
+        for (v, i) in moved {
+            out.push(RootCause { dimension: d.to_string(), value: v.to_string(), impact: round2(i), share: if sum != 0.0 { (i / sum * 1000.0).round() / 1000.0 } else { 0.0 } });
         }
     }
-    let sum: f64 = parts.iter().map(|(_, i)| i).sum();
-    parts.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
-    parts
-        .into_iter()
-        .take(top)
-        .map(|(n, i)| {
-            let (d, v) = n.split_once('=').unwrap_or((n.as_str(), ""));
-            RootCause { dimension: d.to_string(), value: v.to_string(), impact: round2(i), share: if sum != 0.0 { (i / sum * 1000.0).round() / 1000.0 } else { 0.0 } }
-        })
-        .collect()
+    out.sort_by(|a, b| b.impact.abs().total_cmp(&a.impact.abs()).then(b.share.total_cmp(&a.share)).then(a.value.cmp(&b.value)));
+    out.truncate(top);
+    out
 }
 
 fn round2(x: f64) -> f64 {

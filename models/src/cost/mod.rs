@@ -429,6 +429,10 @@ impl CostEngine {
 
     fn close_hour(&mut self, h: i64, hour: Hour, now: i64, out: &mut CostOutput) {
         let hold = self.hold_ms();
+        // An hour more than `max_delay` behind the decision clock is backfill (history loaded
+        // at start, a late export): it gets its rows, but no signals: nobody should act on it.
+        let backfill = now - (h + HOUR_MS) > self.cfg.max_delay.as_millis() as i64;
+        let signals_before = out.signals.len();
         let min_history = (self.cfg.min_history.as_millis() as i64 / HOUR_MS).max(8) as usize;
         // Every scope value seen in the last week gets a row (no rows this hour = no spend).
         let mut keys: Vec<String> = hour.scopes.keys().cloned().collect();
@@ -462,6 +466,9 @@ impl CostEngine {
         }
         let usage = self.state.usage.remove(&h).unwrap_or_default();
         efficiency::close_hour(&self.cfg.efficiency, &mut self.state.resources, h, &hour.resources, &usage, now, hold, out);
+        if backfill {
+            out.signals.truncate(signals_before);
+        }
     }
 
     /// The state, for a checkpoint.
