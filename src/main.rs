@@ -470,6 +470,8 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     // Cost rows arrive a few minutes after their hour: an hour closes once the next hour's rows
     // are in (30 minutes of lateness). Idle instances: below 5% CPU for an hour.
     cfg.cost.allowed_lag = Duration::from_secs(1800);
+    // The demo's services spend a few dollars an hour: an anomaly is at least 1 and 20% over.
+    cfg.cost.anomaly_min_impact = 1.0;
     cfg.cost.efficiency.cpu_utilization = Some("cpu_utilization".into());
     cfg.cost.efficiency.idle_for = Duration::from_secs(3600);
     let log_mapping = vigil::config::LogMappingConfig { attribute_fields: vec!["host".into()], ..Default::default() };
