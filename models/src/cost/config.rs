@@ -58,7 +58,7 @@ impl Default for CostConfig {
             max_delay: Duration::from_secs(24 * 3600),
             anomaly_min_impact: 10.0,
             anomaly_min_impact_percent: 20.0,
-            min_history: Duration::from_secs(48 * 3600),
+            min_history: Duration::from_secs(15 * 86_400),
             metrics: vec!["node_total_hourly_cost".into(), "pv_hourly_cost".into()],
             max_series: 10_000,
             budgets: Vec::new(),
