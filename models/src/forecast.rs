@@ -238,14 +238,7 @@ fn naive(y: &[f64], horizon: usize, m: usize) -> SeriesForecast {
 /// flat forecast at 0 with zero-width intervals.
 pub fn forecast(history: &[f64], cfg: &ForecastConfig) -> SeriesForecast {
     let horizon = cfg.horizon.max(1);
-    let mut y = Vec::with_capacity(history.len());
-    let mut last = history.iter().copied().find(|v| v.is_finite()).unwrap_or(0.0);
-    for &v in history {
-        if v.is_finite() {
-            last = v;
-        }
-        y.push(last);
-    }
+    let y = carry_forward(history);
     if y.len() < 8 {
         return naive(&y, horizon, 1);
     }
@@ -259,14 +252,7 @@ pub fn forecast(history: &[f64], cfg: &ForecastConfig) -> SeriesForecast {
 /// [`forecast`], with intervals calibrated on it. Never panics.
 pub fn forecast_seasonal(history: &[f64], periods: &[usize], horizon: usize) -> SeriesForecast {
     let horizon = horizon.max(1);
-    let mut y = Vec::with_capacity(history.len());
-    let mut last = history.iter().copied().find(|v| v.is_finite()).unwrap_or(0.0);
-    for &v in history {
-        if v.is_finite() {
-            last = v;
-        }
-        y.push(last);
-    }
+    let y = carry_forward(history);
     if y.len() < 8 {
         return naive(&y, horizon, 1);
     }
@@ -275,6 +261,21 @@ pub fn forecast_seasonal(history: &[f64], periods: &[usize], horizon: usize) -> 
     periods.sort_unstable();
     periods.dedup();
     choose_and_fit(&y, horizon, &periods)
+}
+
+/// `history` with each non-finite value replaced by the previous finite one (the first finite
+/// one at the start; 0 when there is none).
+fn carry_forward(history: &[f64]) -> Vec<f64> {
+    let mut last = history.iter().copied().find(|v| v.is_finite()).unwrap_or(0.0);
+    history
+        .iter()
+        .map(|&v| {
+            if v.is_finite() {
+                last = v;
+            }
+            last
+        })
+        .collect()
 }
 
 /// Chooses the method on a holdout (the last `horizon` values, at most a quarter of the history,

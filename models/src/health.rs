@@ -105,6 +105,8 @@ pub struct HealthInputs {
     log_errors: BTreeMap<String, f64>,
     /// Service → its SLOs' latest rows.
     slo: BTreeMap<String, Vec<SloRow>>,
+    /// Series id → (is `log_error_ratio`, service): a key is parsed once, not at every close.
+    known: std::collections::HashMap<u64, Option<(bool, String)>>,
 }
 
 impl HealthInputs {
@@ -120,17 +122,26 @@ impl HealthInputs {
 
     /// Notes a close: the services of its features, the log error ratio, its anomaly rows.
     pub fn observe(&mut self, features: &RecordBatch, feature: &str, anomalies: &RecordBatch, end_ms: i64) {
-        let mut seen: std::collections::HashMap<String, Option<(String, String)>> = Default::default();
-        if let (Some(series), Some(value)) = (features.column_by_name("series"), features.column_by_name(feature)) {
-            let (series, value) = (series.as_string::<i32>(), value.as_primitive::<Float64Type>());
+        if let (Some(ids), Some(series), Some(value)) = (features.column_by_name("series_id"), features.column_by_name("series"), features.column_by_name(feature)) {
+            let (ids, series, value) = (ids.as_primitive::<arrow::datatypes::UInt64Type>(), series.as_string::<i32>(), value.as_primitive::<Float64Type>());
+            if self.known.len() > 1_000_000 {
+                self.known.clear();
+            }
             for i in 0..features.num_rows() {
-                let key = series.value(i);
-                let parsed = seen.entry(key.to_string()).or_insert_with(|| self.service_of(key)).clone();
-                if let Some((name, svc)) = parsed {
-                    if name == "log_error_ratio" && !value.is_null(i) {
-                        self.log_errors.insert(svc.clone(), value.value(i));
+                let id = ids.value(i);
+                if !self.known.contains_key(&id) {
+                    let parsed = self.service_of(series.value(i)).map(|(name, svc)| (name == "log_error_ratio", svc));
+                    self.known.insert(id, parsed);
+                }
+                let Some(Some((is_log_errors, svc))) = self.known.get(&id) else { continue };
+                if *is_log_errors && !value.is_null(i) {
+                    self.log_errors.insert(svc.clone(), value.value(i));
+                }
+                match self.services.get_mut(svc) {
+                    Some(t) => *t = end_ms,
+                    None => {
+                        self.services.insert(svc.clone(), end_ms);
                     }
-                    self.services.insert(svc, end_ms);
                 }
             }
         }

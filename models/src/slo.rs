@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType, UInt64Type};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
 use serde::{Deserialize, Serialize};
 
 use crate::decision::parse_series_key;
@@ -105,9 +105,9 @@ pub fn burn_rate(bad: f64, total: f64, objective_percent: f64) -> Option<f64> {
 pub const ALERTS: [(&str, i64, i64, f64); 3] = [("page", 3_600_000, 300_000, 14.4), ("page", 6 * 3_600_000, 1_800_000, 6.0), ("ticket", 3 * 86_400_000, 6 * 3_600_000, 1.0)];
 
 /// Which alert fires given the burn rate over each window (ms → rate), the first that does.
-pub fn alert(burn: &dyn Fn(i64, i64) -> Option<f64>, scale: &dyn Fn(i64) -> i64) -> Option<(&'static str, i64, i64, f64)> {
+pub fn alert(burn: &dyn Fn(i64) -> Option<f64>, scale: &dyn Fn(i64) -> i64) -> Option<(&'static str, i64, i64, f64)> {
     ALERTS.iter().copied().find(|(_, long, short, rate)| {
-        let (l, s) = (burn(scale(*long), 0), burn(scale(*short), 0));
+        let (l, s) = (burn(scale(*long)), burn(scale(*short)));
         l.is_some_and(|l| l > *rate) && s.is_some_and(|s| s > *rate)
     })
 }
@@ -234,7 +234,6 @@ impl SloTracker {
         let count = count.as_ref().map(|c| c.as_primitive::<Float64Type>().clone());
         let mean = features.column_by_name("mean").map(|c| c.as_primitive::<Float64Type>().clone());
         let feat = col(&self.feature)?.as_primitive::<Float64Type>().clone();
-        let _ = col("series_id")?.as_primitive_opt::<UInt64Type>();
         // Per window: per SLO (bad, total).
         let mut parsed: std::collections::HashMap<&str, (String, Option<String>)> = Default::default();
         let mut sums: BTreeMap<(usize, i64), (f64, f64, f64)> = BTreeMap::new();
@@ -293,7 +292,7 @@ impl SloTracker {
             // A window is judged once a tenth of it holds data: right after a start, a 3-day
             // window holding ten minutes is not a 3-day burn rate.
             let held = st.since().map_or(0, |s| now_ms - s);
-            let burn = |w: i64, _: i64| {
+            let burn = |w: i64| {
                 if held * 10 < w {
                     return None;
                 }
@@ -302,7 +301,7 @@ impl SloTracker {
             };
             let scale = |w: i64| slo.window(w);
             let bases = [300_000, 1_800_000, 3_600_000, 6 * 3_600_000, 3 * 86_400_000];
-            let rates: [Option<f64>; 5] = bases.map(|w| burn(scale(w), 0).map(|r| (r * 1000.0).round() / 1000.0));
+            let rates: [Option<f64>; 5] = bases.map(|w| burn(scale(w)).map(|r| (r * 1000.0).round() / 1000.0));
             // The budget is the period's: errors so far against what the whole period allows at
             // the rate events arrive (held time / period of it, once less than a period is held).
             let period = slo.period.as_millis() as i64;
@@ -318,9 +317,9 @@ impl SloTracker {
                     slo.objective,
                     human(slo.period.as_millis() as i64),
                     slo.service,
-                    burn(scale(l), 0).unwrap_or(0.0),
+                    burn(scale(l)).unwrap_or(0.0),
                     human(scale(l)),
-                    burn(scale(s), 0).unwrap_or(0.0),
+                    burn(scale(s)).unwrap_or(0.0),
                     human(scale(s)),
                     remaining.map_or("n/a".into(), |r| format!("{:.1}%", 100.0 * r))
                 ),
@@ -354,7 +353,7 @@ impl SloTracker {
                     feature: "burn_rate".into(),
                     window_start: now_ms - 60_000,
                     window_end: now_ms,
-                    value: burn(scale(l), 0).unwrap_or(0.0),
+                    value: burn(scale(l)).unwrap_or(0.0),
                     expected: rate,
                     band: [0.0, rate],
                     score: if sev == "page" { 0.99995 } else { 0.995 },
@@ -369,7 +368,7 @@ impl SloTracker {
         (rows, signals)
     }
 
-    /// The latest burn (1 h) and budget per service, from `rows`.
+    /// The event sums per SLO, for a checkpoint.
     pub fn export(&self) -> BTreeMap<String, SloState> {
         self.states.clone()
     }
@@ -454,7 +453,7 @@ mod tests {
     }
 
     fn fired(st: &SloState, cfg: &SloConfig, now: i64) -> Option<(&'static str, i64, i64, f64)> {
-        let burn = |w: i64, _: i64| {
+        let burn = |w: i64| {
             let (b, t) = st.sums(now, w);
             burn_rate(b, t, cfg.objective)
         };

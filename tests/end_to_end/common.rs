@@ -178,6 +178,23 @@ pub fn validate_decision(payload: &[u8]) -> serde_json::Value {
 /// Decision records validated so far in this test binary.
 pub static VALIDATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// The rows of a result table, as JSON objects.
+pub fn rows(tables: &vigil_pipeline::ResultTables, table: &str) -> Vec<serde_json::Value> {
+    let snap = tables.snapshot(table).unwrap();
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::ArrayWriter::new(&mut buf);
+        for b in &snap.batches {
+            w.write(b).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    if buf.is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&buf).unwrap()
+}
+
 pub fn tables() -> Arc<vigil_pipeline::ResultTables> {
     Arc::new(vigil_pipeline::ResultTables::new())
 }

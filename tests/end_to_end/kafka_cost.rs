@@ -13,22 +13,6 @@ use vigil::Stats;
 const T0: i64 = 1_767_571_200_000; // 2026-01-05T00:00:00Z
 const HOUR: i64 = 3_600_000;
 
-fn rows(tables: &vigil_pipeline::ResultTables, table: &str) -> Vec<serde_json::Value> {
-    let snap = tables.snapshot(table).unwrap();
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow::json::ArrayWriter::new(&mut buf);
-        for b in &snap.batches {
-            w.write(b).unwrap();
-        }
-        w.finish().unwrap();
-    }
-    if buf.is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_slice(&buf).unwrap()
-}
-
 fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

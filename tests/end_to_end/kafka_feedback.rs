@@ -11,22 +11,6 @@ use vigil::Stats;
 
 const T0: i64 = 1_767_571_200_000;
 
-fn rows(tables: &vigil_pipeline::ResultTables, table: &str) -> Vec<serde_json::Value> {
-    let snap = tables.snapshot(table).unwrap();
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow::json::ArrayWriter::new(&mut buf);
-        for b in &snap.batches {
-            w.write(b).unwrap();
-        }
-        w.finish().unwrap();
-    }
-    if buf.is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_slice(&buf).unwrap()
-}
-
 async fn answer(brokers: &str, payload: &str) {
     let p: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
     p.send(FutureRecord::<str, str>::to("vigil.feedback").payload(payload), Duration::from_secs(10)).await.unwrap();
