@@ -15,6 +15,9 @@
 //! raise checkout's spend by half (a cost anomaly), the checkout budget that the projection then
 //! shows will be exceeded, and the checkout latency SLO that the spike burns.
 
+mod hostile;
+pub use hostile::HostileQueries;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 

@@ -87,12 +87,23 @@ enum Command {
         /// Hosts per service (6 services, 5 metrics per host).
         #[arg(long, default_value_t = 10)]
         hosts: usize,
-        /// SQL/HTTP listen address.
+        /// SQL/HTTP listen address (status page at /, POST /sql).
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: SocketAddr,
+        /// Postgres wire listen address (psql -h 127.0.0.1 -p 5433).
+        #[arg(long, default_value = "127.0.0.1:5433")]
+        pg_listen: SocketAddr,
         /// Seed of the simulation.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// After the summary, keep serving SQL (HTTP and Postgres) and the status page until
+        /// Ctrl-C.
+        #[arg(long)]
+        stay: bool,
+        /// Send hostile queries (cross joins, huge sorts) over HTTP in a loop while the demo
+        /// runs, to show that the limits stop them and window closes keep their latency.
+        #[arg(long)]
+        hostile_queries: bool,
     },
     /// Measure the processing core (decode, windows, feature SQL, detector, decisions) without
     /// Kafka: events/s per core, batch latency percentiles, state per series.
@@ -119,6 +130,23 @@ enum Command {
         /// TOML configuration file (window, features and detector sections apply).
         #[arg(long, short, env = "VIGIL_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Measure SQL query latency over a day of results: `anomalies` rows for --series series
+    /// at one minute for --hours hours, in hourly Parquet files plus memory, queried through the
+    /// SQL service and its limits (p50, p99, max per query).
+    BenchSql {
+        /// Series.
+        #[arg(long, default_value_t = 10_000)]
+        series: usize,
+        /// Hours of rows.
+        #[arg(long, default_value_t = 24)]
+        hours: usize,
+        /// Timed runs per query (after one warm-up).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Query threads (server.limits.threads).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Evaluate the detector (NAB scoring) and the forecaster (rolling origin) on labelled data.
     #[command(subcommand)]
@@ -240,7 +268,17 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         match command {
             Command::Run { config } => run(config).await,
             Command::Forward { config } => forward(config).await,
-            Command::Demo { duration, speedup, hosts, listen, seed } => demo(duration, speedup, hosts, listen, seed).await,
+            Command::Demo { duration, speedup, hosts, listen, pg_listen, seed, stay, hostile_queries } => {
+                demo(duration, speedup, hosts, listen, pg_listen, seed, stay, hostile_queries).await
+            }
+            Command::BenchSql { series, hours, runs, threads } => {
+                if series == 0 || hours == 0 || runs == 0 || threads == 0 {
+                    bail!("--series, --hours, --runs and --threads must be at least 1");
+                }
+                let report = vigil::bench_sql::run(series, hours, runs, threads).await?;
+                print!("{}", report.render());
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Bench { input, events, hosts, batch, format, config } => {
                 let mut cfg = Config::load(config.as_deref())?;
                 if batch == 0 {
@@ -348,18 +386,10 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn serve_sql(listen: SocketAddr, tables: Arc<ResultTables>, probes: vigil_queries::Probes) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("config key `server.listen`: cannot listen on {listen}; choose a free address"))?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        if let Err(e) = vigil_queries::serve(listener, sql_service(tables), probes, async { let _ = rx.await; }).await {
-            tracing::error!(error = %e, "SQL server stopped");
-        }
-    });
-    tracing::info!(%listen, "SQL server listening: POST /sql, GET /healthz, GET /readyz, GET /metrics");
-    Ok(tx)
+/// Starts the SQL surface of `cfg.server` (HTTP and Postgres, on threads of their own).
+fn serve_sql(cfg: &Config, tables: Arc<ResultTables>, probes: vigil_queries::Probes) -> anyhow::Result<vigil_queries::ServerHandle> {
+    let f = vigil_models::sql_functions();
+    Ok(vigil_queries::start(&cfg.server, tables, (f.scalar, f.aggregate), probes)?)
 }
 
 /// The SQL service, with the model functions registered.
@@ -379,10 +409,10 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config.as_deref())?;
     let tables = Arc::new(ResultTables::new());
     let mut engine = Engine::new(&cfg, tables.clone()).await?;
-    let stop_server = serve_sql(cfg.server.listen, tables, probes(&engine, &cfg)).await?;
+    let server = serve_sql(&cfg, tables, probes(&engine, &cfg))?;
     tracing::info!(brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.input_topics, group = %cfg.kafka.group_id, "running");
     engine.run(stop_signal(), log_decision).await?;
-    let _ = stop_server.send(());
+    server.stop();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -437,7 +467,8 @@ async fn stop_signal() {
     }
 }
 
-async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr, seed: u64) -> anyhow::Result<ExitCode> {
+#[allow(clippy::too_many_arguments)]
+async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr, pg_listen: SocketAddr, seed: u64, stay: bool, hostile: bool) -> anyhow::Result<ExitCode> {
     if !(speedup > 0.0 && speedup.is_finite()) {
         bail!("--speedup must be a positive number, e.g. 360");
     }
@@ -477,6 +508,7 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     let log_mapping = vigil::config::LogMappingConfig { attribute_fields: vec!["host".into()], ..Default::default() };
     cfg.kafka.log_mappings.insert("app-logs".into(), log_mapping);
     cfg.server.listen = listen;
+    cfg.server.pg_listen = Some(pg_listen);
     // The demo's state lives as long as the demo: checkpoints go to a temporary directory.
     let state_dir = std::env::temp_dir().join(format!("vigil-demo-{}", std::process::id()));
     cfg.checkpoint.url = state_dir.display().to_string();
@@ -540,11 +572,14 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
         sim.slo_threshold
     );
     println!("  SQL: curl -s -X POST {listen}/sql -d 'select count(*) from anomalies'");
+    println!("       psql -h {} -p {} -c 'select service, score, status from health order by window_end desc limit 6'", pg_listen.ip(), pg_listen.port());
+    println!("  status page: http://{listen}/");
 
     let tables = Arc::new(ResultTables::new());
     let mut engine = Engine::new(&cfg, tables.clone()).await?;
     let stats = engine.stats();
-    let stop_server = serve_sql(listen, tables.clone(), probes(&engine, &cfg)).await?;
+    let server = serve_sql(&cfg, tables.clone(), probes(&engine, &cfg))?;
+    let hostile = hostile.then(|| vigil::demo::HostileQueries::start(listen));
 
     let gen_stats = Arc::new(GenStats::default());
     let gen = {
@@ -639,7 +674,7 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     let health_sql = q("select service, min(score) as lowest, round(avg(score), 1) as mean, max(case when status <> 'healthy' then 1 else 0 end) as ever_unhealthy \
          from health group by service order by lowest limit 3").await;
     let card = Scorecard::score(&sim, &decisions);
-    let _ = stop_server.send(());
+    let hostile_summary = hostile.map(|h| h.stop());
 
     let produced = gen_stats.produced.load(Ordering::Relaxed);
     println!();
@@ -649,6 +684,11 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     println!("dead-lettered           {} (on topic vigil.dlq: {dlq_on_topic})", Stats::get(&stats.dead_lettered));
     println!("late (to vigil.late)    {} (on topic: {})", Stats::get(&stats.late), count_topic(&brokers, "vigil.late"));
     println!("windows closed          {}", Stats::get(&stats.windows_closed));
+    let ms = |q: f64| stats.close_latency.percentile(q).map_or("-".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
+    println!("window close latency    p50 {} p99 {} max {} over {} closes", ms(0.5), ms(0.99), ms(1.0), stats.close_latency.count());
+    if let Some(h) = &hostile_summary {
+        println!("hostile queries         {h}");
+    }
     println!("feature rows            {}", Stats::get(&stats.feature_rows));
     for (format, c) in formats_sql.iter() {
         println!(
@@ -719,6 +759,12 @@ async fn demo(duration: Duration, speedup: f64, hosts: usize, listen: SocketAddr
     for f in card.false_decisions.iter().take(10) {
         println!("  false: {f}");
     }
+    if stay {
+        println!();
+        println!("serving the results until Ctrl-C: http://{listen}/ and psql -h {} -p {}", pg_listen.ip(), pg_listen.port());
+        stop_signal().await;
+    }
+    server.stop();
     // Clients first, then the cluster they talk to.
     drop(engine);
     drop(cluster);

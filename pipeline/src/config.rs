@@ -2,13 +2,15 @@
 //! environment variable (e.g. `VIGIL_KAFKA_BROKERS`, `VIGIL_WINDOW_SIZE=30s`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
+
+mod server;
+pub use server::{Credentials, HistoryConfig, ServerConfig, SqlLimits, TableHistoryConfig, UserConfig};
 
 /// A configuration problem, naming the key and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +69,10 @@ pub struct Config {
     pub slo: Vec<vigil_models::SloConfig>,
     /// The health score per service.
     pub health: HealthConfig,
-    /// The SQL/HTTP server.
+    /// The SQL surface: HTTP, Postgres wire, credentials, limits.
     pub server: ServerConfig,
+    /// The result tables' Parquet history.
+    pub history: HistoryConfig,
     /// How much of each result table is kept in memory.
     pub retention: RetentionConfig,
     /// Checkpoints of every stage's state.
@@ -604,20 +608,6 @@ impl Default for HealthConfig {
     }
 }
 
-/// `[server]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Listen address of the SQL/HTTP server.
-    pub listen: SocketAddr,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self { listen: ([127, 0, 0, 1], 7878).into() }
-    }
-}
-
 /// `[retention]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -881,6 +871,7 @@ impl Config {
                 return Err(invalid("health.sql_file", format!("cannot read {}: {e}", p.display()), "point it at a SQL file, or remove it to use the shipped sql/health.sql"));
             }
         }
+        self.history.validate(&crate::engine::TABLES)?;
         Ok(())
     }
 

@@ -25,6 +25,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod history;
 mod error;
 mod plan;
 pub mod store;
@@ -33,5 +34,5 @@ mod window;
 
 pub use error::{Error, Result};
 pub use plan::{FeaturePlan, PlanOutput, DEFAULT_FEATURES_SQL, DEFAULT_LOG_SIGNALS_SQL};
-pub use tables::{ResultTables, TableSnapshot};
+pub use tables::{HistoryFile, HistoryLocation, ResultTables, ScanParts, TableSnapshot};
 pub use window::{ClosedWindow, LateRows, PartitionPosition, PushStats, Windower, WindowConfig};

@@ -59,6 +59,7 @@ pub fn tool(name: &str) -> PathBuf {
         "moto_server" => format!(
             "python3 -m venv \"$VIGIL_TOOLS/venv\" && \"$VIGIL_TOOLS/venv/bin/pip\" install \"moto[server]=={MOTO_VERSION}\""
         ),
+        "chromium" | "psql" | "openssl" | "curl" => "apt-get install chromium postgresql-client openssl curl (.ci/run does)".to_string(),
         _ => "see .ci/run".to_string(),
     };
     panic!(
@@ -72,6 +73,11 @@ pub fn tool(name: &str) -> PathBuf {
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// Headless Chromium (Debian's `chromium` package), for the status page test.
+pub fn chromium() -> PathBuf {
+    tool("chromium")
 }
 
 /// A port that was free a moment ago: bind 127.0.0.1:0 and let the listener go. Another process

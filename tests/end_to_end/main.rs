@@ -24,3 +24,4 @@ mod kafka_formats;
 mod kafka_late;
 mod kafka_otlp_and_logs;
 mod kafka_restart;
+mod sql_surface;

@@ -64,6 +64,9 @@ pub enum EngineError {
     /// The checkpoint store failed or holds a checkpoint this build cannot read.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The Parquet history could not be written or restored.
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
     /// Asked to stop while results could not be delivered (the broker unreachable): nothing
     /// was checkpointed or committed past them, so they are derived again on the next start.
     #[error("stopped while {0} could not be delivered; they are derived again from the input on the next start")]
@@ -110,6 +113,7 @@ pub struct Engine {
     dirty: bool,
     assigned: Vec<PartKey>,
     store: Option<CheckpointStore>,
+    history: Option<crate::history::HistoryWriter>,
     member: String,
     checkpoint_interval: Duration,
     last_checkpoint: Instant,
@@ -144,17 +148,34 @@ impl Engine {
         let stats = Arc::new(Stats::default());
         stats.broker_ok.store(true, Ordering::Relaxed);
         let mut published = PublishedIds::new(cfg.decisions.dedup_tail.max(1) * 8);
+        let mut history = match (cfg.checkpoint.enabled, cfg.history.enabled) {
+            (true, true) => {
+                let c = &cfg.checkpoint;
+                let (store, prefix) = crate::history::open_store(&c.url, &c.options)?;
+                let per_table = cfg.history.tables.iter().map(|(k, v)| (k.clone(), v.retention)).collect();
+                Some(crate::history::HistoryWriter::new(store, &prefix, &c.member_name(), cfg.history.retention, per_table, &tables))
+            }
+            _ => None,
+        };
         let store = if cfg.checkpoint.enabled {
             let c = &cfg.checkpoint;
             let store = CheckpointStore::open(&c.url, &c.options, c.keep)?;
+            let mut history_state = None;
             match store.load_newest(|_| true).await? {
                 Some((loaded, skipped)) => {
                     if let Some(bytes) = loaded.section(GLOBAL_SECTION) {
                         core.restore_global(bytes, &mut published)?;
                     }
+                    if let Some(bytes) = loaded.section(state::HISTORY_SECTION) {
+                        history_state = state::SectionReader::new(state::HISTORY_SECTION, bytes)?.value("files", 1)?;
+                    }
                     tracing::info!(checkpoint = %loaded.manifest.id, store = %store.describe(), skipped = ?skipped, "restored the state that spans partitions");
                 }
                 None => tracing::info!(store = %store.describe(), "no checkpoint yet: every stage starts from nothing"),
+            }
+            if let Some(h) = history.as_mut() {
+                let deleted = h.restore(history_state, &tables).await?;
+                tracing::info!(files = tables.history_files().values().map(Vec::len).sum::<usize>(), deleted_newer = deleted, "result history restored");
             }
             Some(store)
         } else {
@@ -191,6 +212,7 @@ impl Engine {
             dirty: false,
             assigned: Vec::new(),
             store,
+            history,
             member: cfg.checkpoint.member_name(),
             checkpoint_interval: cfg.checkpoint.interval,
             last_checkpoint: Instant::now(),
@@ -545,6 +567,16 @@ impl Engine {
             .filter(|p| owned.iter().any(|(t, n)| **t == *p.topic && *n == p.partition))
             .collect();
         let mut sections = vec![Section { name: GLOBAL_SECTION.into(), bytes: self.core.snapshot_global(&self.published)? }];
+        if let Some(h) = self.history.as_mut() {
+            // The rows so far go to Parquet first: the checkpoint lists the files holding them.
+            let clock = self.core.windower().watermark().unwrap_or_else(stats::now_ms);
+            let flushed = h.flush(&self.tables, clock).await?;
+            Stats::add(&self.stats.history_files, flushed.written);
+            Stats::add(&self.stats.history_rows, flushed.rows as usize);
+            let mut w = state::SectionWriter::default();
+            w.put_value("files", 1, &h.state(&self.tables))?;
+            sections.push(Section { name: state::HISTORY_SECTION.into(), bytes: w.finish()? });
+        }
         let mut series = 0;
         for pos in &positions {
             let (bytes, n) = self.core.snapshot_partition(pos)?;
@@ -553,6 +585,9 @@ impl Engine {
         }
         let meta = serde_json::json!({ "partitions": positions, "member": self.member });
         let written = store.write(&self.member, sections, meta).await?;
+        if let Some(h) = self.history.as_mut() {
+            h.checkpoint_written().await?;
+        }
         let took = t0.elapsed();
         Stats::add(&self.stats.checkpoints, 1);
         self.stats.checkpoint_at_ms.store(stats::now_ms(), Ordering::Relaxed);

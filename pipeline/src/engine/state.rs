@@ -249,7 +249,8 @@ impl SectionWriter {
     pub fn put<T: Stateful>(&mut self, name: &str, stage: &T, keep: &dyn Fn(u64) -> bool) -> Result<(), StateError> {
         self.put_value::<T::State>(name, T::VERSION, &stage.snapshot(keep))
     }
-    fn put_value<S: Serialize>(&mut self, name: &str, version: u32, value: &S) -> Result<(), StateError> {
+    /// Writes a plain serde value (not a [`Stateful`] stage) under `name`.
+    pub fn put_value<S: Serialize>(&mut self, name: &str, version: u32, value: &S) -> Result<(), StateError> {
         let bytes = postcard::to_stdvec(value).map_err(|e| StateError::Decode { section: String::new(), name: name.into(), problem: e.to_string() })?;
         self.entries.push(Entry { name: name.into(), version, bytes });
         Ok(())
@@ -282,7 +283,8 @@ impl SectionReader {
             None => Ok(false),
         }
     }
-    fn value<S: DeserializeOwned>(&self, name: &str, supported: u32) -> Result<Option<S>, StateError> {
+    /// Reads a plain serde value written by [`SectionWriter::put_value`]; `None` when absent.
+    pub fn value<S: DeserializeOwned>(&self, name: &str, supported: u32) -> Result<Option<S>, StateError> {
         let Some(e) = self.entries.iter().find(|e| e.name == name) else { return Ok(None) };
         if e.version != supported {
             return Err(StateError::Version { section: self.section.clone(), name: name.into(), found: e.version, supported });
@@ -405,6 +407,9 @@ impl Owners {
 pub fn partition_section(topic: &str, partition: i32) -> String {
     format!("partition/{topic}/{partition}")
 }
+
+/// Section name of the result history's file list.
+pub const HISTORY_SECTION: &str = "history";
 
 /// Section name of the state that spans partitions.
 pub const GLOBAL_SECTION: &str = "global";

@@ -46,12 +46,16 @@ pub type MetricsFn = Arc<dyn Fn() -> Vec<Metric> + Send + Sync>;
 /// Upper bounds, in seconds, of the window-close latency histogram.
 pub const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// A fixed-bucket latency histogram.
+/// Exact samples kept for percentiles (the newest; about 800 KB at most).
+const RECENT_SAMPLES: usize = 100_000;
+
+/// A fixed-bucket latency histogram, plus the newest samples for exact percentiles.
 #[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     count: AtomicU64,
     sum_us: AtomicU64,
+    recent: std::sync::Mutex<std::collections::VecDeque<u64>>,
 }
 
 impl Histogram {
@@ -65,6 +69,22 @@ impl Histogram {
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        let mut r = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() == RECENT_SAMPLES {
+            r.pop_front();
+        }
+        r.push_back(d.as_micros() as u64);
+    }
+
+    /// The `q` quantile (0..=1) of the newest samples, nearest rank; `None` before any.
+    pub fn percentile(&self, q: f64) -> Option<std::time::Duration> {
+        let mut v: Vec<u64> = self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let rank = ((q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        Some(std::time::Duration::from_micros(v[rank - 1]))
     }
 
     /// Observations so far.
@@ -125,6 +145,10 @@ pub struct Stats {
     pub checkpoint_us: AtomicU64,
     /// Series whose state the last checkpoint held.
     pub checkpoint_series: AtomicU64,
+    /// Parquet files of the result history written.
+    pub history_files: AtomicU64,
+    /// Rows written to the result history.
+    pub history_rows: AtomicU64,
     /// Partitions restored from a checkpoint.
     pub restored_partitions: AtomicU64,
     /// Rebalances seen (revocations and assignments).
@@ -226,6 +250,8 @@ pub fn metrics_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>)
         out.push(gauge("vigil_checkpoint_bytes", "Size of the last checkpoint.", g(&s.checkpoint_bytes)));
         out.push(gauge("vigil_checkpoint_duration_seconds", "Time the last checkpoint took (snapshot, encode, write).", g(&s.checkpoint_us) / 1e6));
         out.push(gauge("vigil_checkpoint_series", "Series whose state the last checkpoint held.", g(&s.checkpoint_series)));
+        out.push(counter("vigil_history_files_written_total", "Parquet files of the result history written.", g(&s.history_files)));
+        out.push(counter("vigil_history_rows_written_total", "Rows written to the result history.", g(&s.history_rows)));
         out.push(gauge("vigil_ready", "1 once state is restored and partitions are assigned.", s.ready.load(Ordering::Relaxed) as u8 as f64));
         for (t, p, lag) in s.lag.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             out.push(gauge(&format!("vigil_consumer_lag{{topic=\"{t}\",partition=\"{p}\"}}"), "Records of an assigned partition not read yet.", *lag as f64));

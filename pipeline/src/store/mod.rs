@@ -215,27 +215,7 @@ impl CheckpointStore {
                 "keep must be at least 1 (the number of checkpoints retained)".into(),
             ));
         }
-        let (store, prefix, shown): (Arc<dyn ObjectStore>, Path, String) =
-            match url.split_once("://") {
-                Some(("s3", rest)) => open_s3(url, rest, options)?,
-                Some(("file", dir)) if dir.starts_with('/') => open_local(url, dir, options)?,
-                Some(("file", _)) => {
-                    return Err(config(
-                        "a file URL needs an absolute path: file:///var/lib/vigil/checkpoints"
-                            .into(),
-                    ))
-                }
-                Some(_) => return Err(config(
-                    "unsupported scheme; use a local path, file:///abs/dir or s3://bucket/prefix"
-                        .into(),
-                )),
-                None if url.is_empty() => {
-                    return Err(config(
-                        "the location is empty; give a local path or s3://bucket/prefix".into(),
-                    ))
-                }
-                None => open_local(url, url, options)?,
-            };
+        let (store, prefix, shown) = open_location(url, options)?;
         Ok(Self {
             store,
             dir: prefix.join(CHECKPOINTS_DIR),
@@ -476,4 +456,36 @@ impl CheckpointStore {
         listing.manifests.sort_unstable_by(|a, b| b.cmp(a));
         Ok(listing)
     }
+}
+
+/// Opens the store a location URL names: a local path, `file:///abs/dir` or
+/// `s3://bucket/prefix`. Returns the store, the prefix inside it, and the location as shown.
+pub fn open_location(
+    url: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<(Arc<dyn ObjectStore>, Path, String), StoreError> {
+    let config = |message: String| StoreError::Config {
+        url: url.to_string(),
+        message,
+    };
+    Ok(match url.split_once("://") {
+                Some(("s3", rest)) => open_s3(url, rest, options)?,
+                Some(("file", dir)) if dir.starts_with('/') => open_local(url, dir, options)?,
+                Some(("file", _)) => {
+                    return Err(config(
+                        "a file URL needs an absolute path: file:///var/lib/vigil/checkpoints"
+                            .into(),
+                    ))
+                }
+                Some(_) => return Err(config(
+                    "unsupported scheme; use a local path, file:///abs/dir or s3://bucket/prefix"
+                        .into(),
+                )),
+                None if url.is_empty() => {
+                    return Err(config(
+                        "the location is empty; give a local path or s3://bucket/prefix".into(),
+                    ))
+                }
+                None => open_local(url, url, options)?,
+            })
 }

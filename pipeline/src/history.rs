@@ -1,0 +1,273 @@
+//! The result tables' Parquet history: every row a table receives is also written to a Parquet
+//! file in the checkpoints' store, under `history/{table}/{date}/{hour}/`, so results survive a
+//! restart and stay queryable beyond the rows kept in memory.
+//!
+//! Files are written at each checkpoint, before it, and the checkpoint lists them: after a crash
+//! the restore keeps exactly the files of the checkpoint it restores, deletes this member's newer
+//! ones (the replay writes their rows again), and nothing is counted twice. Once an hour of event
+//! time is over, its files are merged into one (compaction); files older than their table's
+//! retention are deleted. Files a checkpoint stops listing are deleted only after that checkpoint
+//! is written, so the previous checkpoint never points at a missing file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreError;
+use crate::tables::{HistoryFile, HistoryLocation, ResultTables};
+
+/// Milliseconds in an hour.
+const HOUR_MS: i64 = 3_600_000;
+
+/// The URL DataFusion reads the history store under (object paths are appended).
+pub const HISTORY_URL: &str = "vigil-history://store/";
+
+/// Errors of the history writer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// Occurs when rows cannot be encoded to (or a file decoded from) Parquet.
+    #[error("history of table `{table}`: Parquet: {source}")]
+    Parquet {
+        /// The table.
+        table: String,
+        /// The cause.
+        source: datafusion::parquet::errors::ParquetError,
+    },
+    /// Occurs when the store refuses a read, write or delete.
+    #[error("history of table `{table}`: storage: {source}")]
+    Store {
+        /// The table.
+        table: String,
+        /// The cause.
+        source: object_store::Error,
+    },
+}
+
+/// The history's part of a checkpoint: each table's files and the next file number.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryState {
+    /// Files per table.
+    pub files: BTreeMap<String, Vec<HistoryFile>>,
+    /// The next file number of this member.
+    pub seq: u64,
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    /// New files written.
+    pub written: usize,
+    /// Rows in them.
+    pub rows: u64,
+    /// Hours of a table merged into one file.
+    pub compacted: usize,
+    /// Files past retention, dropped from the list.
+    pub expired: usize,
+}
+
+/// Writes, compacts and expires the history of [`ResultTables`] (see the module docs).
+#[derive(Debug)]
+pub struct HistoryWriter {
+    store: Arc<dyn ObjectStore>,
+    dir: Path,
+    member: String,
+    seq: u64,
+    retention: Duration,
+    per_table: BTreeMap<String, Duration>,
+    /// Files no longer listed, deleted after the next checkpoint is written.
+    obsolete: Vec<String>,
+}
+
+impl HistoryWriter {
+    /// A writer into `{prefix}/history` of `store`, naming its files after `member`; it turns
+    /// the history on in `tables`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: &Path,
+        member: &str,
+        retention: Duration,
+        per_table: BTreeMap<String, Duration>,
+        tables: &ResultTables,
+    ) -> Self {
+        tables.enable_history(HistoryLocation { store: store.clone(), url: HISTORY_URL.into() });
+        let member: String = member.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        Self { store, dir: prefix.clone().join("history"), member, seq: 0, retention, per_table, obsolete: Vec::new() }
+    }
+
+    /// The state a checkpoint keeps.
+    pub fn state(&self, tables: &ResultTables) -> HistoryState {
+        HistoryState { files: tables.history_files(), seq: self.seq }
+    }
+
+    /// Restores the files of a checkpoint and deletes this member's files it does not list
+    /// (written after it; the replay writes their rows again). Returns how many were deleted.
+    pub async fn restore(&mut self, state: Option<HistoryState>, tables: &ResultTables) -> Result<usize, HistoryError> {
+        let state = state.unwrap_or_default();
+        self.seq = state.seq;
+        let listed: HashSet<String> = state.files.values().flatten().map(|f| f.path.clone()).collect();
+        tables.restore_history(state.files);
+        let mine = format!("{}-", self.member);
+        let mut orphans = Vec::new();
+        let mut list = self.store.list(Some(&self.dir));
+        while let Some(meta) = list.try_next().await.map_err(|source| HistoryError::Store { table: "*".into(), source })? {
+            let name = meta.location.filename().unwrap_or_default();
+            if name.starts_with(&mine) && !listed.contains(meta.location.as_ref()) {
+                orphans.push(meta.location);
+            }
+        }
+        for p in &orphans {
+            self.delete(p.as_ref(), "*").await?;
+        }
+        Ok(orphans.len())
+    }
+
+    /// Writes every table's pending rows to a file of the hour `clock_ms` falls in, merges the
+    /// files of finished hours, and drops files past retention (deleted after the checkpoint).
+    pub async fn flush(&mut self, tables: &ResultTables, clock_ms: i64) -> Result<FlushStats, HistoryError> {
+        let mut stats = FlushStats::default();
+        let hour = clock_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        for name in tables.names() {
+            let pending = tables.pending(&name);
+            let rows: usize = pending.iter().map(RecordBatch::num_rows).sum();
+            if rows > 0 {
+                let path = self.file_path(&name, hour);
+                let bytes = encode(&name, &pending)?;
+                let size = bytes.len() as u64;
+                self.put(&path, bytes, &name).await?;
+                tables.flushed(&name, pending.len(), HistoryFile { path, hour, rows: rows as u64, bytes: size });
+                stats.written += 1;
+                stats.rows += rows as u64;
+            }
+            stats.compacted += self.compact(tables, &name, hour).await?;
+            stats.expired += self.expire(tables, &name, clock_ms);
+        }
+        Ok(stats)
+    }
+
+    /// Deletes the files the last written checkpoint no longer lists.
+    pub async fn checkpoint_written(&mut self) -> Result<(), HistoryError> {
+        for p in std::mem::take(&mut self.obsolete) {
+            self.delete(&p, "*").await?;
+        }
+        Ok(())
+    }
+
+    fn file_path(&mut self, table: &str, hour: i64) -> String {
+        let seq = self.seq;
+        self.seq += 1;
+        let t = chrono::DateTime::from_timestamp_millis(hour).unwrap_or_default();
+        self.dir
+            .clone()
+            .join(table)
+            .join(t.format("%Y-%m-%d").to_string())
+            .join(t.format("%H").to_string())
+            .join(format!("{}-{seq:010}.parquet", self.member))
+            .to_string()
+    }
+
+    /// Merges each finished hour's files of `table` into one; returns the hours merged.
+    async fn compact(&mut self, tables: &ResultTables, table: &str, current_hour: i64) -> Result<usize, HistoryError> {
+        let files = tables.history_files().remove(table).unwrap_or_default();
+        let mut by_hour: BTreeMap<i64, Vec<HistoryFile>> = BTreeMap::new();
+        for f in files.into_iter().filter(|f| f.hour < current_hour) {
+            by_hour.entry(f.hour).or_default().push(f);
+        }
+        let mut merged = 0;
+        for (hour, group) in by_hour.into_iter().filter(|(_, g)| g.len() > 1) {
+            let mut batches = Vec::new();
+            for f in &group {
+                let bytes = self.get(&f.path, table).await?;
+                let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .and_then(|b| b.build())
+                    .map_err(|source| HistoryError::Parquet { table: table.into(), source })?;
+                for b in reader {
+                    batches.push(b.map_err(|e| HistoryError::Parquet { table: table.into(), source: e.into() })?);
+                }
+            }
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let path = self.file_path(table, hour);
+            let bytes = encode(table, &batches)?;
+            let size = bytes.len() as u64;
+            self.put(&path, bytes, table).await?;
+            let old: Vec<String> = group.into_iter().map(|f| f.path).collect();
+            tables.replace_files(table, &old, vec![HistoryFile { path, hour, rows: rows as u64, bytes: size }]);
+            self.obsolete.extend(old);
+            merged += 1;
+        }
+        Ok(merged)
+    }
+
+    /// Drops the files of `table` whose hour ended longer than its retention before `clock_ms`.
+    fn expire(&mut self, tables: &ResultTables, table: &str, clock_ms: i64) -> usize {
+        let keep = self.per_table.get(table).copied().unwrap_or(self.retention);
+        let cutoff = clock_ms - keep.as_millis() as i64;
+        let old: Vec<String> = tables
+            .history_files()
+            .remove(table)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f.hour + HOUR_MS <= cutoff)
+            .map(|f| f.path)
+            .collect();
+        if !old.is_empty() {
+            tables.replace_files(table, &old, Vec::new());
+        }
+        let n = old.len();
+        self.obsolete.extend(old);
+        n
+    }
+
+    async fn put(&self, path: &str, bytes: Vec<u8>, table: &str) -> Result<(), HistoryError> {
+        self.store
+            .put(&Path::from(path), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|source| HistoryError::Store { table: table.into(), source })
+    }
+
+    async fn get(&self, path: &str, table: &str) -> Result<Bytes, HistoryError> {
+        let r = self.store.get(&Path::from(path)).await.map_err(|source| HistoryError::Store { table: table.into(), source })?;
+        r.bytes().await.map_err(|source| HistoryError::Store { table: table.into(), source })
+    }
+
+    async fn delete(&self, path: &str, table: &str) -> Result<(), HistoryError> {
+        match self.store.delete(&Path::from(path)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(HistoryError::Store { table: table.into(), source }),
+        }
+    }
+}
+
+/// Rows as one zstd-compressed Parquet file.
+fn encode(table: &str, batches: &[RecordBatch]) -> Result<Vec<u8>, HistoryError> {
+    let err = |source| HistoryError::Parquet { table: table.into(), source };
+    let schema = batches.first().map(RecordBatch::schema).unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
+    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+    let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(err)?;
+    for b in batches {
+        w.write(b).map_err(err)?;
+    }
+    w.into_inner().map_err(err)
+}
+
+/// Opens the history store of a checkpoint configuration (the same store, `history/` under its
+/// prefix).
+pub fn open_store(url: &str, options: &BTreeMap<String, String>) -> Result<(Arc<dyn ObjectStore>, Path), StoreError> {
+    let (store, prefix, _) = crate::store::open_location(url, options)?;
+    Ok((store, prefix))
+}
+
+#[cfg(test)]
+mod tests;
