@@ -244,11 +244,15 @@ fn pg_error(kind: ErrorKind, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), kind.sqlstate().into(), message)))
 }
 
-/// Memory errors surfacing from a row stream get the resources SQLSTATE.
+/// DataFusion's errors get the SQLSTATE of their kind (a parse error 42601, an unknown column
+/// 42P01, memory 53000), not datafusion-postgres' catch-all XX000.
 fn classify_pg(e: PgWireError) -> PgWireError {
-    let text = e.to_string();
-    if text.contains("Resources exhausted") {
-        return pg_error(ErrorKind::Resources, format!("{text} (server.limits.memory_mb)"));
+    if let PgWireError::ApiError(inner) = &e {
+        if let Some(df) = inner.downcast_ref::<datafusion::error::DataFusionError>() {
+            let kind = crate::classify(df);
+            let hint = if kind == ErrorKind::Resources { " (server.limits.memory_mb)" } else { "" };
+            return pg_error(kind, format!("{df}{hint}"));
+        }
     }
     e
 }

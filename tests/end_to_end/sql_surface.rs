@@ -157,7 +157,7 @@ async fn psql_tokio_postgres_grafana_and_the_status_page_read_the_results() {
     assert!(n > 0);
     let simple = client.simple_query("SET TIMEZONE TO 'UTC'; select count(*) as n from decisions").await.unwrap();
     assert_eq!(simple_rows(&simple).len(), 1);
-    let sigma = client.query_one("select robust_sigma(value) as s from features", &[]).await;
+    let sigma = client.query_one("select robust_sigma(mean) as s from features", &[]).await;
     assert!(sigma.is_ok(), "model functions are callable: {sigma:?}");
     let e = client.simple_query("select nope from anomalies").await.unwrap_err();
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("42P01"), "{e}");
@@ -184,7 +184,7 @@ async fn psql_tokio_postgres_grafana_and_the_status_page_read_the_results() {
     let (code, body) = curl(&["-X", "POST", &url, "-H", "Accept: text/csv", "-d", "select feature, count(*) as n from anomalies group by feature order by feature"]);
     assert_eq!(code, 200);
     assert!(body.starts_with("feature,n\n"), "{body}");
-    let out = Command::new("curl").args(["-s", "-X", "POST", &url, "-H", "Accept: application/vnd.apache.arrow.stream", "-d", "select * from anomalies limit 5"]).output().unwrap();
+    let out = Command::new("curl").args(["-s", "-X", "POST", &url, "-H", "Accept: application/vnd.apache.arrow.stream", "-d", "select * from features limit 5"]).output().unwrap();
     let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(out.stdout), None).expect("an Arrow IPC stream");
     assert_eq!(reader.schema().field(0).name(), "window_start");
     assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 5);
@@ -236,7 +236,7 @@ async fn credentials_are_refused_and_accepted_and_a_bad_certificate_stops_the_st
     let (ok, out) = psql(pg, &["-U", "grafana"], &["-c", "select 1"], Some("s3cret-pw"));
     assert!(ok, "{out}");
     let (ok, out) = psql(pg, &["-U", "grafana", "-w"], &["-c", "select 1"], Some("nope"));
-    assert!(!ok && out.contains("password authentication failed"), "{out}");
+    assert!(!ok && out.to_lowercase().contains("password authentication failed"), "{out}");
 
     // HTTP: no token or a wrong one is 401 with kind auth; the probes stay open.
     let url = format!("http://{http}/sql");
@@ -297,7 +297,7 @@ async fn the_parquet_history_survives_a_restart_without_counting_a_row_twice() {
     // Memory keeps only a few rows: what a query sees beyond them comes from Parquet.
     cfg.retention.max_rows = 50;
     let p = crate::process::producer(&kafka.brokers);
-    for w in &data[..40] {
+    for w in &data[..30] {
         crate::process::produce_window(&p, w).await;
     }
     let count = |sql: vigil_queries::SqlService, q: &'static str| async move {
@@ -309,16 +309,19 @@ async fn the_parquet_history_survives_a_restart_without_counting_a_row_twice() {
 
     let first_tables = tables();
     let mut first = vigil::Engine::new(&cfg, first_tables.clone()).await.unwrap();
-    step_until(&mut first, Duration::from_secs(90), |s| Stats::get(&s.windows_closed) >= 30).await;
+    step_until(&mut first, Duration::from_secs(90), |s| Stats::get(&s.windows_closed) >= 25).await;
     first.checkpoint(None).await.unwrap();
     let sql = vigil_queries::SqlService::new(first_tables.clone());
     let at_checkpoint = count(sql.clone(), features_q).await;
-    assert!(at_checkpoint > 300, "{at_checkpoint} rows: far more than the 50 held in memory");
+    assert!(at_checkpoint > 250, "{at_checkpoint} rows: far more than the 50 held in memory");
     assert_eq!(at_checkpoint, count(sql.clone(), distinct_q).await);
     // More windows close after the checkpoint; then the engine dies without another one.
-    step_until(&mut first, Duration::from_secs(60), |s| Stats::get(&s.windows_closed) >= 38).await;
+    for w in &data[30..40] {
+        crate::process::produce_window(&p, w).await;
+    }
+    step_until(&mut first, Duration::from_secs(60), |s| Stats::get(&s.windows_closed) >= 36).await;
     let before_crash = count(sql.clone(), features_q).await;
-    assert!(before_crash > at_checkpoint);
+    assert!(before_crash > at_checkpoint, "{before_crash} <= {at_checkpoint}");
     drop(first);
 
     // A new engine on the same store: the history is queryable before any new input, and the
