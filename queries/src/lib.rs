@@ -24,6 +24,7 @@
 //! users and optional TLS.
 #![deny(missing_docs)]
 
+mod coop;
 mod format;
 mod http;
 mod live;

@@ -188,7 +188,12 @@ impl SqlService {
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true)
             .with_target_partitions(limits.threads.max(1));
-        let ctx = SessionContext::new_with_config(config);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         for f in scalar {
             ctx.register_udf(f);
         }

@@ -80,6 +80,8 @@ grace = "15s"
 
 [server]
 listen = "127.0.0.1:{listen_port}"
+# Several members run on one host: each its own Postgres port.
+pg_listen = "127.0.0.1:0"
 "#
     );
     let p = dir.join(format!("{group}-{listen_port}.toml"));

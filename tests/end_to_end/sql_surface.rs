@@ -197,6 +197,28 @@ async fn psql_tokio_postgres_grafana_and_the_status_page_read_the_results() {
         assert_eq!((code, v["kind"].as_str().unwrap()), (status, kind), "{body}");
     }
 
+    // Hostile queries against tight limits: stopped with a clear error, over both protocols.
+    let mut tight = server_config();
+    tight.limits.timeout = Duration::from_secs(1);
+    tight.limits.memory_mb = 4;
+    let limited = vigil_queries::start(&tight, tables.clone(), functions(), probes()).unwrap();
+    let cross = "select count(*) from features a cross join features b cross join features c cross join features d where a.mean + b.mean + c.mean + d.mean < 0";
+    let sort = "select * from features a cross join (select * from features limit 200) b order by a.mean, b.mean";
+    let t0 = std::time::Instant::now();
+    let (code, body) = curl(&["-X", "POST", &format!("http://{}/sql", limited.http), "-d", cross]);
+    assert!(t0.elapsed() < Duration::from_secs(10), "stopped after {:?}", t0.elapsed());
+    let kind = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["kind"].as_str().map(str::to_string));
+    assert_eq!((code, kind.as_deref()), (408, Some("timeout")), "{body}");
+    let (code, body) = curl(&["-X", "POST", &format!("http://{}/sql", limited.http), "-d", sort]);
+    let kind = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["kind"].as_str().map(str::to_string));
+    assert_eq!((code, kind.as_deref()), (429, Some("resources")), "{}", &body[..body.len().min(500)]);
+    let (ok, out) = psql(limited.pg.unwrap(), &[], &["-c", cross], None);
+    assert!(!ok && out.contains("time limit"), "{out}");
+    let limited_client = pg_client(limited.pg.unwrap(), "grafana", None).await.unwrap();
+    let e = limited_client.simple_query(sort).await.unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("53000"), "{e:?}");
+    limited.stop();
+
     // The status page in headless Chromium: services' health, open incidents, decisions and
     // a chart with its band and anomalies, as a browser renders them.
     let chromium = crate::brokers::chromium();
@@ -289,10 +311,27 @@ async fn credentials_are_refused_and_accepted_and_a_bad_certificate_stops_the_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_parquet_history_survives_a_restart_without_counting_a_row_twice() {
+    history_round_trip("vigil-history", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parquet_history_in_object_storage_is_queried_after_a_restart() {
+    let moto = crate::brokers::Moto::start();
+    moto.create_bucket("vigil-history");
+    history_round_trip("vigil-history-s3", Some(&moto)).await;
+}
+
+async fn history_round_trip(group: &str, s3: Option<&crate::brokers::Moto>) {
     init_tracing();
     let kafka = Kafka::start(2);
     let data = stream(12, 64, 2, &[Incident { series: 3, window: 40 }], 11);
-    let mut cfg = kafka.config("vigil-history");
+    let mut cfg = kafka.config(group);
+    if let Some(moto) = s3 {
+        cfg.checkpoint.url = format!("s3://vigil-history/{group}");
+        for (k, v) in [("endpoint", moto.endpoint().as_str()), ("allow_http", "true"), ("region", "us-east-1"), ("access_key_id", "test"), ("secret_access_key", "test")] {
+            cfg.checkpoint.options.insert(k.into(), v.into());
+        }
+    }
     cfg.window.idle_timeout = Duration::from_millis(500);
     // Memory keeps only a few rows: what a query sees beyond them comes from Parquet.
     cfg.retention.max_rows = 50;

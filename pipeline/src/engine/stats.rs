@@ -288,3 +288,22 @@ pub fn metrics_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>)
         out
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn percentiles_come_from_the_exact_samples() {
+        let h = Histogram::default();
+        assert_eq!(h.percentile(0.99), None);
+        for ms in 1..=100u64 {
+            h.observe(Duration::from_millis(ms));
+        }
+        assert_eq!(h.percentile(0.5), Some(Duration::from_millis(50)));
+        assert_eq!(h.percentile(0.99), Some(Duration::from_millis(99)));
+        assert_eq!(h.percentile(1.0), Some(Duration::from_millis(100)));
+        assert_eq!(h.count(), 100);
+    }
+}

@@ -57,6 +57,20 @@ async fn a_long_query_is_stopped_at_its_time_limit() {
 }
 
 #[tokio::test]
+async fn a_cross_join_is_stopped_at_its_time_limit_on_a_single_thread() {
+    // One thread: the deadline is noticed only because every operator yields.
+    let t = Arc::new(ResultTables::new());
+    let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+    t.create("t", schema.clone(), 10_000);
+    t.append("t", RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..1000))]).unwrap()).unwrap();
+    let s = SqlService::build(t, Vec::new(), Vec::new(), Limits { timeout: Duration::from_millis(300), ..Limits::default() }, "vigil");
+    let t0 = std::time::Instant::now();
+    let e = s.query("select count(*) from t a cross join t b cross join t c cross join t d where a.x + b.x + c.x + d.x < 0").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "stopped after {:?}", t0.elapsed());
+}
+
+#[tokio::test]
 async fn a_query_past_its_memory_fails_with_a_resources_error() {
     let s = limited(Limits { memory: 2 << 20, ..Limits::default() });
     let e = s.query("select x, count(*) from generate_series(1, 2000000) t(x) group by x order by x desc").await.unwrap_err();
