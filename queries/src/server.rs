@@ -69,7 +69,14 @@ impl Drop for ServerHandle {
 /// The limits of `[server.limits]`.
 pub fn limits(cfg: &ServerConfig) -> Limits {
     let l = &cfg.limits;
-    Limits { memory: l.memory_mb << 20, timeout: l.timeout, max_concurrent: l.max_concurrent, max_rows: l.max_rows, threads: l.threads }
+    Limits {
+        memory: l.memory_mb << 20,
+        timeout: l.timeout,
+        max_concurrent: l.max_concurrent,
+        max_rows: l.max_rows,
+        threads: l.threads,
+        max_join_pairs: l.max_join_pairs,
+    }
 }
 
 /// Checks credentials and TLS, binds the HTTP and Postgres addresses, and serves them on
@@ -124,7 +131,10 @@ pub fn start(
                 if let Some(t) = pg_task {
                     let _ = t.await;
                 }
-            })
+            });
+            // A query past its deadline is cancelled at its next yield; one still inside a long
+            // call is left behind rather than holding up the stop.
+            rt.shutdown_timeout(std::time::Duration::from_secs(5));
         })
         .map_err(StartError::Runtime)?;
     tracing::info!(

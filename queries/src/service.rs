@@ -30,11 +30,13 @@ pub struct Limits {
     pub max_rows: usize,
     /// Partitions a query's plan runs in (its share of the CPU).
     pub threads: usize,
+    /// Row pairs a join without an equality condition may compare (see `server.limits`).
+    pub max_join_pairs: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory: 256 << 20, timeout: Duration::from_secs(30), max_concurrent: 4, max_rows: 1_000_000, threads: 1 }
+        Self { memory: 256 << 20, timeout: Duration::from_secs(30), max_concurrent: 4, max_rows: 1_000_000, threads: 1, max_join_pairs: 100_000_000 }
     }
 }
 
@@ -191,7 +193,7 @@ impl SqlService {
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere))
+            .with_physical_optimizer_rule(Arc::new(crate::coop::YieldEverywhere { max_join_pairs: limits.max_join_pairs }))
             .build();
         let ctx = SessionContext::new_with_state(state);
         for f in scalar {

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The queries, in turn: each one would take minutes or gigabytes without the limits.
+/// The queries, in turn: each one would take minutes or gigabytes without the limits (a
+/// cross join, a sort of everything, a join that multiplies rows).
 const QUERIES: [&str; 3] = [
-    "select count(*) from points a cross join points b where a.value + b.value < 0",
-    "select * from points order by value desc, time",
-    "select a.series, count(*) from points a join points b on a.name = b.name group by a.series",
+    "select count(*) from features a cross join features b where a.mean + b.mean < 0",
+    "select * from logs order by message desc, ts",
+    "select a.series, count(*) from features a join features b on a.name = b.name group by a.series",
 ];
 
 /// Clients sending [`QUERIES`] over HTTP until stopped.

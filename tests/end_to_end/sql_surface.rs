@@ -202,17 +202,24 @@ async fn psql_tokio_postgres_grafana_and_the_status_page_read_the_results() {
     tight.limits.timeout = Duration::from_secs(1);
     tight.limits.memory_mb = 4;
     let limited = vigil_queries::start(&tight, tables.clone(), functions(), probes()).unwrap();
-    let cross = "select count(*) from features a cross join features b cross join features c cross join features d where a.mean + b.mean + c.mean + d.mean < 0";
+    let cross = "select count(*) from features a cross join features b cross join features c where a.mean + b.mean + c.mean < 0";
+    let long = "select count(*) from generate_series(1, 100000000000) t(x) where x % 7 = 3";
     let sort = "select * from features a cross join (select * from features limit 200) b order by a.mean, b.mean";
+    let post = |sql: &str| {
+        let (code, body) = curl(&["-X", "POST", &format!("http://{}/sql", limited.http), "-d", sql]);
+        let kind = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["kind"].as_str().map(str::to_string));
+        (code, kind, body)
+    };
     let t0 = std::time::Instant::now();
-    let (code, body) = curl(&["-X", "POST", &format!("http://{}/sql", limited.http), "-d", cross]);
+    let (code, kind, body) = post(long);
     assert!(t0.elapsed() < Duration::from_secs(10), "stopped after {:?}", t0.elapsed());
-    let kind = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["kind"].as_str().map(str::to_string));
     assert_eq!((code, kind.as_deref()), (408, Some("timeout")), "{body}");
-    let (code, body) = curl(&["-X", "POST", &format!("http://{}/sql", limited.http), "-d", sort]);
-    let kind = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["kind"].as_str().map(str::to_string));
+    let (code, kind, body) = post(cross);
+    assert_eq!((code, kind.as_deref()), (429, Some("resources")), "{body}");
+    assert!(body.contains("max_join_pairs"), "{body}");
+    let (code, kind, body) = post(sort);
     assert_eq!((code, kind.as_deref()), (429, Some("resources")), "{}", &body[..body.len().min(500)]);
-    let (ok, out) = psql(limited.pg.unwrap(), &[], &["-c", cross], None);
+    let (ok, out) = psql(limited.pg.unwrap(), &[], &["-c", long], None);
     assert!(!ok && out.contains("time limit"), "{out}");
     let limited_client = pg_client(limited.pg.unwrap(), "grafana", None).await.unwrap();
     let e = limited_client.simple_query(sort).await.unwrap_err();

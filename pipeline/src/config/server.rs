@@ -76,11 +76,15 @@ pub struct SqlLimits {
     /// Threads that run queries: kept apart from the engine's, so queries cannot delay a
     /// window close by more than the CPU they share.
     pub threads: usize,
+    /// Row pairs a join without an equality condition (a cross join, a join on `<`) may
+    /// compare; larger ones are refused when planned, since such a join cannot be interrupted
+    /// once it runs.
+    pub max_join_pairs: u64,
 }
 
 impl Default for SqlLimits {
     fn default() -> Self {
-        Self { memory_mb: 256, timeout: Duration::from_secs(30), max_concurrent: 4, max_rows: 1_000_000, threads: 1 }
+        Self { memory_mb: 256, timeout: Duration::from_secs(30), max_concurrent: 4, max_rows: 1_000_000, threads: 1, max_join_pairs: 100_000_000 }
     }
 }
 
@@ -98,8 +102,8 @@ impl ServerConfig {
     /// loopback needs credentials, and every named variable must be set.
     pub fn credentials(&self) -> Result<Credentials, ConfigError> {
         let l = &self.limits;
-        if l.memory_mb == 0 || l.max_concurrent == 0 || l.max_rows == 0 || l.threads == 0 || l.timeout.is_zero() {
-            return Err(invalid("server.limits", "a limit is zero", "give memory_mb, timeout, max_concurrent, max_rows and threads positive values"));
+        if l.memory_mb == 0 || l.max_concurrent == 0 || l.max_rows == 0 || l.threads == 0 || l.max_join_pairs == 0 || l.timeout.is_zero() {
+            return Err(invalid("server.limits", "a limit is zero", "give memory_mb, timeout, max_concurrent, max_rows, threads and max_join_pairs positive values"));
         }
         if self.database.trim().is_empty() {
             return Err(invalid("server.database", "is empty", "name the database, e.g. \"vigil\""));

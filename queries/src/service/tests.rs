@@ -63,11 +63,23 @@ async fn a_cross_join_is_stopped_at_its_time_limit_on_a_single_thread() {
     let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
     t.create("t", schema.clone(), 10_000);
     t.append("t", RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..1000))]).unwrap()).unwrap();
-    let s = SqlService::build(t, Vec::new(), Vec::new(), Limits { timeout: Duration::from_millis(300), ..Limits::default() }, "vigil");
+    let limits = Limits { timeout: Duration::from_millis(300), max_join_pairs: u64::MAX, ..Limits::default() };
+    let s = SqlService::build(t.clone(), Vec::new(), Vec::new(), limits, "vigil");
     let t0 = std::time::Instant::now();
     let e = s.query("select count(*) from t a cross join t b cross join t c cross join t d where a.x + b.x + c.x + d.x < 0").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
     assert!(t0.elapsed() < Duration::from_secs(3), "stopped after {:?}", t0.elapsed());
+
+    // With the default guard the same query is refused before it runs: 10^9 pairs.
+    let s = SqlService::build(t, Vec::new(), Vec::new(), Limits::default(), "vigil");
+    let t0 = std::time::Instant::now();
+    let e = s.query("select count(*) from t a cross join t b cross join t c where a.x + b.x + c.x < 0").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Resources, "{e}");
+    assert!(e.to_string().contains("server.limits.max_join_pairs"), "{e}");
+    assert!(t0.elapsed() < Duration::from_millis(500), "refused when planned, took {:?}", t0.elapsed());
+    // A small one runs.
+    let b = s.query("select count(*) from t a cross join t b where a.x < 10").await.unwrap();
+    assert_eq!(arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b[0].column(0)).value(0), 10_000);
 }
 
 #[tokio::test]
