@@ -66,6 +66,20 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Nice value of the query threads: when queries and the engine want the same core, the
+/// engine gets it (window closes keep their latency; queries take longer).
+const QUERY_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`QUERY_NICE`] (Linux sets it per
+/// thread; elsewhere it applies to the process, so it is left alone).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority has no memory effects; `who` 0 is the calling thread on Linux.
+    unsafe {
+        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, QUERY_NICE);
+    }
+}
+
 /// The limits of `[server.limits]`.
 pub fn limits(cfg: &ServerConfig) -> Limits {
     let l = &cfg.limits;
@@ -103,6 +117,7 @@ pub fn start(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.limits.threads.max(1))
         .thread_name("vigil-sql")
+        .on_thread_start(lower_priority)
         .enable_all()
         .build()
         .map_err(StartError::Runtime)?;
@@ -113,6 +128,7 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("vigil-sql".into())
         .spawn(move || {
+            lower_priority();
             rt.block_on(async move {
                 let wait = |mut rx: watch::Receiver<bool>| async move {
                     let _ = rx.wait_for(|s| *s).await;

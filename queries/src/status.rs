@@ -86,42 +86,73 @@ async fn chart(h: &mut String, sql: &SqlService, series: Option<&str>, feature: 
             }
         }
     };
+    let quote = |v: &str| v.replace('\'', "''");
+    let _ = write!(h, "<h2>Series {} &middot; {}</h2>", escape(&series), escape(&feature));
+    // The line: the feature's value in every window (when `feature` is a column of `features`);
+    // the band and marks: the scored windows of `anomalies`, expected lower..upper and the value.
+    let mut line: Vec<[f64; 2]> = Vec::new();
+    if feature.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        let q = format!("select cast(window_end as bigint) as t, \"{feature}\" as v from features where series = '{}' order by window_end", quote(&series));
+        if let Ok(batches) = sql.query(&q).await {
+            line = batches.iter().flat_map(|b| (0..b.num_rows()).map(move |r| [number(b, 0, r), number(b, 1, r)])).collect();
+        }
+    }
     let q = format!(
         "select cast(window_end as bigint) as t, value, expected, lower, upper, score from anomalies \
          where series = '{}' and feature = '{}' order by window_end",
-        series.replace('\'', "''"),
-        feature.replace('\'', "''")
+        quote(&series),
+        quote(&feature)
     );
-    let _ = write!(h, "<h2>Series {} &middot; {}</h2>", escape(&series), escape(&feature));
-    let rows: Vec<[f64; 6]> = match sql.query(&q).await {
+    let scored: Vec<[f64; 6]> = match sql.query(&q).await {
         Ok(batches) => batches.iter().flat_map(|b| (0..b.num_rows()).map(move |r| std::array::from_fn(|c| number(b, c, r)))).collect(),
         Err(e) => {
             let _ = write!(h, "<p class=\"empty\" id=\"chart\">unavailable: {}</p>", escape(&e.to_string()));
             return;
         }
     };
-    if rows.is_empty() {
+    if line.is_empty() {
+        line = scored.iter().map(|r| [r[0], r[1]]).collect();
+    }
+    if line.is_empty() {
         h.push_str("<p class=\"empty\" id=\"chart\">No points for this series.</p>");
         return;
     }
     let (w, ht, pad) = (900.0, 260.0, 30.0);
-    let (t0, t1) = (rows[0][0], rows[rows.len() - 1][0].max(rows[0][0] + 1.0));
-    let lo = rows.iter().flat_map(|r| [r[1], r[3]]).fold(f64::INFINITY, f64::min);
-    let hi = rows.iter().flat_map(|r| [r[1], r[4]]).fold(f64::NEG_INFINITY, f64::max).max(lo + 1e-9);
+    let ts = line.iter().map(|p| p[0]).chain(scored.iter().map(|r| r[0]));
+    let (t0, t1) = ts.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| (a.min(t), b.max(t)));
+    let t1 = t1.max(t0 + 1.0);
+    let values = line.iter().map(|p| p[1]).chain(scored.iter().flat_map(|r| [r[1], r[3], r[4]])).filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let hi = hi.max(lo + 1e-9);
     let x = |t: f64| pad + (t - t0) / (t1 - t0) * (w - 2.0 * pad);
     let y = |v: f64| ht - pad - (v - lo) / (hi - lo) * (ht - 2.0 * pad);
     let _ = write!(h, "<svg id=\"chart\" width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\">");
-    let upper: Vec<String> = rows.iter().map(|r| format!("{:.1},{:.1}", x(r[0]), y(r[4]))).collect();
-    let lower: Vec<String> = rows.iter().rev().map(|r| format!("{:.1},{:.1}", x(r[0]), y(r[3]))).collect();
-    let _ = write!(h, "<polygon class=\"band\" fill=\"#cfe3ff\" points=\"{} {}\"/>", upper.join(" "), lower.join(" "));
-    let line: Vec<String> = rows.iter().map(|r| format!("{:.1},{:.1}", x(r[0]), y(r[1]))).collect();
-    let _ = write!(h, "<polyline class=\"value\" fill=\"none\" stroke=\"#1f4e9c\" stroke-width=\"1.5\" points=\"{}\"/>", line.join(" "));
-    for r in rows.iter().filter(|r| r[5] >= 0.999) {
+    for r in &scored {
+        let _ = write!(
+            h,
+            "<rect class=\"band\" fill=\"#cfe3ff\" x=\"{:.1}\" y=\"{:.1}\" width=\"6\" height=\"{:.1}\"/><line class=\"expected\" stroke=\"#5b8bd6\" x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/>",
+            x(r[0]) - 3.0,
+            y(r[4]),
+            (y(r[3]) - y(r[4])).max(1.0),
+            x(r[0]) - 4.0,
+            x(r[0]) + 4.0,
+            y(r[2]),
+            y(r[2])
+        );
+    }
+    let points: Vec<String> = line.iter().filter(|p| p[1].is_finite()).map(|p| format!("{:.1},{:.1}", x(p[0]), y(p[1]))).collect();
+    let _ = write!(h, "<polyline class=\"value\" fill=\"none\" stroke=\"#1f4e9c\" stroke-width=\"1.2\" points=\"{}\"/>", points.join(" "));
+    let anomalies = scored.iter().filter(|r| r[5] >= 0.999).count();
+    for r in scored.iter().filter(|r| r[5] >= 0.999) {
         let _ = write!(h, "<circle class=\"anomaly\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#c62828\"/>", x(r[0]), y(r[1]));
     }
     let _ = write!(h, "<text x=\"{pad}\" y=\"16\" font-size=\"12\">max {hi:.3}</text><text x=\"{pad}\" y=\"{}\" font-size=\"12\">min {lo:.3}</text></svg>", ht - 8.0);
-    let anomalies = rows.iter().filter(|r| r[5] >= 0.999).count();
-    let _ = write!(h, "<p id=\"chart-summary\">{} windows, {anomalies} anomalies (score &ge; 0.999); band: expected lower..upper.</p>", rows.len());
+    let _ = write!(
+        h,
+        "<p id=\"chart-summary\">{} windows; {} scored, {anomalies} anomalies (score &ge; 0.999, red), each with its expected value and band (blue).</p>",
+        line.len(),
+        scored.len()
+    );
 }
 
 fn text(b: &RecordBatch, col: usize, row: usize) -> String {
