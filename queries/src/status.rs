@@ -26,7 +26,7 @@ pub async fn page(sql: &SqlService, series: Option<&str>, feature: Option<&str>)
     let mut h = String::with_capacity(16 << 10);
     h.push_str("<!doctype html><html><head><meta charset=\"utf-8\"><title>Vigil</title><style>\
         body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin-bottom:1.5em}\
-        td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left;font-size:14px}th{background:#f4f4f4}\
+        td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left;font-size:14px;white-space:nowrap}th{background:#f4f4f4}\
         .healthy{color:#1a7f37}.degraded{color:#b58400}.critical{color:#c62828;font-weight:bold}\
         .empty{color:#777}svg{border:1px solid #ddd}</style></head><body><h1>Vigil</h1>");
     section(&mut h, sql, "Services", "services", HEALTH, "No health rows yet.").await;
