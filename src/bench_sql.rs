@@ -117,7 +117,7 @@ pub async fn run(series: usize, hours: usize, runs: usize, threads: usize) -> an
         }
     }
     let load_s = t0.elapsed().as_secs_f64();
-    let files = tables.history_files().remove("anomalies").unwrap_or_default();
+    let files = tables.files("anomalies");
     let f = vigil_models::sql_functions();
     let limits = Limits { threads, ..Limits::default() };
     let sql = SqlService::build(tables.clone(), f.scalar, f.aggregate, limits, "vigil");

@@ -179,7 +179,7 @@ impl HistoryWriter {
 
     /// Merges each finished hour's files of `table` into one; returns the hours merged.
     async fn compact(&mut self, tables: &ResultTables, table: &str, current_hour: i64) -> Result<usize, HistoryError> {
-        let files = tables.history_files().remove(table).unwrap_or_default();
+        let files = tables.files(table);
         let mut by_hour: BTreeMap<i64, Vec<HistoryFile>> = BTreeMap::new();
         for f in files.into_iter().filter(|f| f.hour < current_hour) {
             by_hour.entry(f.hour).or_default().push(f);
@@ -214,9 +214,7 @@ impl HistoryWriter {
         let keep = self.per_table.get(table).copied().unwrap_or(self.retention);
         let cutoff = clock_ms - keep.as_millis() as i64;
         let old: Vec<String> = tables
-            .history_files()
-            .remove(table)
-            .unwrap_or_default()
+            .files(table)
             .into_iter()
             .filter(|f| f.hour + HOUR_MS <= cutoff)
             .map(|f| f.path)

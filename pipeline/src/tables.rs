@@ -182,6 +182,12 @@ impl ResultTables {
         }
     }
 
+    /// The history files of `name` (none with history off or for an unknown table).
+    pub fn files(&self, name: &str) -> Vec<HistoryFile> {
+        let g = self.tables.read().expect("tables lock");
+        g.get(name).and_then(|t| t.history.as_ref()).map(|h| h.files.clone()).unwrap_or_default()
+    }
+
     /// Every table's history files, by table.
     pub fn history_files(&self) -> BTreeMap<String, Vec<HistoryFile>> {
         let g = self.tables.read().expect("tables lock");

@@ -4,7 +4,8 @@
 
 use std::fmt::Write;
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Float64Type;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use crate::SqlService;
@@ -92,13 +93,13 @@ async fn chart(h: &mut String, sql: &SqlService, series: Option<&str>, feature: 
     // the band and marks: the scored windows of `anomalies`, expected lower..upper and the value.
     let mut line: Vec<[f64; 2]> = Vec::new();
     if feature.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        let q = format!("select cast(window_end as bigint) as t, \"{feature}\" as v from features where series = '{}' order by window_end", quote(&series));
+        let q = format!("select cast(cast(window_end as bigint) as double) as t, cast(\"{feature}\" as double) as v from features where series = '{}' order by window_end", quote(&series));
         if let Ok(batches) = sql.query(&q).await {
             line = batches.iter().flat_map(|b| (0..b.num_rows()).map(move |r| [number(b, 0, r), number(b, 1, r)])).collect();
         }
     }
     let q = format!(
-        "select cast(window_end as bigint) as t, value, expected, lower, upper, score from anomalies \
+        "select cast(cast(window_end as bigint) as double) as t, value, expected, lower, upper, score from anomalies \
          where series = '{}' and feature = '{}' order by window_end",
         quote(&series),
         quote(&feature)
@@ -159,12 +160,10 @@ fn text(b: &RecordBatch, col: usize, row: usize) -> String {
     ArrayFormatter::try_new(b.column(col).as_ref(), &FormatOptions::default()).map(|f| f.value(row).to_string()).unwrap_or_default()
 }
 
+/// A cell of a Float64 column (the chart's queries cast every column to double); NaN when null.
 fn number(b: &RecordBatch, col: usize, row: usize) -> f64 {
-    let c = b.column(col);
-    if c.is_null(row) {
-        return f64::NAN;
-    }
-    text(b, col, row).parse().unwrap_or(f64::NAN)
+    let c = b.column(col).as_primitive_opt::<Float64Type>();
+    c.filter(|c| !c.is_null(row)).map_or(f64::NAN, |c| c.value(row))
 }
 
 /// HTML-escapes `s`.

@@ -247,7 +247,7 @@ async fn psql_tokio_postgres_grafana_and_the_status_page_read_the_results() {
 async fn credentials_are_refused_and_accepted_and_a_bad_certificate_stops_the_start() {
     init_tracing();
     let tables = tables();
-    // SAFETY of the environment: these variable names are unique to this test.
+    // The secrets come from the environment; these variable names are used by this test only.
     std::env::set_var("SQLSURFACE_TEST_PG_PASSWORD", "s3cret-pw");
     std::env::set_var("SQLSURFACE_TEST_TOKEN", "tok-123");
     let mut cfg = server_config();
