@@ -14,7 +14,7 @@ SELECT
   avg(value)                          AS mean,
   min(value)                          AS min,
   max(value)                          AS max,
-  approx_percentile_cont(value, 0.95) AS p95
+  percentile_cont(value, 0.95)        AS p95
 FROM points
 GROUP BY window_start, window_end, series_id, series, name
 ORDER BY window_start, series_id

@@ -38,6 +38,23 @@ pub struct BenchReport {
     /// A checkpoint of all state at the end of the run: bytes, and milliseconds to snapshot
     /// and encode it and to write it to a local directory.
     pub checkpoint: CheckpointCost,
+    /// Where the time went, stage by stage.
+    pub stages: Stages,
+    /// Feature rows the detector scored (series × windows past warm-up): with none, the run
+    /// did not measure scoring.
+    pub scored: u64,
+    /// Feature rows produced (series × windows).
+    pub feature_rows: u64,
+}
+
+/// Seconds per stage of the processing core.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stages {
+    /// The processor's own stages.
+    pub core: vigil_pipeline::engine::StageTimes,
+    /// Results into the SQL tables and decisions encoded as the sink sends them (no broker:
+    /// `--kafka` measures that path).
+    pub publish: std::time::Duration,
 }
 
 /// The cost of one checkpoint of everything the run learned.
@@ -71,7 +88,9 @@ impl BenchReport {
              batch latency     p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} records per batch)\n\
              state per series  {} bytes at most (detector)\n\
              checkpoint        {} series: {:.1} MB, {:.0} ms ({:.0} ms to encode); per 10,000 series {:.1} MB, {:.0} ms\n\
-             checkpoint, full  {} bytes per series with a full history ({:.0} MB per 10,000 series)\n",
+             checkpoint, full  {} bytes per series with a full history ({:.0} MB per 10,000 series)\n\
+             scored            {} of {} feature rows (series x windows past warm-up)\n\
+             stages            {}\n",
             self.events,
             self.bytes,
             self.bytes as f64 / 1e6,
@@ -97,7 +116,38 @@ impl BenchReport {
             self.checkpoint.total_ms * 10_000.0 / self.checkpoint.series.max(1) as f64,
             self.checkpoint.full_series_bytes,
             self.checkpoint.full_series_bytes as f64 * 10_000.0 / 1e6,
+            self.scored,
+            self.feature_rows,
+            self.render_stages(),
         )
+    }
+}
+
+impl BenchReport {
+    /// One line per stage: seconds, share of the loop's wall time, and ns per event.
+    fn render_stages(&self) -> String {
+        let c = &self.stages.core;
+        let rows = [
+            ("decode", c.decode),
+            ("windows", c.windows),
+            ("feature plan", c.features),
+            ("scoring", c.scoring),
+            ("decisions", c.decisions),
+            ("publish", self.stages.publish),
+        ];
+        let mut out = String::new();
+        for (i, (name, d)) in rows.iter().enumerate() {
+            let s = d.as_secs_f64();
+            if i > 0 {
+                out.push_str("\n                  ");
+            }
+            out.push_str(&format!(
+                "{name:<13} {s:>7.2} s  {:>5.1}%  {:>7.0} ns/event",
+                100.0 * s / self.wall_s.max(1e-9),
+                s * 1e9 / self.events.max(1) as f64
+            ));
+        }
+        out
     }
 }
 
@@ -173,6 +223,10 @@ pub fn read_lines(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
 /// Runs the processing core over `lines` in batches of `batch` records.
 pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<BenchReport, EngineError> {
     let mut core = Processor::new(cfg).await?;
+    let tables = vigil_pipeline::ResultTables::new();
+    core.create_tables(&tables, cfg.retention.max_rows);
+    let mut publish = std::time::Duration::ZERO;
+    let mut feature_rows = 0u64;
     let topic: Arc<str> = Arc::from("bench");
     let bytes: u64 = lines.iter().map(|l| l.len() as u64).sum();
     let events = lines.len() as u64;
@@ -196,14 +250,12 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
         core.ingest(&b)?;
         drop(b);
         if let Some(c) = core.close_ready().await? {
-            windows += c.windows as u64;
-            decisions += c.decisions.len() as u64;
+            publish += publish_closed(c, &tables, &mut windows, &mut decisions, &mut feature_rows)?;
         }
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     if let Some(c) = core.close_all().await? {
-        windows += c.windows as u64;
-        decisions += c.decisions.len() as u64;
+        publish += publish_closed(c, &tables, &mut windows, &mut decisions, &mut feature_rows)?;
     }
     let wall_s = t0.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds() - cpu0;
@@ -223,7 +275,30 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
         batch,
         state_bytes_per_series: ring,
         checkpoint,
+        stages: Stages { core: core.stage_times(), publish },
+        scored: core.scored(),
+        feature_rows,
     })
+}
+
+/// Does with a close's results what the engine does, without a broker: the decisions'
+/// message bodies are encoded, and every result goes into its SQL table. Returns the time taken.
+fn publish_closed(
+    c: vigil_pipeline::engine::Closed,
+    tables: &vigil_pipeline::ResultTables,
+    windows: &mut u64,
+    decisions: &mut u64,
+    feature_rows: &mut u64,
+) -> Result<std::time::Duration, EngineError> {
+    let t = Instant::now();
+    *windows += c.windows as u64;
+    *decisions += c.decisions.len() as u64;
+    *feature_rows += c.features.num_rows() as u64;
+    let bodies: usize = c.decisions.iter().map(|d| serde_json::to_vec(d).map_or(0, |b| b.len())).sum();
+    std::hint::black_box(bodies);
+    tables.append("decisions", vigil_models::decisions_batch(&c.decisions)?)?;
+    c.append_results(tables)?;
+    Ok(t.elapsed())
 }
 
 /// Takes one checkpoint of everything `core` holds, into a temporary local directory.

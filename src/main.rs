@@ -19,6 +19,10 @@ use vigil_models::Decision;
 use vigil_pipeline::ResultTables;
 use vigil_queries::SqlService;
 
+/// mimalloc keeps freed pages for reuse; see the workspace manifest.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Vigil: streaming anomaly detection and decisions for operations metrics on Kafka, with SQL
 /// over every result.
 #[derive(Parser, Debug)]

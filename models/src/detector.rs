@@ -28,7 +28,10 @@
 //! `history` residuals, and per part a two-half histogram of 96 log-spaced bins (the
 //! calibration), so the memory of a series is bounded whatever it sends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, Float64Builder, RecordBatch, StringBuilder};
@@ -285,13 +288,28 @@ pub struct SeriesState {
 }
 
 /// Per-series detector ensemble. See the module docs.
+///
+/// Series are spread over shards by id; [`Self::score_batch`] scores the shards on every core
+/// at once. A series' values are always judged in row order by its one shard, so the scores do
+/// not depend on the number of shards.
 #[derive(Debug)]
 pub struct Detector {
     cfg: DetectorConfig,
-    states: HashMap<u64, SeriesState>,
+    shards: Vec<Shard>,
+}
+
+/// The series of one shard and its working buffers.
+#[derive(Debug, Default)]
+struct Shard {
+    states: FxHashMap<u64, SeriesState>,
     scratch: Vec<f64>,
     flat: Vec<f64>,
+    /// Values that received a score (past warm-up), since this detector was built.
+    scored: u64,
 }
+
+/// Rows per shard below which a batch is scored on the calling thread.
+const PARALLEL_MIN_ROWS: usize = 2048;
 
 const MAD_TO_SIGMA: f64 = 1.4826;
 const MEAN_AD_TO_SIGMA: f64 = 1.2533;
@@ -332,7 +350,23 @@ impl Detector {
             cfg.history >= 3 && cfg.warmup >= 3 && cfg.warmup <= cfg.history && cfg.shift_windows >= 2 && cfg.shift_windows < cfg.history && cfg.calibration >= 20,
             "validated by the config layer"
         );
-        Self { cfg, states: HashMap::new(), scratch: Vec::new(), flat: Vec::new() }
+        Self { cfg, shards: vec![Shard::default()] }
+    }
+
+    /// A detector whose series are spread over `shards` shards, scored in parallel.
+    pub fn with_shards(cfg: DetectorConfig, shards: usize) -> Self {
+        let mut d = Self::new(cfg);
+        d.shards.resize_with(shards.max(1), Shard::default);
+        d
+    }
+
+    fn shard_of(&self, series_id: u64) -> usize {
+        // Ids are XXH3 hashes: their high bits are as good as any.
+        ((series_id >> 32) % self.shards.len() as u64) as usize
+    }
+
+    fn state(&self, series_id: u64) -> Option<&SeriesState> {
+        self.shards[self.shard_of(series_id)].states.get(&series_id)
     }
 
     /// The settings.
@@ -342,22 +376,32 @@ impl Detector {
 
     /// The state of the series `keep` selects, for a checkpoint.
     pub fn export(&self, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, SeriesState)> {
-        self.states.iter().filter(|(id, _)| keep(**id)).map(|(id, s)| (*id, s.clone())).collect()
+        self.shards.iter().flat_map(|sh| sh.states.iter()).filter(|(id, _)| keep(**id)).map(|(id, s)| (*id, s.clone())).collect()
     }
 
     /// Takes series state from a checkpoint (replacing what is held for those series).
     pub fn import(&mut self, states: Vec<(u64, SeriesState)>) {
-        self.states.extend(states);
+        for (id, st) in states {
+            let i = self.shard_of(id);
+            self.shards[i].states.insert(id, st);
+        }
     }
 
     /// Forgets the series `drop` selects (their partition went to another member).
     pub fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
-        self.states.retain(|id, _| !drop(*id));
+        for sh in &mut self.shards {
+            sh.states.retain(|id, _| !drop(*id));
+        }
+    }
+
+    /// Values scored by [`Self::score_batch`] (past warm-up) since this detector was built.
+    pub fn scored(&self) -> u64 {
+        self.shards.iter().map(|s| s.scored).sum()
     }
 
     /// Number of series with state.
     pub fn series(&self) -> usize {
-        self.states.len()
+        self.shards.iter().map(|s| s.states.len()).sum()
     }
 
     /// Bytes of state a series holds at most (values, residuals, calibration, refractory span;
@@ -371,7 +415,7 @@ impl Detector {
 
     /// The season found for a series, if any.
     pub fn period(&self, series_id: u64) -> Option<usize> {
-        self.states.get(&series_id).and_then(|s| s.period)
+        self.state(series_id).and_then(|s| s.period)
     }
 
     /// Hands the series' latest forecast to the [`Part::Forecast`] part: expected values and 95%
@@ -380,7 +424,8 @@ impl Detector {
     /// checked against it.
     pub fn set_forecast(&mut self, series_id: u64, first_ms: i64, step_ms: i64, point: &[f64], lower_95: &[f64], upper_95: &[f64]) {
         let n = point.len().min(lower_95.len()).min(upper_95.len()).min(4096);
-        let st = self.states.entry(series_id).or_default();
+        let i = self.shard_of(series_id);
+        let st = self.shards[i].states.entry(series_id).or_default();
         st.forecast = Some(Box::new(Bands {
             first_ms,
             step_ms,
@@ -435,10 +480,16 @@ impl Detector {
     }
 
     fn observe_inner(&mut self, series_id: u64, time_ms: Option<i64>, value: f64) -> Option<Score> {
+        let i = self.shard_of(series_id);
+        self.shards[i].observe(&self.cfg, series_id, time_ms, value)
+    }
+}
+
+impl Shard {
+    fn observe(&mut self, cfg: &DetectorConfig, series_id: u64, time_ms: Option<i64>, value: f64) -> Option<Score> {
         if !value.is_finite() {
             return None;
         }
-        let cfg = &self.cfg;
         let st = self.states.entry(series_id).or_default();
         st.seen += 1;
         let band = time_ms.and_then(|t| st.forecast.as_ref()?.at(t));
@@ -603,11 +654,58 @@ impl Detector {
         })
     }
 
+}
+
+impl Detector {
+    /// Scores every row of `c` in row order, each shard on a core of its own when the batch is
+    /// large enough; the scores by row.
+    fn score_rows(&mut self, c: &FeatureColumns<'_>, n: usize) -> Vec<Option<Score>> {
+        let cfg = &self.cfg;
+        if self.shards.len() == 1 || n < PARALLEL_MIN_ROWS * self.shards.len() {
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                let id = c.series_id.value(i);
+                let k = self.shard_of(id);
+                let sh = &mut self.shards[k];
+                let s = sh.observe(cfg, id, Some(c.window_start.value(i)), c.value(i));
+                sh.scored += u64::from(s.is_some());
+                out.push(s);
+            }
+            return out;
+        }
+        let mut rows: Vec<Vec<u32>> = vec![Vec::with_capacity(n / self.shards.len() + 16); self.shards.len()];
+        for i in 0..n {
+            rows[self.shard_of(c.series_id.value(i))].push(i as u32);
+        }
+        let scored: Vec<Vec<(u32, Score)>> = self
+            .shards
+            .par_iter_mut()
+            .zip(rows.par_iter())
+            .map(|(sh, rows)| {
+                let mut out = Vec::new();
+                for &i in rows {
+                    let i = i as usize;
+                    if let Some(s) = sh.observe(cfg, c.series_id.value(i), Some(c.window_start.value(i)), c.value(i)) {
+                        sh.scored += 1;
+                        out.push((i as u32, s));
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut out: Vec<Option<Score>> = vec![None; n];
+        for (i, s) in scored.into_iter().flatten() {
+            out[i as usize] = Some(s);
+        }
+        out
+    }
+
     /// Scores every row of a `features` batch (in row order) on the column `feature` and returns
     /// the rows scoring at or above the anomaly threshold, in the [`anomalies_schema`].
     pub fn score_batch(&mut self, features: &RecordBatch, feature: &str) -> Result<RecordBatch> {
         let c = FeatureColumns::of(features, feature)?;
         let n = features.num_rows();
+        let scores = self.score_rows(&c, n);
         let mut keep = Vec::with_capacity(n);
         let (mut value, mut expected, mut lower, mut upper, mut score, mut z, mut support) = (
             Float64Builder::with_capacity(n),
@@ -620,9 +718,9 @@ impl Detector {
         );
         let mut explanation = StringBuilder::new();
         let mut part = StringBuilder::new();
-        for i in 0..n {
+        for (i, s) in scores.into_iter().enumerate() {
             let v = c.value(i);
-            match self.observe_at(c.series_id.value(i), c.window_start.value(i), v) {
+            match s {
                 Some(s) if s.score >= self.cfg.anomaly_threshold => {
                     keep.push(true);
                     value.append_value(v);

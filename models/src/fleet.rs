@@ -18,9 +18,11 @@
 //! robust z against the group at that window (a standard normal tail: 0.999 at |z| = 3.3), so
 //! the decision rule's threshold and minimum deviation apply to fleet outliers as to the rest.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use arrow::array::{Array, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array};
 use augurs::outlier::{DbscanDetector, MADDetector, OutlierDetector, OutlierOutput};
@@ -98,15 +100,15 @@ pub struct Group {
 #[derive(Debug)]
 pub struct FleetDetector {
     cfg: FleetConfig,
-    groups: HashMap<Arc<str>, Group>,
+    groups: FxHashMap<Arc<str>, Group>,
     /// Group and member of every series seen (so keys are parsed once per series).
-    places: HashMap<u64, Place>,
+    places: FxHashMap<u64, Place>,
 }
 
 impl FleetDetector {
     /// A detector with no state.
     pub fn new(cfg: FleetConfig) -> Self {
-        Self { cfg, groups: HashMap::new(), places: HashMap::new() }
+        Self { cfg, groups: FxHashMap::default(), places: FxHashMap::default() }
     }
 
     /// Every group's state, for a checkpoint. Groups span partitions (the hosts of a service
@@ -134,6 +136,8 @@ impl FleetDetector {
     pub fn observe(&mut self, features: &RecordBatch, feature: &str) -> Result<RecordBatch> {
         let c = FeatureColumns::of(features, feature)?;
         let mut touched: BTreeSet<Arc<str>> = BTreeSet::new();
+        let mut last_touched: Option<*const str> = None;
+        let mut fresh: Place = None;
         for i in 0..features.num_rows() {
             let v = c.value(i);
             if !v.is_finite() {
@@ -141,25 +145,31 @@ impl FleetDetector {
             }
             let id = c.series_id.value(i);
             // A series key is parsed once: its group and member are remembered by series id.
-            let place = match self.places.get(&id) {
-                Some(p) => p.clone(),
-                None => {
-                    let p = self.place_of(c.series.value(i));
-                    if self.places.len() < self.cfg.max_groups * self.cfg.max_members {
-                        self.places.insert(id, p.clone());
-                    }
-                    p
+            if !self.places.contains_key(&id) {
+                let p = place_of(&self.cfg, c.series.value(i));
+                if self.places.len() < self.cfg.max_groups * self.cfg.max_members {
+                    self.places.insert(id, p);
+                } else {
+                    fresh = p;
                 }
+            }
+            let place = match self.places.get(&id) {
+                Some(p) => p,
+                None => &fresh,
             };
             let Some((group_key, label, member)) = place else { continue };
-            if !self.groups.contains_key(&group_key) && self.groups.len() >= self.cfg.max_groups {
+            if !self.groups.contains_key(group_key) {
+                if self.groups.len() >= self.cfg.max_groups {
+                    continue;
+                }
+                self.groups.insert(group_key.clone(), Group { label: label.to_string(), members: BTreeMap::new() });
+            }
+            let g = self.groups.get_mut(group_key).expect("inserted above");
+            if !g.members.contains_key(&**member) && g.members.len() >= self.cfg.max_members {
                 continue;
             }
-            let g = self.groups.entry(group_key.clone()).or_insert_with(|| Group { label: label.to_string(), members: BTreeMap::new() });
-            if !g.members.contains_key(&*member) && g.members.len() >= self.cfg.max_members {
-                continue;
-            }
-            let m = g.members.entry(member.to_string()).or_insert_with(|| Member {
+            if !g.members.contains_key(&**member) {
+                g.members.insert(member.to_string(), Member {
                 id,
                 series: c.series.value(i).to_string(),
                 name: c.name.value(i).to_string(),
@@ -167,7 +177,9 @@ impl FleetDetector {
                 last_ms: i64::MIN,
                 last_end_ms: i64::MIN,
                 outlying: None,
-            });
+                });
+            }
+            let m = g.members.get_mut(&**member).expect("inserted above");
             let t = c.window_start.value(i);
             if t <= m.last_ms {
                 continue; // one value per window, in order
@@ -183,7 +195,11 @@ impl FleetDetector {
             m.values.push_back(v);
             m.last_ms = t;
             m.last_end_ms = c.window_end.value(i);
-            touched.insert(group_key);
+            // Rows come grouped by window and often by group: skip re-inserting the same key.
+            if last_touched != Some(Arc::as_ptr(group_key)) {
+                last_touched = Some(Arc::as_ptr(group_key));
+                touched.insert(group_key.clone());
+            }
         }
 
         let mut rows = Rows::default();
@@ -194,13 +210,14 @@ impl FleetDetector {
         rows.finish()
     }
 
-    /// The group key, member label and member of a series key; `None` without a member label.
-    fn place_of(&self, key: &str) -> Place {
-        let (name, mut labels) = parse_series_key(key);
-        let label = self.cfg.member_labels.iter().find(|l| labels.contains_key(*l))?;
-        let member = labels.remove(label).unwrap_or_default();
-        Some((format!("{name}{labels:?}").into(), label.as_str().into(), member.into()))
-    }
+}
+
+/// The group key, member label and member of a series key; `None` without a member label.
+fn place_of(cfg: &FleetConfig, key: &str) -> Place {
+    let (name, mut labels) = parse_series_key(key);
+    let label = cfg.member_labels.iter().find(|l| labels.contains_key(*l))?;
+    let member = labels.remove(label).unwrap_or_default();
+    Some((format!("{name}{labels:?}").into(), label.as_str().into(), member.into()))
 }
 
 /// Where a series sits: (group key, member label, member).

@@ -89,9 +89,10 @@ impl FeaturePlan {
         };
         let points_schema = with_window(vigil_ingest::points_schema());
         let logs_schema = with_window(vigil_ingest::logs_schema());
-        // One partition: a window's table is small, and the engine's loop is the unit of
-        // parallelism (one per consumer), so spreading a plan over every core only adds overhead.
-        let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(1));
+        // Every core aggregates a closed window's rows (the plan's own tasks, on the engine's
+        // runtime); a small table stays in one partition (see `query`).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(cores));
         for f in scalar {
             ctx.register_udf(f);
         }
@@ -263,7 +264,15 @@ impl FeaturePlan {
     }
 
     async fn query(&self, table: &str, rows: RecordBatch, sql: &str) -> Result<RecordBatch> {
-        let mem = MemTable::try_new(rows.schema(), vec![vec![rows]])?;
+        // The rows in one contiguous slice per partition, so that every core aggregates.
+        let k = self.ctx.state().config().target_partitions().max(1);
+        let n = rows.num_rows();
+        let parts: Vec<Vec<RecordBatch>> = if k == 1 || n < 4096 * k {
+            vec![vec![rows.clone()]]
+        } else {
+            (0..k).map(|i| vec![rows.slice(i * n / k, (i + 1) * n / k - i * n / k)]).collect()
+        };
+        let mem = MemTable::try_new(rows.schema(), parts)?;
         self.ctx.deregister_table(table)?;
         self.ctx.register_table(table, Arc::new(mem))?;
         let df = self.ctx.sql(sql).await.map_err(|e| Error::Plan(e.to_string()))?;

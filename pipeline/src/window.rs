@@ -54,6 +54,11 @@ pub struct PushStats {
 
 type PartKey = (Arc<str>, i32);
 
+/// Whether two records come from the same partition (the same topic is usually the same `Arc`).
+fn same_partition(a: &SourcePos, b: &SourcePos) -> bool {
+    a.partition == b.partition && (Arc::ptr_eq(&a.topic, &b.topic) || a.topic == b.topic)
+}
+
 /// Window-start markers of rows that join no window.
 const LATE: i64 = i64::MIN;
 const SKIPPED: i64 = i64::MIN + 1;
@@ -213,9 +218,30 @@ impl Windower {
     /// Records that the given records were consumed (decoded or not), so that their offsets can be
     /// committed once nothing open holds them.
     pub fn consumed<'a>(&mut self, positions: impl IntoIterator<Item = &'a SourcePos>) {
+        // One map update per run of records from the same partition (a poll is a few runs).
+        let mut run: Option<(&SourcePos, i64)> = None;
         for p in positions {
-            let e = self.next_offset.entry((p.topic.clone(), p.partition)).or_insert(p.offset + 1);
-            *e = (*e).max(p.offset + 1);
+            match &mut run {
+                Some((first, next)) if same_partition(first, p) => *next = (*next).max(p.offset + 1),
+                _ => {
+                    if let Some((first, next)) = run.take() {
+                        self.note_consumed(first, next);
+                    }
+                    run = Some((p, p.offset + 1));
+                }
+            }
+        }
+        if let Some((first, next)) = run {
+            self.note_consumed(first, next);
+        }
+    }
+
+    fn note_consumed(&mut self, p: &SourcePos, next: i64) {
+        match self.next_offset.get_mut(&(p.topic.clone(), p.partition)) {
+            Some(e) => *e = (*e).max(next),
+            None => {
+                self.next_offset.insert((p.topic.clone(), p.partition), next);
+            }
         }
     }
 
@@ -251,47 +277,54 @@ impl Windower {
         let mut late = 0usize;
         let mut replayed = 0usize;
         let mut late_wm = i64::MIN;
-        let mut last_key: Option<PartKey> = None;
-        for (i, &t) in ts.iter().enumerate() {
-            let start = t - t.rem_euclid(size);
-            let end = start.saturating_add(size);
-            let p = &positions[i];
-            let same = matches!(&last_key, Some((tp, pp)) if *pp == p.partition && Arc::ptr_eq(tp, &p.topic));
-            if !same {
-                last_key = Some((p.topic.clone(), p.partition));
+        let mut i = 0;
+        while i < n {
+            // A run of rows from one partition: its state is read once and written back once.
+            let first = &positions[i];
+            let mut j = i + 1;
+            while j < n && same_partition(first, &positions[j]) {
+                j += 1;
             }
-            let key = last_key.as_ref().expect("set above");
-            let fence = if self.fences.is_empty() { None } else { self.fences.get(key) };
-            let e = self.part_max.entry(key.clone()).or_insert((i64::MIN, now));
-            // Lateness is judged against the row's own partition: a partition that was idle, or
-            // was just assigned or restored behind the others, is not late for being behind them
-            // (its rows fill a window that closes again at once).
-            let part_wm = e.0.saturating_sub(lag);
-            if fence.is_some_and(|f| p.offset < f.offset && end <= f.watermark) {
-                // Seen before the checkpoint, in a window that was processed then.
-                starts.push(SKIPPED);
-                replayed += 1;
-            } else if e.0 != i64::MIN && end <= part_wm {
-                starts.push(LATE);
-                late += 1;
-                late_wm = late_wm.max(part_wm);
-            } else {
-                starts.push(start);
-            }
-            e.1 = now;
-            if t > e.0 {
-                e.0 = t;
-                let low = self
-                    .part_max
-                    .values()
-                    .filter(|(_, seen)| now.duration_since(*seen) < idle)
-                    .map(|(m, _)| *m)
-                    .min()
-                    .unwrap_or(t);
-                if low != i64::MIN {
-                    wm = wm.max(low.saturating_sub(lag));
+            let key: PartKey = (first.topic.clone(), first.partition);
+            let fence = if self.fences.is_empty() { None } else { self.fences.get(&key).copied() };
+            let mut max = self.part_max.get(&key).map_or(i64::MIN, |e| e.0);
+            // The watermark is the lowest maximum among the partitions that are not idle (this
+            // one is not: it just delivered).
+            let others_low = self
+                .part_max
+                .iter()
+                .filter(|(k, (_, seen))| **k != key && now.duration_since(*seen) < idle)
+                .map(|(_, (m, _))| *m)
+                .min();
+            for r in i..j {
+                let t = ts[r];
+                let start = t - t.rem_euclid(size);
+                let end = start.saturating_add(size);
+                // Lateness is judged against the row's own partition: a partition that was idle,
+                // or was just assigned or restored behind the others, is not late for being
+                // behind them (its rows fill a window that closes again at once).
+                let part_wm = max.saturating_sub(lag);
+                if fence.is_some_and(|f| positions[r].offset < f.offset && end <= f.watermark) {
+                    // Seen before the checkpoint, in a window that was processed then.
+                    starts.push(SKIPPED);
+                    replayed += 1;
+                } else if max != i64::MIN && end <= part_wm {
+                    starts.push(LATE);
+                    late += 1;
+                    late_wm = late_wm.max(part_wm);
+                } else {
+                    starts.push(start);
+                }
+                if t > max {
+                    max = t;
+                    let low = others_low.map_or(t, |o| o.min(t));
+                    if low != i64::MIN {
+                        wm = wm.max(low.saturating_sub(lag));
+                    }
                 }
             }
+            self.part_max.insert(key, (max, now));
+            i = j;
         }
         self.watermark = wm;
         self.late_total += late as u64;
@@ -309,11 +342,19 @@ impl Windower {
         distinct.dedup();
         for start in distinct {
             let w = self.open.entry(start).or_default();
-            for (i, s) in starts.iter().enumerate() {
-                if *s == start {
-                    let p = &positions[i];
-                    let e = w.min_offset.entry((p.topic.clone(), p.partition)).or_insert(p.offset);
-                    *e = (*e).min(p.offset);
+            let mut i = 0;
+            while i < n {
+                let first = &positions[i];
+                let mut lowest = i64::MAX;
+                while i < n && same_partition(first, &positions[i]) {
+                    if starts[i] == start {
+                        lowest = lowest.min(positions[i].offset);
+                    }
+                    i += 1;
+                }
+                if lowest != i64::MAX {
+                    let e = w.min_offset.entry((first.topic.clone(), first.partition)).or_insert(lowest);
+                    *e = (*e).min(lowest);
                 }
             }
             let batch = if starts.iter().all(|s| *s == start) {

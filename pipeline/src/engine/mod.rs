@@ -36,7 +36,7 @@ use crate::config::{Config, ConfigError};
 use crate::store::{CheckpointStore, Section};
 use crate::ResultTables;
 
-pub use processor::{Answered, Closed, Processor};
+pub use processor::{Answered, Closed, Processor, StageTimes};
 pub use state::{PublishedIds, SectionReader, SectionWriter, StateError, Stateful, GLOBAL_SECTION};
 pub use stats::{metrics_fn, Histogram, Metric, MetricKind, MetricsFn, Stats, LATENCY_BUCKETS};
 
@@ -448,21 +448,8 @@ impl Engine {
         if c.windows > 0 {
             tracing::debug!(starts = ?c.starts, "windows closed");
         }
-        self.tables.append("points", c.points)?;
-        self.tables.append("logs", c.logs)?;
-        self.tables.append("features", c.features)?;
-        self.tables.append("anomalies", c.anomalies)?;
-        self.tables.append("incidents", c.incidents)?;
-        self.tables.append("decision_log", vigil_models::decision_log_batch(&c.log)?)?;
-        for b in c.costs {
-            self.tables.append("costs", b)?;
-        }
         Stats::add(&self.stats.cost_hours, c.cost_hours);
-        self.tables.append("cost_drift", c.cost_drift)?;
-        self.tables.append("budgets", c.budgets)?;
-        self.tables.append("efficiency", c.efficiency)?;
-        self.tables.append("slo", c.slo)?;
-        self.tables.append("health", c.health)?;
+        c.append_results(&self.tables)?;
         Ok(fresh)
     }
 

@@ -46,6 +46,45 @@ pub struct Closed {
     pub health: arrow::array::RecordBatch,
 }
 
+impl Closed {
+    /// Appends every result except the decisions (which are visible only once the broker has
+    /// them) to their tables.
+    pub fn append_results(self, tables: &ResultTables) -> Result<(), EngineError> {
+        tables.append("points", self.points)?;
+        tables.append("logs", self.logs)?;
+        tables.append("features", self.features)?;
+        tables.append("anomalies", self.anomalies)?;
+        tables.append("incidents", self.incidents)?;
+        tables.append("decision_log", vigil_models::decision_log_batch(&self.log)?)?;
+        for b in self.costs {
+            tables.append("costs", b)?;
+        }
+        tables.append("cost_drift", self.cost_drift)?;
+        tables.append("budgets", self.budgets)?;
+        tables.append("efficiency", self.efficiency)?;
+        tables.append("slo", self.slo)?;
+        tables.append("health", self.health)?;
+        Ok(())
+    }
+}
+
+/// Time spent in each stage of the processing core since the processor was built: where a
+/// batch's cost goes (`vigil bench` prints it; the engine adds the publishing).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StageTimes {
+    /// Decoding records into Arrow rows (and series keys).
+    pub decode: std::time::Duration,
+    /// Lateness, watermark and splitting rows into windows.
+    pub windows: std::time::Duration,
+    /// The feature SQL over closed windows.
+    pub features: std::time::Duration,
+    /// The detector ensemble and the fleet outliers.
+    pub scoring: std::time::Duration,
+    /// Everything after scoring: forecasts observed, cost, SLOs, signals into incidents,
+    /// policies, the gate, health.
+    pub decisions: std::time::Duration,
+}
+
 /// What the answers on the feedback topic did.
 #[derive(Debug, Default)]
 pub struct Answered {
@@ -94,7 +133,8 @@ impl TopicDecoder {
 /// The engine drives it from Kafka; `vigil bench` drives it from a file, so both measure and run
 /// exactly the same code.
 pub struct Processor {
-    decoder: JsonPointDecoder,
+    /// JSON point decoders, one per core: a large poll is decoded in as many slices at once.
+    decoders: Vec<JsonPointDecoder>,
     /// Decoders of the topics that are not JSON points.
     pub(super) others: std::collections::HashMap<String, TopicDecoder>,
     /// Decoder counters per input format.
@@ -135,6 +175,7 @@ pub struct Processor {
     health_every_ms: i64,
     next_health_ms: i64,
     correlate_by: Vec<String>,
+    times: StageTimes,
 }
 
 impl Processor {
@@ -146,7 +187,7 @@ impl Processor {
         let functions = vigil_models::sql_functions();
         let plan = FeaturePlan::with_functions(&sql, &log_sql, &cfg.detector.feature, functions.scalar, functions.aggregate).await?;
         let d = &cfg.detector;
-        let detector = Detector::new(d.model_config(cfg.window.size));
+        let detector = Detector::with_shards(d.model_config(cfg.window.size), std::thread::available_parallelism().map_or(1, |n| n.get()));
         let correlator = Correlator::new(IncidentConfig {
             correlate_by: cfg.incidents.correlate_by.clone(),
             resolve_after_ms: cfg.incidents.resolve_after.as_millis() as i64,
@@ -166,7 +207,9 @@ impl Processor {
             idle_timeout: cfg.window.idle_timeout,
         });
         let mut counters = vigil_ingest::FormatCounters::default();
-        let decoder = JsonPointDecoder::new(counters.for_format("json"));
+        let json_counters = counters.for_format("json");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let decoders = (0..cores).map(|_| JsonPointDecoder::new(json_counters.clone())).collect();
         let precision = vigil_ingest::Precision::parse(&cfg.kafka.influx_precision).unwrap_or_default();
         let mut others = std::collections::HashMap::new();
         for (topic, format) in &cfg.kafka.input_formats {
@@ -217,7 +260,7 @@ impl Processor {
             .await
             .map_err(|e| ConfigError::Invalid { key: "health.sql_file", problem: e.to_string(), fix: "fix the health SQL (see sql/health.sql)".into() })?;
         Ok(Self {
-            decoder,
+            decoders,
             others,
             counters: Arc::new(counters),
             windower,
@@ -243,6 +286,7 @@ impl Processor {
             health_every_ms: cfg.health.every.as_millis() as i64,
             next_health_ms: i64::MIN,
             correlate_by: cfg.incidents.correlate_by.clone(),
+            times: StageTimes::default(),
         })
     }
 
@@ -308,10 +352,22 @@ impl Processor {
     pub fn ingest(&mut self, raw: &[vigil_ingest::RawRecord]) -> Result<(Vec<vigil_ingest::Rejected>, crate::PushStats), EngineError> {
         self.windower.consumed(raw.iter().map(|r| &r.pos));
         if self.others.is_empty() || !raw.iter().any(|r| self.others.contains_key(&*r.pos.topic)) {
-            let decoded = self.decoder.decode(raw)?;
-            self.owner.note(&decoded.points, &decoded.positions);
-            let pushed = self.windower.push(&decoded.points, &decoded.positions)?;
-            return Ok((decoded.rejected, pushed));
+            let t = std::time::Instant::now();
+            let decoded = self.decode_json(raw)?;
+            let t1 = std::time::Instant::now();
+            self.times.decode += t1 - t;
+            let mut rejected = Vec::new();
+            let mut pushed = crate::PushStats::default();
+            for d in decoded {
+                self.owner.note(&d.points, &d.positions);
+                let p = self.windower.push(&d.points, &d.positions)?;
+                pushed.accepted += p.accepted;
+                pushed.late += p.late;
+                pushed.replayed += p.replayed;
+                rejected.extend(d.rejected);
+            }
+            self.times.windows += t1.elapsed();
+            return Ok((rejected, pushed));
         }
         // Mixed topics: decode each format's records together (topics keep their own order).
         let mut groups: std::collections::BTreeMap<Option<&str>, Vec<&vigil_ingest::RawRecord>> = Default::default();
@@ -322,10 +378,13 @@ impl Processor {
         let mut rejected = Vec::new();
         let mut pushed = crate::PushStats::default();
         for (topic, records) in groups {
+            let t = std::time::Instant::now();
             let decoded = match topic.and_then(|t| self.others.get_mut(t)) {
                 Some(d) => d.decode(&records)?,
-                None => Decoded::Points(self.decoder.decode_refs(&records)?),
+                None => Decoded::Points(self.decoders[0].decode_refs(&records)?),
             };
+            let t1 = std::time::Instant::now();
+            self.times.decode += t1 - t;
             let p = match decoded {
                 Decoded::Points(d) => {
                     rejected.extend(d.rejected);
@@ -341,11 +400,27 @@ impl Processor {
                     crate::PushStats { late: self.push_costs(d)?, ..Default::default() }
                 }
             };
+            self.times.windows += t1.elapsed();
             pushed.accepted += p.accepted;
             pushed.late += p.late;
             pushed.replayed += p.replayed;
         }
         Ok((rejected, pushed))
+    }
+
+    /// Decodes JSON points, a large poll in contiguous slices on every core at once; the
+    /// slices' results in input order.
+    fn decode_json(&mut self, raw: &[vigil_ingest::RawRecord]) -> Result<Vec<vigil_ingest::DecodedBatch>, EngineError> {
+        use rayon::prelude::*;
+        const MIN_SLICE: usize = 2048;
+        let k = self.decoders.len().min(raw.len() / MIN_SLICE).max(1);
+        if k == 1 {
+            return Ok(vec![self.decoders[0].decode(raw)?]);
+        }
+        let slice = raw.len().div_ceil(k);
+        let out: Vec<vigil_ingest::Result<vigil_ingest::DecodedBatch>> =
+            self.decoders[..k].par_iter_mut().zip(raw.par_chunks(slice)).map(|(d, r)| d.decode(r)).collect();
+        Ok(out.into_iter().collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Processes the windows the watermark has closed, if any.
@@ -367,7 +442,7 @@ impl Processor {
         }
         let span = tracing::debug_span!("close", windows = closed.len(), first_start = closed.first().map(|w| w.start_ms));
         let _g = span.enter();
-        let (points, logs, features, mut anomalies) = if closed.is_empty() {
+        let (points, logs, features, anomalies) = if closed.is_empty() {
             (
                 arrow::array::RecordBatch::new_empty(self.plan.points_schema()),
                 arrow::array::RecordBatch::new_empty(self.plan.logs_schema()),
@@ -375,16 +450,25 @@ impl Processor {
                 arrow::array::RecordBatch::new_empty(vigil_models::anomalies_schema()),
             )
         } else {
+            let t = std::time::Instant::now();
             let crate::PlanOutput { points, logs, features } = self.plan.run(&closed).await?;
-            let anomalies = self.detector.score_batch(&features, &self.feature)?;
-            (points, logs, features, anomalies)
-        };
-        if let Some(fleet) = self.fleet.as_mut().filter(|_| !closed.is_empty()) {
-            let outliers = fleet.observe(&features, &self.feature)?;
-            if outliers.num_rows() > 0 {
+            let t1 = std::time::Instant::now();
+            self.times.features += t1 - t;
+            // The ensemble (itself spread over the cores by series) and the fleet check read
+            // the same features and share nothing: they run side by side.
+            let (detector, fleet, feature) = (&mut self.detector, &mut self.fleet, &self.feature);
+            let (anomalies, outliers) = rayon::join(
+                || detector.score_batch(&features, feature),
+                || fleet.as_mut().map(|f| f.observe(&features, feature)).transpose(),
+            );
+            let mut anomalies = anomalies?;
+            if let Some(outliers) = outliers?.filter(|o| o.num_rows() > 0) {
                 anomalies = arrow::compute::concat_batches(&anomalies.schema(), [&anomalies, &outliers]).map_err(vigil_models::Error::from)?;
             }
-        }
+            self.times.scoring += t1.elapsed();
+            (points, logs, features, anomalies)
+        };
+        let t_decide = std::time::Instant::now();
         // Signals → incidents → policies → gate.
         let mut signals = self.correlator.anomaly_signals(&anomalies)?;
         signals.append(&mut self.pending_signals);
@@ -458,6 +542,7 @@ impl Processor {
             }
         }
         let starts = closed.iter().map(|w| w.start_ms).collect();
+        self.times.decisions += t_decide.elapsed();
         Ok(Some(Closed {
             windows: closed.len(),
             starts,
@@ -476,6 +561,11 @@ impl Processor {
             slo: vigil_models::slo_batch(&slo_rows)?,
             health,
         }))
+    }
+
+    /// Time spent in each stage so far.
+    pub fn stage_times(&self) -> StageTimes {
+        self.times
     }
 
     /// The decoders' counters summed over every format, as of now.
@@ -538,6 +628,11 @@ impl Processor {
     /// The decoders' counters per input format.
     pub fn format_counters(&self) -> Arc<vigil_ingest::FormatCounters> {
         self.counters.clone()
+    }
+
+    /// Feature rows the detector has scored (past warm-up).
+    pub fn scored(&self) -> u64 {
+        self.detector.scored()
     }
 
     /// Series the detector holds state for.
