@@ -17,7 +17,7 @@ use arrow::compute::filter_record_batch;
 use arrow_json::reader::{Decoder, ReaderBuilder};
 
 use crate::schema::{col, points_schema, wire_schema};
-use crate::series::{series_id, series_key};
+use crate::series::write_series_key;
 use crate::source::SourcePos;
 use crate::Result;
 
@@ -466,12 +466,11 @@ fn series_columns(name: &StringArray, labels: &MapArray) -> (StringArray, arrow:
         } else {
             offsets[i] as usize..offsets[i + 1] as usize
         };
-        let key = series_key(
-            name.value(i),
-            pairs.map(|j| (lk.value(j), if lv.is_null(j) { "" } else { lv.value(j) })),
-        );
-        ids.append_value(series_id(&key));
-        keys.append_value(&key);
+        // The key is written straight into the column, then hashed where it lies.
+        let begin = keys.offsets_slice().last().map_or(0, |o| *o as usize);
+        write_series_key(&mut keys, name.value(i), pairs.map(|j| (lk.value(j), if lv.is_null(j) { "" } else { lv.value(j) })));
+        ids.append_value(xxhash_rust::xxh3::xxh3_64(&keys.values_slice()[begin..]));
+        keys.append_value("");
     }
     (keys.finish(), ids.finish())
 }
@@ -511,6 +510,9 @@ mod tests {
         assert_eq!(keys.value(2), "up");
         let ids = p.column(1).as_any().downcast_ref::<UInt64Array>().unwrap();
         assert_eq!(ids.value(0), ids.value(1));
+        for i in 0..3 {
+            assert_eq!(ids.value(i), crate::series::series_id(keys.value(i)), "the id is the hash of the key written in place");
+        }
         let v = p.column(5).as_any().downcast_ref::<Float64Array>().unwrap();
         assert_eq!(v.value(1), 1.0);
         assert_eq!(out.positions.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![0, 1, 2]);

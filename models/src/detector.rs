@@ -832,6 +832,36 @@ mod tests {
     use rand::{rngs::StdRng, SeedableRng};
     use rand_distr::{Distribution, Normal};
 
+    #[test]
+    fn shards_scored_in_parallel_give_the_same_anomalies_as_one() {
+        // 6,000 series: large enough for the parallel path with 2 shards.
+        let keys: Vec<String> = (0..6000).map(|i| format!("m{{host=\"h{i}\"}}")).collect();
+        let ids: Vec<u64> = (0..6000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let mut one = Detector::new(DetectorConfig::default());
+        let mut two = Detector::with_shards(DetectorConfig::default(), 2);
+        let mut rng = StdRng::seed_from_u64(7);
+        let noise = Normal::new(0.0, 1.0).unwrap();
+        let mut found = 0;
+        for w in 0..60i64 {
+            let rows: Vec<(u64, &str, f64)> = (0..6000)
+                .map(|i| {
+                    let spike = if w == 50 && i % 97 == 0 { 40.0 } else { 0.0 };
+                    (ids[i], keys[i].as_str(), 100.0 + noise.sample(&mut rng) + spike)
+                })
+                .collect();
+            let f = crate::columns::test_features(w * 10_000, &rows);
+            let a = one.score_batch(&f, "mean").unwrap();
+            let b = two.score_batch(&f, "mean").unwrap();
+            assert_eq!(a, b, "window {w}");
+            found += a.num_rows();
+        }
+        assert_eq!(one.scored(), two.scored());
+        assert!(one.scored() > 200_000, "{}", one.scored());
+        assert!(found >= 60, "the spikes are found: {found}");
+        assert_eq!(two.series(), 6000);
+        assert!(two.shards.iter().all(|s| s.states.len() > 2000), "both shards hold series");
+    }
+
     fn warm(d: &mut Detector, id: u64, n: usize, mean: f64, sd: f64, seed: u64) {
         let mut rng = StdRng::seed_from_u64(seed);
         let noise = Normal::new(mean, sd).unwrap();
@@ -1046,7 +1076,7 @@ mod tests {
         for i in 0..20_000u64 {
             d.observe(1, (i % 60) as f64 + (i % 7) as f64);
         }
-        let st = &d.states[&1];
+        let st = d.state(1).expect("series 1 observed");
         assert!(st.values.len() <= cap && st.resid.len() <= cfg.history);
         assert!(st.tails.iter().all(|t| t.total() as usize <= cfg.calibration));
         assert!(st.recent_p.len() <= cfg.refractory);
