@@ -26,8 +26,9 @@ const LOG_REQUIRED: [&str; 4] = ["window_start", "name", "labels", "value"];
 /// What one run of the plan produced.
 #[derive(Debug, Clone)]
 pub struct PlanOutput {
-    /// The `points` rows the feature SQL saw: the windows' points and the log signals.
-    pub points: RecordBatch,
+    /// The `points` rows the feature SQL saw: the windows' points and the log signals, in the
+    /// batches they arrived in (not copied into one).
+    pub points: Vec<RecordBatch>,
     /// The windows' log rows, with `window_start` and `window_end`.
     pub logs: RecordBatch,
     /// The features.
@@ -107,7 +108,7 @@ impl FeaturePlan {
             logs_schema,
             output_schema: points_schema,
         };
-        let signals = plan.query("logs", RecordBatch::new_empty(plan.logs_schema.clone()), &plan.log_sql).await.map_err(|e| match e {
+        let signals = plan.query("logs", vec![RecordBatch::new_empty(plan.logs_schema.clone())], &plan.log_sql).await.map_err(|e| match e {
             Error::Plan(m) => Error::Plan(format!("log signals: {m}")),
             e => e,
         })?;
@@ -120,7 +121,7 @@ impl FeaturePlan {
             }
         }
         plan.signal_points(&signals)?;
-        let out = plan.execute(RecordBatch::new_empty(plan.points_schema.clone())).await?;
+        let out = plan.execute(vec![RecordBatch::new_empty(plan.points_schema.clone())]).await?;
         plan.output_schema = out.schema();
         for c in REQUIRED.iter().chain(std::iter::once(&feature)) {
             if plan.output_schema.field_with_name(c).is_err() {
@@ -176,7 +177,7 @@ impl FeaturePlan {
         }
         let logs = concat_batches(&self.logs_schema, &log_parts)?;
         if logs.num_rows() > 0 {
-            let signals = self.query("logs", logs.clone(), &self.log_sql).await?;
+            let signals = self.query("logs", vec![logs.clone()], &self.log_sql).await?;
             let signal_points = self.signal_points(&signals)?;
             // Each signal belongs to the window it was computed for.
             let mut starts = windows.iter().map(|w| (w.start_ms, w.end_ms)).collect::<Vec<_>>();
@@ -196,9 +197,11 @@ impl FeaturePlan {
             cols.push(Arc::new(ends));
             parts.push(RecordBatch::try_new(self.points_schema.clone(), cols)?);
         }
-        let points = concat_batches(&self.points_schema, &parts)?;
-        let features = conform(self.execute(points.clone()).await?, &self.output_schema)?;
-        Ok(PlanOutput { points, logs, features })
+        if parts.is_empty() {
+            parts.push(RecordBatch::new_empty(self.points_schema.clone()));
+        }
+        let features = conform(self.execute(parts.clone()).await?, &self.output_schema)?;
+        Ok(PlanOutput { points: parts, logs, features })
     }
 
     /// Turns the log-signal rows into points (points schema, without the window columns).
@@ -259,20 +262,32 @@ impl FeaturePlan {
         Ok(RecordBatch::try_new(vigil_ingest::points_schema(), cols)?)
     }
 
-    async fn execute(&self, points: RecordBatch) -> Result<RecordBatch> {
+    async fn execute(&self, points: Vec<RecordBatch>) -> Result<RecordBatch> {
         self.query("points", points, &self.sql).await
     }
 
-    async fn query(&self, table: &str, rows: RecordBatch, sql: &str) -> Result<RecordBatch> {
-        // The rows in one contiguous slice per partition, so that every core aggregates.
+    async fn query(&self, table: &str, rows: Vec<RecordBatch>, sql: &str) -> Result<RecordBatch> {
+        // The batches dealt out to one partition per core (in order within each), so that every
+        // core aggregates; a small table stays in one partition.
+        let schema = rows.first().map(RecordBatch::schema).ok_or_else(|| Error::Plan(format!("no batch for `{table}`")))?;
         let k = self.ctx.state().config().target_partitions().max(1);
-        let n = rows.num_rows();
+        let n: usize = rows.iter().map(RecordBatch::num_rows).sum();
         let parts: Vec<Vec<RecordBatch>> = if k == 1 || n < 4096 * k {
-            vec![vec![rows.clone()]]
+            vec![rows]
+        } else if rows.len() >= 2 * k {
+            let mut parts = vec![Vec::new(); k];
+            let mut filled = vec![0usize; k];
+            for b in rows {
+                let i = (0..k).min_by_key(|i| filled[*i]).expect("k >= 1");
+                filled[i] += b.num_rows();
+                parts[i].push(b);
+            }
+            parts
         } else {
-            (0..k).map(|i| vec![rows.slice(i * n / k, (i + 1) * n / k - i * n / k)]).collect()
+            let all = concat_batches(&schema, &rows)?;
+            (0..k).map(|i| vec![all.slice(i * n / k, (i + 1) * n / k - i * n / k)]).collect()
         };
-        let mem = MemTable::try_new(rows.schema(), parts)?;
+        let mem = MemTable::try_new(schema, parts)?;
         self.ctx.deregister_table(table)?;
         self.ctx.register_table(table, Arc::new(mem))?;
         let df = self.ctx.sql(sql).await.map_err(|e| Error::Plan(e.to_string()))?;

@@ -16,8 +16,9 @@ pub struct Closed {
     pub windows: usize,
     /// Their starts, epoch ms, oldest first.
     pub starts: Vec<i64>,
-    /// Their points, as the feature SQL saw them (log signals included).
-    pub points: arrow::array::RecordBatch,
+    /// Their points, as the feature SQL saw them (log signals included), in the batches they
+    /// arrived in.
+    pub points: Vec<arrow::array::RecordBatch>,
     /// Their log rows.
     pub logs: arrow::array::RecordBatch,
     /// The feature SQL's output.
@@ -50,7 +51,9 @@ impl Closed {
     /// Appends every result except the decisions (which are visible only once the broker has
     /// them) to their tables.
     pub fn append_results(self, tables: &ResultTables) -> Result<(), EngineError> {
-        tables.append("points", self.points)?;
+        for b in self.points {
+            tables.append("points", b)?;
+        }
         tables.append("logs", self.logs)?;
         tables.append("features", self.features)?;
         tables.append("anomalies", self.anomalies)?;
@@ -444,7 +447,7 @@ impl Processor {
         let _g = span.enter();
         let (points, logs, features, anomalies) = if closed.is_empty() {
             (
-                arrow::array::RecordBatch::new_empty(self.plan.points_schema()),
+                Vec::new(),
                 arrow::array::RecordBatch::new_empty(self.plan.logs_schema()),
                 arrow::array::RecordBatch::new_empty(self.plan.output_schema()),
                 arrow::array::RecordBatch::new_empty(vigil_models::anomalies_schema()),
