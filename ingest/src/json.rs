@@ -436,8 +436,7 @@ pub(crate) fn to_points(
         }
     }
     let wire = if rejected.is_empty() { wire.clone() } else { filter_record_batch(wire, &BooleanArray::from(keep.clone()))? };
-    let positions: Vec<SourcePos> =
-        records.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| r.pos.clone()).collect();
+    let positions = positions_of(records.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| &r.pos));
 
     let name = wire.column(1).as_string::<i32>();
     let labels_col: &MapArray = wire.column(2).as_map();
@@ -451,6 +450,26 @@ pub(crate) fn to_points(
         wire.column(3).clone(),
     ];
     Ok((RecordBatch::try_new(points_schema(), cols)?, positions, rejected))
+}
+
+/// Copies of `positions` whose topic names are new `Arc`s of this call's own: decoders run on
+/// several cores at once, and cloning the source's one `Arc` per row from each of them would
+/// make its reference count bounce between the cores' caches.
+pub(crate) fn positions_of<'a>(positions: impl Iterator<Item = &'a SourcePos>) -> Vec<SourcePos> {
+    let mut local: Option<(&'a Arc<str>, Arc<str>)> = None;
+    positions
+        .map(|p| {
+            let topic = match &local {
+                Some((source, mine)) if Arc::ptr_eq(source, &p.topic) => mine.clone(),
+                _ => {
+                    let mine: Arc<str> = Arc::from(&*p.topic);
+                    local = Some((&p.topic, mine.clone()));
+                    mine
+                }
+            };
+            SourcePos { topic, partition: p.partition, offset: p.offset }
+        })
+        .collect()
 }
 
 fn series_columns(name: &StringArray, labels: &MapArray) -> (StringArray, arrow::array::UInt64Array) {
