@@ -134,6 +134,18 @@ enum Command {
         /// TOML configuration file (window, features and detector sections apply).
         #[arg(long, short, env = "VIGIL_CONFIG")]
         config: Option<PathBuf>,
+        /// Measure the Kafka path instead: produce the records to a topic, read them with a
+        /// bare rdkafka consumer, then with the whole engine, and compare. Uses librdkafka's
+        /// mock cluster unless --brokers is given (it keeps about 5 MB per partition: use
+        /// fewer events or more partitions).
+        #[arg(long)]
+        kafka: bool,
+        /// With --kafka: a real broker's bootstrap servers (the topics are created).
+        #[arg(long, requires = "kafka")]
+        brokers: Option<String>,
+        /// With --kafka: partitions of the input topic.
+        #[arg(long, default_value_t = 8, requires = "kafka")]
+        partitions: i32,
     },
     /// Measure SQL query latency over a day of results: `anomalies` rows for --series series
     /// at one minute for --hours hours, in hourly Parquet files plus memory, queried through the
@@ -291,7 +303,23 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", report.render());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Bench { input, events, hosts, batch, format, config } => {
+            Command::Bench { input, events, hosts, batch: _, format, config, kafka: true, brokers, partitions } => {
+                if format != "json" {
+                    bail!("--kafka measures JSON points (--format json)");
+                }
+                if partitions < 1 {
+                    bail!("--partitions must be at least 1");
+                }
+                let cfg = Config::load(config.as_deref())?;
+                let lines = match &input {
+                    Some(p) => vigil::bench::read_lines(p).with_context(|| format!("reading {}", p.display()))?,
+                    None => vigil::bench::synthesize(events, hosts.max(1)),
+                };
+                let report = vigil::bench_kafka::run(&cfg, lines, brokers, partitions).await?;
+                print!("{}", report.render());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Bench { input, events, hosts, batch, format, config, .. } => {
                 let mut cfg = Config::load(config.as_deref())?;
                 if batch == 0 {
                     bail!("--batch must be at least 1");

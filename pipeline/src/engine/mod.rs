@@ -111,6 +111,8 @@ pub struct Engine {
     commit_interval: Duration,
     last_commit: Instant,
     dirty: bool,
+    /// Time spent waiting for and copying polled records, publishing results, committing.
+    io_times: IoTimes,
     assigned: Vec<PartKey>,
     store: Option<CheckpointStore>,
     history: Option<crate::history::HistoryWriter>,
@@ -210,6 +212,7 @@ impl Engine {
             commit_interval: k.commit_interval,
             last_commit: Instant::now(),
             dirty: false,
+            io_times: IoTimes::default(),
             assigned: Vec::new(),
             store,
             history,
@@ -227,6 +230,16 @@ impl Engine {
         };
         engine.refresh_published().await;
         Ok(engine)
+    }
+
+    /// Time spent in each stage of the processing core so far, and the feature rows scored.
+    pub fn stage_times(&self) -> (StageTimes, u64) {
+        (self.core.stage_times(), self.core.scored())
+    }
+
+    /// Time spent on the Kafka side of the loop so far.
+    pub fn io_times(&self) -> IoTimes {
+        self.io_times
     }
 
     /// The engine's counters.
@@ -273,11 +286,13 @@ impl Engine {
     /// One poll-process-commit cycle. Returns the decisions published (and acknowledged) in it.
     pub async fn step(&mut self) -> Result<Vec<Decision>, EngineError> {
         let mut stop = self.stop.clone();
+        let t_poll = Instant::now();
         let polled = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return Ok(Vec::new()),
             r = self.source.next_batch() => r,
         };
+        self.io_times.poll += t_poll.elapsed();
         let mut raw = match polled {
             Ok(r) => r,
             Err(e) => {
@@ -359,9 +374,13 @@ impl Engine {
     async fn close_and_publish(&mut self) -> Result<Vec<Decision>, EngineError> {
         let t0 = Instant::now();
         let Some(closed) = self.core.close_ready().await? else { return Ok(Vec::new()) };
+        let t1 = Instant::now();
         let out = self.publish(closed).await?;
+        let t2 = Instant::now();
+        self.io_times.publish += t2 - t1;
         self.stats.close_latency.observe(t0.elapsed());
         self.commit_offsets()?;
+        self.io_times.commit += t2.elapsed();
         Ok(out)
     }
 
@@ -692,6 +711,18 @@ impl Engine {
         self.commit().await?;
         Ok(out)
     }
+}
+
+/// Time spent on the Kafka side of the engine's loop.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IoTimes {
+    /// Waiting for polls and copying their records.
+    pub poll: Duration,
+    /// Publishing decisions (until the broker acknowledged them) and appending results to
+    /// their tables.
+    pub publish: Duration,
+    /// Committing input offsets after a close.
+    pub commit: Duration,
 }
 
 fn names(parts: &[PartKey]) -> Vec<String> {

@@ -1,0 +1,275 @@
+//! `vigil bench --kafka`: the whole engine reading a topic through rdkafka, against a bare
+//! rdkafka consumer reading the same topic, on the same broker (librdkafka's mock cluster in
+//! this process, or a real broker such as tansu).
+//!
+//! The records are produced first (not timed), keyed by series as a metrics pipeline keys them.
+//! Then a bare consumer reads every record and touches its payload; then the engine, as a new
+//! consumer group, reads, decodes, windows, scores, decides, publishes and commits them. Both
+//! figures are events per second of wall time from the first poll to the last record.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::config::Config;
+
+/// What `vigil bench --kafka` measured.
+#[derive(Debug, Clone)]
+pub struct KafkaBenchReport {
+    /// Where the records were: `mock cluster` or the bootstrap servers.
+    pub broker: String,
+    /// Records in the topic.
+    pub events: u64,
+    /// Partitions of the topic.
+    pub partitions: i32,
+    /// The bare consumer: seconds and events/s.
+    pub bare_s: f64,
+    /// The engine: seconds and events/s.
+    pub engine_s: f64,
+    /// Windows the engine closed, feature rows it scored, decisions it published.
+    pub windows: u64,
+    /// Feature rows scored (past warm-up).
+    pub scored: u64,
+    /// Feature rows produced.
+    pub feature_rows: u64,
+    /// Decisions published.
+    pub decisions: u64,
+    /// The processing core's stages within the engine's time.
+    pub stages: vigil_pipeline::engine::StageTimes,
+    /// Polls that returned records.
+    pub polls: u64,
+    /// The Kafka side of the engine's loop.
+    pub io: vigil_pipeline::engine::IoTimes,
+}
+
+impl KafkaBenchReport {
+    /// Human-readable lines.
+    pub fn render(&self) -> String {
+        let bare = self.events as f64 / self.bare_s.max(1e-9);
+        let engine = self.events as f64 / self.engine_s.max(1e-9);
+        format!(
+            "broker            {}\n\
+             topic             {} records in {} partitions\n\
+             bare consumer     {:.2} s -> {:.0} events/s (rdkafka BaseConsumer, payloads touched)\n\
+             vigil engine      {:.2} s -> {:.0} events/s (decode, windows, feature SQL, scoring, decisions, publish, commit)\n\
+             engine / bare     {:.1}%\n\
+             windows closed    {}\n\
+             scored            {} of {} feature rows (series x windows past warm-up)\n\
+             decisions         {}\n\
+             polls             {} with records ({:.0} records per poll)\n\
+             stages            {}\n",
+            self.broker,
+            self.events,
+            self.partitions,
+            self.bare_s,
+            bare,
+            self.engine_s,
+            engine,
+            100.0 * engine / bare.max(1e-9),
+            self.windows,
+            self.scored,
+            self.feature_rows,
+            self.decisions,
+            self.polls,
+            self.events as f64 / self.polls.max(1) as f64,
+            self.render_stages(),
+        )
+    }
+
+    fn render_stages(&self) -> String {
+        let c = &self.stages;
+        let core = c.decode + c.windows + c.features + c.scoring + c.decisions;
+        let rest = (self.engine_s - core.as_secs_f64()).max(0.0);
+        [
+            ("decode", c.decode.as_secs_f64()),
+            ("windows", c.windows.as_secs_f64()),
+            ("feature plan", c.features.as_secs_f64()),
+            ("scoring", c.scoring.as_secs_f64()),
+            ("decisions", c.decisions.as_secs_f64()),
+            ("poll", self.io.poll.as_secs_f64()),
+            ("publish", self.io.publish.as_secs_f64()),
+            ("commit", self.io.commit.as_secs_f64()),
+            ("other", (rest - (self.io.poll + self.io.publish + self.io.commit).as_secs_f64()).max(0.0)),
+        ]
+        .iter()
+        .map(|(name, s)| format!("{name:<22} {s:>6.2} s  {:>5.1}%", 100.0 * s / self.engine_s.max(1e-9)))
+        .collect::<Vec<_>>()
+        .join("\n                  ")
+    }
+}
+
+/// Runs the Kafka-path benchmark over `lines` on `brokers` (the mock cluster when `None`).
+pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, partitions: i32) -> anyhow::Result<KafkaBenchReport> {
+    let run_id = std::process::id();
+    let topic = format!("vigil-bench-{run_id}");
+    let mut cfg = cfg.clone();
+    let (cluster, brokers, broker_name) = match brokers {
+        Some(b) => (None, b.clone(), b),
+        None => {
+            let c = MockCluster::new(1).context("starting the Kafka mock cluster")?;
+            let b = c.bootstrap_servers();
+            (Some(c), b, "librdkafka mock cluster (in process)".to_string())
+        }
+    };
+    cfg.kafka.brokers = brokers.clone();
+    cfg.kafka.input_topics = vec![topic.clone()];
+    cfg.kafka.input_formats.clear();
+    cfg.kafka.group_id = format!("vigil-bench-engine-{run_id}");
+    cfg.kafka.decisions_topic = format!("{topic}.decisions");
+    cfg.kafka.dlq_topic = format!("{topic}.dlq");
+    cfg.kafka.late_topic = format!("{topic}.late");
+    cfg.kafka.feedback_topic = format!("{topic}.feedback");
+    cfg.checkpoint.enabled = false;
+    cfg.validate()?;
+    let topics = [(topic.as_str(), partitions), (&cfg.kafka.decisions_topic, 1), (&cfg.kafka.dlq_topic, 1), (&cfg.kafka.late_topic, 1), (&cfg.kafka.feedback_topic, 1)];
+    match &cluster {
+        Some(c) => {
+            for (t, p) in topics {
+                c.create_topic(t, p, 1).with_context(|| format!("creating topic {t}"))?;
+            }
+        }
+        None => create_topics(&brokers, &topics).await?,
+    }
+
+    let events = lines.len() as u64;
+    let produce_brokers = brokers.clone();
+    let produce_topic = topic.clone();
+    tokio::task::spawn_blocking(move || produce(&produce_brokers, &produce_topic, &lines)).await??;
+    tracing::info!(events, topic = %topic, "produced");
+
+    let (bare_brokers, bare_topic) = (brokers.clone(), topic.clone());
+    let bare_s = tokio::task::spawn_blocking(move || bare_consume(&bare_brokers, &bare_topic, partitions, events)).await??;
+
+    let tables = Arc::new(vigil_pipeline::ResultTables::new());
+    let mut engine = crate::engine::Engine::new(&cfg, tables).await?;
+    let stats = engine.stats();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut decisions = 0u64;
+    // The clock starts at the first poll that returns records: joining the consumer group
+    // before it is not reading (the bare consumer is assigned its partitions directly).
+    let mut t0 = None;
+    while stats.records.load(Ordering::Relaxed) < events {
+        if Instant::now() > deadline {
+            bail!("the engine read {} of {events} records in 10 minutes", stats.records.load(Ordering::Relaxed));
+        }
+        let before = Instant::now();
+        decisions += engine.step().await?.len() as u64;
+        if t0.is_none() && stats.records.load(Ordering::Relaxed) > 0 {
+            t0 = Some(before);
+        }
+    }
+    decisions += engine.drain().await?.len() as u64;
+    let engine_s = t0.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let (stages, scored) = engine.stage_times();
+    Ok(KafkaBenchReport {
+        broker: broker_name,
+        events,
+        partitions,
+        bare_s,
+        engine_s,
+        windows: stats.windows_closed.load(Ordering::Relaxed),
+        scored,
+        feature_rows: stats.feature_rows.load(Ordering::Relaxed),
+        decisions,
+        stages,
+        polls: stats.polls.load(Ordering::Relaxed),
+        io: engine.io_times(),
+    })
+}
+
+async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics(&new, &opts).await.context("creating the bench topics")? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => bail!("could not create topic {t}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Produces every line, keyed by its series so that a series stays on one partition.
+fn produce(brokers: &str, topic: &str, lines: &[Vec<u8>]) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("compression.type", "none")
+        .create()?;
+    for line in lines {
+        let mut rec = BaseRecord::<[u8], [u8]>::to(topic).key(series_of(line)).payload(line);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => return Err(e).context("producing the bench records"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).context("flushing the bench records")?;
+    Ok(())
+}
+
+/// The bytes that identify a record's series in the benchmark's JSON lines (name and labels),
+/// or the whole line.
+fn series_of(line: &[u8]) -> &[u8] {
+    let find = |pat: &[u8]| line.windows(pat.len()).position(|w| w == pat);
+    match (find(b"\"name\""), find(b"\"value\"")) {
+        (Some(a), Some(b)) if a < b => &line[a..b],
+        _ => line,
+    }
+}
+
+/// Reads `events` records with a bare consumer from the start of every partition; seconds.
+fn bare_consume(brokers: &str, topic: &str, partitions: i32, events: u64) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("vigil-bench-bare-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut held = 0i64;
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        held += high - low;
+    }
+    if held < events as i64 {
+        bail!(
+            "the topic holds {held} of the {events} records produced (librdkafka's mock cluster keeps about 5 MB per partition): use fewer --events or more --partitions"
+        );
+    }
+    consumer.assign(&tpl)?;
+    let t0 = Instant::now();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while n < events {
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("the bare consumer read {n} of {events} records in 10 minutes");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                n += 1;
+                bytes += m.payload().map_or(0, |p| p.len() as u64);
+            }
+            Some(Err(e)) => bail!("bare consumer: {e}"),
+            None => {}
+        }
+    }
+    std::hint::black_box(bytes);
+    Ok(t0.elapsed().as_secs_f64())
+}
