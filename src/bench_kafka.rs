@@ -148,7 +148,10 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
     tracing::info!(events, topic = %topic, "produced");
 
     let (bare_brokers, bare_topic) = (brokers.clone(), topic.clone());
-    let bare_s = tokio::task::spawn_blocking(move || bare_consume(&bare_brokers, &bare_topic, partitions, events)).await??;
+    // The mock cluster drops what exceeds its retention, and says so in its offsets; a real
+    // broker's offsets are taken as they come (tansu's ListOffsets answers are not exact).
+    let mock = cluster.is_some();
+    let bare_s = tokio::task::spawn_blocking(move || bare_consume(&bare_brokers, &bare_topic, partitions, events, mock)).await??;
 
     let tables = Arc::new(vigil_pipeline::ResultTables::new());
     let mut engine = crate::engine::Engine::new(&cfg, tables).await?;
@@ -236,7 +239,7 @@ fn series_of(line: &[u8]) -> &[u8] {
 }
 
 /// Reads `events` records with a bare consumer from the start of every partition; seconds.
-fn bare_consume(brokers: &str, topic: &str, partitions: i32, events: u64) -> anyhow::Result<f64> {
+fn bare_consume(brokers: &str, topic: &str, partitions: i32, events: u64, check_held: bool) -> anyhow::Result<f64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("vigil-bench-bare-{}", std::process::id()))
@@ -246,10 +249,12 @@ fn bare_consume(brokers: &str, topic: &str, partitions: i32, events: u64) -> any
     let mut held = 0i64;
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-        held += high - low;
+        if check_held {
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            held += high - low;
+        }
     }
-    if held < events as i64 {
+    if check_held && held < events as i64 {
         bail!(
             "the topic holds {held} of the {events} records produced (librdkafka's mock cluster keeps about 5 MB per partition): use fewer --events or more --partitions"
         );
@@ -257,13 +262,15 @@ fn bare_consume(brokers: &str, topic: &str, partitions: i32, events: u64) -> any
     consumer.assign(&tpl)?;
     let t0 = Instant::now();
     let (mut n, mut bytes) = (0u64, 0u64);
+    let mut last = Instant::now();
     while n < events {
-        if t0.elapsed() > Duration::from_secs(600) {
-            bail!("the bare consumer read {n} of {events} records in 10 minutes");
+        if last.elapsed() > Duration::from_secs(30) {
+            bail!("the bare consumer read {n} of {events} records, then nothing for 30 s: the broker holds fewer than were produced");
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 n += 1;
+                last = Instant::now();
                 bytes += m.payload().map_or(0, |p| p.len() as u64);
             }
             Some(Err(e)) => bail!("bare consumer: {e}"),
