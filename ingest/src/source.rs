@@ -132,7 +132,11 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
             // Statistics carry the consumer lag per partition.
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", "5000")
+            // When the local queue is full, fetching resumes 10 ms later rather than librdkafka's
+            // default 1 s: the engine drains a full queue in a few polls and then waited for
+            // the rest of that second (measured: stalls of 0.8 s in a 1.4 s run).
+            .set("fetch.queue.backoff.ms", "10");
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
