@@ -52,6 +52,15 @@ pub struct PushStats {
     pub replayed: usize,
 }
 
+impl PushStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: PushStats) {
+        self.accepted += other.accepted;
+        self.late += other.late;
+        self.replayed += other.replayed;
+    }
+}
+
 type PartKey = (Arc<str>, i32);
 
 /// Whether two records come from the same partition (the same topic is usually the same `Arc`).

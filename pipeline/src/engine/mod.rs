@@ -18,6 +18,7 @@
 #[cfg(test)]
 mod decide_tests;
 pub mod late;
+mod closed;
 mod processor;
 pub mod state;
 mod stats;

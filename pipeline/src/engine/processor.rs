@@ -5,88 +5,10 @@ use std::sync::Arc;
 use vigil_ingest::{IngestCounters, JsonPointDecoder};
 use vigil_models::{Correlator, Decision, Detector, Feedback, Gate, IncidentConfig, LogEntry, Outcome, PolicySet, Signal};
 
+pub use super::closed::{Closed, StageTimes};
 use super::EngineError;
 use crate::config::{Config, ConfigError};
 use crate::{FeaturePlan, ResultTables, Windower};
-
-/// The results of closing a set of windows.
-#[derive(Debug)]
-pub struct Closed {
-    /// Windows closed.
-    pub windows: usize,
-    /// Their starts, epoch ms, oldest first.
-    pub starts: Vec<i64>,
-    /// Their points, as the feature SQL saw them (log signals included), in the batches they
-    /// arrived in.
-    pub points: Vec<arrow::array::RecordBatch>,
-    /// Their log rows.
-    pub logs: arrow::array::RecordBatch,
-    /// The feature SQL's output.
-    pub features: arrow::array::RecordBatch,
-    /// Rows scoring at or above the anomaly threshold.
-    pub anomalies: arrow::array::RecordBatch,
-    /// Incidents opened, updated or resolved (rows of the `incidents` table).
-    pub incidents: arrow::array::RecordBatch,
-    /// New decisions.
-    pub decisions: Vec<Decision>,
-    /// Every decision and suppression, with its reason.
-    pub log: Vec<LogEntry>,
-    /// Cost rows received since the last close (the `costs` table).
-    pub costs: Vec<arrow::array::RecordBatch>,
-    /// Cost hours closed.
-    pub cost_hours: usize,
-    /// `cost_drift` rows.
-    pub cost_drift: arrow::array::RecordBatch,
-    /// `budgets` rows.
-    pub budgets: arrow::array::RecordBatch,
-    /// `efficiency` rows.
-    pub efficiency: arrow::array::RecordBatch,
-    /// `slo` rows.
-    pub slo: arrow::array::RecordBatch,
-    /// `health` rows.
-    pub health: arrow::array::RecordBatch,
-}
-
-impl Closed {
-    /// Appends every result except the decisions (which are visible only once the broker has
-    /// them) to their tables.
-    pub fn append_results(self, tables: &ResultTables) -> Result<(), EngineError> {
-        for b in self.points {
-            tables.append("points", b)?;
-        }
-        tables.append("logs", self.logs)?;
-        tables.append("features", self.features)?;
-        tables.append("anomalies", self.anomalies)?;
-        tables.append("incidents", self.incidents)?;
-        tables.append("decision_log", vigil_models::decision_log_batch(&self.log)?)?;
-        for b in self.costs {
-            tables.append("costs", b)?;
-        }
-        tables.append("cost_drift", self.cost_drift)?;
-        tables.append("budgets", self.budgets)?;
-        tables.append("efficiency", self.efficiency)?;
-        tables.append("slo", self.slo)?;
-        tables.append("health", self.health)?;
-        Ok(())
-    }
-}
-
-/// Time spent in each stage of the processing core since the processor was built: where a
-/// batch's cost goes (`vigil bench` prints it; the engine adds the publishing).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct StageTimes {
-    /// Decoding records into Arrow rows (and series keys).
-    pub decode: std::time::Duration,
-    /// Lateness, watermark and splitting rows into windows.
-    pub windows: std::time::Duration,
-    /// The feature SQL over closed windows.
-    pub features: std::time::Duration,
-    /// The detector ensemble and the fleet outliers.
-    pub scoring: std::time::Duration,
-    /// Everything after scoring: forecasts observed, cost, SLOs, signals into incidents,
-    /// policies, the gate, health.
-    pub decisions: std::time::Duration,
-}
 
 /// What the answers on the feedback topic did.
 #[derive(Debug, Default)]
@@ -190,7 +112,9 @@ impl Processor {
         let functions = vigil_models::sql_functions();
         let plan = FeaturePlan::with_functions(&sql, &log_sql, &cfg.detector.feature, functions.scalar, functions.aggregate).await?;
         let d = &cfg.detector;
-        let detector = Detector::with_shards(d.model_config(cfg.window.size), std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // Decoding and scoring are spread over every core the process may use.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let detector = Detector::with_shards(d.model_config(cfg.window.size), cores);
         let correlator = Correlator::new(IncidentConfig {
             correlate_by: cfg.incidents.correlate_by.clone(),
             resolve_after_ms: cfg.incidents.resolve_after.as_millis() as i64,
@@ -211,7 +135,6 @@ impl Processor {
         });
         let mut counters = vigil_ingest::FormatCounters::default();
         let json_counters = counters.for_format("json");
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let decoders = (0..cores).map(|_| JsonPointDecoder::new(json_counters.clone())).collect();
         let precision = vigil_ingest::Precision::parse(&cfg.kafka.influx_precision).unwrap_or_default();
         let mut others = std::collections::HashMap::new();
@@ -363,12 +286,11 @@ impl Processor {
             let mut pushed = crate::PushStats::default();
             for d in decoded {
                 self.owner.note(&d.points, &d.positions);
-                let p = self.windower.push(&d.points, &d.positions)?;
-                pushed.accepted += p.accepted;
-                pushed.late += p.late;
-                pushed.replayed += p.replayed;
+                pushed.add(self.windower.push(&d.points, &d.positions)?);
                 rejected.extend(d.rejected);
             }
+            // Each slice's rejects are in position order; so are all of them together.
+            rejected.sort_by_key(|r| (r.pos.partition, r.pos.offset));
             self.times.windows += t1.elapsed();
             return Ok((rejected, pushed));
         }
@@ -404,9 +326,7 @@ impl Processor {
                 }
             };
             self.times.windows += t1.elapsed();
-            pushed.accepted += p.accepted;
-            pushed.late += p.late;
-            pushed.replayed += p.replayed;
+            pushed.add(p);
         }
         Ok((rejected, pushed))
     }
@@ -655,3 +575,7 @@ impl Processor {
 
 }
 
+
+#[cfg(test)]
+#[path = "processor_tests.rs"]
+mod tests;

@@ -1,0 +1,34 @@
+//! The processing core: decoding in slices.
+
+use super::*;
+use vigil_ingest::{RawRecord, SourcePos};
+
+#[tokio::test]
+async fn a_large_poll_decoded_in_slices_keeps_every_row_and_its_rejects_in_order() {
+    let mut p = Processor::new(&Config::default()).await.unwrap();
+    // Two slices whatever this machine has.
+    p.decoders = (0..2).map(|_| JsonPointDecoder::default()).collect();
+    let topic: Arc<str> = "m".into();
+    let raw: Vec<RawRecord> = (0..6000i64)
+        .map(|i| RawRecord {
+            payload: Some(if i % 1000 == 7 || i % 1000 == 500 {
+                b"not json".to_vec()
+            } else {
+                format!(r#"{{"ts": {}, "name": "cpu", "labels": {{"host": "h{}"}}, "value": 1.5}}"#, 1_700_000_000_000 + i * 10, i % 50).into_bytes()
+            }),
+            key: None,
+            pos: SourcePos { topic: topic.clone(), partition: (i % 2) as i32, offset: i },
+        })
+        .collect();
+    let (rejected, pushed) = p.ingest(&raw).unwrap();
+    assert_eq!((pushed.accepted, rejected.len()), (5988, 12));
+    let order: Vec<(i32, i64)> = rejected.iter().map(|r| (r.pos.partition, r.pos.offset)).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "rejects in position order across the slices");
+    assert_eq!(order[0], (0, 500));
+    let closed = p.close_all().await.unwrap().unwrap();
+    assert_eq!(closed.points.iter().map(|b| b.num_rows()).sum::<usize>(), 5988);
+    let counts = closed.features.column_by_name("count").unwrap().as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+    assert_eq!(counts.iter().flatten().sum::<i64>(), 5988, "every row reached the feature SQL once");
+}
