@@ -51,6 +51,12 @@ pub struct KafkaBenchReport {
     pub polls: u64,
     /// The Kafka side of the engine's loop.
     pub io: vigil_pipeline::engine::IoTimes,
+    /// Series the engine held state for at the end.
+    pub series: usize,
+    /// Closes of windows timed from the close to its decisions acknowledged by the broker.
+    pub closes: u64,
+    /// That latency: p50, p99 and max, milliseconds.
+    pub close_to_ack_ms: [f64; 3],
 }
 
 impl KafkaBenchReport {
@@ -67,6 +73,7 @@ impl KafkaBenchReport {
              windows closed    {}\n\
              scored            {} of {} feature rows (series x windows past warm-up)\n\
              decisions         {}\n\
+             close to ack      p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} closes with {} active series (window close to its decisions acknowledged by the broker)\n\
              polls             {} with records ({:.0} records per poll)\n\
              stages            {}\n",
             self.broker,
@@ -81,6 +88,11 @@ impl KafkaBenchReport {
             self.scored,
             self.feature_rows,
             self.decisions,
+            self.close_to_ack_ms[0],
+            self.close_to_ack_ms[1],
+            self.close_to_ack_ms[2],
+            self.closes,
+            self.series,
             self.polls,
             self.events as f64 / self.polls.max(1) as f64,
             self.render_stages(),
@@ -179,7 +191,12 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
     decisions += engine.drain().await?.len() as u64;
     let engine_s = t0.map_or(0.0, |t| t.elapsed().as_secs_f64());
     let (stages, scored) = engine.stage_times();
+    let close = &stats.close_latency;
+    let ms = |q: f64| close.percentile(q).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     Ok(KafkaBenchReport {
+        series: engine.series(),
+        closes: close.count(),
+        close_to_ack_ms: [ms(0.5), ms(0.99), ms(1.0)],
         broker: broker_name,
         events,
         partitions,

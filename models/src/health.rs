@@ -231,7 +231,7 @@ impl HealthPlan {
     /// Plans `sql` against an empty `health_inputs`; it must give `window_start`, `window_end`,
     /// `service`, `score` (double) and `status` (string).
     pub async fn new(sql: &str) -> Result<Self> {
-        let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(1));
+        let ctx = SessionContext::new_with_config(crate::session_config(1));
         let empty = MemTable::try_new(health_inputs_schema(), vec![vec![]])?;
         ctx.register_table("health_inputs", Arc::new(empty))?;
         let df = ctx.sql(sql).await.map_err(|e| Error::Input(format!("health SQL: {}", e.find_root())))?;

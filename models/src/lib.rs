@@ -53,7 +53,7 @@ pub use policy::{Feedback, FeedbackError, Gate, GateOutput, GateState, Match, Po
 pub use detector::{Detector, DetectorConfig, Part, Score, SeriesState};
 pub use error::{Error, Result};
 pub use fleet::{Algorithm as FleetAlgorithm, FleetConfig, FleetDetector, Group as FleetGroup};
-pub use sql::{sql_functions, SqlFunctions};
+pub use sql::{never_skip_partial_aggregation, session_config, sql_functions, SqlFunctions};
 pub use cost::{CostConfig, CostEngine, CostOutput, CostState};
 pub use health::{health_inputs_batch, health_inputs_schema, HealthInput, HealthInputs, HealthPlan, DEFAULT_HEALTH_SQL};
 pub use slo::{burn_rate, slo_batch, slo_schema, SloConfig, SloRow, SloState, SloTracker};

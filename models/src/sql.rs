@@ -233,6 +233,24 @@ pub fn sql_functions() -> SqlFunctions {
     SqlFunctions { scalar: vec![anomaly_score, vigil_forecast, vigil_period, vigil_scores], aggregate: vec![robust_sigma] }
 }
 
+/// DataFusion settings for Vigil's plans over `partitions` partitions.
+///
+/// Partial aggregation is never skipped. DataFusion skips it when a partition's first 100,000
+/// rows hold nearly as many groups (a window with as many series as points), and then asks each
+/// aggregate to turn rows straight into partial state; its exact `percentile_cont` (the default
+/// feature SQL's p95) cannot do that with its percentile argument and panics (DataFusion 55.2).
+pub fn session_config(partitions: usize) -> datafusion::prelude::SessionConfig {
+    let mut c = datafusion::prelude::SessionConfig::new().with_target_partitions(partitions.max(1));
+    never_skip_partial_aggregation(&mut c);
+    c
+}
+
+/// Turns off DataFusion's skipping of partial aggregation in `c` (see [`session_config`]).
+pub fn never_skip_partial_aggregation(c: &mut datafusion::prelude::SessionConfig) {
+    // The ratio is groups over rows, at most 1: above it, never.
+    c.options_mut().execution.skip_partial_aggregation_probe_ratio_threshold = 2.0;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

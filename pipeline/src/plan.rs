@@ -93,7 +93,7 @@ impl FeaturePlan {
         // Every core aggregates a closed window's rows (the plan's own tasks, on the engine's
         // runtime); a small table stays in one partition (see `query`).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(cores));
+        let ctx = SessionContext::new_with_config(vigil_models::session_config(cores));
         for f in scalar {
             ctx.register_udf(f);
         }
@@ -345,6 +345,10 @@ mod tests {
         w.take_all()
     }
 
+    async fn plan_default() -> FeaturePlan {
+        FeaturePlan::new(DEFAULT_FEATURES_SQL, "mean").await.unwrap()
+    }
+
     #[tokio::test]
     async fn default_sql_computes_count_mean_min_max_p95_per_series() {
         let plan = FeaturePlan::new(DEFAULT_FEATURES_SQL, "mean").await.unwrap();
@@ -359,6 +363,19 @@ mod tests {
         assert_eq!(get("mean"), 50.5);
         assert_eq!((get("min"), get("max")), (1.0, 100.0));
         assert!((get("p95") - 95.0).abs() <= 1.5, "p95 {}", get("p95"));
+    }
+
+    #[tokio::test]
+    async fn a_window_with_one_point_per_series_past_the_partial_aggregation_probe_is_aggregated() {
+        // More rows per partition than DataFusion's probe (100,000), each its own group: the
+        // case in which DataFusion would skip partial aggregation and `percentile_cont` panic.
+        let hosts: Vec<String> = (0..250_000).map(|i| format!("h{i}")).collect();
+        let rows: Vec<(&str, i64, f64)> = hosts.iter().enumerate().map(|(i, h)| (h.as_str(), 1_000 + (i % 5_000) as i64, i as f64)).collect();
+        let f = plan_default().await.run(&window(&rows)).await.unwrap().features;
+        assert_eq!(f.num_rows(), 250_000);
+        let p95 = f.column_by_name("p95").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        let mean = f.column_by_name("mean").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(p95.values(), mean.values(), "one point: its p95 is its value");
     }
 
     #[tokio::test]

@@ -185,11 +185,15 @@ impl SqlService {
         limits: Limits,
         database: &str,
     ) -> Self {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(database, "public")
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true)
             .with_target_partitions(limits.threads.max(1));
+        // Never skip partial aggregation: DataFusion 55.2's `percentile_cont` panics when asked
+        // to, on a table with nearly one row per group (as the engine's plans, see
+        // vigil_models::session_config).
+        config.options_mut().execution.skip_partial_aggregation_probe_ratio_threshold = 2.0;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()

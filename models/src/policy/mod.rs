@@ -214,7 +214,7 @@ impl PolicySet {
         if file.policies.is_empty() {
             return Err(PolicyError::File { source_name: source_name.into(), message: "no [[policy]] in it; every incident would go undecided".into() });
         }
-        let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(1));
+        let ctx = SessionContext::new_with_config(crate::session_config(1));
         ctx.register_table("incidents", Arc::new(MemTable::try_new(incidents_schema(), vec![vec![]]).map_err(|e| PolicyError::File {
             source_name: source_name.into(),
             message: e.to_string(),

@@ -238,6 +238,11 @@ impl Engine {
         (self.core.stage_times(), self.core.scored())
     }
 
+    /// Series the detector holds state for.
+    pub fn series(&self) -> usize {
+        self.core.series()
+    }
+
     /// Time spent on the Kafka side of the loop so far.
     pub fn io_times(&self) -> IoTimes {
         self.io_times

@@ -295,11 +295,7 @@ impl Processor {
             return Ok((rejected, pushed));
         }
         // Mixed topics: decode each format's records together (topics keep their own order).
-        let mut groups: std::collections::BTreeMap<Option<&str>, Vec<&vigil_ingest::RawRecord>> = Default::default();
-        for r in raw {
-            let key = self.others.contains_key(&*r.pos.topic).then_some(&*r.pos.topic);
-            groups.entry(key).or_default().push(r);
-        }
+        let groups = self.by_format(raw);
         let mut rejected = Vec::new();
         let mut pushed = crate::PushStats::default();
         for (topic, records) in groups {
@@ -329,6 +325,37 @@ impl Processor {
             pushed.add(p);
         }
         Ok((rejected, pushed))
+    }
+
+    /// Decodes a poll exactly as [`Self::ingest`] does (a large JSON poll on every core) and
+    /// keeps nothing: the parse-only pass `vigil bench` measures the engine against. Returns the
+    /// rows decoded.
+    pub fn decode_only(&mut self, raw: &[vigil_ingest::RawRecord]) -> Result<usize, EngineError> {
+        if self.others.is_empty() || !raw.iter().any(|r| self.others.contains_key(&*r.pos.topic)) {
+            return Ok(self.decode_json(raw)?.iter().map(|d| d.points.num_rows()).sum());
+        }
+        let mut rows = 0;
+        for (topic, records) in self.by_format(raw) {
+            rows += match topic.and_then(|t| self.others.get_mut(t)) {
+                Some(d) => match d.decode(&records)? {
+                    Decoded::Points(d) => d.points.num_rows(),
+                    Decoded::Logs(d) => d.logs.num_rows(),
+                    Decoded::Costs(d) => d.costs.num_rows(),
+                },
+                None => self.decoders[0].decode_refs(&records)?.points.num_rows(),
+            };
+        }
+        Ok(rows)
+    }
+
+    /// The records of a poll by the topic of their non-JSON format (`None`: JSON points), each
+    /// group in poll order.
+    fn by_format<'r>(&self, raw: &'r [vigil_ingest::RawRecord]) -> std::collections::BTreeMap<Option<&'r str>, Vec<&'r vigil_ingest::RawRecord>> {
+        let mut groups: std::collections::BTreeMap<Option<&str>, Vec<&vigil_ingest::RawRecord>> = Default::default();
+        for r in raw {
+            groups.entry(self.others.contains_key(&*r.pos.topic).then_some(&*r.pos.topic)).or_default().push(r);
+        }
+        groups
     }
 
     /// Decodes JSON points, a large poll in contiguous slices on every core at once; the

@@ -3,13 +3,10 @@
 use super::*;
 use vigil_ingest::{RawRecord, SourcePos};
 
-#[tokio::test]
-async fn a_large_poll_decoded_in_slices_keeps_every_row_and_its_rejects_in_order() {
-    let mut p = Processor::new(&Config::default()).await.unwrap();
-    // Two slices whatever this machine has.
-    p.decoders = (0..2).map(|_| JsonPointDecoder::default()).collect();
+/// 6,000 JSON points on two partitions, of which 12 do not decode.
+fn poll_with_rejects() -> Vec<RawRecord> {
     let topic: Arc<str> = "m".into();
-    let raw: Vec<RawRecord> = (0..6000i64)
+    (0..6000i64)
         .map(|i| RawRecord {
             payload: Some(if i % 1000 == 7 || i % 1000 == 500 {
                 b"not json".to_vec()
@@ -19,7 +16,15 @@ async fn a_large_poll_decoded_in_slices_keeps_every_row_and_its_rejects_in_order
             key: None,
             pos: SourcePos { topic: topic.clone(), partition: (i % 2) as i32, offset: i },
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn a_large_poll_decoded_in_slices_keeps_every_row_and_its_rejects_in_order() {
+    let mut p = Processor::new(&Config::default()).await.unwrap();
+    // Two slices whatever this machine has.
+    p.decoders = (0..2).map(|_| JsonPointDecoder::default()).collect();
+    let raw = poll_with_rejects();
     let (rejected, pushed) = p.ingest(&raw).unwrap();
     assert_eq!((pushed.accepted, rejected.len()), (5988, 12));
     let order: Vec<(i32, i64)> = rejected.iter().map(|r| (r.pos.partition, r.pos.offset)).collect();
@@ -31,4 +36,14 @@ async fn a_large_poll_decoded_in_slices_keeps_every_row_and_its_rejects_in_order
     assert_eq!(closed.points.iter().map(|b| b.num_rows()).sum::<usize>(), 5988);
     let counts = closed.features.column_by_name("count").unwrap().as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
     assert_eq!(counts.iter().flatten().sum::<i64>(), 5988, "every row reached the feature SQL once");
+}
+
+#[tokio::test]
+async fn the_parse_only_pass_decodes_what_ingest_accepts_and_windows_nothing() {
+    let mut p = Processor::new(&Config::default()).await.unwrap();
+    p.decoders = (0..2).map(|_| JsonPointDecoder::default()).collect();
+    let raw = poll_with_rejects();
+    assert_eq!(p.decode_only(&raw).unwrap(), 5988);
+    assert_eq!(p.series(), 0, "nothing reached the windows");
+    assert!(p.close_all().await.unwrap().is_none(), "no window to close");
 }
