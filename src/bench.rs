@@ -168,7 +168,9 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Synthesises `events` JSON lines shaped like the benchmark generator's: `hosts` × 5 metrics,
-/// one point per series per second, with a little jitter.
+/// one point per series per second, with a little jitter. One incident is in it: from 80% of
+/// the run, for 3 seconds, `latency_ms` of one host in 500 is eight times its usual level (so
+/// that decisions are made and published, not only scores).
 pub fn synthesize(events: usize, hosts: usize) -> Vec<Vec<u8>> {
     synthesize_as(events, hosts, "json")
 }
@@ -191,6 +193,7 @@ pub fn synthesize_as(events: usize, hosts: usize, format: &str) -> Vec<Vec<u8>> 
     let metrics = ["cpu_utilization", "mem_used_bytes", "http_requests", "http_errors", "latency_ms"];
     let mut out = Vec::with_capacity(events);
     let mut tick = 0i64;
+    let spike_at = (events / (hosts.max(1) * metrics.len())) as i64 * 4 / 5;
     let mut x: u64 = 0x9e3779b97f4a7c15;
     'outer: loop {
         let base = 1_700_000_000_000 + tick * 1_000;
@@ -203,7 +206,10 @@ pub fn synthesize_as(events: usize, hosts: usize, format: &str) -> Vec<Vec<u8>> 
                 x ^= x >> 7;
                 x ^= x << 17;
                 let jitter = (x % 600) as i64 - 300;
-                let v = 50.0 + (x % 1000) as f64 / 100.0 + (h % 7) as f64;
+                let mut v = 50.0 + (x % 1000) as f64 / 100.0 + (h % 7) as f64;
+                if m == "latency_ms" && h % 500 == 0 && (spike_at..spike_at + 3).contains(&tick) {
+                    v *= 8.0;
+                }
                 let ts = base + jitter;
                 let svc = h % 40;
                 let line = match format {
