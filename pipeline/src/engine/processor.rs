@@ -277,7 +277,7 @@ impl Processor {
     /// Decodes a batch, notes every record as consumed, and adds the points to their windows.
     pub fn ingest(&mut self, raw: &[vigil_ingest::RawRecord]) -> Result<(Vec<vigil_ingest::Rejected>, crate::PushStats), EngineError> {
         self.windower.consumed(raw.iter().map(|r| &r.pos));
-        if self.others.is_empty() || !raw.iter().any(|r| self.others.contains_key(&*r.pos.topic)) {
+        if self.json_only(raw) {
             let t = std::time::Instant::now();
             let decoded = self.decode_json(raw)?;
             let t1 = std::time::Instant::now();
@@ -331,7 +331,7 @@ impl Processor {
     /// keeps nothing: the parse-only pass `vigil bench` measures the engine against. Returns the
     /// rows decoded.
     pub fn decode_only(&mut self, raw: &[vigil_ingest::RawRecord]) -> Result<usize, EngineError> {
-        if self.others.is_empty() || !raw.iter().any(|r| self.others.contains_key(&*r.pos.topic)) {
+        if self.json_only(raw) {
             return Ok(self.decode_json(raw)?.iter().map(|d| d.points.num_rows()).sum());
         }
         let mut rows = 0;
@@ -346,6 +346,11 @@ impl Processor {
             };
         }
         Ok(rows)
+    }
+
+    /// Whether every record of the poll is a JSON point (none is on a topic of another format).
+    fn json_only(&self, raw: &[vigil_ingest::RawRecord]) -> bool {
+        self.others.is_empty() || !raw.iter().any(|r| self.others.contains_key(&*r.pos.topic))
     }
 
     /// The records of a poll by the topic of their non-JSON format (`None`: JSON points), each
