@@ -256,6 +256,25 @@ mod tests {
     use super::*;
     use datafusion::prelude::SessionContext;
 
+    #[tokio::test]
+    async fn percentile_cont_over_one_row_per_group_past_the_probe_does_not_panic() {
+        // Two partitions of 15 batches of 8,192 rows, every row its own group: past DataFusion's
+        // probe (100,000 rows, groups/rows above 0.8) it would skip partial aggregation and
+        // `percentile_cont` would panic turning rows into state.
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Float64, false)]));
+        let batch = |lo: i64| {
+            let k = Int64Array::from_iter_values(lo..lo + 8192);
+            let v = Float64Array::from_iter_values((lo..lo + 8192).map(|x| x as f64));
+            arrow::array::RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v)]).unwrap()
+        };
+        let part = |p: i64| (0..15).map(|b| batch((p * 15 + b) * 8192)).collect::<Vec<_>>();
+        let table = datafusion::datasource::MemTable::try_new(schema.clone(), vec![part(0), part(1)]).unwrap();
+        let ctx = SessionContext::new_with_config(session_config(2));
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let out = ctx.sql("SELECT k, percentile_cont(v, 0.95) AS p FROM t GROUP BY k").await.unwrap().collect().await.unwrap();
+        assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 2 * 15 * 8192);
+    }
+
     async fn query(sql: &str) -> Vec<arrow::array::RecordBatch> {
         let ctx = SessionContext::new();
         let f = sql_functions();

@@ -190,10 +190,9 @@ impl SqlService {
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true)
             .with_target_partitions(limits.threads.max(1));
-        // Never skip partial aggregation: DataFusion 55.2's `percentile_cont` panics when asked
-        // to, on a table with nearly one row per group (as the engine's plans, see
-        // vigil_models::session_config).
-        config.options_mut().execution.skip_partial_aggregation_probe_ratio_threshold = 2.0;
+        // As the engine's plans: DataFusion 55.2's `percentile_cont` panics when partial
+        // aggregation is skipped (a table with nearly one row per group).
+        vigil_models::never_skip_partial_aggregation(&mut config);
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
