@@ -16,7 +16,6 @@ use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -237,17 +236,8 @@ fn produce(brokers: &str, topic: &str, lines: &[Vec<u8>]) -> anyhow::Result<()> 
         .set("compression.type", "none")
         .create()?;
     for line in lines {
-        let mut rec = BaseRecord::<[u8], [u8]>::to(topic).key(series_of(line)).payload(line);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((e, _)) => return Err(e).context("producing the bench records"),
-            }
-        }
+        let rec = BaseRecord::<[u8], [u8]>::to(topic).key(series_of(line)).payload(line);
+        crate::demo::send_waiting(&producer, rec, Duration::from_millis(2)).context("producing the bench records")?;
     }
     producer.flush(Duration::from_secs(120)).context("flushing the bench records")?;
     Ok(())

@@ -367,22 +367,31 @@ pub struct GenStats {
 
 /// Sends one record, waiting while the producer's queue is full.
 fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &[u8], stats: &GenStats) {
-    let mut rec = BaseRecord::<str, [u8]>::to(topic).key(key).payload(payload);
-    loop {
-        match producer.send(rec) {
-            Ok(()) => break,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                rec = r;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err((e, _)) => {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "demo producer could not enqueue a record");
-                break;
-            }
-        }
+    let rec = BaseRecord::<str, [u8]>::to(topic).key(key).payload(payload);
+    if let Err(e) = send_waiting(producer, rec, Duration::from_millis(5)) {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "demo producer could not enqueue a record");
     }
     stats.produced.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Enqueues `rec`, sleeping `pause` each time the producer's queue is full; any other error is
+/// returned.
+pub(crate) fn send_waiting<K: rdkafka::message::ToBytes + ?Sized>(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    mut rec: BaseRecord<'_, K, [u8]>,
+    pause: Duration,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                std::thread::sleep(pause);
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// One OTLP `ExportMetricsServiceRequest` with the gauges of one host.
