@@ -39,10 +39,10 @@ pub trait Stateful {
 
 /// The per-series stages: `export(keep)`, `import`, `forget(drop)` of their own.
 macro_rules! per_series {
-    ($stage:ty, $state:ty) => {
+    ($stage:ty, $state:ty, $version:literal) => {
         impl Stateful for $stage {
             type State = $state;
-            const VERSION: u32 = 1;
+            const VERSION: u32 = $version;
             fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State {
                 self.export(keep)
             }
@@ -56,8 +56,10 @@ macro_rules! per_series {
     };
 }
 
-per_series!(Detector, Vec<(u64, vigil_models::SeriesState)>);
-per_series!(Forecaster, Vec<(u64, vigil_models::ForecastHistory)>);
+// Version 2: the detector's compact state (single-precision rings, a reduced-resolution seasonal
+// history, 16-bit calibration counts). A version 1 checkpoint is refused, naming the stage.
+per_series!(Detector, Vec<(u64, vigil_models::SeriesState)>, 2);
+per_series!(Forecaster, Vec<(u64, vigil_models::ForecastHistory)>, 1);
 
 /// Open incidents span partitions (a service's series come from several): global.
 impl Stateful for Correlator {

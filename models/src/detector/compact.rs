@@ -1,0 +1,402 @@
+//! The compact parts of a series' detector state, each of bounded size whatever the series
+//! sends: the seasonal history at reduced resolution in 16-bit codes ([`History`]), the
+//! calibration histogram ([`Tail`]) and the refractory span's minima ([`Refractory`]).
+
+use serde::{Deserialize, Serialize};
+
+type Code = u16;
+const CODE_MAX: f64 = Code::MAX as f64;
+
+/// Slots of a [`History`].
+pub(crate) const RING: usize = 256;
+
+/// A series' recent values at reduced resolution, for the seasonal part: at most [`RING`]
+/// slots, each the mean of `stride` consecutive values as a 16-bit code in the ring's frame
+/// (`lo + code × step`). While the ring covers less than the seasons it must hold, a full ring
+/// merges its slots in pairs and doubles the stride; otherwise the oldest slot goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "HistoryRepr", into = "HistoryRepr")]
+pub(crate) struct History {
+    codes: [Code; RING],
+    head: u16,
+    len: u16,
+    stride: u32,
+    /// Values pushed so far (the index of the next one).
+    total: u64,
+    lo: f64,
+    step: f64,
+    acc: f64,
+    acc_n: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HistoryRepr {
+    codes: Vec<Code>,
+    stride: u32,
+    total: u64,
+    lo: f64,
+    step: f64,
+    acc: f64,
+    acc_n: u32,
+}
+
+impl From<History> for HistoryRepr {
+    fn from(h: History) -> Self {
+        Self { codes: (0..h.len as usize).map(|i| h.code(i)).collect(), stride: h.stride, total: h.total, lo: h.lo, step: h.step, acc: h.acc, acc_n: h.acc_n }
+    }
+}
+
+impl From<HistoryRepr> for History {
+    fn from(r: HistoryRepr) -> Self {
+        let mut h = History { stride: r.stride.max(1), total: r.total, lo: r.lo, step: r.step, acc: r.acc, acc_n: r.acc_n, ..History::default() };
+        for c in r.codes.into_iter().take(RING) {
+            h.codes[h.len as usize] = c;
+            h.len += 1;
+        }
+        h
+    }
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self { codes: [0; RING], head: 0, len: 0, stride: 1, total: 0, lo: 0.0, step: 0.0, acc: 0.0, acc_n: 0 }
+    }
+}
+
+impl History {
+    /// Values pushed so far.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+    /// Values per slot.
+    pub fn stride(&self) -> usize {
+        self.stride as usize
+    }
+    fn code(&self, i: usize) -> Code {
+        self.codes[(self.head as usize + i) % RING]
+    }
+    fn decode(&self, c: Code) -> f64 {
+        self.lo + f64::from(c) * self.step
+    }
+    fn slot(&self, i: usize) -> f64 {
+        self.decode(self.code(i))
+    }
+    /// The slots as values, oldest first.
+    pub fn values(&self, out: &mut Vec<f64>) {
+        out.clear();
+        out.extend((0..self.len as usize).map(|i| self.slot(i)));
+    }
+    /// Learns `x`. `cover` is how many values the ring must span (the seasons of the longest
+    /// period); `period`, when one is known, is never merged below four slots.
+    pub fn push(&mut self, x: f64, cover: usize, period: Option<usize>) {
+        self.total += 1;
+        self.acc += x;
+        self.acc_n += 1;
+        if self.acc_n >= self.stride {
+            let v = self.acc / f64::from(self.acc_n);
+            self.acc = 0.0;
+            self.acc_n = 0;
+            self.append(v, cover, period);
+        }
+    }
+    fn append(&mut self, v: f64, cover: usize, period: Option<usize>) {
+        if self.len as usize == RING {
+            let spans = RING * self.stride as usize;
+            let keeps_period = period.is_none_or(|p| p >= 8 * self.stride as usize);
+            if spans < cover && keeps_period {
+                self.merge_pairs();
+            } else {
+                self.head = ((self.head as usize + 1) % RING) as u16;
+                self.len -= 1;
+            }
+        }
+        let c = self.encode(v);
+        self.codes[(self.head as usize + self.len as usize) % RING] = c;
+        self.len += 1;
+    }
+    /// Halves the resolution: slots merge in pairs and the frame is refitted to what is left.
+    fn merge_pairs(&mut self) {
+        let mut merged: Vec<f64> = (0..self.len as usize / 2).map(|i| (self.slot(2 * i) + self.slot(2 * i + 1)) / 2.0).collect();
+        if self.len % 2 == 1 {
+            merged.push(self.slot(self.len as usize - 1));
+        }
+        self.stride *= 2;
+        self.refit(&merged);
+    }
+    /// Re-encodes `vals` (oldest first) in a frame fitted to them.
+    fn refit(&mut self, vals: &[f64]) {
+        let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        self.head = 0;
+        self.len = 0;
+        if vals.is_empty() {
+            return;
+        }
+        self.lo = lo;
+        self.step = (hi - lo) / CODE_MAX;
+        for &v in vals {
+            let c = self.quantise(v);
+            self.codes[self.len as usize] = c;
+            self.len += 1;
+        }
+    }
+    fn quantise(&self, v: f64) -> Code {
+        if self.step > 0.0 { ((v - self.lo) / self.step).round().clamp(0.0, CODE_MAX) as Code } else { 0 }
+    }
+    /// The code of `v`, widening the frame (by an eighth of the new range each side) when `v`
+    /// falls outside it.
+    fn encode(&mut self, v: f64) -> Code {
+        if self.len == 0 {
+            self.lo = v;
+            self.step = 0.0;
+            return 0;
+        }
+        let hi = self.lo + CODE_MAX * self.step;
+        if v < self.lo || v > hi {
+            let mut vals = Vec::with_capacity(self.len as usize);
+            self.values(&mut vals);
+            let (lo, hi) = (self.lo.min(v), hi.max(v));
+            let margin = (hi - lo) / 8.0;
+            let keep_lo = if v < self.lo { lo - margin } else { lo };
+            let keep_hi = if v > self.lo + CODE_MAX * self.step { hi + margin } else { hi };
+            self.lo = keep_lo;
+            self.step = (keep_hi - keep_lo) / CODE_MAX;
+            let codes: Vec<Code> = vals.iter().map(|x| self.quantise(*x)).collect();
+            self.head = 0;
+            self.codes[..codes.len()].copy_from_slice(&codes);
+        }
+        self.quantise(v)
+    }
+    /// The value at index `g` (counted like [`Self::total`]), read between slot centres; `None`
+    /// when the ring does not reach back that far.
+    pub fn value_at(&self, g: u64) -> Option<f64> {
+        let stride = f64::from(self.stride);
+        let start = self.total.checked_sub(u64::from(self.acc_n) + u64::from(self.len) * u64::from(self.stride))?;
+        if g < start || self.len == 0 {
+            return None;
+        }
+        let u = ((g - start) as f64 + 0.5) / stride - 0.5;
+        let last = self.len as usize - 1;
+        if u <= 0.0 {
+            return Some(self.slot(0));
+        }
+        let i = (u.floor() as usize).min(last);
+        if i >= last {
+            return Some(self.slot(last));
+        }
+        let f = u - i as f64;
+        Some(self.slot(i) * (1.0 - f) + self.slot(i + 1) * f)
+    }
+}
+
+/// Bins of a [`Tail`].
+pub(crate) const BINS: usize = 40;
+const Z0: f64 = 0.1;
+/// ln(1e5) / 38: the bins span |z| from 0.1 to 10,000 (about 1.35 times per bin).
+const STEP: f64 = 0.302_97;
+/// Exponent of the power-law tail beyond the largest statistic remembered.
+const TAIL_POWER: f64 = 2.0;
+/// A statistic counts this much in a bin: halving keeps two bits of what it halves, so a lone
+/// extreme fades over two halvings rather than vanishing at the first.
+const UNIT: u16 = 4;
+
+/// Tail counts of a part's recent statistics: log-spaced bins of 16-bit fixed-point counts.
+/// When they hold `calibration` statistics every count is halved (the older statistics fade
+/// out), so between half and all of the last `calibration` weigh in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "TailRepr", into = "TailRepr")]
+pub(crate) struct Tail {
+    bins: [u16; BINS],
+    /// Sum of the bins.
+    n: u32,
+    /// Largest statistic since the last halving, and before it.
+    max: [f32; 2],
+}
+
+#[derive(Serialize, Deserialize)]
+struct TailRepr {
+    bins: Vec<u16>,
+    max: [f32; 2],
+}
+
+impl From<Tail> for TailRepr {
+    fn from(t: Tail) -> Self {
+        Self { bins: t.bins.to_vec(), max: t.max }
+    }
+}
+
+impl From<TailRepr> for Tail {
+    fn from(r: TailRepr) -> Self {
+        let mut t = Tail { max: r.max, ..Tail::default() };
+        for (b, c) in t.bins.iter_mut().zip(r.bins) {
+            *b = c;
+        }
+        t.n = t.bins.iter().map(|c| u32::from(*c)).sum();
+        t
+    }
+}
+
+impl Default for Tail {
+    fn default() -> Self {
+        Self { bins: [0; BINS], n: 0, max: [0.0; 2] }
+    }
+}
+
+impl Tail {
+    fn position(z: f64) -> f64 {
+        if z <= Z0 { 0.0 } else { (1.0 + (z / Z0).ln() / STEP).min((BINS - 1) as f64) }
+    }
+    /// Statistics remembered (halved ones count half).
+    pub fn total(&self) -> u32 {
+        self.n / u32::from(UNIT)
+    }
+    fn max(&self) -> f64 {
+        f64::from(self.max[0].max(self.max[1]))
+    }
+    fn count(&self, b: usize) -> f64 {
+        f64::from(self.bins[b]) / f64::from(UNIT)
+    }
+    /// Probability that a statistic at least `z` occurs: the share of remembered statistics at
+    /// least as large; beyond the largest one a power-law tail, so that a deviation beyond
+    /// anything seen still gets a finite, ordered probability.
+    pub fn survival(&self, z: f64) -> f64 {
+        let n = f64::from(self.n) / f64::from(UNIT);
+        let max = self.max();
+        // Compared at the precision the maximum is kept in: a statistic equal to the largest
+        // one seen is not beyond it.
+        if f64::from(z as f32) > max {
+            return if max <= 0.0 { 0.0 } else { (max / z).powf(TAIL_POWER) / (n + 1.0) };
+        }
+        let pos = Self::position(z);
+        let b = pos as usize;
+        let frac = pos - b as f64;
+        let mut above = self.count(b) * (1.0 - frac);
+        for k in b + 1..BINS {
+            above += self.count(k);
+        }
+        ((above + 1.0) / (n + 1.0)).min(1.0)
+    }
+    /// The smallest |z| whose survival is at most `p` (the edge of the normal band), read
+    /// within a bin as [`Self::survival`] does.
+    pub fn quantile(&self, p: f64) -> f64 {
+        let n = f64::from(self.n) / f64::from(UNIT);
+        let p = p.max(1e-300);
+        if p < 1.0 / (n + 1.0) {
+            return self.max() * (1.0 / ((n + 1.0) * p)).powf(1.0 / TAIL_POWER);
+        }
+        let target = p * (n + 1.0) - 1.0; // count at or above the answer
+        let mut above = 0.0;
+        for b in (0..BINS).rev() {
+            let c = self.count(b);
+            if above + c > target {
+                if b == 0 {
+                    return Z0;
+                }
+                // survival within bin b: above + c × (1 − frac) = target.
+                let frac = (1.0 - (target - above) / c).clamp(0.0, 1.0);
+                return (Z0 * ((b as f64 - 1.0 + frac) * STEP).exp()).min(self.max());
+            }
+            above += c;
+        }
+        0.0
+    }
+    /// Remembers `z`; `cap` statistics (or a full bin) make every count halve.
+    pub fn push(&mut self, z: f64, cap: usize) {
+        let b = Self::position(z) as usize;
+        let cap = u32::try_from(cap).unwrap_or(u32::MAX / 8).saturating_mul(u32::from(UNIT));
+        if self.n >= cap || self.bins[b] > u16::MAX - UNIT {
+            for c in &mut self.bins {
+                *c /= 2;
+            }
+            self.n = self.bins.iter().map(|c| u32::from(*c)).sum();
+            // The statistics of the epoch before the last are forgotten with their maximum; and
+            // the largest one left is no larger than the top of the highest bin still counted.
+            let top = self.bins.iter().rposition(|c| *c > 0).map_or(0.0, |b| Z0 * (b as f64 * STEP).exp());
+            self.max = [0.0, (f64::from(self.max[0]).min(top)) as f32];
+        }
+        self.bins[b] += UNIT;
+        self.n += u32::from(UNIT);
+        self.max[0] = self.max[0].max(z as f32);
+    }
+}
+
+/// The sliding minimum of `p` over the refractory span: (value number, p) with increasing `p`
+/// (at most one entry per value of the span, usually a handful), in single precision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Refractory {
+    q: std::collections::VecDeque<(u32, f32)>,
+}
+
+impl Refractory {
+    /// Whether value number `seen` with probability `p` repeats a value at least as surprising
+    /// within the last `span` values; then remembers it.
+    pub fn check(&mut self, seen: u64, p: f64, span: usize) -> bool {
+        let now = seen as u32;
+        while self.q.front().is_some_and(|(at, _)| now.wrapping_sub(*at) as usize >= span) {
+            self.q.pop_front();
+        }
+        let pf = p as f32;
+        let repeat = self.q.front().is_some_and(|(_, m)| *m <= pf);
+        while self.q.back().is_some_and(|(_, b)| *b >= pf) {
+            self.q.pop_back();
+        }
+        if span > 0 {
+            self.q.push_back((now, pf));
+        }
+        repeat
+    }
+    /// Entries held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+    /// Bytes owned beyond the struct.
+    pub fn heap_bytes(&self) -> usize {
+        8 * self.q.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_merges_to_cover_its_seasons_and_reads_values_back() {
+        let mut h = History::default();
+        let y = |i: u64| 100.0 + 20.0 * (i as f64 * std::f64::consts::TAU / 288.0).sin();
+        for i in 0..2000u64 {
+            h.push(y(i), 3 * 288 + 1, None);
+        }
+        assert_eq!(h.stride(), 4, "256 slots of 4 cover 3 cycles of 288");
+        assert_eq!(h.total(), 2000);
+        for back in [288u64, 576, 864] {
+            let v = h.value_at(2000 - back).expect("within the ring");
+            assert!((v - y(2000 - back)).abs() < 0.5, "{back}: {v} against {}", y(2000 - back));
+        }
+        assert!(h.value_at(2000 - 1100).is_none());
+        // A known period of 12 is never merged below four slots: once, to six slots of two.
+        let mut h = History::default();
+        for i in 0..5000u64 {
+            h.push((i % 12) as f64, 3 * 1440 + 1, Some(12));
+        }
+        assert_eq!(h.stride(), 2);
+        // A value outside the frame widens it; the older values keep their place.
+        let mut h = History::default();
+        for i in 0..100u64 {
+            h.push(i as f64, 1000, None);
+        }
+        h.push(1e4, 1000, None);
+        assert!((h.value_at(50).unwrap() - 50.0).abs() < 30.0);
+        assert!((h.value_at(100).unwrap() - 1e4).abs() < 30.0);
+    }
+
+    #[test]
+    fn refractory_span_remembers_its_minimum_and_forgets_it_after_the_span() {
+        let mut r = Refractory::default();
+        assert!(!r.check(1, 1e-4, 10));
+        assert!(r.check(2, 1e-3, 10), "less surprising within the span");
+        assert!(!r.check(3, 1e-5, 10), "more surprising");
+        assert!(!r.check(14, 1e-3, 10), "after the span");
+        assert_eq!(r.len(), 1, "only the minimum of the span is left");
+    }
+}
