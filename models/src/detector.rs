@@ -1,10 +1,10 @@
-//! The streaming detector ensemble: per series, causal, with a small state of fixed size.
+//! The streaming detector ensemble: per series, causal, with a small bounded state.
 //!
 //! Every new value of a series is judged by up to four parts, each of which turns it into a
 //! deviation statistic |z|:
 //!
-//! - [`Part::Level`]: robust z of the value against the series' running robust location and
-//!   scale, with a memory of about `history` values (spikes and dips);
+//! - [`Part::Level`]: robust z of the value against the median and MAD of the series' last
+//!   `history` values (spikes and dips);
 //! - [`Part::Seasonal`]: when a period is found (augurs' periodogram refined by
 //!   autocorrelation, up to `max_period`), the value minus the median of the values one, two, …
 //!   `seasons` periods ago, as a robust z against the recent residuals (a missing daily peak, a
@@ -163,7 +163,7 @@ impl Bands {
 
 /// One series' state, as a checkpoint holds it (see [`Detector::export`]). Every part is of
 /// bounded size: the recent values and residuals in single precision, the seasonal history at
-/// reduced resolution in 8-bit codes, 16-bit calibration counts.
+/// reduced resolution in 16-bit codes, 16-bit calibration counts.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SeriesState {
     /// The last `history + shift_windows` values, as offsets from `anchor`.
@@ -557,7 +557,7 @@ impl Shard {
             (Some(per), Some(h)) if !repeat && 1.0 - p >= cfg.anomaly_threshold => {
                 h.values(&mut self.scratch);
                 let stride = h.stride();
-                (per % stride == 0 && crate::forecast::confirm_period(&self.scratch, per / stride)).then_some(per)
+                crate::forecast::confirm_period(&self.scratch, (per + stride / 2) / stride).then_some(per)
             }
             (other, _) => other,
         };
@@ -577,17 +577,12 @@ impl Shard {
 }
 
 impl SeriesState {
-    /// Remembers `value` among the last `cap` values.
+    /// Remembers `value` among the last `cap` values (as its offset from the anchor).
     fn learn(&mut self, value: f64, cap: usize) {
         if self.values.is_empty() {
             self.anchor = value;
         }
-        if self.values.len() >= cap {
-            self.values.pop_front();
-        } else if self.values.capacity() < cap {
-            self.values.reserve_exact(cap - self.values.len());
-        }
-        self.values.push_back((value - self.anchor) as f32);
+        push_bounded(&mut self.values, (value - self.anchor) as f32, cap);
     }
     /// Moves the values' anchor to `to`.
     fn reanchor(&mut self, to: f64) {
@@ -611,6 +606,7 @@ impl SeriesState {
     }
 }
 
+/// Appends `v`, dropping the oldest beyond `cap`; the ring is allocated once, at exactly `cap`.
 fn push_bounded(q: &mut VecDeque<f32>, v: f32, cap: usize) {
     if q.len() >= cap {
         q.pop_front();

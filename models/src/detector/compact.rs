@@ -90,10 +90,11 @@ impl History {
     /// period); `period`, when one is known, is never merged below four slots.
     pub fn push(&mut self, x: f64, cover: usize, period: Option<usize>) {
         self.total += 1;
-        self.acc += x;
         self.acc_n += 1;
+        // A running mean: a sum of values near f64::MAX would overflow.
+        self.acc += (x - self.acc) / f64::from(self.acc_n);
         if self.acc_n >= self.stride {
-            let v = self.acc / f64::from(self.acc_n);
+            let v = self.acc;
             self.acc = 0.0;
             self.acc_n = 0;
             self.append(v, cover, period);
@@ -127,6 +128,10 @@ impl History {
     fn refit(&mut self, vals: &[f64]) {
         let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        self.reframe(lo, hi, vals);
+    }
+    /// Re-encodes `vals` (oldest first) in the frame `lo..=hi`.
+    fn reframe(&mut self, lo: f64, hi: f64, vals: &[f64]) {
         self.head = 0;
         self.len = 0;
         if vals.is_empty() {
@@ -151,19 +156,12 @@ impl History {
             self.step = 0.0;
             return 0;
         }
-        let hi = self.lo + CODE_MAX * self.step;
-        if v < self.lo || v > hi {
+        let (lo, hi) = (self.lo, self.lo + CODE_MAX * self.step);
+        if v < lo || v > hi {
+            let margin = (hi.max(v) - lo.min(v)) / 8.0;
             let mut vals = Vec::with_capacity(self.len as usize);
             self.values(&mut vals);
-            let (lo, hi) = (self.lo.min(v), hi.max(v));
-            let margin = (hi - lo) / 8.0;
-            let keep_lo = if v < self.lo { lo - margin } else { lo };
-            let keep_hi = if v > self.lo + CODE_MAX * self.step { hi + margin } else { hi };
-            self.lo = keep_lo;
-            self.step = (keep_hi - keep_lo) / CODE_MAX;
-            let codes: Vec<Code> = vals.iter().map(|x| self.quantise(*x)).collect();
-            self.head = 0;
-            self.codes[..codes.len()].copy_from_slice(&codes);
+            self.reframe(if v < lo { v - margin } else { lo }, if v > hi { v + margin } else { hi }, &vals);
         }
         self.quantise(v)
     }
