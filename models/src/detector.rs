@@ -48,7 +48,9 @@ use crate::forecast::detect_period;
 use crate::Result;
 
 mod compact;
+mod order;
 use compact::{History, Refractory, Tail};
+use order::{location_scale_near, Hint};
 
 /// Detector settings.
 #[derive(Debug, Clone)]
@@ -186,6 +188,9 @@ pub struct SeriesState {
     step_ms: i64,
     /// The sliding minimum of p over the refractory span.
     recent_p: Refractory,
+    /// Last medians of the level, residual and shift-baseline windows (speed only).
+    #[serde(skip)]
+    hints: [Hint; 3],
 }
 
 impl SeriesState {
@@ -463,7 +468,7 @@ impl Shard {
             let s = &mut self.scratch;
             s.clear();
             s.extend(st.values.range(n - h..).map(|d| anchor + f64::from(*d)));
-            let (med, sigma) = location_scale(s);
+            let (med, sigma) = location_scale_near(s, &mut st.hints[0]);
             readings[Part::Level.index()] = Some(Reading { z: (value - med) / sigma, expected: med, sigma, support: h });
             // Offsets stay precise while they are small against the spread: re-anchor otherwise.
             if (value - anchor).abs() > 4096.0 * sigma {
@@ -482,7 +487,7 @@ impl Shard {
                     if st.resid.len() >= half_warm {
                         s.clear();
                         s.extend(st.resid.iter().map(|r| f64::from(*r)));
-                        let (rm, rs) = location_scale(s);
+                        let (rm, rs) = location_scale_near(s, &mut st.hints[1]);
                         readings[Part::Seasonal.index()] = Some(Reading { z: (r - rm) / rs, expected: e + rm, sigma: rs, support: k * p });
                     }
                     resid = Some(r);
@@ -497,7 +502,7 @@ impl Shard {
                 let hb = cfg.history.min(m + 1 - w);
                 s.clear();
                 s.extend(series.range(m + 1 - w - hb..m + 1 - w).map(|d| anchor + f64::from(*d)));
-                let (bm, bs) = location_scale(s);
+                let (bm, bs) = location_scale_near(s, &mut st.hints[2]);
                 s.clear();
                 s.extend(series.range(m + 1 - w..).map(|d| anchor + f64::from(*d)));
                 s.push(current);

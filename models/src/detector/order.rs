@@ -1,0 +1,198 @@
+//! Exact medians of a sliding window, found from the previous window's answer.
+//!
+//! A window that slides by one value moves its median by at most one rank, and its MAD by a
+//! few: counting the values below last time's answer and stepping to the neighbouring values
+//! finds the new order statistic in two or three vectorisable passes, where a selection
+//! reorders the whole window. The answer is the same value a selection returns; when it lies
+//! more than [`MAX_STEPS`] distinct values from the hint, a selection finds it.
+
+use super::{median, MAD_TO_SIGMA, MEAN_AD_TO_SIGMA};
+
+/// Distinct values stepped over from a hint before falling back to a selection.
+const MAX_STEPS: usize = 6;
+
+/// Last answers of one window: its upper median and the upper median of its deviations (the
+/// values of rank ⌊n/2⌋, which are elements of the windows, so a window that did not move
+/// finds them again in one pass). Not checkpointed: a hint only makes the search faster.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hint {
+    med: f64,
+    mad: f64,
+}
+
+impl Default for Hint {
+    fn default() -> Self {
+        Self { med: f64::NAN, mad: f64::NAN }
+    }
+}
+
+/// Values of `v` strictly below and at most `h`.
+fn counts(v: &[f64], h: f64) -> (usize, usize) {
+    v.iter().fold((0, 0), |(lt, le), &x| (lt + usize::from(x < h), le + usize::from(x <= h)))
+}
+
+/// Independent lanes for the neighbour searches, so that they vectorise (a plain fold of
+/// `f64::max` does not: it is sequential and minds NaN, which a window never holds).
+const LANES: usize = 4;
+
+/// The largest value of `v` below `h` (−∞ when none is).
+fn max_below(v: &[f64], h: f64) -> f64 {
+    let mut m = [f64::NEG_INFINITY; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &x) in m.iter_mut().zip(c) {
+            let x = if x < h { x } else { f64::NEG_INFINITY };
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let r = m.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    chunks.remainder().iter().copied().filter(|&x| x < h).fold(r, f64::max)
+}
+
+/// The smallest value of `v` above `h` (+∞ when none is).
+fn min_above(v: &[f64], h: f64) -> f64 {
+    let mut m = [f64::INFINITY; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &x) in m.iter_mut().zip(c) {
+            let x = if x > h { x } else { f64::INFINITY };
+            *m = if x < *m { x } else { *m };
+        }
+    }
+    let r = m.iter().copied().fold(f64::INFINITY, f64::min);
+    chunks.remainder().iter().copied().filter(|&x| x > h).fold(r, f64::min)
+}
+
+/// The value of rank `k` (from 0, ascending) of `v` and the number of values below it, when it
+/// lies within [`MAX_STEPS`] distinct values of `hint`.
+fn kth_near(v: &[f64], k: usize, hint: f64) -> Option<(f64, usize)> {
+    if !hint.is_finite() || k >= v.len() {
+        return None;
+    }
+    let (lt, le) = counts(v, hint);
+    if lt <= k && k < le {
+        return Some((hint, lt));
+    }
+    if k >= le {
+        // Upwards; `le` values are at most `cur`, and nothing lies between it and the next.
+        let (mut cur, mut le) = (hint, le);
+        for _ in 0..MAX_STEPS {
+            let next = min_above(v, cur);
+            if k == le {
+                return Some((next, le));
+            }
+            let (_, next_le) = counts(v, next);
+            if k < next_le {
+                return Some((next, le));
+            }
+            (cur, le) = (next, next_le);
+        }
+    } else {
+        // Downwards; `lt` values are below `cur`.
+        let mut cur = hint;
+        for _ in 0..MAX_STEPS {
+            let prev = max_below(v, cur);
+            let (prev_lt, _) = counts(v, prev);
+            if k >= prev_lt {
+                return Some((prev, prev_lt));
+            }
+            cur = prev;
+        }
+    }
+    None
+}
+
+/// The median of `v` (the mean of the two middle values when their number is even) and its
+/// upper middle value, as [`median`] computes it, searched from `hint`; `v` is reordered only
+/// when the search falls back to a selection.
+fn median_near(v: &mut [f64], hint: f64) -> (f64, f64) {
+    let n = v.len();
+    let mid = n / 2;
+    let Some((upper, below)) = kth_near(v, mid, hint) else {
+        let m = median(v);
+        let upper = v[mid];
+        return (m, upper);
+    };
+    if n % 2 == 1 {
+        return (upper, upper);
+    }
+    let lower = if below < mid { upper } else { max_below(v, upper) };
+    ((lower + upper) / 2.0, upper)
+}
+
+/// [`super::location_scale`], searched from the window's last answers, which it updates. The
+/// median and sigma are the same values; `v` is overwritten with the absolute deviations.
+pub(crate) fn location_scale_near(v: &mut [f64], hint: &mut Hint) -> (f64, f64) {
+    if v.is_empty() {
+        return super::location_scale(v);
+    }
+    let (med, upper) = median_near(v, hint.med);
+    for x in v.iter_mut() {
+        *x = (*x - med).abs();
+    }
+    let (mad, mad_upper) = median_near(v, hint.mad);
+    *hint = Hint { med: upper, mad: mad_upper };
+    let sigma = if mad > 0.0 {
+        MAD_TO_SIGMA * mad
+    } else {
+        let mean_ad = v.iter().sum::<f64>() / v.len() as f64;
+        if mean_ad > 0.0 {
+            MEAN_AD_TO_SIGMA * mean_ad
+        } else {
+            (med.abs() * 1e-3).max(1e-9)
+        }
+    };
+    (med, sigma)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// Slides windows of every length from 1 to 40 and of 240 over series with and without
+    /// ties, level steps and outliers: the hinted search returns bit for bit the median and
+    /// sigma of a selection, from a good hint, a stale one, or none.
+    #[test]
+    fn the_hinted_search_finds_what_a_selection_finds() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let series: Vec<Vec<f64>> = vec![
+            (0..2000).map(|_| rng.random_range(-1.0..1.0)).collect(),
+            (0..2000).map(|_| f64::from(rng.random_range(0..4u8))).collect(),
+            (0..2000).map(|i| if i % 97 == 0 { 1e6 } else if i > 1000 { 50.0 } else { f64::from(i % 7) }).collect(),
+            vec![3.0; 500],
+        ];
+        let mut stepped = 0;
+        for xs in &series {
+            for len in (1..=40).chain([239, 240]) {
+                let mut hint = Hint::default();
+                for (i, w) in xs.windows(len).enumerate() {
+                    if i % 50 == 0 {
+                        // Now and then a stale or absurd hint.
+                        hint = Hint { med: [f64::NAN, 1e9, -1e9, 0.5][i / 50 % 4], mad: 0.25 };
+                    }
+                    let mut a = w.to_vec();
+                    let mut b = w.to_vec();
+                    let want = crate::detector::location_scale(&mut a);
+                    let before = counts(&b, hint.med);
+                    let got = location_scale_near(&mut b, &mut hint);
+                    assert_eq!(want.0.to_bits(), got.0.to_bits(), "median of {w:?}");
+                    assert!((want.1 - got.1).abs() <= 1e-12 * want.1.abs(), "sigma of {w:?}: {} vs {}", want.1, got.1);
+                    stepped += usize::from(before.0 == before.1);
+                }
+            }
+        }
+        // The search was exercised from hints that are not in the window.
+        assert!(stepped > 1000, "{stepped}");
+    }
+
+    #[test]
+    fn a_rank_far_from_the_hint_is_left_to_the_selection() {
+        let v: Vec<f64> = (0..100).map(f64::from).collect();
+        assert_eq!(kth_near(&v, 50, 50.0), Some((50.0, 50)));
+        assert_eq!(kth_near(&v, 52, 49.5), Some((52.0, 52)));
+        assert_eq!(kth_near(&v, 47, 50.0), Some((47.0, 47)));
+        assert_eq!(kth_near(&v, 90, 50.0), None);
+        assert_eq!(kth_near(&v, 0, f64::NAN), None);
+    }
+}
