@@ -142,6 +142,8 @@ impl BenchReport {
             ("windows", c.windows),
             ("feature plan", c.features),
             ("scoring", c.scoring),
+            ("  ensemble", c.ensemble),
+            ("  fleet", c.fleet),
             ("decisions", c.decisions),
             ("publish", self.stages.publish),
         ];

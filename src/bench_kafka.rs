@@ -107,6 +107,8 @@ impl KafkaBenchReport {
             ("windows", c.windows.as_secs_f64()),
             ("feature plan", c.features.as_secs_f64()),
             ("scoring", c.scoring.as_secs_f64()),
+            ("  ensemble", c.ensemble.as_secs_f64()),
+            ("  fleet", c.fleet.as_secs_f64()),
             ("decisions", c.decisions.as_secs_f64()),
             ("poll", self.io.poll.as_secs_f64()),
             ("publish", self.io.publish.as_secs_f64()),

@@ -18,7 +18,7 @@
 //! robust z against the group at that window (a standard normal tail: 0.999 at |z| = 3.3), so
 //! the decision rule's threshold and minimum deviation apply to fleet outliers as to the rest.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -96,34 +96,66 @@ pub struct Group {
     members: BTreeMap<String, Member>,
 }
 
+/// A group as the detector works on it: members in slots a series reaches by index, and
+/// their names in order (the order in which they are judged and reported).
+#[derive(Debug)]
+struct Slots {
+    key: Arc<str>,
+    label: String,
+    members: Vec<Member>,
+    by_name: BTreeMap<String, u32>,
+}
+
 /// Fleet outlier detector. See the module docs.
 #[derive(Debug)]
 pub struct FleetDetector {
     cfg: FleetConfig,
-    groups: FxHashMap<Arc<str>, Group>,
-    /// Group and member of every series seen (so keys are parsed once per series).
-    places: FxHashMap<u64, Place>,
+    groups: Vec<Slots>,
+    by_key: FxHashMap<Arc<str>, u32>,
+    /// Group and member slots of every series seen (so keys are parsed once per series);
+    /// `None` for a series with no member label, or none left in its group.
+    places: FxHashMap<u64, Option<(u32, u32)>>,
 }
 
 impl FleetDetector {
     /// A detector with no state.
     pub fn new(cfg: FleetConfig) -> Self {
-        Self { cfg, groups: FxHashMap::default(), places: FxHashMap::default() }
+        Self { cfg, groups: Vec::new(), by_key: FxHashMap::default(), places: FxHashMap::default() }
     }
 
     /// Every group's state, for a checkpoint. Groups span partitions (the hosts of a service
     /// may be keyed to different ones), so this state is not split by partition.
     pub fn export(&self) -> Vec<(String, Group)> {
-        self.groups.iter().map(|(k, g)| (k.to_string(), g.clone())).collect()
+        self.groups
+            .iter()
+            .map(|g| {
+                let members = g.by_name.iter().map(|(name, &i)| (name.clone(), g.members[i as usize].clone())).collect();
+                (g.key.to_string(), Group { label: g.label.clone(), members })
+            })
+            .collect()
     }
 
     /// Takes group state from a checkpoint (replacing groups of the same key).
     pub fn import(&mut self, groups: Vec<(String, Group)>) {
         for (k, g) in groups {
-            if self.groups.len() < self.cfg.max_groups || self.groups.contains_key(k.as_str()) {
-                self.groups.insert(k.into(), g);
+            let key: Arc<str> = k.into();
+            let slots = Slots {
+                key: key.clone(),
+                label: g.label,
+                by_name: g.members.keys().enumerate().map(|(i, name)| (name.clone(), i as u32)).collect(),
+                members: g.members.into_values().collect(),
+            };
+            match self.by_key.get(&key) {
+                Some(&i) => self.groups[i as usize] = slots,
+                None if self.groups.len() < self.cfg.max_groups => {
+                    self.by_key.insert(key, self.groups.len() as u32);
+                    self.groups.push(slots);
+                }
+                None => {}
             }
         }
+        // Slots were renumbered: series find their places again.
+        self.places.clear();
     }
 
     /// Groups tracked.
@@ -131,55 +163,66 @@ impl FleetDetector {
         self.groups.len()
     }
 
+    /// The group and member slots of a series, creating them while there is room.
+    fn place(&mut self, id: u64, key: &str, name: &str) -> Option<(u32, u32)> {
+        let (group_key, label, member) = place_of(&self.cfg, key)?;
+        let g = match self.by_key.get(&group_key) {
+            Some(&g) => g,
+            None if self.groups.len() < self.cfg.max_groups => {
+                let g = self.groups.len() as u32;
+                self.by_key.insert(group_key.clone(), g);
+                self.groups.push(Slots { key: group_key, label: label.to_string(), members: Vec::new(), by_name: BTreeMap::new() });
+                g
+            }
+            None => return None,
+        };
+        let slots = &mut self.groups[g as usize];
+        let m = match slots.by_name.get(&*member) {
+            Some(&m) => m,
+            None if slots.members.len() < self.cfg.max_members => {
+                let m = slots.members.len() as u32;
+                slots.by_name.insert(member.to_string(), m);
+                slots.members.push(Member {
+                    id,
+                    series: key.to_string(),
+                    name: name.to_string(),
+                    values: VecDeque::with_capacity(self.cfg.window),
+                    last_ms: i64::MIN,
+                    last_end_ms: i64::MIN,
+                    outlying: None,
+                });
+                m
+            }
+            None => return None,
+        };
+        Some((g, m))
+    }
+
     /// Learns the `feature` column of a `features` batch and returns the members that became
     /// outlying, in the [`anomalies_schema`] (part `fleet`).
     pub fn observe(&mut self, features: &RecordBatch, feature: &str) -> Result<RecordBatch> {
         let c = FeatureColumns::of(features, feature)?;
-        let mut touched: BTreeSet<Arc<str>> = BTreeSet::new();
-        let mut last_touched: Option<*const str> = None;
-        let mut fresh: Place = None;
+        let mut touched = vec![false; self.groups.len()];
         for i in 0..features.num_rows() {
             let v = c.value(i);
             if !v.is_finite() {
                 continue;
             }
             let id = c.series_id.value(i);
-            // A series key is parsed once: its group and member are remembered by series id.
-            if !self.places.contains_key(&id) {
-                let p = place_of(&self.cfg, c.series.value(i));
-                if self.places.len() < self.cfg.max_groups * self.cfg.max_members {
-                    self.places.insert(id, p);
-                } else {
-                    fresh = p;
-                }
-            }
+            // A series key is parsed once: its slots are remembered by series id (while there
+            // is room for as many series as the groups may hold).
             let place = match self.places.get(&id) {
-                Some(p) => p,
-                None => &fresh,
-            };
-            let Some((group_key, label, member)) = place else { continue };
-            if !self.groups.contains_key(group_key) {
-                if self.groups.len() >= self.cfg.max_groups {
-                    continue;
+                Some(p) => *p,
+                None => {
+                    let p = self.place(id, c.series.value(i), c.name.value(i));
+                    if self.places.len() < self.cfg.max_groups * self.cfg.max_members {
+                        self.places.insert(id, p);
+                    }
+                    p
                 }
-                self.groups.insert(group_key.clone(), Group { label: label.to_string(), members: BTreeMap::new() });
-            }
-            let g = self.groups.get_mut(group_key).expect("inserted above");
-            if !g.members.contains_key(&**member) && g.members.len() >= self.cfg.max_members {
-                continue;
-            }
-            if !g.members.contains_key(&**member) {
-                g.members.insert(member.to_string(), Member {
-                id,
-                series: c.series.value(i).to_string(),
-                name: c.name.value(i).to_string(),
-                values: VecDeque::with_capacity(self.cfg.window),
-                last_ms: i64::MIN,
-                last_end_ms: i64::MIN,
-                outlying: None,
-                });
-            }
-            let m = g.members.get_mut(&**member).expect("inserted above");
+            };
+            let Some((g, m)) = place else { continue };
+            let m = &mut self.groups[g as usize].members[m as usize];
             let t = c.window_start.value(i);
             if t <= m.last_ms {
                 continue; // one value per window, in order
@@ -195,21 +238,21 @@ impl FleetDetector {
             m.values.push_back(v);
             m.last_ms = t;
             m.last_end_ms = c.window_end.value(i);
-            // Rows come grouped by window and often by group: skip re-inserting the same key.
-            if last_touched != Some(Arc::as_ptr(group_key)) {
-                last_touched = Some(Arc::as_ptr(group_key));
-                touched.insert(group_key.clone());
+            if touched.len() <= g as usize {
+                touched.resize(g as usize + 1, false);
             }
+            touched[g as usize] = true;
         }
 
+        // Groups are judged in the order of their keys.
+        let mut order: Vec<u32> = (0..touched.len() as u32).filter(|&g| touched[g as usize]).collect();
+        order.sort_by(|a, b| self.groups[*a as usize].key.cmp(&self.groups[*b as usize].key));
         let mut rows = Rows::default();
-        for key in touched {
-            let Some(g) = self.groups.get_mut(&key) else { continue };
-            judge(&self.cfg, g, feature, &mut rows);
+        for g in order {
+            judge(&self.cfg, &mut self.groups[g as usize], feature, &mut rows);
         }
         rows.finish()
     }
-
 }
 
 /// The group key, member label and member of a series key; `None` without a member label.
@@ -224,41 +267,39 @@ fn place_of(cfg: &FleetConfig, key: &str) -> Place {
 type Place = Option<(Arc<str>, Arc<str>, Arc<str>)>;
 
 /// Judges one group at its newest window, appending the members that became outlying.
-fn judge(cfg: &FleetConfig, g: &mut Group, feature: &str, rows: &mut Rows) {
-    let newest = g.members.values().map(|m| m.last_ms).max().unwrap_or(i64::MIN);
-    let ready: Vec<&mut Member> = g.members.values_mut().filter(|m| m.last_ms == newest && m.values.len() == cfg.window).collect();
+fn judge(cfg: &FleetConfig, g: &mut Slots, feature: &str, rows: &mut Rows) {
+    let newest = g.members.iter().map(|m| m.last_ms).max().unwrap_or(i64::MIN);
+    // Members in the order of their names.
+    let mut ready: Vec<Option<&mut Member>> = g.members.iter_mut().map(Some).collect();
+    let ready: Vec<&mut Member> = g
+        .by_name
+        .values()
+        .filter_map(|&i| ready[i as usize].take())
+        .filter(|m| m.last_ms == newest && m.values.len() == cfg.window)
+        .collect();
     let n = ready.len();
     if n < 3 {
         return; // no majority to compare with
     }
-    let data: Vec<Vec<f64>> = ready.iter().map(|m| m.values.iter().copied().collect()).collect();
-    let slices: Vec<&[f64]> = data.iter().map(|v| v.as_slice()).collect();
-    let first = slices[0][0];
-    if slices.iter().all(|s| s.iter().all(|v| *v == first)) {
+    let windows: Vec<&VecDeque<f64>> = ready.iter().map(|m| &m.values).collect();
+    let first = windows[0][0];
+    if windows.iter().all(|s| s.iter().all(|v| *v == first)) {
         return; // flat: nobody is odd (and MAD cannot scale it)
     }
-    let out = match detect(cfg, &slices) {
-        Some(o) => o,
-        None => return,
-    };
+    let Some(verdict) = detect(cfg, &windows) else { return };
     let last = cfg.window - 1;
-    let mut now: Vec<f64> = data.iter().map(|v| v[last]).collect();
+    let mut now: Vec<f64> = windows.iter().map(|v| v[last]).collect();
     let (med, sigma) = crate::detector::location_scale(&mut now);
     for (k, m) in ready.into_iter().enumerate() {
-        let v = data[k][last];
+        let v = m.values[last];
         let z = (v - med) / sigma;
-        let flagged = out.series_results.get(k).and_then(|r| r.scores.get(last)).is_some_and(|s| *s > 0.0);
+        let flagged = verdict.flagged.get(k).copied().unwrap_or(false);
         let outlying = flagged && z.abs() >= cfg.min_z;
         let was = m.outlying.replace(outlying);
         if !(outlying && was == Some(false)) {
             continue;
         }
-        let (lo, hi) = out
-            .cluster_band
-            .as_ref()
-            .and_then(|b| Some((*b.min.get(last)?, *b.max.get(last)?)))
-            .filter(|(a, b)| a.is_finite() && b.is_finite())
-            .unwrap_or((med - 3.0 * sigma, med + 3.0 * sigma));
+        let (lo, hi) = verdict.band.unwrap_or((med - 3.0 * sigma, med + 3.0 * sigma));
         let explanation = format!(
             "{} {feature} {} is an outlier among the {n} members of its group (by {}): they are at {} (normal band {} to {}), it is {:.1} robust standard deviations {} [fleet, {}]",
             m.series,
@@ -278,20 +319,53 @@ fn judge(cfg: &FleetConfig, g: &mut Group, feature: &str, rows: &mut Rows) {
     }
 }
 
-fn detect(cfg: &FleetConfig, data: &[&[f64]]) -> Option<OutlierOutput> {
+/// augurs' verdict on a group at its newest window: which members it flags, and the normal
+/// band when it found a cluster there.
+#[derive(Debug, Clone, PartialEq)]
+struct Verdict {
+    flagged: Vec<bool>,
+    band: Option<(f64, f64)>,
+}
+
+fn detect(cfg: &FleetConfig, windows: &[&VecDeque<f64>]) -> Option<Verdict> {
+    let last = windows.first()?.len().checked_sub(1)?;
     // augurs returns errors for data it cannot judge; a panic in it must not stop the engine.
     catch_unwind(AssertUnwindSafe(|| match cfg.algorithm {
         Algorithm::Dbscan => {
-            let d = DbscanDetector::with_sensitivity(cfg.sensitivity).ok()?;
-            d.detect(&d.preprocess(data).ok()?).ok()
+            // DBSCAN judges each window on its own, with an epsilon from the span of the
+            // whole data: so only the newest window is handed over, with that epsilon (a
+            // group's 30 windows cost 30 sorts per close otherwise, for one verdict).
+            let d = DbscanDetector::with_epsilon(dbscan_epsilon(cfg.sensitivity, windows));
+            let now: Vec<[f64; 1]> = windows.iter().map(|w| [w[last]]).collect();
+            let rows: Vec<&[f64]> = now.iter().map(|v| v.as_slice()).collect();
+            let out = d.detect(&d.preprocess(&rows).ok()?).ok()?;
+            Some(verdict_at(&out, 0, windows.len()))
         }
         Algorithm::Mad => {
+            let data: Vec<Vec<f64>> = windows.iter().map(|w| w.iter().copied().collect()).collect();
+            let rows: Vec<&[f64]> = data.iter().map(|v| v.as_slice()).collect();
             let d = MADDetector::with_sensitivity(cfg.sensitivity).ok()?;
-            d.detect(&d.preprocess(data).ok()?).ok()
+            let out = d.detect(&d.preprocess(&rows).ok()?).ok()?;
+            Some(verdict_at(&out, last, windows.len()))
         }
     }))
     .ok()
     .flatten()
+}
+
+fn verdict_at(out: &OutlierOutput, t: usize, n: usize) -> Verdict {
+    Verdict {
+        flagged: (0..n).map(|k| out.series_results.get(k).and_then(|r| r.scores.get(t)).is_some_and(|s| *s > 0.0)).collect(),
+        band: out.cluster_band.as_ref().and_then(|b| Some((*b.min.get(t)?, *b.max.get(t)?))).filter(|(a, b)| a.is_finite() && b.is_finite()),
+    }
+}
+
+/// The epsilon augurs' DBSCAN derives from a sensitivity: the span of all the values (at least
+/// 0.1) × (1 − sensitivity) × 1.1. A test holds it to augurs' own on whole windows.
+fn dbscan_epsilon(sensitivity: f64, windows: &[&VecDeque<f64>]) -> f64 {
+    let (lo, hi) = windows.iter().flat_map(|w| w.iter()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    let span = (hi - lo).abs().max(0.1);
+    ((1.0 - sensitivity.min(1.0 - 1e-3)) * span * 1.1).max(1.175_494_350_822_287_5e-38)
 }
 
 #[derive(Default)]
@@ -398,6 +472,63 @@ mod tests {
             assert_eq!(series, HOSTS[4]);
             assert!(why.contains("outlier among the 6 members of its group (by host)") && why.contains("[fleet, "), "{why}");
         }
+    }
+
+    /// The verdict from the newest window alone, with the epsilon computed here, is augurs'
+    /// verdict at the newest window of the whole data (which fails if augurs changes how it
+    /// derives epsilon or judges a window).
+    #[test]
+    fn dbscan_on_the_newest_window_agrees_with_augurs_on_the_whole_window() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut flagged = 0;
+        for case in 0..400 {
+            let members = rng.random_range(3..60);
+            let len = rng.random_range(1..40);
+            let scale = [1e-3, 0.05, 1.0, 1e4][case % 4];
+            let sensitivity = [0.1, 0.5, 0.9, 0.9995][case / 4 % 4];
+            let windows: Vec<VecDeque<f64>> = (0..members)
+                .map(|m| {
+                    let odd = m % 7 == 3 && case % 3 == 0;
+                    (0..len).map(|_| scale * (rng.random_range(0.0..1.0) + if odd { 5.0 } else { 0.0 })).collect()
+                })
+                .collect();
+            let refs: Vec<&VecDeque<f64>> = windows.iter().collect();
+            let cfg = FleetConfig { sensitivity, ..Default::default() };
+            let got = detect(&cfg, &refs).expect("a verdict");
+            let data: Vec<Vec<f64>> = windows.iter().map(|w| w.iter().copied().collect()).collect();
+            let rows: Vec<&[f64]> = data.iter().map(|v| v.as_slice()).collect();
+            let d = DbscanDetector::with_sensitivity(sensitivity).unwrap();
+            let want = verdict_at(&d.detect(&d.preprocess(&rows).unwrap()).unwrap(), len - 1, members);
+            assert_eq!(got, want, "case {case}: {members} members, {len} windows, sensitivity {sensitivity}");
+            flagged += got.flagged.iter().filter(|f| **f).count();
+        }
+        assert!(flagged > 100, "outliers were judged: {flagged}");
+    }
+
+    #[test]
+    fn a_fleet_restored_from_its_checkpoint_judges_as_the_one_it_was_taken_from() {
+        let value = |h: usize, w: i64| if h == 1 && w >= 42 { 0.95 } else { normal(h, w) };
+        let cfg = FleetConfig { window: 10, ..Default::default() };
+        let mut a = FleetDetector::new(cfg.clone());
+        let feed = |d: &mut FleetDetector, w: i64| {
+            let rows: Vec<(&str, f64)> = (0..6).map(|h| (HOSTS[h], value(h, w))).collect();
+            d.observe(&batch(w, &rows), "mean").unwrap()
+        };
+        for w in 0..40 {
+            feed(&mut a, w);
+        }
+        let state = postcard::to_allocvec(&a.export()).unwrap();
+        let mut b = FleetDetector::new(cfg);
+        b.import(postcard::from_bytes(&state).unwrap());
+        assert_eq!(b.groups(), 1);
+        let mut flagged = 0;
+        for w in 40..60 {
+            let (x, y) = (feed(&mut a, w), feed(&mut b, w));
+            assert_eq!(x, y, "window {w}");
+            flagged += y.num_rows();
+        }
+        assert_eq!(flagged, 1);
     }
 
     #[test]

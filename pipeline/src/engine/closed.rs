@@ -77,8 +77,12 @@ pub struct StageTimes {
     pub windows: std::time::Duration,
     /// The feature SQL over closed windows.
     pub features: std::time::Duration,
-    /// The detector ensemble and the fleet outliers.
+    /// The detector ensemble and the fleet outliers, which run side by side.
     pub scoring: std::time::Duration,
+    /// Of `scoring`: the ensemble's own time (itself spread over the cores by series).
+    pub ensemble: std::time::Duration,
+    /// Of `scoring`: the fleet check's own time (one core, beside the ensemble).
+    pub fleet: std::time::Duration,
     /// Everything after scoring: forecasts observed, cost, SLOs, signals into incidents,
     /// policies, the gate, health.
     pub decisions: std::time::Duration,
