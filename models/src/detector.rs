@@ -240,15 +240,21 @@ pub(crate) fn location_scale(v: &mut [f64]) -> (f64, f64) {
         *x = (*x - med).abs();
     }
     let mad = median(v);
-    let mean_ad = v.iter().sum::<f64>() / v.len() as f64;
-    let sigma = if mad > 0.0 {
-        MAD_TO_SIGMA * mad
-    } else if mean_ad > 0.0 {
+    (med, robust_sigma(med, mad, v))
+}
+
+/// Sigma from the MAD, or from the mean of the absolute `deviations` when the MAD is 0, or a tiny
+/// floor relative to the median when they are all 0.
+fn robust_sigma(med: f64, mad: f64, deviations: &[f64]) -> f64 {
+    if mad > 0.0 {
+        return MAD_TO_SIGMA * mad;
+    }
+    let mean_ad = deviations.iter().sum::<f64>() / deviations.len() as f64;
+    if mean_ad > 0.0 {
         MEAN_AD_TO_SIGMA * mean_ad
     } else {
         (med.abs() * 1e-3).max(1e-9)
-    };
-    (med, sigma)
+    }
 }
 
 /// One part's reading of a value.

@@ -269,19 +269,13 @@ type Place = Option<(Arc<str>, Arc<str>, Arc<str>)>;
 /// Judges one group at its newest window, appending the members that became outlying.
 fn judge(cfg: &FleetConfig, g: &mut Slots, feature: &str, rows: &mut Rows) {
     let newest = g.members.iter().map(|m| m.last_ms).max().unwrap_or(i64::MIN);
-    // Members in the order of their names.
-    let mut ready: Vec<Option<&mut Member>> = g.members.iter_mut().map(Some).collect();
-    let ready: Vec<&mut Member> = g
-        .by_name
-        .values()
-        .filter_map(|&i| ready[i as usize].take())
-        .filter(|m| m.last_ms == newest && m.values.len() == cfg.window)
-        .collect();
+    // The members that line up, in the order of their names.
+    let ready: Vec<usize> = g.by_name.values().map(|&i| i as usize).filter(|&i| g.members[i].last_ms == newest && g.members[i].values.len() == cfg.window).collect();
     let n = ready.len();
     if n < 3 {
         return; // no majority to compare with
     }
-    let windows: Vec<&VecDeque<f64>> = ready.iter().map(|m| &m.values).collect();
+    let windows: Vec<&VecDeque<f64>> = ready.iter().map(|&i| &g.members[i].values).collect();
     let first = windows[0][0];
     if windows.iter().all(|s| s.iter().all(|v| *v == first)) {
         return; // flat: nobody is odd (and MAD cannot scale it)
@@ -290,7 +284,8 @@ fn judge(cfg: &FleetConfig, g: &mut Slots, feature: &str, rows: &mut Rows) {
     let last = cfg.window - 1;
     let mut now: Vec<f64> = windows.iter().map(|v| v[last]).collect();
     let (med, sigma) = crate::detector::location_scale(&mut now);
-    for (k, m) in ready.into_iter().enumerate() {
+    for (k, i) in ready.into_iter().enumerate() {
+        let m = &mut g.members[i];
         let v = m.values[last];
         let z = (v - med) / sigma;
         let flagged = verdict.flagged.get(k).copied().unwrap_or(false);
@@ -335,6 +330,7 @@ fn detect(cfg: &FleetConfig, windows: &[&VecDeque<f64>]) -> Option<Verdict> {
             // DBSCAN judges each window on its own, with an epsilon from the span of the
             // whole data: so only the newest window is handed over, with that epsilon (a
             // group's 30 windows cost 30 sorts per close otherwise, for one verdict).
+            DbscanDetector::with_sensitivity(cfg.sensitivity).ok()?; // refuses one outside (0, 1)
             let d = DbscanDetector::with_epsilon(dbscan_epsilon(cfg.sensitivity, windows));
             let now: Vec<[f64; 1]> = windows.iter().map(|w| [w[last]]).collect();
             let rows: Vec<&[f64]> = now.iter().map(|v| v.as_slice()).collect();

@@ -351,7 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn default_sql_computes_count_mean_min_max_p95_per_series() {
-        let plan = FeaturePlan::new(DEFAULT_FEATURES_SQL, "mean").await.unwrap();
+        let plan = plan_default().await;
         let mut rows: Vec<(&str, i64, f64)> = (1..=100).map(|i| ("a", 1_000 + i, i as f64)).collect();
         rows.push(("b", 2_000, 7.0));
         let f = plan.run(&window(&rows)).await.unwrap().features;
@@ -396,7 +396,7 @@ mod tests {
         let logs = JsonLogDecoder::new(LogMapping::default(), DrainConfig::default(), Default::default()).unwrap().decode(&recs).unwrap();
         let mut w = Windower::new(WindowConfig { size_ms: 10_000, allowed_lag_ms: 0, idle_timeout: std::time::Duration::from_secs(60) });
         w.push_logs(&logs.logs, &logs.positions).unwrap();
-        let plan = FeaturePlan::new(DEFAULT_FEATURES_SQL, "mean").await.unwrap();
+        let plan = plan_default().await;
         let out = plan.run(&w.take_all()).await.unwrap();
         assert_eq!(out.logs.num_rows(), 10);
         let series = out.features.column_by_name("series").unwrap().as_string::<i32>();

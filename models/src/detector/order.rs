@@ -6,7 +6,7 @@
 //! reorders the whole window. The answer is the same value a selection returns; when it lies
 //! more than [`MAX_STEPS`] distinct values from the hint, a selection finds it.
 
-use super::{median, MAD_TO_SIGMA, MEAN_AD_TO_SIGMA};
+use super::{median, robust_sigma};
 
 /// Distinct values stepped over from a hint before falling back to a selection.
 const MAX_STEPS: usize = 6;
@@ -121,28 +121,17 @@ fn median_near(v: &mut [f64], hint: f64) -> (f64, f64) {
 }
 
 /// [`super::location_scale`], searched from the window's last answers, which it updates. The
-/// median and sigma are the same values; `v` is overwritten with the absolute deviations.
+/// median and sigma are the same values; `v` (not empty: a window holds at least half the
+/// warm-up) is overwritten with the absolute deviations.
 pub(crate) fn location_scale_near(v: &mut [f64], hint: &mut Hint) -> (f64, f64) {
-    if v.is_empty() {
-        return super::location_scale(v);
-    }
+    debug_assert!(!v.is_empty(), "an empty window has no median");
     let (med, upper) = median_near(v, hint.med);
     for x in v.iter_mut() {
         *x = (*x - med).abs();
     }
     let (mad, mad_upper) = median_near(v, hint.mad);
     *hint = Hint { med: upper, mad: mad_upper };
-    let sigma = if mad > 0.0 {
-        MAD_TO_SIGMA * mad
-    } else {
-        let mean_ad = v.iter().sum::<f64>() / v.len() as f64;
-        if mean_ad > 0.0 {
-            MEAN_AD_TO_SIGMA * mean_ad
-        } else {
-            (med.abs() * 1e-3).max(1e-9)
-        }
-    };
-    (med, sigma)
+    (med, robust_sigma(med, mad, v))
 }
 
 #[cfg(test)]

@@ -412,20 +412,12 @@ impl Processor {
             // The ensemble (itself spread over the cores by series) and the fleet check read
             // the same features and share nothing: they run side by side.
             let (detector, fleet, feature) = (&mut self.detector, &mut self.fleet, &self.feature);
-            let timed = |f: &mut dyn FnMut()| {
-                let t = std::time::Instant::now();
-                f();
-                t.elapsed()
-            };
-            let (mut anomalies, mut outliers) = (None, None);
-            let (ensemble, fleet) = rayon::join(
-                || timed(&mut || anomalies = Some(detector.score_batch(&features, feature))),
-                || timed(&mut || outliers = fleet.as_mut().map(|f| f.observe(&features, feature))),
+            let ((anomalies, ensemble), (outliers, fleet)) = rayon::join(
+                || timed(|| detector.score_batch(&features, feature)),
+                || timed(|| fleet.as_mut().map(|f| f.observe(&features, feature)).transpose()),
             );
             self.times.ensemble += ensemble;
             self.times.fleet += fleet;
-            let outliers = outliers.transpose();
-            let anomalies = anomalies.expect("scored above");
             let mut anomalies = anomalies?;
             if let Some(outliers) = outliers?.filter(|o| o.num_rows() > 0) {
                 anomalies = arrow::compute::concat_batches(&anomalies.schema(), [&anomalies, &outliers]).map_err(vigil_models::Error::from)?;
@@ -617,6 +609,11 @@ impl Processor {
 
 }
 
+/// Runs `f`, with the time it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, std::time::Duration) {
+    let t = std::time::Instant::now();
+    (f(), t.elapsed())
+}
 
 #[cfg(test)]
 #[path = "processor_tests.rs"]
