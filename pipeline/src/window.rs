@@ -346,9 +346,17 @@ impl Windower {
         }
 
         // Pass 2: split rows by window. A poll usually spans one or two windows.
-        let mut distinct: Vec<i64> = starts.iter().copied().filter(|s| *s != LATE && *s != SKIPPED).collect();
+        // Windows are found run by run (rows of one window come in runs), not by sorting a copy
+        // of every row's start.
+        let mut distinct: Vec<i64> = Vec::new();
+        let mut last = LATE;
+        for &s in &starts {
+            if s != last && s != LATE && s != SKIPPED && !distinct.contains(&s) {
+                distinct.push(s);
+            }
+            last = s;
+        }
         distinct.sort_unstable();
-        distinct.dedup();
         for start in distinct {
             let w = self.open.entry(start).or_default();
             let mut i = 0;

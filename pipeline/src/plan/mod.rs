@@ -1,5 +1,7 @@
 //! The feature plan: user-editable SQL over the rows of closed windows.
 
+mod source;
+
 use std::sync::Arc;
 
 use arrow::array::{
@@ -8,17 +10,22 @@ use arrow::array::{
 };
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
-use datafusion::datasource::MemTable;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::SessionContext;
+
+use source::SwappedTable;
 
 use crate::window::ClosedWindow;
 use crate::{Error, Result};
 
 /// The feature SQL shipped with Vigil (`sql/features.sql`).
-pub const DEFAULT_FEATURES_SQL: &str = include_str!("../../sql/features.sql");
+pub const DEFAULT_FEATURES_SQL: &str = include_str!("../../../sql/features.sql");
 
 /// The log-signal SQL shipped with Vigil (`sql/log_signals.sql`).
-pub const DEFAULT_LOG_SIGNALS_SQL: &str = include_str!("../../sql/log_signals.sql");
+pub const DEFAULT_LOG_SIGNALS_SQL: &str = include_str!("../../../sql/log_signals.sql");
 
 /// Columns the log-signal SQL must produce.
 const LOG_REQUIRED: [&str; 4] = ["window_start", "name", "labels", "value"];
@@ -39,20 +46,35 @@ pub struct PlanOutput {
 const REQUIRED: [&str; 5] = ["window_start", "window_end", "series_id", "series", "name"];
 
 /// Runs the feature SQL over closed windows. The rows of the windows closing together are one
-/// `points` table with `window_start` and `window_end` columns added, so the plan is planned and
-/// run once per close, however many windows close at once.
+/// `points` table with `window_start` and `window_end` columns added, so the plan runs once per
+/// close, however many windows close at once.
+///
+/// Both SQL texts are parsed, optimised and planned once, when the plan is made; every close
+/// re-executes the same physical plan over the new rows. A text calling a function DataFusion
+/// folds to a constant at planning time (`now()`, `current_date()`) is planned at every close
+/// instead, so that it sees the time of that close.
 pub struct FeaturePlan {
     ctx: SessionContext,
-    sql: String,
-    log_sql: String,
     points_schema: SchemaRef,
     logs_schema: SchemaRef,
     output_schema: SchemaRef,
+    points: Prepared,
+    logs: Prepared,
+    /// One run at a time: a run fills the tables its plan reads.
+    running: tokio::sync::Mutex<()>,
+}
+
+/// One SQL text over one swapped table, planned once where it can be.
+struct Prepared {
+    table: SwappedTable,
+    sql: String,
+    /// The physical plan; `None` when the SQL must be planned at every run.
+    plan: Option<Arc<dyn ExecutionPlan>>,
 }
 
 impl std::fmt::Debug for FeaturePlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FeaturePlan").field("sql", &self.sql).finish()
+        f.debug_struct("FeaturePlan").field("sql", &self.points.sql).field("log_sql", &self.logs.sql).finish()
     }
 }
 
@@ -82,6 +104,20 @@ impl FeaturePlan {
         scalar: Vec<datafusion::logical_expr::ScalarUDF>,
         aggregate: Vec<datafusion::logical_expr::AggregateUDF>,
     ) -> Result<Self> {
+        // Every core aggregates a closed window's rows (the plan's own tasks, on the engine's
+        // runtime).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::build(sql, log_sql, feature, scalar, aggregate, cores).await
+    }
+
+    async fn build(
+        sql: &str,
+        log_sql: &str,
+        feature: &str,
+        scalar: Vec<datafusion::logical_expr::ScalarUDF>,
+        aggregate: Vec<datafusion::logical_expr::AggregateUDF>,
+        cores: usize,
+    ) -> Result<Self> {
         let with_window = |base: SchemaRef| {
             let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.push(Field::new("window_start", window_ts_type(), false));
@@ -90,28 +126,37 @@ impl FeaturePlan {
         };
         let points_schema = with_window(vigil_ingest::points_schema());
         let logs_schema = with_window(vigil_ingest::logs_schema());
-        // Every core aggregates a closed window's rows (the plan's own tasks, on the engine's
-        // runtime); a small table stays in one partition (see `query`).
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let ctx = SessionContext::new_with_config(vigil_models::session_config(cores));
+        let mut config = vigil_models::session_config(cores);
+        // A physical plan with dynamic filters cannot be executed twice.
+        config.options_mut().optimizer.enable_dynamic_filter_pushdown = false;
+        // The points arrive dealt out by `series_id`: grouping by it (and more) needs no shuffle,
+        // on any number of cores.
+        config.options_mut().optimizer.subset_repartition_threshold = 1;
+        let ctx = SessionContext::new_with_config(config);
         for f in scalar {
             ctx.register_udf(f);
         }
         for f in aggregate {
             ctx.register_udaf(f);
         }
+        let log_err = |e| match e {
+            Error::Plan(m) => Error::Plan(format!("log signals: {m}")),
+            e => e,
+        };
+        let points_table = SwappedTable::new(points_schema.clone(), cores, Some("series_id"));
+        let logs_table = SwappedTable::new(logs_schema.clone(), cores, None);
+        let logs = Prepared::new(&ctx, "logs", logs_table, log_sql).await.map_err(log_err)?;
+        let points = Prepared::new(&ctx, "points", points_table, sql).await?;
         let mut plan = Self {
             ctx,
-            sql: sql.to_string(),
-            log_sql: log_sql.to_string(),
             points_schema: points_schema.clone(),
             logs_schema,
             output_schema: points_schema,
+            points,
+            logs,
+            running: tokio::sync::Mutex::new(()),
         };
-        let signals = plan.query("logs", vec![RecordBatch::new_empty(plan.logs_schema.clone())], &plan.log_sql).await.map_err(|e| match e {
-            Error::Plan(m) => Error::Plan(format!("log signals: {m}")),
-            e => e,
-        })?;
+        let signals = plan.query(&plan.logs, vec![RecordBatch::new_empty(plan.logs_schema.clone())]).await.map_err(log_err)?;
         for c in LOG_REQUIRED {
             if signals.schema().field_with_name(c).is_err() {
                 return Err(Error::Plan(format!(
@@ -158,6 +203,7 @@ impl FeaturePlan {
 
     /// Runs the plan over `windows`: log signals first (they join the points), then the features.
     pub async fn run(&self, windows: &[ClosedWindow]) -> Result<PlanOutput> {
+        let _one = self.running.lock().await;
         let with_window = |schema: &SchemaRef, b: &RecordBatch, w: &ClosedWindow| -> Result<RecordBatch> {
             let n = b.num_rows();
             let mut cols: Vec<ArrayRef> = b.columns().to_vec();
@@ -177,7 +223,7 @@ impl FeaturePlan {
         }
         let logs = concat_batches(&self.logs_schema, &log_parts)?;
         if logs.num_rows() > 0 {
-            let signals = self.query("logs", vec![logs.clone()], &self.log_sql).await?;
+            let signals = self.query(&self.logs, vec![logs.clone()]).await?;
             let signal_points = self.signal_points(&signals)?;
             // Each signal belongs to the window it was computed for.
             let mut starts = windows.iter().map(|w| (w.start_ms, w.end_ms)).collect::<Vec<_>>();
@@ -263,41 +309,72 @@ impl FeaturePlan {
     }
 
     async fn execute(&self, points: Vec<RecordBatch>) -> Result<RecordBatch> {
-        self.query("points", points, &self.sql).await
+        self.query(&self.points, points).await
     }
 
-    async fn query(&self, table: &str, rows: Vec<RecordBatch>, sql: &str) -> Result<RecordBatch> {
-        // The batches dealt out to one partition per core (in order within each), so that every
-        // core aggregates; a small table stays in one partition.
-        let schema = rows.first().map(RecordBatch::schema).ok_or_else(|| Error::Plan(format!("no batch for `{table}`")))?;
-        let k = self.ctx.state().config().target_partitions().max(1);
-        let n: usize = rows.iter().map(RecordBatch::num_rows).sum();
-        let parts: Vec<Vec<RecordBatch>> = if k == 1 || n < 4096 * k {
-            vec![rows]
-        } else if rows.len() >= 2 * k {
-            let mut parts = vec![Vec::new(); k];
-            let mut filled = vec![0usize; k];
-            for b in rows {
-                let i = (0..k).min_by_key(|i| filled[*i]).expect("k >= 1");
-                filled[i] += b.num_rows();
-                parts[i].push(b);
-            }
-            parts
-        } else {
-            let all = concat_batches(&schema, &rows)?;
-            (0..k).map(|i| vec![all.slice(i * n / k, (i + 1) * n / k - i * n / k)]).collect()
+    async fn query(&self, prepared: &Prepared, rows: Vec<RecordBatch>) -> Result<RecordBatch> {
+        let table = &prepared.table;
+        let parts = match table.hashed_by() {
+            Some(_) => vec![rows],
+            None => source::deal_evenly(rows, table.partitions())?,
         };
-        let mem = MemTable::try_new(schema, parts)?;
-        self.ctx.deregister_table(table)?;
-        self.ctx.register_table(table, Arc::new(mem))?;
-        let df = self.ctx.sql(sql).await.map_err(|e| Error::Plan(e.to_string()))?;
-        let planned: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        // Execution may pick other physical string types than planning (e.g. Utf8View inside
-        // a map built by `map()`): the batches' own schema is the truth.
-        let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
-        Ok(concat_batches(&schema, &batches)?)
+        table.set(parts);
+        let result = async {
+            let (plan, planned) = match &prepared.plan {
+                Some(plan) => (reset_plan_states(plan.clone())?, plan.schema()),
+                None => {
+                    let df = self.ctx.sql(&prepared.sql).await.map_err(|e| Error::Plan(e.to_string()))?;
+                    let planned: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                    (df.create_physical_plan().await?, planned)
+                }
+            };
+            let batches = collect(plan, self.ctx.task_ctx()).await?;
+            // Execution may pick other physical string types than planning (e.g. Utf8View inside
+            // a map built by `map()`): the batches' own schema is the truth.
+            let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
+            Ok(concat_batches(&schema, &batches)?)
+        }
+        .await;
+        table.clear();
+        result
     }
+}
+
+impl Prepared {
+    /// Registers `table` as `name` and plans `sql` over it, once, unless the SQL calls a function
+    /// that planning folds to a constant.
+    async fn new(ctx: &SessionContext, name: &str, table: SwappedTable, sql: &str) -> Result<Self> {
+        ctx.register_table(name, Arc::new(table.clone()))?;
+        let state: SessionState = ctx.state();
+        let logical = state.create_logical_plan(sql).await.map_err(|e| Error::Plan(e.to_string()))?;
+        let plan = if folds_at_planning(&logical)? {
+            None
+        } else {
+            let df = ctx.execute_logical_plan(logical).await.map_err(|e| Error::Plan(e.to_string()))?;
+            Some(df.create_physical_plan().await.map_err(|e| Error::Plan(e.to_string()))?)
+        };
+        Ok(Self { table, sql: sql.to_string(), plan })
+    }
+}
+
+/// Whether `plan` calls a function whose value planning fixes (a stable one, such as `now()`).
+fn folds_at_planning(plan: &LogicalPlan) -> Result<bool> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e {
+                    if f.func.signature().volatility == Volatility::Stable {
+                        found = true;
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(found)
 }
 
 /// Gives `batch` exactly `schema` (the one the `features` table was created with), casting
@@ -408,6 +485,98 @@ mod tests {
         assert_eq!(get(r#"log_new_templates{service="api"}"#), Some(2.0));
         let per_template = (0..series.len()).filter(|&i| series.value(i).starts_with("log_template_records{")).count();
         assert_eq!(per_template, 2);
+    }
+
+    /// The features of `sql` over `windows`, planned from scratch over an ordinary in-memory
+    /// table: what the prepared plan must give.
+    async fn planned_afresh(sql: &str, windows: &[ClosedWindow], partitions: usize) -> RecordBatch {
+        let plan = FeaturePlan::build(sql, DEFAULT_LOG_SIGNALS_SQL, "mean", Vec::new(), Vec::new(), 1).await.unwrap();
+        let mut rows = Vec::new();
+        for w in windows {
+            for b in &w.batches {
+                let n = b.num_rows();
+                let mut cols = b.columns().to_vec();
+                cols.push(Arc::new(TimestampMillisecondArray::from_value(w.start_ms, n).with_timezone("+00:00")));
+                cols.push(Arc::new(TimestampMillisecondArray::from_value(w.end_ms, n).with_timezone("+00:00")));
+                rows.push(RecordBatch::try_new(plan.points_schema(), cols).unwrap());
+            }
+        }
+        let ctx = SessionContext::new_with_config(vigil_models::session_config(partitions));
+        let parts = source::deal_evenly(rows, partitions).unwrap();
+        ctx.register_table("points", Arc::new(datafusion::datasource::MemTable::try_new(plan.points_schema(), parts).unwrap())).unwrap();
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        conform(concat_batches(&batches[0].schema(), &batches).unwrap(), &plan.output_schema()).unwrap()
+    }
+
+    /// Equal, but for the last bits of sums added in another order.
+    fn same_features(got: &RecordBatch, want: &RecordBatch, what: &str) {
+        assert_eq!(got.schema(), want.schema(), "{what}");
+        assert_eq!(got.num_rows(), want.num_rows(), "{what}");
+        for (i, f) in got.schema().fields().iter().enumerate() {
+            let (a, b) = (got.column(i), want.column(i));
+            if f.data_type() == &DataType::Float64 {
+                let (a, b) = (a.as_primitive::<Float64Type>(), b.as_primitive::<Float64Type>());
+                for r in 0..a.len() {
+                    let (x, y) = (a.value(r), b.value(r));
+                    assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{what}: {} row {r}: {x} against {y}", f.name());
+                }
+            } else {
+                assert_eq!(a, b, "{what}: {}", f.name());
+            }
+        }
+    }
+
+    fn many_series(seed: u64, hosts: usize, points: usize) -> Vec<ClosedWindow> {
+        let names: Vec<String> = (0..hosts).map(|h| format!("h{h}")).collect();
+        let rows: Vec<(&str, i64, f64)> = (0..hosts * points)
+            .map(|i| (names[i % hosts].as_str(), 1_000 + (i / hosts) as i64 * 7, ((i as u64 * 2_654_435_761 + seed) % 1_000) as f64 / 10.0))
+            .collect();
+        window(&rows)
+    }
+
+    #[tokio::test]
+    async fn the_plan_made_once_gives_at_every_close_what_planning_afresh_gives() {
+        // The physical plan is made once and re-executed over new rows; its points are dealt out
+        // by series. Each close must give exactly what planning the SQL over a plain table does,
+        // whatever the row counts (the count(*) of a scalar subquery would be answered from the
+        // first rows' statistics if the table had any).
+        let sql = "SELECT window_start, window_end, series_id, series, name, count(*) AS count, avg(value) AS mean, \
+                   max(value) AS max, percentile_cont(value, 0.95) AS p95, (SELECT count(*) FROM points) AS total \
+                   FROM points GROUP BY window_start, window_end, series_id, series, name ORDER BY window_start, series_id";
+        for partitions in [1, 2, 3] {
+            let plan = FeaturePlan::build(sql, DEFAULT_LOG_SIGNALS_SQL, "mean", Vec::new(), Vec::new(), partitions).await.unwrap();
+            assert!(plan.points.plan.is_some(), "planned once");
+            for (seed, hosts, points) in [(1, 3_000, 4), (2, 50, 30), (3, 9_000, 2), (4, 1, 1)] {
+                let windows = many_series(seed, hosts, points);
+                let got = plan.run(&windows).await.unwrap().features;
+                let want = planned_afresh(sql, &windows, partitions).await;
+                assert_eq!(got.num_rows(), hosts, "partitions {partitions}, run {seed}");
+                same_features(&got, &want, &format!("partitions {partitions}, run {seed}"));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plan_grouped_by_series_id_needs_no_shuffle() {
+        let plan = FeaturePlan::build(DEFAULT_FEATURES_SQL, DEFAULT_LOG_SIGNALS_SQL, "mean", Vec::new(), Vec::new(), 2).await.unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.points.plan.as_ref().unwrap().as_ref()).indent(true).to_string();
+        assert!(!shown.contains("RepartitionExec"), "{shown}");
+        assert!(shown.contains("mode=SinglePartitioned"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn sql_calling_now_is_planned_at_every_close() {
+        let sql = "SELECT window_start, window_end, series_id, series, name, avg(value) AS mean, \
+                   CAST(now() AS BIGINT) / 1000000 AS planned_ms \
+                   FROM points GROUP BY window_start, window_end, series_id, series, name";
+        let plan = FeaturePlan::new(sql, "mean").await.unwrap();
+        assert!(plan.points.plan.is_none());
+        assert!(plan_default().await.points.plan.is_some());
+        let at = |f: &RecordBatch| f.column_by_name("planned_ms").unwrap().as_primitive::<arrow::datatypes::Int64Type>().value(0);
+        let first = at(&plan.run(&window(&[("a", 1_000, 1.0)])).await.unwrap().features);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let second = at(&plan.run(&window(&[("a", 1_000, 1.0)])).await.unwrap().features);
+        assert!(second >= first + 20, "now() of the second close {second}, of the first {first}");
     }
 
     #[tokio::test]
