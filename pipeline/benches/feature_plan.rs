@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, TimestampMillisecondArray};
+use arrow::array::RecordBatch;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -43,26 +43,11 @@ fn window() -> Vec<ClosedWindow> {
     wins
 }
 
-/// The rows with their window columns, as the `points` table holds them.
-fn points(plan: &FeaturePlan, wins: &[ClosedWindow]) -> Vec<RecordBatch> {
-    let mut rows = Vec::new();
-    for w in wins {
-        for b in &w.batches {
-            let n = b.num_rows();
-            let mut cols = b.columns().to_vec();
-            cols.push(Arc::new(TimestampMillisecondArray::from_value(w.start_ms, n).with_timezone("+00:00")));
-            cols.push(Arc::new(TimestampMillisecondArray::from_value(w.end_ms, n).with_timezone("+00:00")));
-            rows.push(RecordBatch::try_new(plan.points_schema(), cols).expect("schema"));
-        }
-    }
-    rows
-}
-
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let wins = window();
     let plan = rt.block_on(FeaturePlan::new(DEFAULT_FEATURES_SQL, "mean")).expect("plans");
-    let rows = points(&plan, &wins);
+    let rows = plan.points_rows(&wins).expect("rows");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut g = c.benchmark_group("feature_plan_10k_series_x10");
     g.throughput(Throughput::Elements((SERIES * POINTS) as u64));

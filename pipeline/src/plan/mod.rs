@@ -201,26 +201,17 @@ impl FeaturePlan {
         self.logs_schema.clone()
     }
 
+    /// The windows' points as the `points` table holds them (with `window_start` and
+    /// `window_end`), before the log signals join them.
+    pub fn points_rows(&self, windows: &[ClosedWindow]) -> Result<Vec<RecordBatch>> {
+        windows.iter().flat_map(|w| w.batches.iter().map(move |b| with_window(&self.points_schema, b, w))).collect()
+    }
+
     /// Runs the plan over `windows`: log signals first (they join the points), then the features.
     pub async fn run(&self, windows: &[ClosedWindow]) -> Result<PlanOutput> {
         let _one = self.running.lock().await;
-        let with_window = |schema: &SchemaRef, b: &RecordBatch, w: &ClosedWindow| -> Result<RecordBatch> {
-            let n = b.num_rows();
-            let mut cols: Vec<ArrayRef> = b.columns().to_vec();
-            cols.push(Arc::new(TimestampMillisecondArray::from_value(w.start_ms, n).with_timezone("+00:00")));
-            cols.push(Arc::new(TimestampMillisecondArray::from_value(w.end_ms, n).with_timezone("+00:00")));
-            Ok(RecordBatch::try_new(schema.clone(), cols)?)
-        };
-        let mut parts = Vec::new();
-        let mut log_parts = Vec::new();
-        for w in windows {
-            for b in &w.batches {
-                parts.push(with_window(&self.points_schema, b, w)?);
-            }
-            for b in &w.logs {
-                log_parts.push(with_window(&self.logs_schema, b, w)?);
-            }
-        }
+        let mut parts = self.points_rows(windows)?;
+        let log_parts = windows.iter().flat_map(|w| w.logs.iter().map(move |b| with_window(&self.logs_schema, b, w))).collect::<Result<Vec<_>>>()?;
         let logs = concat_batches(&self.logs_schema, &log_parts)?;
         if logs.num_rows() > 0 {
             let signals = self.query(&self.logs, vec![logs.clone()]).await?;
@@ -377,6 +368,15 @@ fn folds_at_planning(plan: &LogicalPlan) -> Result<bool> {
     Ok(found)
 }
 
+/// `b`, a batch of window `w`, with the window's `window_start` and `window_end` columns.
+fn with_window(schema: &SchemaRef, b: &RecordBatch, w: &ClosedWindow) -> Result<RecordBatch> {
+    let n = b.num_rows();
+    let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+    cols.push(Arc::new(TimestampMillisecondArray::from_value(w.start_ms, n).with_timezone("+00:00")));
+    cols.push(Arc::new(TimestampMillisecondArray::from_value(w.end_ms, n).with_timezone("+00:00")));
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
 /// Gives `batch` exactly `schema` (the one the `features` table was created with), casting
 /// columns whose physical type differs between planning an empty table and running a full one.
 fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
@@ -491,16 +491,7 @@ mod tests {
     /// table: what the prepared plan must give.
     async fn planned_afresh(sql: &str, windows: &[ClosedWindow], partitions: usize) -> RecordBatch {
         let plan = FeaturePlan::build(sql, DEFAULT_LOG_SIGNALS_SQL, "mean", Vec::new(), Vec::new(), 1).await.unwrap();
-        let mut rows = Vec::new();
-        for w in windows {
-            for b in &w.batches {
-                let n = b.num_rows();
-                let mut cols = b.columns().to_vec();
-                cols.push(Arc::new(TimestampMillisecondArray::from_value(w.start_ms, n).with_timezone("+00:00")));
-                cols.push(Arc::new(TimestampMillisecondArray::from_value(w.end_ms, n).with_timezone("+00:00")));
-                rows.push(RecordBatch::try_new(plan.points_schema(), cols).unwrap());
-            }
-        }
+        let rows = plan.points_rows(windows).unwrap();
         let ctx = SessionContext::new_with_config(vigil_models::session_config(partitions));
         let parts = source::deal_evenly(rows, partitions).unwrap();
         ctx.register_table("points", Arc::new(datafusion::datasource::MemTable::try_new(plan.points_schema(), parts).unwrap())).unwrap();
