@@ -118,14 +118,14 @@ impl FeaturePlan {
         aggregate: Vec<datafusion::logical_expr::AggregateUDF>,
         cores: usize,
     ) -> Result<Self> {
-        let with_window = |base: SchemaRef| {
+        let windowed = |base: SchemaRef| {
             let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.push(Field::new("window_start", window_ts_type(), false));
             fields.push(Field::new("window_end", window_ts_type(), false));
             Arc::new(Schema::new(fields))
         };
-        let points_schema = with_window(vigil_ingest::points_schema());
-        let logs_schema = with_window(vigil_ingest::logs_schema());
+        let points_schema = windowed(vigil_ingest::points_schema());
+        let logs_schema = windowed(vigil_ingest::logs_schema());
         let mut config = vigil_models::session_config(cores);
         // A physical plan with dynamic filters cannot be executed twice.
         config.options_mut().optimizer.enable_dynamic_filter_pushdown = false;

@@ -12,7 +12,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use futures::StreamExt;
 use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
@@ -27,6 +26,7 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::repartition::REPARTITION_RANDOM_STATE;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream};
+use futures::StreamExt;
 
 /// The rows one run sees, one list of batches per partition.
 type Rows = Arc<Mutex<Vec<Vec<RecordBatch>>>>;
@@ -65,7 +65,6 @@ impl SwappedTable {
     /// list of all the rows, and each partition takes its own as it reads them ([`own_rows`]).
     pub(crate) fn set(&self, mut parts: Vec<Vec<RecordBatch>>) {
         parts.resize_with(self.partitions, Vec::new);
-        debug_assert_eq!(parts.len(), self.partitions, "one list per partition");
         *self.rows.lock().unwrap_or_else(|e| e.into_inner()) = parts;
     }
 
@@ -160,14 +159,15 @@ impl ExecutionPlan for SwappedExec {
         let batches = self.rows.lock().unwrap_or_else(|e| e.into_inner()).first().cloned().unwrap_or_default();
         let projection = self.projection.clone();
         let mut hashes = Vec::new();
-        let stream = futures::stream::iter(batches).map(move |b| {
-            let b = match &projection {
-                Some(p) => b.project(p)?,
-                None => b,
-            };
-            own_rows(&b, col, partition, k, &mut hashes)
-        });
-        let stream = futures::StreamExt::filter(stream, |b| std::future::ready(!matches!(b, Ok(b) if b.num_rows() == 0)));
+        let stream = futures::stream::iter(batches)
+            .map(move |b| {
+                let b = match &projection {
+                    Some(p) => b.project(p)?,
+                    None => b,
+                };
+                own_rows(&b, col, partition, k, &mut hashes)
+            })
+            .filter(|b| std::future::ready(!matches!(b, Ok(b) if b.num_rows() == 0)));
         Ok(Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
     }
 }
