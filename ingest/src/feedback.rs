@@ -15,13 +15,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::close::{ClosedWithin, CLOSE_TIMEOUT};
 use crate::json::RawRecord;
 use crate::source::SourcePos;
 use crate::{Error, Result};
 
 /// Reads the feedback topic from given positions.
 pub struct FeedbackSource {
-    consumer: BaseConsumer,
+    consumer: ClosedWithin<BaseConsumer>,
     topic: Arc<str>,
     /// Next offset to read per partition.
     next: BTreeMap<i32, i64>,
@@ -53,7 +54,7 @@ impl FeedbackSource {
             }
         }
         let consumer: BaseConsumer = cc.create().map_err(|e| Error::kafka("creating the feedback consumer", e))?;
-        let mut s = Self { consumer, topic: Arc::from(topic), next: positions, assigned: false, last_look: None };
+        let mut s = Self { consumer: ClosedWithin::new("feedback consumer", consumer, CLOSE_TIMEOUT), topic: Arc::from(topic), next: positions, assigned: false, last_look: None };
         s.try_assign(Duration::from_secs(5));
         Ok(s)
     }

@@ -22,6 +22,7 @@
 //! [`DecodedLogs`], [`Rejected`], [`KafkaSource`], [`FormatCounters`].
 #![deny(missing_docs)]
 
+mod close;
 mod drain;
 mod error;
 mod feedback;
@@ -35,6 +36,7 @@ mod schema;
 mod series;
 mod source;
 
+pub use close::{close_within, ClosedWithin, CLOSE_TIMEOUT};
 pub use error::{Error, Result};
 pub use feedback::FeedbackSource;
 pub use focus::{costs_schema, DecodedCosts, FocusDecoder, COST_COLUMNS};

@@ -11,6 +11,7 @@ use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, Stream
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::close::{ClosedWithin, CLOSE_TIMEOUT};
 use crate::json::RawRecord;
 use crate::{Error, Result};
 
@@ -109,7 +110,7 @@ impl ConsumerContext for RebalanceLog {
 /// with `cooperative-sticky` unless the consumer properties say otherwise, so a member joining
 /// or leaving moves only the partitions it must; [`KafkaSource::take_rebalances`] says which.
 pub struct KafkaSource {
-    consumer: StreamConsumer<RebalanceLog>,
+    consumer: ClosedWithin<StreamConsumer<RebalanceLog>>,
     topics: HashMap<String, Arc<str>>,
     cfg: KafkaSourceConfig,
 }
@@ -145,7 +146,7 @@ impl KafkaSource {
         let names: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|e| Error::kafka(format!("subscribing to {names:?}"), e))?;
         let topics = cfg.topics.iter().map(|t| (t.clone(), Arc::<str>::from(t.as_str()))).collect();
-        Ok(Self { consumer, topics, cfg })
+        Ok(Self { consumer: ClosedWithin::new("metrics consumer", consumer, CLOSE_TIMEOUT), topics, cfg })
     }
 
     /// Waits up to `poll_timeout` for a record, then gathers more for up to `linger` or until

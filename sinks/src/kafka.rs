@@ -275,6 +275,7 @@ pub fn published_ids(brokers: &str, topic: &str, per_partition: usize, timeout: 
         .set("fetch.wait.max.ms", "50")
         .create_with_context(QuietEof)
         .map_err(Error::Create)?;
+    let consumer = vigil_ingest::ClosedWithin::new("published-ids reader", consumer, vigil_ingest::CLOSE_TIMEOUT);
     let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| Error::Read { topic: topic.to_string(), source: e })?;
     let mut tpl = TopicPartitionList::new();
     let mut ends = std::collections::HashMap::new();

@@ -142,6 +142,7 @@ impl Tansu {
     /// `VIGIL_TANSU_LOG` sets the broker's `RUST_LOG` (default `warn`; `debug` logs every request
     /// and response).
     pub fn start() -> Tansu {
+        crate::common::arm_watchdog();
         let tansu = tool("tansu");
         for attempt in 1..=3 {
             let port = free_port();

@@ -18,6 +18,7 @@ pub struct Kafka {
 
 impl Kafka {
     pub fn start(input_partitions: i32) -> Self {
+        arm_watchdog();
         let cluster = MockCluster::new(1).expect("mock cluster");
         let brokers = cluster.bootstrap_servers();
         cluster.create_topic("metrics", input_partitions, 1).unwrap();
@@ -65,6 +66,8 @@ impl Kafka {
             .set("enable.auto.commit", "false")
             .create()
             .unwrap();
+        // Leaving the group is bounded: a close that hangs must not hang the test.
+        let c = vigil_ingest::ClosedWithin::new("test reader", c, vigil_ingest::CLOSE_TIMEOUT);
         let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
@@ -201,9 +204,33 @@ pub fn tables() -> Arc<vigil_pipeline::ResultTables> {
 
 /// Logs of the engine in the test's output (shown when it fails), filtered by `RUST_LOG`.
 pub fn init_tracing() {
+    arm_watchdog();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_test_writer()
         .with_ansi(false)
         .try_init();
+}
+
+/// Turns a hang of this test binary into a failure that says where it hangs. The whole binary
+/// normally finishes in minutes; once it has run for `VIGIL_TEST_WATCHDOG_SECS` (default 15
+/// minutes), every thread's stack is printed (through gdb, where the machine has it) and the
+/// process aborts, instead of a hung test holding the run until an outer time limit cuts it
+/// off without a word. Armed by the first test that starts a broker or tracing.
+pub fn arm_watchdog() {
+    static ARMED: std::sync::Once = std::sync::Once::new();
+    ARMED.call_once(|| {
+        let secs = std::env::var("VIGIL_TEST_WATCHDOG_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(900);
+        let spawned = std::thread::Builder::new().name("watchdog".into()).spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs));
+            eprintln!("the end-to-end tests are still running after {secs} s: a test hangs; the threads' stacks follow");
+            let pid = std::process::id().to_string();
+            match std::process::Command::new("gdb").args(["-p", &pid, "-batch", "-ex", "thread apply all bt"]).status() {
+                Ok(s) => eprintln!("gdb: {s}"),
+                Err(e) => eprintln!("no stacks: gdb could not run ({e})"),
+            }
+            std::process::abort();
+        });
+        spawned.expect("start the watchdog thread");
+    });
 }

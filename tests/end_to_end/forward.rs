@@ -131,6 +131,8 @@ async fn produce_decisions(kafka: &Kafka, records: &[(&str, Vec<u8>)]) {
 /// Per partition of the decisions topic: (committed offset of `group`, end of the partition).
 fn committed_and_end(kafka: &Kafka, group: &str) -> Vec<(i64, i64)> {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).set("group.id", group).create().unwrap();
+    // Leaving the group is bounded: a close that hangs must not hang the test.
+    let c = vigil_ingest::ClosedWithin::new("test reader", c, vigil_ingest::CLOSE_TIMEOUT);
     let mut tpl = TopicPartitionList::new();
     for p in 0..2 {
         tpl.add_partition("vigil.decisions", p);

@@ -242,6 +242,8 @@ fn read_to_end(brokers: &str, topic: &str, mut each: impl FnMut(&rdkafka::messag
         .set("enable.partition.eof", "true")
         .create()
         .unwrap();
+    // Leaving the group is bounded: a close that hangs must not hang the test.
+    let c = vigil_ingest::ClosedWithin::new("test reader", c, vigil_ingest::CLOSE_TIMEOUT);
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
     let mut tpl = TopicPartitionList::new();
     let mut open = BTreeSet::new();

@@ -127,7 +127,7 @@ impl ConsumerContext for ForwardContext {
 /// in order per partition, committing its offset only once every target has accepted it or it
 /// has been dead-lettered.
 pub struct Forwarder {
-    consumer: StreamConsumer<ForwardContext>,
+    consumer: vigil_ingest::ClosedWithin<StreamConsumer<ForwardContext>>,
     dlq: FutureProducer,
     client: reqwest::Client,
     endpoints: Vec<Endpoint>,
@@ -173,6 +173,7 @@ impl Forwarder {
         let consumer: StreamConsumer<ForwardContext> =
             cc.create_with_context(ForwardContext).map_err(|source| ForwardError::Kafka { context: "creating the consumer", source })?;
         consumer.subscribe(&[&cfg.topic]).map_err(|source| ForwardError::Kafka { context: "subscribing to the decisions topic", source })?;
+        let consumer = vigil_ingest::ClosedWithin::new("forwarder consumer", consumer, vigil_ingest::CLOSE_TIMEOUT);
         Ok(Self { consumer, dlq, client, endpoints, cfg: cfg.clone(), stats: Arc::default() })
     }
 
