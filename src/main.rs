@@ -259,8 +259,11 @@ fn main() -> ExitCode {
     // Freed pages are returned to the kernel after a second rather than 10 ms: each poll's
     // batches reuse the last one's pages instead of faulting in zeroed ones (measured: the
     // kernel's page zeroing was a third of `vigil bench`'s time).
-    // SAFETY: sets a process-wide allocator option; no memory is touched.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+    // mimalloc's own variable, when set, is left to decide.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a process-wide allocator option; no memory is touched.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
