@@ -192,6 +192,10 @@ impl JsonPointDecoder {
     pub fn decode_refs(&mut self, records: &[&RawRecord]) -> Result<DecodedBatch> {
         let c = self.counters.clone();
         count_input(&c, records);
+        // The common shape of a point, when every record of the batch has it.
+        if let Some(rows) = crate::json_fast::decode_common(records) {
+            return rows.finish(&c, Vec::new());
+        }
 
         let mut rejected = Vec::new();
         let (wire, candidates) = self.inner.decode_records(records, &mut rejected)?;
@@ -246,15 +250,26 @@ impl<'a> WireRows<'a> {
         Ok(())
     }
 
-    /// The points, with `rejected` sorted by position and everything counted.
-    pub(crate) fn finish(mut self, c: &IngestCounters, mut rejected: Vec<Rejected>) -> Result<DecodedBatch> {
+    /// The rows pushed so far, in the wire schema.
+    fn wire_batch(&mut self) -> Result<RecordBatch> {
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.ts.finish()),
             Arc::new(self.name.finish()),
             Arc::new(self.labels.finish()),
             Arc::new(self.value.finish()),
         ];
-        let wire = RecordBatch::try_new(wire_schema(), cols)?;
+        Ok(RecordBatch::try_new(wire_schema(), cols)?)
+    }
+
+    /// The rows in the wire schema, before they become points.
+    #[cfg(test)]
+    pub(crate) fn into_wire(mut self) -> Result<RecordBatch> {
+        self.wire_batch()
+    }
+
+    /// The points, with `rejected` sorted by position and everything counted.
+    pub(crate) fn finish(mut self, c: &IngestCounters, mut rejected: Vec<Rejected>) -> Result<DecodedBatch> {
+        let wire = self.wire_batch()?;
         let (points, positions, missing) = to_points(&wire, &self.records)?;
         rejected.extend(missing);
         rejected.sort_by_key(|r| (r.pos.partition, r.pos.offset));

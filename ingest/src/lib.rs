@@ -29,6 +29,7 @@ mod feedback;
 mod focus;
 mod influx;
 mod json;
+mod json_fast;
 mod logs;
 mod mapped;
 mod otlp;
