@@ -75,6 +75,10 @@ fn bench(c: &mut Criterion) {
     let json = records((0..N).map(|i| {
         format!(r#"{{"ts":{},"name":"cpu_utilization","labels":{{"host":"h{}","service":"checkout"}},"value":{}}}"#, T0 + i as i64, i % 300, 0.5 + (i % 7) as f64 / 10.0).into_bytes()
     }));
+    // The same points with an escape in a label: arrow-json's general decoder reads these.
+    let json_general = records((0..N).map(|i| {
+        format!(r#"{{"ts":{},"name":"cpu_utilization","labels":{{"host":"h{}","service":"check\/out"}},"value":{}}}"#, T0 + i as i64, i % 300, 0.5 + (i % 7) as f64 / 10.0).into_bytes()
+    }));
     let influx = records((0..N).map(|i| format!("cpu,host=h{},service=checkout usage_user={},usage_system={} {}", i % 300, 0.5, 0.25, (T0 + i as i64) * 1_000_000).into_bytes()));
     let mapped = records((0..N).map(|i| {
         format!(
@@ -102,6 +106,8 @@ fn bench(c: &mut Criterion) {
     };
     let mut d = JsonPointDecoder::default();
     run("json", &json, 1, &mut |r| d.decode(r).unwrap().points.num_rows());
+    let mut d = JsonPointDecoder::default();
+    run("json_general", &json_general, 1, &mut |r| d.decode(r).unwrap().points.num_rows());
     let mut d = InfluxDecoder::new(Precision::Nanoseconds, Arc::default());
     run("influx", &influx, 2, &mut |r| d.decode(r).unwrap().points.num_rows());
     let mapping = JsonMapping {
