@@ -35,7 +35,7 @@ fn parse<'a>(b: &'a [u8], labels: &mut Vec<(&'a str, &'a str)>) -> Option<Point<
     labels.clear();
     // UTF-8 is checked once for the whole record; strings are then cut out of it.
     let s = std::str::from_utf8(b).ok()?;
-    let mut c = Cursor { s, b, i: 0 };
+    let mut c = Cursor { s, i: 0 };
     let (mut ts, mut name, mut value, mut seen_labels) = (None, None, None, false);
     c.eat(b'{')?;
     loop {
@@ -72,7 +72,7 @@ fn parse<'a>(b: &'a [u8], labels: &mut Vec<(&'a str, &'a str)>) -> Option<Point<
         }
     }
     c.ws();
-    if c.i != b.len() || !seen_labels {
+    if c.i != s.len() || !seen_labels {
         return None;
     }
     Some(Point { ts: ts?, name: name?, value: value? })
@@ -80,20 +80,24 @@ fn parse<'a>(b: &'a [u8], labels: &mut Vec<(&'a str, &'a str)>) -> Option<Point<
 
 struct Cursor<'a> {
     s: &'a str,
-    b: &'a [u8],
     i: usize,
 }
 
 impl<'a> Cursor<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.s.as_bytes()
+    }
+
     fn ws(&mut self) {
-        while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+        let b = self.bytes();
+        while self.i < b.len() && matches!(b[self.i], b' ' | b'\t' | b'\n' | b'\r') {
             self.i += 1;
         }
     }
 
     fn peek(&mut self) -> Option<u8> {
         self.ws();
-        self.b.get(self.i).copied()
+        self.bytes().get(self.i).copied()
     }
 
     fn next(&mut self) -> Option<u8> {
@@ -109,7 +113,7 @@ impl<'a> Cursor<'a> {
     /// A string without escapes or control characters, as UTF-8.
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
-        let rest = &self.b[self.i..];
+        let rest = &self.bytes()[self.i..];
         let end = rest.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
         if rest[end] != b'"' {
             return None;
@@ -124,7 +128,7 @@ impl<'a> Cursor<'a> {
     /// Returns it and whether it is an integer (no fraction, no exponent).
     fn number(&mut self) -> Option<(&'a str, bool)> {
         self.ws();
-        let b = self.b;
+        let b = self.bytes();
         let start = self.i;
         let mut i = start;
         let digits = |i: &mut usize| {

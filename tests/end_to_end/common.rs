@@ -60,14 +60,7 @@ impl Kafka {
 
     /// Reads every record of `topic` from the beginning (all partitions).
     pub fn read_all(&self, topic: &str, expect_at_least: usize, timeout: Duration) -> Vec<Record> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", format!("reader-{topic}-{}", rand_id()))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        // Leaving the group is bounded: a close that hangs must not hang the test.
-        let c = vigil_ingest::ClosedWithin::new("test reader", c, vigil_ingest::CLOSE_TIMEOUT);
+        let c = reader(&self.brokers, &format!("reader-{topic}-{}", rand_id()), &[("enable.auto.commit", "false")]);
         let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
@@ -200,6 +193,17 @@ pub fn rows(tables: &vigil_pipeline::ResultTables, table: &str) -> Vec<serde_jso
 
 pub fn tables() -> Arc<vigil_pipeline::ResultTables> {
     Arc::new(vigil_pipeline::ResultTables::new())
+}
+
+/// A consumer of `group` that reads offsets or records for a test, `settings` on top. It is
+/// dropped within a bound: a group close that hangs must not hang the test.
+pub fn reader(brokers: &str, group: &str, settings: &[(&str, &str)]) -> vigil_ingest::ClosedWithin<BaseConsumer> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", brokers).set("group.id", group);
+    for (k, v) in settings {
+        cc.set(*k, *v);
+    }
+    vigil_ingest::ClosedWithin::new("test reader", cc.create().expect("a test consumer"), vigil_ingest::CLOSE_TIMEOUT)
 }
 
 /// Logs of the engine in the test's output (shown when it fails), filtered by `RUST_LOG`.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::process::*;
 
@@ -53,9 +53,7 @@ fn spawn_producer(
 
 /// Committed offsets of `group` on `topic`'s partitions.
 fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
-    // Leaving the group is bounded: a close that hangs must not hang the test.
-    let c = vigil_ingest::ClosedWithin::new("test reader", c, vigil_ingest::CLOSE_TIMEOUT);
+    let c = crate::common::reader(brokers, group, &[]);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);

@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -130,9 +130,7 @@ async fn produce_decisions(kafka: &Kafka, records: &[(&str, Vec<u8>)]) {
 
 /// Per partition of the decisions topic: (committed offset of `group`, end of the partition).
 fn committed_and_end(kafka: &Kafka, group: &str) -> Vec<(i64, i64)> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).set("group.id", group).create().unwrap();
-    // Leaving the group is bounded: a close that hangs must not hang the test.
-    let c = vigil_ingest::ClosedWithin::new("test reader", c, vigil_ingest::CLOSE_TIMEOUT);
+    let c = reader(&kafka.brokers, group, &[]);
     let mut tpl = TopicPartitionList::new();
     for p in 0..2 {
         tpl.add_partition("vigil.decisions", p);

@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use vigil::Stats;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,9 +38,7 @@ async fn offsets_are_not_committed_past_decisions_the_broker_did_not_acknowledge
     }
     assert_eq!(Stats::get(&stats.decisions), 0);
     // Whatever was committed stops at or before the spike's record (offset 30).
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).set("group.id", "vigil-delivery").create().unwrap();
-    // Leaving the group is bounded: a close that hangs must not hang the test.
-    let c = vigil_ingest::ClosedWithin::new("test reader", c, vigil_ingest::CLOSE_TIMEOUT);
+    let c = reader(&kafka.brokers, "vigil-delivery", &[]);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition("metrics", 0);
     let committed = c.committed_offsets(tpl, Duration::from_secs(5)).unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, Normal};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -235,15 +235,7 @@ pub struct TopicDecision {
 /// Calls `each` with every record of `topic`, from the beginning to the end each partition
 /// reports while fetching (tansu's answer to a watermark request is not the true end).
 fn read_to_end(brokers: &str, topic: &str, mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>)) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("audit-{}", unique()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    // Leaving the group is bounded: a close that hangs must not hang the test.
-    let c = vigil_ingest::ClosedWithin::new("test reader", c, vigil_ingest::CLOSE_TIMEOUT);
+    let c = crate::common::reader(brokers, &format!("audit-{}", unique()), &[("enable.auto.commit", "false"), ("enable.partition.eof", "true")]);
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
     let mut tpl = TopicPartitionList::new();
     let mut open = BTreeSet::new();
