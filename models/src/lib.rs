@@ -15,7 +15,8 @@
 //!   periodogram for the period, falling back to AutoETS, then seasonal naive), and
 //!   [`time_to_threshold`] reads one against a limit.
 //! - [`sql_functions`]: the same models as DataFusion functions (`robust_sigma`, `anomaly_score`,
-//!   `vigil_forecast`, `vigil_period`), registered in the feature plan and the SQL service.
+//!   `vigil_forecast`, `vigil_period`), registered in the feature plan and the SQL service,
+//!   with DataFusion's exact `percentile_cont` kept in flat vectors rather than one per group.
 //! - [`Correlator`]: anomalies at or above the decision threshold, fleet outliers and forecasts
 //!   reaching a limit become *signals*; the signals of one entity (a service, by default) that
 //!   overlap in time are one [`Incident`], with a stable id and fingerprint, its members, the
@@ -40,6 +41,7 @@ mod fleet;
 mod forecast;
 mod health;
 mod incident;
+mod percentile;
 mod policy;
 mod slo;
 mod sql;

@@ -2,7 +2,10 @@
 //! series with 10 points each (100,000 rows in 10 polls' batches), on every core. Two ways:
 //!
 //! - `prepared`: [`FeaturePlan::run`], the SQL planned once, its physical plan re-executed over
-//!   rows dealt out to the cores by series;
+//!   rows dealt out to the cores by series, with Vigil's SQL functions registered as the engine
+//!   has them (its `percentile_cont` keeps every group's values in flat vectors);
+//! - `prepared_datafusion_percentile`: the same with DataFusion's own `percentile_cont` (a
+//!   vector per group);
 //! - `planned_each_close`: what the engine did before, the same SQL parsed, optimised and planned
 //!   at every close over an in-memory table whose batches are dealt out to the cores evenly.
 //!
@@ -46,13 +49,21 @@ fn window() -> Vec<ClosedWindow> {
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let wins = window();
-    let plan = rt.block_on(FeaturePlan::new(DEFAULT_FEATURES_SQL, "mean")).expect("plans");
+    let functions = vigil_models::sql_functions();
+    let plan = rt
+        .block_on(FeaturePlan::with_functions(DEFAULT_FEATURES_SQL, vigil_pipeline::DEFAULT_LOG_SIGNALS_SQL, "mean", functions.scalar, functions.aggregate))
+        .expect("plans");
+    let builtin = rt.block_on(FeaturePlan::new(DEFAULT_FEATURES_SQL, "mean")).expect("plans");
+    let a = rt.block_on(plan.run(&wins)).expect("runs").features;
+    let b = rt.block_on(builtin.run(&wins)).expect("runs").features;
+    assert_eq!(a, b, "both percentile_cont give the same features");
     let rows = plan.points_rows(&wins).expect("rows");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut g = c.benchmark_group("feature_plan_10k_series_x10");
     g.throughput(Throughput::Elements((SERIES * POINTS) as u64));
     g.sample_size(30);
     g.bench_function("prepared", |b| b.iter(|| rt.block_on(plan.run(&wins)).expect("runs").features.num_rows()));
+    g.bench_function("prepared_datafusion_percentile", |b| b.iter(|| rt.block_on(builtin.run(&wins)).expect("runs").features.num_rows()));
     g.bench_function("planned_each_close", |b| {
         b.iter(|| {
             rt.block_on(async {
