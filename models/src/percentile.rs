@@ -145,31 +145,23 @@ impl FlatGroups {
         }
         let mut out = vec![0.0; total];
         let mut next = offsets[..n].to_vec();
-        if n == self.counts.len() {
-            for (&g, &v) in self.groups.iter().zip(&self.values) {
-                let slot = &mut next[g as usize];
-                out[*slot] = v;
-                *slot += 1;
-            }
-            self.groups.clear();
-            self.values.clear();
-            self.counts.clear();
-        } else {
-            let (mut groups, mut values) = (Vec::with_capacity(self.groups.len() - total), Vec::with_capacity(self.values.len() - total));
-            for (&g, &v) in self.groups.iter().zip(&self.values) {
-                if (g as usize) < n {
-                    let slot = &mut next[g as usize];
+        let rest = self.groups.len() - total;
+        let (mut groups, mut values) = (Vec::with_capacity(rest), Vec::with_capacity(rest));
+        for (&g, &v) in self.groups.iter().zip(&self.values) {
+            match next.get_mut(g as usize) {
+                Some(slot) => {
                     out[*slot] = v;
                     *slot += 1;
-                } else {
+                }
+                None => {
                     groups.push(g - n as u32);
                     values.push(v);
                 }
             }
-            self.groups = groups;
-            self.values = values;
-            self.counts.drain(..n);
         }
+        self.groups = groups;
+        self.values = values;
+        self.counts.drain(..n);
         (offsets, out)
     }
 }
