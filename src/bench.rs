@@ -196,41 +196,71 @@ pub fn bench_mapping() -> crate::config::MappingConfig {
 /// Like [`synthesize`], in `format`: `json` points, `influx` line protocol (one field per line,
 /// nanosecond timestamps) or `mapped` CloudWatch-style JSON (see [`bench_mapping`]).
 pub fn synthesize_as(events: usize, hosts: usize, format: &str) -> Vec<Vec<u8>> {
-    let metrics = ["cpu_utilization", "mem_used_bytes", "http_requests", "http_errors", "latency_ms"];
-    let mut out = Vec::with_capacity(events);
-    let mut tick = 0i64;
-    let spike_at = (events / (hosts.max(1) * metrics.len())) as i64 * 4 / 5;
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    'outer: loop {
-        let base = 1_700_000_000_000 + tick * 1_000;
-        for h in 0..hosts {
-            for m in metrics {
-                if out.len() >= events {
-                    break 'outer;
-                }
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let jitter = (x % 600) as i64 - 300;
-                let mut v = 50.0 + (x % 1000) as f64 / 100.0 + (h % 7) as f64;
-                if m == "latency_ms" && h % 500 == 0 && (spike_at..spike_at + 3).contains(&tick) {
-                    v *= 8.0;
-                }
-                let ts = base + jitter;
-                let svc = h % 40;
-                let line = match format {
-                    "influx" => format!("{m},host=host-{h},service=svc-{svc} value={v} {}", ts * 1_000_000),
-                    "mapped" => format!(
-                        r#"{{"namespace":"bench","metric_name":"{m}","dimensions":{{"host":"host-{h}","service":"svc-{svc}"}},"timestamp":{ts},"value":{{"max":{v},"min":{v},"sum":{v},"count":1}},"unit":"None"}}"#
-                    ),
-                    _ => format!(r#"{{"ts":{ts},"name":"{m}","labels":{{"host":"host-{h}","service":"svc-{svc}"}},"value":{v}}}"#),
-                };
-                out.push(line.into_bytes());
+    Synth::new(events, hosts, format).collect()
+}
+
+/// The records of [`synthesize_as`], one at a time (so a run can make each batch when it needs
+/// it instead of holding the whole input).
+#[derive(Debug, Clone)]
+pub struct Synth {
+    format: String,
+    events: usize,
+    hosts: usize,
+    made: usize,
+    tick: i64,
+    host: usize,
+    metric: usize,
+    spike_at: i64,
+    x: u64,
+}
+
+const SYNTH_METRICS: [&str; 5] = ["cpu_utilization", "mem_used_bytes", "http_requests", "http_errors", "latency_ms"];
+
+impl Synth {
+    /// `events` records of `hosts` × 5 series in `format`.
+    pub fn new(events: usize, hosts: usize, format: &str) -> Self {
+        let hosts = hosts.max(1);
+        let spike_at = (events / (hosts * SYNTH_METRICS.len())) as i64 * 4 / 5;
+        Self { format: format.to_string(), events, hosts, made: 0, tick: 0, host: 0, metric: 0, spike_at, x: 0x9e3779b97f4a7c15 }
+    }
+}
+
+impl Iterator for Synth {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if self.made >= self.events {
+            return None;
+        }
+        let (h, m, tick) = (self.host, SYNTH_METRICS[self.metric], self.tick);
+        self.made += 1;
+        self.metric += 1;
+        if self.metric == SYNTH_METRICS.len() {
+            (self.metric, self.host) = (0, self.host + 1);
+            if self.host == self.hosts {
+                (self.host, self.tick) = (0, self.tick + 1);
             }
         }
-        tick += 1;
+        let x = &mut self.x;
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        let jitter = (*x % 600) as i64 - 300;
+        let mut v = 50.0 + (*x % 1000) as f64 / 100.0 + (h % 7) as f64;
+        if m == "latency_ms" && h % 500 == 0 && (self.spike_at..self.spike_at + 3).contains(&tick) {
+            v *= 8.0;
+        }
+        let ts = 1_700_000_000_000 + tick * 1_000 + jitter;
+        let svc = h % 40;
+        let line = match self.format.as_str() {
+            "influx" => format!("{m},host=host-{h},service=svc-{svc} value={v} {}", ts * 1_000_000),
+            "mapped" => format!(
+                r#"{{"namespace":"bench","metric_name":"{m}","dimensions":{{"host":"host-{h}","service":"svc-{svc}"}},"timestamp":{ts},"value":{{"max":{v},"min":{v},"sum":{v},"count":1}},"unit":"None"}}"#
+            ),
+            _ => format!(r#"{{"ts":{ts},"name":"{m}","labels":{{"host":"host-{h}","service":"svc-{svc}"}},"value":{v}}}"#),
+        };
+        Some(line.into_bytes())
     }
-    out
 }
 
 /// Reads a JSON-lines file into one payload per line.
@@ -319,7 +349,7 @@ async fn parse_only(cfg: &Config, batches: &[Vec<RawRecord>]) -> Result<f64, Eng
 
 /// Does with a close's results what the engine does, without a broker: the decisions'
 /// message bodies are encoded, and every result goes into its SQL table. Returns the time taken.
-fn publish_closed(
+pub(crate) fn publish_closed(
     c: vigil_pipeline::engine::Closed,
     tables: &vigil_pipeline::ResultTables,
     windows: &mut u64,

@@ -24,6 +24,7 @@
 pub mod backtest;
 pub mod bench;
 pub mod bench_kafka;
+pub mod bench_memory;
 pub mod bench_sql;
 pub mod demo;
 pub mod eval;

@@ -148,6 +148,12 @@ enum Command {
         /// With --kafka: partitions of the input topic.
         #[arg(long, default_value_t = 8, requires = "kafka")]
         partitions: i32,
+        /// Measure memory instead: the synthetic records are made a batch at a time (the
+        /// process holds one poll of input, as with Kafka), and the resident set is read after
+        /// every window close and at the end, per series. For a million series at 1 s windows:
+        /// `VIGIL_WINDOW_SIZE=1s vigil bench --memory --hosts 200000 --events 30000000`.
+        #[arg(long, conflicts_with_all = ["input", "kafka"])]
+        memory: bool,
     },
     /// Measure SQL query latency over a day of results: `anomalies` rows for --series series
     /// at one minute for --hours hours, in hourly Parquet files plus memory, queried through the
@@ -308,7 +314,7 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", report.render());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Bench { input, events, hosts, batch: _, format, config, kafka: true, brokers, partitions } => {
+            Command::Bench { input, events, hosts, batch: _, format, config, kafka: true, brokers, partitions, memory: _ } => {
                 if format != "json" {
                     bail!("--kafka measures JSON points (--format json)");
                 }
@@ -324,7 +330,7 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", report.render());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Bench { input, events, hosts, batch, format, config, .. } => {
+            Command::Bench { input, events, hosts, batch, format, config, memory, .. } => {
                 let mut cfg = Config::load(config.as_deref())?;
                 if batch == 0 {
                     bail!("--batch must be at least 1");
@@ -339,6 +345,11 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                     cfg.kafka.mappings.insert("bench".into(), vigil::bench::bench_mapping());
                 }
                 cfg.validate()?;
+                if memory {
+                    let synth = vigil::bench::Synth::new(events, hosts, &format);
+                    print!("{}", vigil::bench_memory::run(&cfg, synth, batch).await?.render());
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let lines = match &input {
                     Some(p) => vigil::bench::read_lines(p).with_context(|| format!("reading {}", p.display()))?,
                     None => vigil::bench::synthesize_as(events, hosts.max(1), &format),

@@ -25,8 +25,9 @@
 //! long excursion scores at its onset and when it worsens, and not on every point of it.
 //!
 //! State per series, of bounded size ([`Detector::max_bytes_per_series`]): the last
-//! `history + shift_windows` values and the last `history` seasonal residuals in single
-//! precision (the level and shift parts take exact medians over them); for the seasonal part,
+//! `history + shift_windows` values in single precision and the last `history` seasonal
+//! residuals in half precision about their median ([`ring`]; the level, seasonal and shift
+//! parts take exact medians over them); for the seasonal part,
 //! 256 slots of 16-bit codes holding the last `seasons × max_period` values at reduced
 //! resolution (each slot the mean of a power-of-two number of values, so a daily season of
 //! minutes costs 512 bytes rather than 35 KB); per part a calibration histogram of 40
@@ -49,8 +50,10 @@ use crate::Result;
 
 mod compact;
 mod order;
+mod ring;
 use compact::{History, Refractory, Tail};
 use order::{location_scale_near, Hint};
+use ring::Ring;
 
 /// Detector settings.
 #[derive(Debug, Clone)]
@@ -164,15 +167,15 @@ impl Bands {
 }
 
 /// One series' state, as a checkpoint holds it (see [`Detector::export`]). Every part is of
-/// bounded size: the recent values and residuals in single precision, the seasonal history at
-/// reduced resolution in 16-bit codes, 16-bit calibration counts.
+/// bounded size: the recent values in single precision, the recent residuals in half precision,
+/// the seasonal history at reduced resolution in 16-bit codes, 16-bit calibration counts.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SeriesState {
     /// The last `history + shift_windows` values, as offsets from `anchor`.
     values: VecDeque<f32>,
     anchor: f64,
-    /// The last `history` seasonal residuals.
-    resid: VecDeque<f32>,
+    /// The last `history` seasonal residuals, in half precision about their median.
+    resid: Ring,
     /// The values at reduced resolution, when seasons are looked for.
     history: Option<Box<History>>,
     period: Option<usize>,
@@ -197,7 +200,8 @@ impl SeriesState {
     /// Bytes this state occupies (the struct and what it owns).
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + 4 * (self.values.capacity() + self.resid.capacity())
+            + 4 * self.values.capacity()
+            + self.resid.heap_bytes()
             + self.history.as_ref().map_or(0, |_| std::mem::size_of::<History>())
             + self.forecast.as_ref().map_or(0, |b| b.heap_bytes())
             + self.recent_p.heap_bytes()
@@ -333,7 +337,7 @@ impl Detector {
     pub fn max_bytes_per_series(&self) -> usize {
         let c = &self.cfg;
         let history = if c.max_period >= 4 { std::mem::size_of::<History>() } else { 0 };
-        std::mem::size_of::<SeriesState>() + 4 * (2 * c.history + c.shift_windows) + history
+        std::mem::size_of::<SeriesState>() + 4 * (c.history + c.shift_windows) + Ring::max_heap_bytes(c.history) + history
     }
 
     /// Bytes of state held over every series (what [`Self::max_bytes_per_series`] bounds, plus
@@ -492,7 +496,7 @@ impl Shard {
                     let r = value - e;
                     if st.resid.len() >= half_warm {
                         s.clear();
-                        s.extend(st.resid.iter().map(|r| f64::from(*r)));
+                        st.resid.extend_into(0..st.resid.len(), s);
                         let (rm, rs) = location_scale_near(s, &mut st.hints[1]);
                         readings[Part::Seasonal.index()] = Some(Reading { z: (r - rm) / rs, expected: e + rm, sigma: rs, support: k * p });
                     }
@@ -502,15 +506,22 @@ impl Shard {
 
             // Shift: the median of the last `w` values (or residuals) against the baseline before.
             let on_resid = resid.is_some() && st.resid.len() >= half_warm.max(2 * w);
-            let (anchor, current, m) = if on_resid { (0.0, resid.unwrap_or(value), st.resid.len()) } else { (st.anchor, value, st.values.len()) };
-            let series = if on_resid { &st.resid } else { &st.values };
+            let (current, m) = if on_resid { (resid.unwrap_or(value), st.resid.len()) } else { (value, st.values.len()) };
+            let (values, anchor) = (&st.values, st.anchor);
+            let window = |range: std::ops::Range<usize>, out: &mut Vec<f64>| {
+                if on_resid {
+                    st.resid.extend_into(range, out);
+                } else {
+                    out.extend(values.range(range).map(|d| anchor + f64::from(*d)));
+                }
+            };
             if m >= w + half_warm {
                 let hb = cfg.history.min(m + 1 - w);
                 s.clear();
-                s.extend(series.range(m + 1 - w - hb..m + 1 - w).map(|d| anchor + f64::from(*d)));
+                window(m + 1 - w - hb..m + 1 - w, s);
                 let (bm, bs) = location_scale_near(s, &mut st.hints[2]);
                 s.clear();
-                s.extend(series.range(m + 1 - w..).map(|d| anchor + f64::from(*d)));
+                window(m + 1 - w..m, s);
                 s.push(current);
                 let recent = median(s);
                 readings[Part::Shift.index()] = Some(Reading { z: (recent - bm) / bs, expected: bm + (value - current), sigma: bs, support: hb });
@@ -551,7 +562,7 @@ impl Shard {
         }
         // Learn the value.
         if let Some(r) = resid {
-            push_bounded(&mut st.resid, r as f32, cfg.history);
+            st.resid.push(r, cfg.history);
         }
         st.learn(value, cfg.history + w);
         if let Some(h) = st.history.as_mut() {

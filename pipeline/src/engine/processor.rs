@@ -597,6 +597,11 @@ impl Processor {
         self.detector.series()
     }
 
+    /// Bytes of detector state held over every series.
+    pub fn detector_bytes(&self) -> usize {
+        self.detector.state_bytes()
+    }
+
     /// The windower (watermark, open windows, offsets).
     pub fn windower(&self) -> &Windower {
         &self.windower

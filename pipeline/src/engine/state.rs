@@ -56,9 +56,10 @@ macro_rules! per_series {
     };
 }
 
-// Version 2: the detector's compact state (single-precision rings, a reduced-resolution seasonal
-// history, 16-bit calibration counts). A version 1 checkpoint is refused, naming the stage.
-per_series!(Detector, Vec<(u64, vigil_models::SeriesState)>, 2);
+// Version 3: the detector's seasonal residuals in half precision about their median (version 2
+// held them in single precision); the values in single precision, a reduced-resolution seasonal
+// history, 16-bit calibration counts. An older checkpoint is refused, naming the stage.
+per_series!(Detector, Vec<(u64, vigil_models::SeriesState)>, 3);
 per_series!(Forecaster, Vec<(u64, vigil_models::ForecastHistory)>, 1);
 
 /// Open incidents span partitions (a service's series come from several): global.
