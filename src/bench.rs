@@ -269,6 +269,11 @@ pub fn read_lines(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     Ok(data.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect())
 }
 
+/// `line` as the Kafka source hands a record over: on `topic`, partition 0, at `offset`.
+pub(crate) fn record(topic: &Arc<str>, offset: usize, line: Vec<u8>) -> RawRecord {
+    RawRecord { payload: Some(line), key: None, pos: SourcePos { topic: topic.clone(), partition: 0, offset: offset as i64 } }
+}
+
 /// Runs the processing core over `lines` in batches of `batch` records.
 pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<BenchReport, EngineError> {
     let mut core = Processor::new(cfg).await?;
@@ -286,7 +291,7 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
         batches.push(
             it.by_ref()
                 .take(batch)
-                .map(|(i, l)| RawRecord { payload: Some(l), key: None, pos: SourcePos { topic: topic.clone(), partition: 0, offset: i as i64 } })
+                .map(|(i, l)| record(&topic, i, l))
                 .collect(),
         );
     }

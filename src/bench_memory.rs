@@ -11,9 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vigil_ingest::{RawRecord, SourcePos};
+use vigil_ingest::RawRecord;
 
-use crate::bench::{publish_closed, Synth};
+use crate::bench::{publish_closed, record, Synth};
 use crate::config::Config;
 use crate::engine::{EngineError, Processor};
 
@@ -96,7 +96,7 @@ pub async fn run(cfg: &Config, synth: Synth, batch: usize) -> Result<MemoryRepor
         let records: Vec<RawRecord> = synth
             .by_ref()
             .take(batch.max(1))
-            .map(|(i, l)| RawRecord { payload: Some(l), key: None, pos: SourcePos { topic: topic.clone(), partition: 0, offset: i as i64 } })
+            .map(|(i, l)| record(&topic, i, l))
             .collect();
         r.events += records.len() as u64;
         core.ingest(&records)?;
@@ -118,7 +118,6 @@ pub async fn run(cfg: &Config, synth: Synth, batch: usize) -> Result<MemoryRepor
     r.feature_rows = feature_rows;
     r.detector_bytes_per_series = vigil_models::Detector::new(cfg.detector.model_config(cfg.window.size)).max_bytes_per_series();
     r.detector_bytes = core.detector_bytes();
-    drop(tables);
     Ok(r)
 }
 
