@@ -19,7 +19,9 @@ use vigil_models::Decision;
 use vigil_pipeline::ResultTables;
 use vigil_queries::SqlService;
 
-/// mimalloc keeps freed pages for reuse; see the workspace manifest.
+/// mimalloc keeps freed pages for reuse; see the workspace manifest. The `system-allocator`
+/// feature leaves the C allocator in place, for heap profilers.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -61,6 +61,9 @@ pub struct RebalanceLog {
     events: Mutex<Vec<RebalanceEvent>>,
     /// Consumer lag per partition from librdkafka's latest statistics.
     lag: Mutex<Vec<(String, i32, i64)>>,
+    /// Commits the coordinator refused or that failed, since the last
+    /// [`KafkaSource::take_commit_failures`].
+    commit_failures: Mutex<Vec<rdkafka::error::KafkaError>>,
 }
 
 impl RebalanceLog {
@@ -99,6 +102,12 @@ impl ConsumerContext for RebalanceLog {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "rebalance: partitions assigned");
             self.push(RebalanceEvent::Assigned(Self::list(tpl)));
+        }
+    }
+    /// The outcome of an asynchronous commit, delivered by a poll.
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            self.commit_failures.lock().unwrap_or_else(|p| p.into_inner()).push(e);
         }
     }
 }
@@ -197,16 +206,58 @@ impl KafkaSource {
         }
     }
 
-    /// Commits, for each `(topic, partition)`, the offset of the next record to read.
+    /// Commits, for each `(topic, partition)`, the offset of the next record to read, without
+    /// waiting: the request goes to the group coordinator in the background and a failure comes
+    /// back through [`Self::take_commit_failures`] after a later poll. librdkafka's synchronous
+    /// commit waits without a time limit, and while the coordinator is unreachable (a broker
+    /// outage) it can wait for good, even after the broker is back, which would stall the
+    /// engine's loop. Offsets only move forward, so a later commit covers a failed one.
     pub fn commit(&self, next_offsets: &[(Arc<str>, i32, i64)]) -> Result<()> {
         if next_offsets.is_empty() {
             return Ok(());
         }
+        self.consumer.commit(&Self::commit_list(next_offsets)?, CommitMode::Async).map_err(|e| Error::kafka("committing offsets", e))
+    }
+
+    /// Commits like [`Self::commit`], then waits at most `timeout` until the group's committed
+    /// offsets read back as these (the final commit at shutdown). A coordinator that does not
+    /// confirm in time is an error naming the timeout; the offsets may still land.
+    pub fn commit_within(&self, next_offsets: &[(Arc<str>, i32, i64)], timeout: Duration) -> Result<()> {
+        if next_offsets.is_empty() {
+            return Ok(());
+        }
+        self.commit(next_offsets)?;
+        let deadline = std::time::Instant::now() + timeout;
+        let parts: Vec<(Arc<str>, i32)> = next_offsets.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if let Ok(got) = self.committed_for(&parts, left.min(Duration::from_secs(1)).max(Duration::from_millis(50))) {
+                let landed = next_offsets.iter().all(|(t, p, o)| got.iter().any(|(gt, gp, go)| gt == t && gp == p && go >= o));
+                if landed {
+                    return Ok(());
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::kafka(
+                    format!("committing offsets: the group coordinator did not confirm them within {timeout:?}"),
+                    rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::OperationTimedOut),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Commits that failed since the last call (reported by polls after [`Self::commit`]).
+    pub fn take_commit_failures(&self) -> Vec<rdkafka::error::KafkaError> {
+        std::mem::take(&mut *self.consumer.context().commit_failures.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn commit_list(next_offsets: &[(Arc<str>, i32, i64)]) -> Result<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for (t, p, o) in next_offsets {
             tpl.add_partition_offset(t, *p, Offset::Offset(*o)).map_err(|e| Error::kafka("building the commit list", e))?;
         }
-        self.consumer.commit(&tpl, CommitMode::Sync).map_err(|e| Error::kafka("committing offsets", e))
+        Ok(tpl)
     }
 
     /// The rebalances since the last call, oldest first.

@@ -621,18 +621,35 @@ impl Engine {
         }
     }
 
+    /// Commits the offsets whose results are durable, without waiting for the coordinator
+    /// (see [`KafkaSource::commit`]); commits refused since the last call are counted, and the
+    /// offsets are committed again.
     fn commit_offsets(&mut self) -> Result<(), EngineError> {
+        self.commit_offsets_waiting(None)
+    }
+
+    fn commit_offsets_waiting(&mut self, wait: Option<Duration>) -> Result<(), EngineError> {
+        for e in self.source.take_commit_failures() {
+            // During a rebalance the group refuses commits (stale generation, unknown member),
+            // and during an outage nobody answers: the offsets are committed again at the next
+            // chance, and a restore starts from the checkpoint's offsets anyway. Nothing is lost
+            // by waiting.
+            Stats::add(&self.stats.commit_failures, 1);
+            self.dirty = true;
+            tracing::warn!(error = %e, "offset commit refused; committing again at the next chance");
+        }
         let pos: Vec<(Arc<str>, i32, i64)> =
             self.core.windower().commit_positions().into_iter().filter(|(t, p, _)| self.assigned.iter().any(|(at, ap)| at == t && ap == p)).collect();
         self.last_commit = Instant::now();
-        match self.source.commit(&pos) {
+        let res = match wait {
+            None => self.source.commit(&pos),
+            Some(t) => self.source.commit_within(&pos, t),
+        };
+        match res {
             Ok(()) => {
                 Stats::add(&self.stats.commits, 1);
                 self.dirty = false;
             }
-            // During a rebalance the group refuses commits (stale generation, unknown member):
-            // the offsets are committed again after it, and a restore starts from the
-            // checkpoint's offsets anyway. Nothing is lost by waiting.
             Err(e) => {
                 Stats::add(&self.stats.commit_failures, 1);
                 tracing::warn!(error = %e, "offset commit refused; committing again at the next chance");
@@ -647,7 +664,7 @@ impl Engine {
         if self.store.is_some() {
             self.checkpoint(None).await?;
         }
-        self.commit_offsets()
+        self.commit_offsets_waiting(Some(Duration::from_secs(10)))
     }
 
     /// The offsets the group has committed (for tests and diagnostics).
@@ -691,7 +708,7 @@ impl Engine {
         if self.store.is_some() {
             self.checkpoint(None).await?;
         }
-        self.commit_offsets()?;
+        self.commit_offsets_waiting(Some(self.grace / 4))?;
         self.decisions.flush(self.grace / 2);
         self.late.flush(self.grace / 4);
         tracing::info!("stopped cleanly");
