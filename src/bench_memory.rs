@@ -42,6 +42,9 @@ pub struct MemoryReport {
     pub detector_bytes_per_series: usize,
     /// Bytes of detector state held over every series at the end.
     pub detector_bytes: usize,
+    /// Series whose recent values are held in 16 bits each (quantised: exact multiples of a
+    /// decimal step), at the end.
+    pub coded_series: usize,
     /// Wall seconds of the run (records made in the loop included).
     pub wall_s: f64,
 }
@@ -61,6 +64,7 @@ impl MemoryReport {
              rss at end        {:.1} MiB (all windows closed, allocator collected) -> {:.0} bytes per series above the start\n\
              rss high water    {:.1} MiB (the kernel's, over the whole process)\n\
              detector state    {:.1} MiB held, {:.0} bytes per series; {} bytes per series at most\n\
+             values in 16 bits {} of {} series (quantised values; the others in single precision)\n\
              wall              {:.1} s (records made in the loop: not a throughput figure)\n",
             self.events,
             self.series,
@@ -76,6 +80,8 @@ impl MemoryReport {
             mb(self.detector_bytes as u64),
             self.detector_bytes as f64 / self.series.max(1) as f64,
             self.detector_bytes_per_series,
+            self.coded_series,
+            self.series,
             self.wall_s,
         )
     }
@@ -118,6 +124,7 @@ pub async fn run(cfg: &Config, synth: Synth, batch: usize) -> Result<MemoryRepor
     r.feature_rows = feature_rows;
     r.detector_bytes_per_series = vigil_models::Detector::new(cfg.detector.model_config(cfg.window.size)).max_bytes_per_series();
     r.detector_bytes = core.detector_bytes();
+    r.coded_series = core.coded_series();
     Ok(r)
 }
 

@@ -105,8 +105,11 @@ pub struct HealthInputs {
     log_errors: BTreeMap<String, f64>,
     /// Service → its SLOs' latest rows.
     slo: BTreeMap<String, Vec<SloRow>>,
-    /// Series id → (is `log_error_ratio`, service): a key is parsed once, not at every close.
-    known: std::collections::HashMap<u64, Option<(bool, String)>>,
+    /// Series id → (is `log_error_ratio`, service's index in `service_names`): a key is parsed
+    /// once, not at every close, and a million series hold a few hundred names, not a million.
+    known: std::collections::HashMap<u64, Option<(bool, u32)>>,
+    service_names: Vec<String>,
+    service_index: std::collections::HashMap<String, u32>,
 }
 
 impl HealthInputs {
@@ -126,14 +129,28 @@ impl HealthInputs {
             let (ids, series, value) = (ids.as_primitive::<arrow::datatypes::UInt64Type>(), series.as_string::<i32>(), value.as_primitive::<Float64Type>());
             if self.known.len() > 1_000_000 {
                 self.known.clear();
+                self.service_names.clear();
+                self.service_index.clear();
             }
             for i in 0..features.num_rows() {
                 let id = ids.value(i);
                 if !self.known.contains_key(&id) {
-                    let parsed = self.service_of(series.value(i)).map(|(name, svc)| (name == "log_error_ratio", svc));
+                    let parsed = self.service_of(series.value(i)).map(|(name, svc)| {
+                        let ix = match self.service_index.get(&svc) {
+                            Some(&ix) => ix,
+                            None => {
+                                let ix = self.service_names.len() as u32;
+                                self.service_names.push(svc.clone());
+                                self.service_index.insert(svc, ix);
+                                ix
+                            }
+                        };
+                        (name == "log_error_ratio", ix)
+                    });
                     self.known.insert(id, parsed);
                 }
-                let Some(Some((is_log_errors, svc))) = self.known.get(&id) else { continue };
+                let Some(Some((is_log_errors, ix))) = self.known.get(&id) else { continue };
+                let svc = &self.service_names[*ix as usize];
                 if *is_log_errors && !value.is_null(i) {
                     self.log_errors.insert(svc.clone(), value.value(i));
                 }

@@ -111,6 +111,16 @@ impl ResultTables {
             let old = t.batches.pop_front().expect("non-empty");
             t.rows -= old.num_rows();
         }
+        // One batch larger than the retention (several windows closed at once, a million
+        // series' features): keep a copy of its newest rows, so the table holds `max_rows`
+        // rows' worth of memory and not the whole batch's.
+        if t.rows > t.max_rows {
+            let b = t.batches.pop_back().expect("one batch");
+            let from = (b.num_rows() - t.max_rows) as u32;
+            let newest = arrow::array::UInt32Array::from_iter_values(from..b.num_rows() as u32);
+            t.batches.push_back(arrow::compute::take_record_batch(&b, &newest)?);
+            t.rows = t.max_rows;
+        }
         Ok(())
     }
 
@@ -231,5 +241,20 @@ mod tests {
         let first = s.batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
         assert_eq!(first, 2, "the two oldest batches were evicted");
         assert!(matches!(t.append("nope", s.batches[0].clone()), Err(Error::NoTable(_))));
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_retention_is_cut_to_its_newest_rows_and_copied() {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let t = ResultTables::new();
+        t.create("t", schema.clone(), 3);
+        let big = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(0..1000))]).unwrap();
+        t.append("t", big).unwrap();
+        assert_eq!(t.rows("t"), 3);
+        let s = t.snapshot("t").unwrap();
+        let kept = s.batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(kept.values().to_vec(), vec![997, 998, 999]);
+        // A copy, not a slice holding the thousand rows' buffer.
+        assert!(s.batches[0].get_array_memory_size() < 1000, "{}", s.batches[0].get_array_memory_size());
     }
 }

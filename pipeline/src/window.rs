@@ -313,11 +313,15 @@ impl Windower {
                 // or was just assigned or restored behind the others, is not late for being
                 // behind them (its rows fill a window that closes again at once).
                 let part_wm = max.saturating_sub(lag);
-                if fence.is_some_and(|f| positions[r].offset < f.offset && end <= f.watermark) {
+                let seen = fence.filter(|f| positions[r].offset < f.offset);
+                if seen.is_some_and(|f| end <= f.watermark) {
                     // Seen before the checkpoint, in a window that was processed then.
                     starts.push(SKIPPED);
                     replayed += 1;
-                } else if max != i64::MIN && end <= part_wm {
+                } else if seen.is_none() && max != i64::MIN && end <= part_wm {
+                    // New and behind its partition's progress. A row seen before the checkpoint
+                    // in a window still open then was accepted then, and is again, however far
+                    // its partition had run ahead of the others.
                     starts.push(LATE);
                     late += 1;
                     late_wm = late_wm.max(part_wm);
@@ -701,6 +705,35 @@ mod tests {
         // A row below the fence in a window that was open is kept; a new row behind the
         // watermark is late as usual.
         let (b, p) = batch(&[(6, 3_000)]);
+        assert_eq!(r.push(&b, &p).unwrap().late, 1);
+    }
+
+    #[test]
+    fn a_replayed_row_of_a_window_open_at_the_checkpoint_is_not_late_when_its_partition_ran_ahead() {
+        // Partition 0 has run ahead (its own watermark 26s); partition 1 holds the watermark at
+        // 11s, so [10s,20s) is open at the checkpoint with a row of each.
+        let mut w = windower();
+        for (part, rows) in [(1, &[(0, 2_000)][..]), (0, &[(0, 1_000), (1, 12_000), (2, 31_000)]), (1, &[(1, 16_000)])] {
+            let (b, p) = batch_on(part, rows);
+            w.push(&b, &p).unwrap();
+        }
+        assert_eq!(w.take_closed().iter().map(|c| c.start_ms).collect::<Vec<_>>(), vec![0]);
+        let pos = w.positions();
+        assert_eq!(pos.iter().map(|p| (p.partition, p.resume, p.fence)).collect::<Vec<_>>(), vec![(0, 1, 3), (1, 1, 2)]);
+
+        let mut r = windower();
+        for p in &pos {
+            r.restore(p);
+        }
+        let (b, p) = batch_on(0, &[(1, 12_000), (2, 31_000)]);
+        assert_eq!(r.push(&b, &p).unwrap(), PushStats { accepted: 2, late: 0, replayed: 0 });
+        let (b, p) = batch_on(1, &[(1, 16_000), (2, 36_000)]);
+        assert_eq!(r.push(&b, &p).unwrap(), PushStats { accepted: 2, late: 0, replayed: 0 });
+        assert!(r.take_late().is_empty());
+        let closed: Vec<_> = r.take_closed().iter().map(|c| (c.start_ms, c.rows())).collect();
+        assert_eq!(closed, vec![(10_000, 2)], "the window open at the checkpoint closes whole, once");
+        // A new row of partition 0 behind its own progress is late as usual.
+        let (b, p) = batch_on(0, &[(3, 5_000)]);
         assert_eq!(r.push(&b, &p).unwrap().late, 1);
     }
 

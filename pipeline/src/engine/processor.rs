@@ -602,6 +602,11 @@ impl Processor {
         self.detector.state_bytes()
     }
 
+    /// Series whose recent values the detector holds in 16 bits each (quantised values).
+    pub fn coded_series(&self) -> usize {
+        self.detector.coded_series()
+    }
+
     /// The windower (watermark, open windows, offsets).
     pub fn windower(&self) -> &Windower {
         &self.windower

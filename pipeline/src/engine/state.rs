@@ -56,10 +56,11 @@ macro_rules! per_series {
     };
 }
 
-// Version 3: the detector's seasonal residuals in half precision about their median (version 2
-// held them in single precision); the values in single precision, a reduced-resolution seasonal
-// history, 16-bit calibration counts. An older checkpoint is refused, naming the stage.
-per_series!(Detector, Vec<(u64, vigil_models::SeriesState)>, 3);
+// Version 4: the detector's values in single precision, as 16-bit multiples of a decimal quantum
+// where that is exact (version 3 held them all as floats); the seasonal residuals in half
+// precision about their median, a reduced-resolution seasonal history, 16-bit calibration
+// counts. An older checkpoint is refused, naming the stage.
+per_series!(Detector, Vec<(u64, vigil_models::SeriesState)>, 4);
 per_series!(Forecaster, Vec<(u64, vigil_models::ForecastHistory)>, 1);
 
 /// Open incidents span partitions (a service's series come from several): global.
