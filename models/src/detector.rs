@@ -347,7 +347,8 @@ impl Detector {
     pub fn max_bytes_per_series(&self) -> usize {
         let c = &self.cfg;
         let history = if c.max_period >= 4 { std::mem::size_of::<History>() } else { 0 };
-        let bucket = std::mem::size_of::<(u64, Box<SeriesState>)>() + 1;
+        // A table just grown holds 7 series in 16 buckets.
+        let bucket = (std::mem::size_of::<(u64, Box<SeriesState>)>() + 1) * 16 / 7;
         bucket + std::mem::size_of::<SeriesState>() + 4 * (c.history + c.shift_windows) + Ring::max_heap_bytes(c.history) + history
     }
 
@@ -355,7 +356,10 @@ impl Detector {
     /// forecast bands), and the hash tables' buckets, empty ones included.
     pub fn state_bytes(&self) -> usize {
         let bucket = std::mem::size_of::<(u64, Box<SeriesState>)>() + 1;
-        let tables: usize = self.shards.iter().map(|sh| sh.states.capacity() * bucket).sum();
+        // hashbrown's capacity is 7/8 of its buckets (all of them, less one, below 8), and its
+        // control bytes are one per bucket and a group of 16 more.
+        let buckets = |cap: usize| if cap < 8 { cap + 1 } else { cap / 7 * 8 };
+        let tables: usize = self.shards.iter().map(|sh| buckets(sh.states.capacity()) * bucket + 16).sum();
         tables + self.shards.iter().flat_map(|sh| sh.states.values()).map(|s| s.bytes()).sum::<usize>()
     }
 

@@ -76,8 +76,9 @@ const SKIPPED: i64 = i64::MIN + 1;
 struct OpenWindow {
     batches: Vec<RecordBatch>,
     logs: Vec<RecordBatch>,
-    /// Lowest offset per partition among the rows of this window.
-    min_offset: HashMap<PartKey, i64>,
+    /// Per partition: the lowest offset among the rows of this window, and the partition's
+    /// highest event time before that row (what a replay from it starts from).
+    min_offset: HashMap<PartKey, (i64, i64)>,
 }
 
 /// Assigns rows to tumbling windows by event time and closes them as the watermark passes.
@@ -126,6 +127,8 @@ struct Fence {
     resume: i64,
     /// End of the newest window open at the checkpoint.
     open_until: i64,
+    /// The partition's highest event time before `resume`.
+    resume_max: i64,
 }
 
 /// Rows that arrived behind the watermark: kept as a side output, not dropped.
@@ -155,6 +158,10 @@ pub struct PartitionPosition {
     pub fence: i64,
     /// Highest event time the partition delivered (`i64::MIN` if none).
     pub max_event_ms: i64,
+    /// Highest event time among the rows before `resume` (`i64::MIN` if none): a replay from
+    /// `resume` starts from it, so every replayed row is judged late or on time exactly as it
+    /// was the first time.
+    pub resume_max_ms: i64,
     /// The watermark when the checkpoint was taken.
     pub watermark: i64,
     /// End of the newest window open when the checkpoint was taken.
@@ -283,6 +290,8 @@ impl Windower {
         let idle = self.cfg.idle_timeout;
         let mut wm = self.watermark;
         let mut starts: Vec<i64> = Vec::with_capacity(n);
+        // Each row's partition's highest event time before it.
+        let mut before: Vec<i64> = Vec::with_capacity(n);
         let mut late = 0usize;
         let mut replayed = 0usize;
         let mut late_wm = i64::MIN;
@@ -313,15 +322,18 @@ impl Windower {
                 // or was just assigned or restored behind the others, is not late for being
                 // behind them (its rows fill a window that closes again at once).
                 let part_wm = max.saturating_sub(lag);
+                before.push(max);
+                // Rows below a restored fence were seen before the checkpoint. The replay starts
+                // from the partition's progress before its resume point, so each is judged as it
+                // was then: those late then were handed over as late rows then, and those in a
+                // window processed then were processed; both are skipped. The others join their
+                // window again.
                 let seen = fence.filter(|f| positions[r].offset < f.offset);
-                if seen.is_some_and(|f| end <= f.watermark) {
-                    // Seen before the checkpoint, in a window that was processed then.
+                let behind = max != i64::MIN && end <= part_wm;
+                if seen.is_some_and(|f| end <= f.watermark || behind) {
                     starts.push(SKIPPED);
                     replayed += 1;
-                } else if seen.is_none() && max != i64::MIN && end <= part_wm {
-                    // New and behind its partition's progress. A row seen before the checkpoint
-                    // in a window still open then was accepted then, and is again, however far
-                    // its partition had run ahead of the others.
+                } else if behind {
                     starts.push(LATE);
                     late += 1;
                     late_wm = late_wm.max(part_wm);
@@ -366,16 +378,18 @@ impl Windower {
             let mut i = 0;
             while i < n {
                 let first = &positions[i];
-                let mut lowest = i64::MAX;
+                let mut lowest = (i64::MAX, i64::MIN);
                 while i < n && same_partition(first, &positions[i]) {
-                    if starts[i] == start {
-                        lowest = lowest.min(positions[i].offset);
+                    if starts[i] == start && positions[i].offset < lowest.0 {
+                        lowest = (positions[i].offset, before[i]);
                     }
                     i += 1;
                 }
-                if lowest != i64::MAX {
+                if lowest.0 != i64::MAX {
                     let e = w.min_offset.entry((first.topic.clone(), first.partition)).or_insert(lowest);
-                    *e = (*e).min(lowest);
+                    if lowest.0 < e.0 {
+                        *e = lowest;
+                    }
                 }
             }
             let batch = if starts.iter().all(|s| *s == start) {
@@ -430,12 +444,21 @@ impl Windower {
 
     /// Where reading partition `k` must resume for nothing held to be lost.
     fn resume_of(&self, k: &PartKey) -> Option<i64> {
+        self.resume_point(k).map(|(offset, _)| offset)
+    }
+
+    /// [`Self::resume_of`], with the partition's highest event time before that offset.
+    fn resume_point(&self, k: &PartKey) -> Option<(i64, i64)> {
         let held = self.open.values().filter_map(|w| w.min_offset.get(k)).min().copied();
         // The windows open at a restored checkpoint hold rows below its resume point until
         // they close again.
-        let floor = self.fences.get(k).filter(|f| self.watermark < f.open_until).map(|f| f.resume);
-        let next = self.next_offset.get(k).copied().or(self.fences.get(k).map(|f| f.resume));
-        [held, floor, next].into_iter().flatten().min()
+        let fence = self.fences.get(k);
+        let floor = fence.filter(|f| self.watermark < f.open_until).map(|f| (f.resume, f.resume_max));
+        let next = match self.next_offset.get(k) {
+            Some(&o) => Some((o, self.part_max.get(k).map_or(i64::MIN, |m| m.0))),
+            None => fence.map(|f| (f.resume, f.resume_max)),
+        };
+        [held, floor, next].into_iter().flatten().min_by_key(|(offset, _)| *offset)
     }
 
     /// Where every partition seen stands, for a checkpoint (taken between steps, after the
@@ -454,6 +477,7 @@ impl Windower {
                     resume,
                     fence: fence.max(resume),
                     max_event_ms: self.part_max.get(&k).map_or(i64::MIN, |m| m.0),
+                    resume_max_ms: self.resume_point(&k).map_or(i64::MIN, |(_, m)| m),
                     watermark: self.watermark,
                     open_until,
                 }
@@ -470,8 +494,10 @@ impl Windower {
         if self.watermark == i64::MIN || pos.watermark < self.watermark && self.open.is_empty() && self.next_offset.is_empty() {
             self.watermark = pos.watermark;
         }
-        self.part_max.insert(k.clone(), (pos.max_event_ms, std::time::Instant::now()));
-        self.fences.insert(k, Fence { offset: pos.fence, watermark: pos.watermark, resume: pos.resume, open_until: pos.open_until });
+        // Reading resumes at `resume`: the partition's progress is what it was there, and the
+        // replay brings it back to `max_event_ms`.
+        self.part_max.insert(k.clone(), (pos.resume_max_ms, std::time::Instant::now()));
+        self.fences.insert(k, Fence { offset: pos.fence, watermark: pos.watermark, resume: pos.resume, open_until: pos.open_until, resume_max: pos.resume_max_ms });
     }
 
     /// Stops tracking partitions this consumer no longer owns: their offsets are never
@@ -735,6 +761,32 @@ mod tests {
         // A new row of partition 0 behind its own progress is late as usual.
         let (b, p) = batch_on(0, &[(3, 5_000)]);
         assert_eq!(r.push(&b, &p).unwrap().late, 1);
+    }
+
+    #[test]
+    fn a_row_late_before_the_checkpoint_is_skipped_on_replay_not_counted_again() {
+        // Partition 0: 12s, 31s, then 15s, which is late (its window ends at 20s, the
+        // partition's own watermark is 26s); partition 1 holds the watermark at 11s.
+        let mut w = windower();
+        let (b, p) = batch_on(1, &[(0, 16_000)]);
+        w.push(&b, &p).unwrap();
+        let (b, p) = batch_on(0, &[(0, 12_000), (1, 31_000), (2, 15_000)]);
+        assert_eq!(w.push(&b, &p).unwrap(), PushStats { accepted: 2, late: 1, replayed: 0 });
+        assert_eq!(w.take_late().len(), 1);
+        let pos = w.positions();
+        assert_eq!((pos[0].resume, pos[0].fence, pos[0].resume_max_ms, pos[0].max_event_ms), (0, 3, i64::MIN, 31_000));
+
+        let mut r = windower();
+        for p in &pos {
+            r.restore(p);
+        }
+        let (b, p) = batch_on(0, &[(0, 12_000), (1, 31_000), (2, 15_000)]);
+        assert_eq!(r.push(&b, &p).unwrap(), PushStats { accepted: 2, late: 0, replayed: 1 }, "late then, skipped now");
+        assert!(r.take_late().is_empty());
+        let (b, p) = batch_on(1, &[(0, 16_000), (1, 40_000)]);
+        assert_eq!(r.push(&b, &p).unwrap(), PushStats { accepted: 2, late: 0, replayed: 0 });
+        let closed: Vec<_> = r.take_closed().iter().map(|c| (c.start_ms, c.rows())).collect();
+        assert_eq!(closed, vec![(10_000, 2)], "[10s,20s) holds what it held before the crash");
     }
 
     #[test]

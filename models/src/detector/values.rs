@@ -20,7 +20,7 @@ const QUANTA: [f64; 13] = [1e6, 1e5, 1e4, 1e3, 1e2, 1e1, 1.0, 1e-1, 1e-2, 1e-3, 
 
 /// The code of `offset` in units of `QUANTA[q]`, if it decodes to exactly `offset`.
 fn code(offset: f32, q: usize) -> Option<i16> {
-    let k = (f64::from(offset) / QUANTA[q]).round();
+    let k = (f64::from(offset) / QUANTA[q.min(QUANTA.len() - 1)]).round();
     if !(-32767.0..=32767.0).contains(&k) {
         return None;
     }
@@ -29,7 +29,9 @@ fn code(offset: f32, q: usize) -> Option<i16> {
 }
 
 fn decode(k: i16, q: usize) -> f32 {
-    (f64::from(k) * QUANTA[q]) as f32
+    // A quantum index out of range can only come from a damaged checkpoint: it reads as the
+    // finest quantum instead of stopping the process.
+    (f64::from(k) * QUANTA[q.min(QUANTA.len() - 1)]) as f32
 }
 
 /// The last values of a series as single precision offsets (see the module docs).

@@ -347,6 +347,8 @@ impl Engine {
         if self.store.is_some() && self.last_checkpoint.elapsed() >= self.checkpoint_interval {
             self.checkpoint_logged(None).await;
         }
+        // A commit refused since the last one is retried even when no record arrives.
+        self.note_commit_failures();
         if self.dirty && self.last_commit.elapsed() >= self.commit_interval {
             self.commit_offsets()?;
         }
@@ -628,7 +630,8 @@ impl Engine {
         self.commit_offsets_waiting(None)
     }
 
-    fn commit_offsets_waiting(&mut self, wait: Option<Duration>) -> Result<(), EngineError> {
+    /// Counts the commits refused since the last call and marks the offsets to commit again.
+    fn note_commit_failures(&mut self) {
         for e in self.source.take_commit_failures() {
             // During a rebalance the group refuses commits (stale generation, unknown member),
             // and during an outage nobody answers: the offsets are committed again at the next
@@ -638,6 +641,10 @@ impl Engine {
             self.dirty = true;
             tracing::warn!(error = %e, "offset commit refused; committing again at the next chance");
         }
+    }
+
+    fn commit_offsets_waiting(&mut self, wait: Option<Duration>) -> Result<(), EngineError> {
+        self.note_commit_failures();
         let pos: Vec<(Arc<str>, i32, i64)> =
             self.core.windower().commit_positions().into_iter().filter(|(t, p, _)| self.assigned.iter().any(|(at, ap)| at == t && ap == p)).collect();
         self.last_commit = Instant::now();

@@ -427,7 +427,8 @@ impl Processor {
         let set: HashSet<u64> = series.iter().copied().collect();
         let keep = |id: u64| set.contains(&id);
         let mut w = SectionWriter::default();
-        w.put_value("position", 1, pos)?;
+        // Version 2: with the highest event time before the resume point (replays are judged exactly).
+        w.put_value("position", 2, pos)?;
         w.put_value("series", 1, &series)?;
         w.put("detector", &self.detector, &keep)?;
         w.put("forecaster", &self.forecaster, &keep)?;
@@ -467,7 +468,7 @@ impl Processor {
     pub fn restore_partition(&mut self, section: &str, bytes: &[u8]) -> Result<PartitionPosition, StateError> {
         let r = SectionReader::new(section, bytes)?;
         let pos: PartitionPosition =
-            r.value("position", 1)?.ok_or_else(|| StateError::Decode { section: section.into(), name: "position".into(), problem: "missing".into() })?;
+            r.value("position", 2)?.ok_or_else(|| StateError::Decode { section: section.into(), name: "position".into(), problem: "missing".into() })?;
         let series: Vec<u64> = r.value("series", 1)?.unwrap_or_default();
         r.get("detector", &mut self.detector)?;
         r.get("forecaster", &mut self.forecaster)?;
