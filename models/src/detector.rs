@@ -33,7 +33,6 @@
 //! minutes costs 512 bytes rather than 35 KB); per part a calibration histogram of 40
 //! log-spaced bins of 16-bit counts. See [`compact`] for the pieces.
 
-
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -642,7 +641,6 @@ impl SeriesState {
         }
     }
 }
-
 
 impl Detector {
     /// Scores every row of `c` in row order, each shard on a core of its own when the batch is

@@ -144,8 +144,9 @@ impl Values {
     /// The ring of `offsets`, coded with the coarsest quantum that codes them all, if any.
     fn from_offsets(offsets: &[f32], cap: usize) -> Self {
         let cap = cap.max(offsets.len());
+        let mut codes = VecDeque::with_capacity(cap);
         for q in 0..QUANTA.len() {
-            let mut codes = VecDeque::with_capacity(cap);
+            codes.clear();
             if offsets.iter().all(|d| code(*d, q).map(|k| codes.push_back(k)).is_some()) {
                 return Values::Coded { quantum: q as u8, codes };
             }

@@ -129,7 +129,7 @@ pub struct Stats {
     pub delivery_failures: AtomicU64,
     /// Offset commits.
     pub commits: AtomicU64,
-    /// Offset commits the group refused (during a rebalance); retried at the next chance.
+    /// Offset commits the group refused or that failed (a rebalance, an unreachable coordinator); retried at the next chance.
     pub commit_failures: AtomicU64,
     /// Current watermark, epoch ms (`i64::MIN` before any data).
     pub watermark_ms: AtomicI64,
@@ -232,7 +232,7 @@ pub fn metrics_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>)
             counter("vigil_feedback_total", "Records read from the feedback topic.", g(&s.feedback)),
             counter("vigil_forecast_rows_total", "Forecast rows computed (series x steps ahead).", g(&s.forecasts)),
             counter("vigil_commits_total", "Input offset commits.", g(&s.commits)),
-            counter("vigil_commit_failures_total", "Offset commits the group refused (during a rebalance), retried at the next chance.", g(&s.commit_failures)),
+            counter("vigil_commit_failures_total", "Offset commits the group refused or that failed (a rebalance, an unreachable coordinator), retried at the next chance.", g(&s.commit_failures)),
             counter("vigil_delivery_failures_total", "Deliveries the broker did not acknowledge (retried; nothing committed past them).", g(&s.delivery_failures)),
             counter("vigil_checkpoints_total", "Checkpoints written.", g(&s.checkpoints)),
             counter("vigil_checkpoint_failures_total", "Checkpoints that failed to write (the next one retries).", g(&s.checkpoint_failures)),
