@@ -19,6 +19,7 @@
 mod decide_tests;
 pub mod late;
 mod closed;
+mod decide;
 mod processor;
 pub mod state;
 mod stats;

@@ -70,7 +70,7 @@ pub struct Processor {
     /// Signals into incidents.
     pub(super) correlator: Correlator,
     /// The decision policies.
-    policies: PolicySet,
+    pub(super) policies: PolicySet,
     /// Cooldowns, limits, modes, approvals and suppressions.
     pub(super) gate: Gate,
     /// Capacity signals from the last refit, for the next close (checkpointed).
@@ -450,15 +450,9 @@ impl Processor {
             slo_rows = rows;
         }
         signals.sort_by(|a, b| (a.window_start, &a.series).cmp(&(b.window_start, &b.series)));
-        let changes = self.correlator.observe(&signals, now);
-        let live: Vec<vigil_models::Incident> = changes.incidents.iter().filter(|i| i.state != "resolved").cloned().collect();
-        let matches = if live.is_empty() {
-            Vec::new()
-        } else {
-            self.policies.evaluate(&vigil_models::incidents_batch(&live)?).await.map_err(|e| vigil_models::Error::Input(e.to_string()))?
-        };
-        let gated = self.gate.decide(&changes.incidents, &matches, now);
-        let incidents = vigil_models::incidents_batch(&changes.incidents)?;
+        let ends: Vec<i64> = closed.iter().map(|w| w.end_ms).collect();
+        let decided = self.decide(&signals, &ends, now).await?;
+        let incidents = vigil_models::incidents_batch(&decided.incidents)?;
         // Health, every `health.every` of event time.
         let mut health = arrow::array::RecordBatch::new_empty(self.health.schema());
         if !closed.is_empty() {
@@ -508,8 +502,8 @@ impl Processor {
             features,
             anomalies,
             incidents,
-            decisions: gated.publish,
-            log: gated.log,
+            decisions: decided.publish,
+            log: decided.log,
             costs: std::mem::take(&mut self.pending_costs),
             cost_hours: cost.hours,
             cost_drift: vigil_models::cost::cost_drift_batch(&cost.drift)?,
