@@ -12,10 +12,10 @@ use std::sync::{Arc, OnceLock};
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit};
-use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use crate::decision::parse_series_key;
+use crate::prepared::{reusable_plans, Prepared, SwappedTable};
 use crate::{Error, Incident, Result, SloRow};
 
 /// The shipped health SQL.
@@ -233,9 +233,14 @@ fn is_cost(i: &Incident) -> bool {
 
 /// The health SQL, planned.
 pub struct HealthPlan {
-    sql: String,
+    /// The SQL, planned once over `table`.
+    query: Prepared,
+    /// The `health_inputs` table the query reads.
+    table: SwappedTable,
     ctx: SessionContext,
     schema: SchemaRef,
+    /// One run at a time: a run fills the table the query reads.
+    running: futures::lock::Mutex<()>,
 }
 
 impl std::fmt::Debug for HealthPlan {
@@ -248,9 +253,11 @@ impl HealthPlan {
     /// Plans `sql` against an empty `health_inputs`; it must give `window_start`, `window_end`,
     /// `service`, `score` (double) and `status` (string).
     pub async fn new(sql: &str) -> Result<Self> {
-        let ctx = SessionContext::new_with_config(crate::session_config(1));
-        let empty = MemTable::try_new(health_inputs_schema(), vec![vec![]])?;
-        ctx.register_table("health_inputs", Arc::new(empty))?;
+        let mut config = crate::session_config(1);
+        reusable_plans(&mut config);
+        let ctx = SessionContext::new_with_config(config);
+        let table = SwappedTable::new(health_inputs_schema(), 1, None);
+        ctx.register_table("health_inputs", Arc::new(table.clone()))?;
         let df = ctx.sql(sql).await.map_err(|e| Error::Input(format!("health SQL: {}", e.find_root())))?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         for (name, ty) in [("window_start", None), ("window_end", None), ("service", Some(DataType::Utf8)), ("score", Some(DataType::Float64)), ("status", Some(DataType::Utf8))] {
@@ -263,7 +270,8 @@ impl HealthPlan {
         }
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
         fields.push(Field::new("explanation", DataType::Utf8, false));
-        Ok(Self { sql: sql.to_string(), ctx, schema: Arc::new(Schema::new(fields)) })
+        let query = Prepared::new(&ctx, sql).await.map_err(|e| Error::Input(format!("health SQL: {}", e.find_root())))?;
+        Ok(Self { query, table, ctx, schema: Arc::new(Schema::new(fields)), running: futures::lock::Mutex::new(()) })
     }
 
     /// The `health` schema: the SQL's columns and `explanation`.
@@ -276,10 +284,16 @@ impl HealthPlan {
         if inputs.num_rows() == 0 {
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
-        let mem = MemTable::try_new(inputs.schema(), vec![vec![inputs]])?;
-        self.ctx.deregister_table("health_inputs")?;
-        self.ctx.register_table("health_inputs", Arc::new(mem))?;
-        let batches = self.ctx.sql(&self.sql).await?.collect().await?;
+        if inputs.schema() != health_inputs_schema() {
+            return Err(Error::Input("HealthPlan::run() takes a batch in the health_inputs schema".into()));
+        }
+        let batches = {
+            let _one = self.running.lock().await;
+            self.table.set(vec![vec![inputs]]);
+            let out = self.query.execute(&self.ctx).await;
+            self.table.clear();
+            out?.0
+        };
         let out = arrow::compute::concat_batches(&Arc::new(self.schema.project(&(0..self.schema.fields().len() - 1).collect::<Vec<_>>())?), &batches)?;
         let explanation = explain(&out);
         let mut cols: Vec<ArrayRef> = out.columns().to_vec();
@@ -360,6 +374,11 @@ mod tests {
         // 8 (incident) + 5 (anomaly) = 13: 87, healthy.
         let a = at("auth");
         assert_eq!((score.value(a), status.value(a)), (87.0, "healthy"));
+        assert!(plan.query.plan().is_some(), "planned once");
+        // The same plan, run again over other rows, sees only those.
+        let again = plan.run(health_inputs_batch(60_000, 120_000, &[HealthInput { service: "auth".into(), ..Default::default() }]).unwrap()).await.unwrap();
+        assert_eq!(again.num_rows(), 1);
+        assert_eq!(again.column_by_name("score").unwrap().as_primitive::<Float64Type>().value(0), 100.0);
     }
 
     #[tokio::test]

@@ -43,6 +43,7 @@ mod health;
 mod incident;
 mod percentile;
 mod policy;
+pub mod prepared;
 mod slo;
 mod sql;
 

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
@@ -28,6 +27,7 @@ pub use gate::{Gate, GateOutput, GateState};
 
 use crate::decision::{Mode, Risk};
 use crate::incident::incidents_schema;
+use crate::prepared::{reusable_plans, Prepared, SwappedTable};
 
 /// The policies shipped with Vigil (`sql/policies.toml`).
 pub const DEFAULT_POLICIES: &str = include_str!("../../../sql/policies.toml");
@@ -181,8 +181,13 @@ pub struct Match {
 /// The policies, planned and ready to evaluate.
 pub struct PolicySet {
     specs: Vec<PolicySpec>,
-    queries: Vec<String>,
+    /// One query per policy, planned once over `table`.
+    queries: Vec<Prepared>,
+    /// The `incidents` table the queries read: the incidents being evaluated.
+    table: SwappedTable,
     ctx: SessionContext,
+    /// One evaluation at a time: an evaluation fills the table the queries read.
+    running: futures::lock::Mutex<()>,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -214,12 +219,11 @@ impl PolicySet {
         if file.policies.is_empty() {
             return Err(PolicyError::File { source_name: source_name.into(), message: "no [[policy]] in it; every incident would go undecided".into() });
         }
-        let ctx = SessionContext::new_with_config(crate::session_config(1));
-        ctx.register_table("incidents", Arc::new(MemTable::try_new(incidents_schema(), vec![vec![]]).map_err(|e| PolicyError::File {
-            source_name: source_name.into(),
-            message: e.to_string(),
-        })?))
-        .map_err(|e| PolicyError::File { source_name: source_name.into(), message: e.to_string() })?;
+        let mut config = crate::session_config(1);
+        reusable_plans(&mut config);
+        let ctx = SessionContext::new_with_config(config);
+        let table = SwappedTable::new(incidents_schema(), 1, None);
+        ctx.register_table("incidents", Arc::new(table.clone())).map_err(|e| PolicyError::File { source_name: source_name.into(), message: e.to_string() })?;
         let mut names = std::collections::HashSet::new();
         let mut queries = Vec::new();
         for p in &file.policies {
@@ -257,9 +261,10 @@ impl PolicySet {
             }
             let q = Self::query(p);
             check("the whole policy".into(), q.clone()).await?;
-            queries.push(q);
+            let planned = Prepared::new(&ctx, &q).await.map_err(|e| PolicyError::Sql { policy: p.name.clone(), part: "the whole policy".into(), problem: plan_problem(&e) })?;
+            queries.push(planned);
         }
-        Ok(Self { specs: file.policies, queries, ctx })
+        Ok(Self { specs: file.policies, queries, table, ctx, running: futures::lock::Mutex::new(()) })
     }
 
     /// The shipped defaults.
@@ -291,12 +296,22 @@ impl PolicySet {
         if incidents.num_rows() == 0 {
             return Ok(Vec::new());
         }
-        let mem = MemTable::try_new(incidents.schema(), vec![vec![incidents.clone()]]).map_err(|e| fail("*", &e))?;
-        self.ctx.deregister_table("incidents").map_err(|e| fail("*", &e))?;
-        self.ctx.register_table("incidents", Arc::new(mem)).map_err(|e| fail("*", &e))?;
+        if incidents.schema() != incidents_schema() {
+            return Err(fail("*", &"evaluate() takes a batch in the incidents schema"));
+        }
+        let _one = self.running.lock().await;
+        self.table.set(vec![vec![incidents.clone()]]);
+        let out = self.matches().await;
+        self.table.clear();
+        out
+    }
+
+    /// Runs every policy's query over the incidents the table holds.
+    async fn matches(&self) -> Result<Vec<Match>, PolicyError> {
+        let fail = |policy: &str, e: &dyn std::fmt::Display| PolicyError::Eval { policy: policy.into(), problem: e.to_string() };
         let mut out: Vec<Match> = Vec::new();
         for (i, (p, q)) in self.specs.iter().zip(&self.queries).enumerate() {
-            let batches = self.ctx.sql(q).await.map_err(|e| fail(&p.name, &e))?.collect().await.map_err(|e| fail(&p.name, &e))?;
+            let (batches, _) = q.execute(&self.ctx).await.map_err(|e| fail(&p.name, &e))?;
             for b in batches {
                 let text = |c: usize, r: usize| -> Option<String> {
                     // One cell: planning may have chosen Utf8View for the VARCHAR casts.

@@ -1,7 +1,5 @@
 //! The feature plan: user-editable SQL over the rows of closed windows.
 
-mod source;
-
 use std::sync::Arc;
 
 use arrow::array::{
@@ -10,13 +8,9 @@ use arrow::array::{
 };
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
-use datafusion::execution::SessionState;
-use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
-use datafusion::physical_plan::execution_plan::reset_plan_states;
-use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 
-use source::SwappedTable;
+use vigil_models::prepared::{deal_evenly, Prepared, SwappedTable};
 
 use crate::window::ClosedWindow;
 use crate::{Error, Result};
@@ -58,23 +52,21 @@ pub struct FeaturePlan {
     points_schema: SchemaRef,
     logs_schema: SchemaRef,
     output_schema: SchemaRef,
-    points: Prepared,
-    logs: Prepared,
+    points: Query,
+    logs: Query,
     /// One run at a time: a run fills the tables its plan reads.
     running: tokio::sync::Mutex<()>,
 }
 
 /// One SQL text over one swapped table, planned once where it can be.
-struct Prepared {
+struct Query {
     table: SwappedTable,
-    sql: String,
-    /// The physical plan; `None` when the SQL must be planned at every run.
-    plan: Option<Arc<dyn ExecutionPlan>>,
+    prepared: Prepared,
 }
 
 impl std::fmt::Debug for FeaturePlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FeaturePlan").field("sql", &self.points.sql).field("log_sql", &self.logs.sql).finish()
+        f.debug_struct("FeaturePlan").field("sql", &self.points.prepared.sql()).field("log_sql", &self.logs.prepared.sql()).finish()
     }
 }
 
@@ -127,8 +119,7 @@ impl FeaturePlan {
         let points_schema = windowed(vigil_ingest::points_schema());
         let logs_schema = windowed(vigil_ingest::logs_schema());
         let mut config = vigil_models::session_config(cores);
-        // A physical plan with dynamic filters cannot be executed twice.
-        config.options_mut().optimizer.enable_dynamic_filter_pushdown = false;
+        vigil_models::prepared::reusable_plans(&mut config);
         // The points arrive dealt out by `series_id`: grouping by it (and more) needs no shuffle,
         // on any number of cores.
         config.options_mut().optimizer.subset_repartition_threshold = 1;
@@ -145,8 +136,8 @@ impl FeaturePlan {
         };
         let points_table = SwappedTable::new(points_schema.clone(), cores, Some("series_id"));
         let logs_table = SwappedTable::new(logs_schema.clone(), cores, None);
-        let logs = Prepared::new(&ctx, "logs", logs_table, log_sql).await.map_err(log_err)?;
-        let points = Prepared::new(&ctx, "points", points_table, sql).await?;
+        let logs = Query::new(&ctx, "logs", logs_table, log_sql).await.map_err(log_err)?;
+        let points = Query::new(&ctx, "points", points_table, sql).await?;
         let mut plan = Self {
             ctx,
             points_schema: points_schema.clone(),
@@ -303,23 +294,15 @@ impl FeaturePlan {
         self.query(&self.points, points).await
     }
 
-    async fn query(&self, prepared: &Prepared, rows: Vec<RecordBatch>) -> Result<RecordBatch> {
-        let table = &prepared.table;
+    async fn query(&self, q: &Query, rows: Vec<RecordBatch>) -> Result<RecordBatch> {
+        let table = &q.table;
         let parts = match table.hashed_by() {
             Some(_) => vec![rows],
-            None => source::deal_evenly(rows, table.partitions())?,
+            None => deal_evenly(rows, table.partitions())?,
         };
         table.set(parts);
         let result = async {
-            let (plan, planned) = match &prepared.plan {
-                Some(plan) => (reset_plan_states(plan.clone())?, plan.schema()),
-                None => {
-                    let df = self.ctx.sql(&prepared.sql).await.map_err(|e| Error::Plan(e.to_string()))?;
-                    let planned: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                    (df.create_physical_plan().await?, planned)
-                }
-            };
-            let batches = collect(plan, self.ctx.task_ctx()).await?;
+            let (batches, planned) = q.prepared.execute(&self.ctx).await?;
             // Execution may pick other physical string types than planning (e.g. Utf8View inside
             // a map built by `map()`): the batches' own schema is the truth.
             let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
@@ -331,41 +314,13 @@ impl FeaturePlan {
     }
 }
 
-impl Prepared {
-    /// Registers `table` as `name` and plans `sql` over it, once, unless the SQL calls a function
-    /// that planning folds to a constant.
+impl Query {
+    /// Registers `table` as `name` and plans `sql` over it (once, where it can be).
     async fn new(ctx: &SessionContext, name: &str, table: SwappedTable, sql: &str) -> Result<Self> {
         ctx.register_table(name, Arc::new(table.clone()))?;
-        let state: SessionState = ctx.state();
-        let logical = state.create_logical_plan(sql).await.map_err(|e| Error::Plan(e.to_string()))?;
-        let plan = if folds_at_planning(&logical)? {
-            None
-        } else {
-            let df = ctx.execute_logical_plan(logical).await.map_err(|e| Error::Plan(e.to_string()))?;
-            Some(df.create_physical_plan().await.map_err(|e| Error::Plan(e.to_string()))?)
-        };
-        Ok(Self { table, sql: sql.to_string(), plan })
+        let prepared = Prepared::new(ctx, sql).await.map_err(|e| Error::Plan(e.to_string()))?;
+        Ok(Self { table, prepared })
     }
-}
-
-/// Whether `plan` calls a function whose value planning fixes (a stable one, such as `now()`).
-fn folds_at_planning(plan: &LogicalPlan) -> Result<bool> {
-    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    let mut found = false;
-    plan.apply_with_subqueries(|node| {
-        node.apply_expressions(|e| {
-            e.apply(|e| {
-                if let Expr::ScalarFunction(f) = e {
-                    if f.func.signature().volatility == Volatility::Stable {
-                        found = true;
-                        return Ok(TreeNodeRecursion::Stop);
-                    }
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
-        })
-    })?;
-    Ok(found)
 }
 
 /// `b`, a batch of window `w`, with the window's `window_start` and `window_end` columns.
@@ -493,7 +448,7 @@ mod tests {
         let plan = FeaturePlan::build(sql, DEFAULT_LOG_SIGNALS_SQL, "mean", Vec::new(), Vec::new(), 1).await.unwrap();
         let rows = plan.points_rows(windows).unwrap();
         let ctx = SessionContext::new_with_config(vigil_models::session_config(partitions));
-        let parts = source::deal_evenly(rows, partitions).unwrap();
+        let parts = deal_evenly(rows, partitions).unwrap();
         ctx.register_table("points", Arc::new(datafusion::datasource::MemTable::try_new(plan.points_schema(), parts).unwrap())).unwrap();
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         conform(concat_batches(&batches[0].schema(), &batches).unwrap(), &plan.output_schema()).unwrap()
@@ -536,7 +491,7 @@ mod tests {
                    FROM points GROUP BY window_start, window_end, series_id, series, name ORDER BY window_start, series_id";
         for partitions in [1, 2, 3] {
             let plan = FeaturePlan::build(sql, DEFAULT_LOG_SIGNALS_SQL, "mean", Vec::new(), Vec::new(), partitions).await.unwrap();
-            assert!(plan.points.plan.is_some(), "planned once");
+            assert!(plan.points.prepared.plan().is_some(), "planned once");
             for (seed, hosts, points) in [(1, 3_000, 4), (2, 50, 30), (3, 9_000, 2), (4, 1, 1)] {
                 let windows = many_series(seed, hosts, points);
                 let got = plan.run(&windows).await.unwrap().features;
@@ -550,7 +505,7 @@ mod tests {
     #[tokio::test]
     async fn a_plan_grouped_by_series_id_needs_no_shuffle() {
         let plan = FeaturePlan::build(DEFAULT_FEATURES_SQL, DEFAULT_LOG_SIGNALS_SQL, "mean", Vec::new(), Vec::new(), 2).await.unwrap();
-        let shown = datafusion::physical_plan::displayable(plan.points.plan.as_ref().unwrap().as_ref()).indent(true).to_string();
+        let shown = datafusion::physical_plan::displayable(plan.points.prepared.plan().unwrap().as_ref()).indent(true).to_string();
         assert!(!shown.contains("RepartitionExec"), "{shown}");
         assert!(shown.contains("mode=SinglePartitioned"), "{shown}");
     }
@@ -561,8 +516,8 @@ mod tests {
                    CAST(now() AS BIGINT) / 1000000 AS planned_ms \
                    FROM points GROUP BY window_start, window_end, series_id, series, name";
         let plan = FeaturePlan::new(sql, "mean").await.unwrap();
-        assert!(plan.points.plan.is_none());
-        assert!(plan_default().await.points.plan.is_some());
+        assert!(plan.points.prepared.plan().is_none());
+        assert!(plan_default().await.points.prepared.plan().is_some());
         let at = |f: &RecordBatch| f.column_by_name("planned_ms").unwrap().as_primitive::<arrow::datatypes::Int64Type>().value(0);
         let first = at(&plan.run(&window(&[("a", 1_000, 1.0)])).await.unwrap().features);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

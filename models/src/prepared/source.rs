@@ -33,7 +33,7 @@ type Rows = Arc<Mutex<Vec<Vec<RecordBatch>>>>;
 
 /// A table whose rows are replaced before each run of a prepared plan.
 #[derive(Debug, Clone)]
-pub(crate) struct SwappedTable {
+pub struct SwappedTable {
     schema: SchemaRef,
     partitions: usize,
     /// The column whose hash deals the rows out to the partitions, if any (see [`own_rows`]).
@@ -45,31 +45,31 @@ impl SwappedTable {
     /// An empty table of `schema` in `partitions` partitions; `hashed_by` names the column whose
     /// repartitioning hash decides each row's partition, when [`Self::set`] is given rows dealt
     /// that way.
-    pub(crate) fn new(schema: SchemaRef, partitions: usize, hashed_by: Option<&str>) -> Self {
+    pub fn new(schema: SchemaRef, partitions: usize, hashed_by: Option<&str>) -> Self {
         let partitions = partitions.max(1);
         let hashed_by = hashed_by.and_then(|c| schema.index_of(c).ok());
         Self { schema, partitions, hashed_by, rows: Arc::new(Mutex::new(vec![Vec::new(); partitions])) }
     }
 
     /// How many partitions the table has.
-    pub(crate) fn partitions(&self) -> usize {
+    pub fn partitions(&self) -> usize {
         self.partitions
     }
 
     /// The column whose hash deals the rows out to the partitions, if any (see [`own_rows`]).
-    pub(crate) fn hashed_by(&self) -> Option<usize> {
+    pub fn hashed_by(&self) -> Option<usize> {
         self.hashed_by
     }
 
     /// Replaces the rows. `parts` has one list per partition; with `hashed_by` set, it has one
     /// list of all the rows, and each partition takes its own as it reads them ([`own_rows`]).
-    pub(crate) fn set(&self, mut parts: Vec<Vec<RecordBatch>>) {
+    pub fn set(&self, mut parts: Vec<Vec<RecordBatch>>) {
         parts.resize_with(self.partitions, Vec::new);
         *self.rows.lock().unwrap_or_else(|e| e.into_inner()) = parts;
     }
 
     /// Drops the rows (they are owned by the run's output from here on).
-    pub(crate) fn clear(&self) {
+    pub fn clear(&self) {
         self.set(Vec::new());
     }
 }
@@ -173,7 +173,7 @@ impl ExecutionPlan for SwappedExec {
 }
 
 /// The partition DataFusion's hash repartitioning gives each value of `column` among `k`.
-pub(crate) fn partition_of(column: &ArrayRef, k: usize, hashes: &mut Vec<u64>) -> DfResult<()> {
+pub fn partition_of(column: &ArrayRef, k: usize, hashes: &mut Vec<u64>) -> DfResult<()> {
     hashes.clear();
     hashes.resize(column.len(), 0);
     datafusion::common::hash_utils::create_hashes(std::slice::from_ref(column), REPARTITION_RANDOM_STATE.random_state(), hashes)?;
@@ -186,7 +186,7 @@ pub(crate) fn partition_of(column: &ArrayRef, k: usize, hashes: &mut Vec<u64>) -
 /// partitions sends to `partition`, so that [`SwappedTable`] may declare its rows
 /// hash-partitioned: every row of one `col` value lands in one partition, the one a
 /// `RepartitionExec` would send it to.
-pub(crate) fn own_rows(batch: &RecordBatch, col: usize, partition: usize, k: usize, hashes: &mut Vec<u64>) -> DfResult<RecordBatch> {
+pub fn own_rows(batch: &RecordBatch, col: usize, partition: usize, k: usize, hashes: &mut Vec<u64>) -> DfResult<RecordBatch> {
     if k <= 1 {
         return Ok(batch.clone());
     }
@@ -201,7 +201,7 @@ pub(crate) fn own_rows(batch: &RecordBatch, col: usize, partition: usize, k: usi
 
 /// Deals `batches` out to `k` partitions, balancing rows, in order within each; a small table
 /// stays in one partition.
-pub(crate) fn deal_evenly(batches: Vec<RecordBatch>, k: usize) -> DfResult<Vec<Vec<RecordBatch>>> {
+pub fn deal_evenly(batches: Vec<RecordBatch>, k: usize) -> DfResult<Vec<Vec<RecordBatch>>> {
     let k = k.max(1);
     let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if k == 1 || n < 4096 * k || batches.is_empty() {
