@@ -3,7 +3,8 @@
 -- `points` holds the rows of those windows: ts, series_id, series, name, labels, value,
 -- window_start, window_end. The detector needs window_start, window_end, series_id, series, name
 -- and the feature it scores (`mean` by default, see [detector] feature in the config); add
--- columns freely, they are kept in the `features` table.
+-- columns freely, they are kept in the `features` table. No ORDER BY is needed: when several
+-- windows close at once, the engine hands each series' rows to the detector oldest first.
 SELECT
   window_start,
   window_end,
@@ -17,4 +18,3 @@ SELECT
   percentile_cont(value, 0.95)        AS p95
 FROM points
 GROUP BY window_start, window_end, series_id, series, name
-ORDER BY window_start, series_id

@@ -407,6 +407,7 @@ impl Processor {
         } else {
             let t = std::time::Instant::now();
             let crate::PlanOutput { points, logs, features } = self.plan.run(&closed).await?;
+            let features = in_window_order(features)?;
             let t1 = std::time::Instant::now();
             self.times.features += t1 - t;
             // The ensemble (itself spread over the cores by series) and the fleet check read
@@ -617,6 +618,25 @@ impl Processor {
 fn timed<T>(f: impl FnOnce() -> T) -> (T, std::time::Duration) {
     let t = std::time::Instant::now();
     (f(), t.elapsed())
+}
+
+/// Feature rows of several windows in window order, a series' rows of one window in the order
+/// the SQL gave them: the detector, the forecaster and every other state kept per series read a
+/// series' windows oldest first, whatever order the feature SQL returned its rows in (an
+/// `ORDER BY` over every row of a close would cost as much as the aggregation itself at
+/// 100,000 series). A close of one window is returned as it is.
+fn in_window_order(features: arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch, EngineError> {
+    let Some(col) = features.column_by_name("window_start") else { return Ok(features) };
+    let Ok(starts) = arrow::compute::cast(col, &arrow::datatypes::DataType::Int64) else { return Ok(features) };
+    let starts = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&starts);
+    if arrow::array::Array::null_count(starts) > 0 || starts.values().windows(2).all(|w| w[0] <= w[1]) {
+        return Ok(features);
+    }
+    let mut idx: Vec<u32> = (0..features.num_rows() as u32).collect();
+    // Stable: rows of one window keep their order.
+    idx.sort_by_key(|&i| starts.value(i as usize));
+    let idx = arrow::array::UInt32Array::from(idx);
+    Ok(arrow::compute::take_record_batch(&features, &idx).map_err(vigil_models::Error::from)?)
 }
 
 #[cfg(test)]

@@ -47,3 +47,25 @@ async fn the_parse_only_pass_decodes_what_ingest_accepts_and_windows_nothing() {
     assert_eq!((p.windower().open_windows(), p.windower().watermark()), (0, None), "nothing reached the windows");
     assert!(p.close_all().await.unwrap().is_none(), "no window to close");
 }
+
+#[test]
+fn feature_rows_of_several_windows_are_put_oldest_first_keeping_their_order_within_a_window() {
+    use arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("window_start", DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())), false),
+        Field::new("series_id", DataType::UInt64, false),
+        Field::new("row", DataType::Int64, false),
+    ]));
+    let batch = |starts: Vec<i64>, ids: Vec<u64>| {
+        let rows = Int64Array::from_iter_values(0..starts.len() as i64);
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(TimestampMillisecondArray::from(starts).with_timezone("+00:00")), Arc::new(UInt64Array::from(ids)), Arc::new(rows)]).unwrap()
+    };
+    // As a hash aggregation may return them: newest window first, series in no order.
+    let got = in_window_order(batch(vec![30, 10, 20, 10, 30, 20], vec![7, 9, 7, 7, 9, 9])).unwrap();
+    let rows: Vec<i64> = got.column(2).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec();
+    assert_eq!(rows, vec![1, 3, 2, 5, 0, 4], "oldest window first, the SQL's order within each");
+    // One window (a live close) is left alone.
+    let one = batch(vec![10, 10, 10], vec![3, 1, 2]);
+    assert_eq!(in_window_order(one.clone()).unwrap(), one);
+}
