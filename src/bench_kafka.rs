@@ -32,8 +32,12 @@ pub struct KafkaBenchReport {
     pub events: u64,
     /// Partitions of the topic.
     pub partitions: i32,
-    /// The bare consumer: seconds and events/s.
-    pub bare_s: f64,
+    /// The bare consumer: seconds (`None` in a live run, which has no backlog to race through).
+    pub bare_s: Option<f64>,
+    /// A live run's input rate asked for and reached, events per second (the records are
+    /// produced while the engine reads them); `None` when the topic is filled first and read
+    /// as a backlog.
+    pub rate: Option<(f64, f64)>,
     /// The engine: seconds and events/s.
     pub engine_s: f64,
     /// Windows the engine closed, feature rows it scored, decisions it published.
@@ -56,34 +60,59 @@ pub struct KafkaBenchReport {
     pub closes: u64,
     /// That latency: p50, p99 and max, milliseconds.
     pub close_to_ack_ms: [f64; 3],
+    /// The same over the closes in which most feature rows were scored (past warm-up), and
+    /// their number.
+    pub scored_close_to_ack_ms: [f64; 3],
+    /// Closes in which most feature rows were scored.
+    pub scored_closes: u64,
+    /// Closes that took more than one window at once.
+    pub multi_window_closes: u64,
+}
+
+/// p50, p99 and max of `us` (microseconds), milliseconds; zeros when empty.
+fn quantiles_ms(us: &[u64]) -> [f64; 3] {
+    let mut v = us.to_vec();
+    v.sort_unstable();
+    let at = |q: f64| v.get(((q * v.len() as f64).ceil() as usize).clamp(1, v.len().max(1)) - 1).map_or(0.0, |x| *x as f64 / 1000.0);
+    [at(0.5), at(0.99), at(1.0)]
 }
 
 impl KafkaBenchReport {
     /// Human-readable lines.
     pub fn render(&self) -> String {
-        let bare = self.events as f64 / self.bare_s.max(1e-9);
         let engine = self.events as f64 / self.engine_s.max(1e-9);
+        let input = match (self.rate, self.bare_s) {
+            (Some((asked, got)), _) => format!("live input        {got:.0} events/s produced while the engine reads ({asked:.0} asked; no bare-consumer race in a live run)\n"),
+            (None, Some(b)) => {
+                let bare = self.events as f64 / b.max(1e-9);
+                format!("bare consumer     {b:.2} s -> {bare:.0} events/s (rdkafka BaseConsumer, payloads touched)\n")
+            }
+            (None, None) => String::new(),
+        };
+        let ratio = match (self.rate, self.bare_s) {
+            (None, Some(b)) => format!("engine / bare     {:.1}%\n", 100.0 * engine / (self.events as f64 / b.max(1e-9)).max(1e-9)),
+            _ => String::new(),
+        };
         format!(
             "broker            {}\n\
              topic             {} records in {} partitions\n\
-             bare consumer     {:.2} s -> {:.0} events/s (rdkafka BaseConsumer, payloads touched)\n\
+             {input}\
              vigil engine      {:.2} s -> {:.0} events/s (decode, windows, feature SQL, scoring, decisions, publish, commit)\n\
-             engine / bare     {:.1}%\n\
-             windows closed    {}\n\
+             {ratio}\
+             windows closed    {} ({} closes took more than one window)\n\
              scored            {} of {} feature rows (series x windows past warm-up)\n\
              decisions         {}\n\
              close to ack      p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} closes with {} active series (window close to its decisions acknowledged by the broker)\n\
+             scored closes     p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over the {} closes in which most feature rows were scored\n\
              polls             {} with records ({:.0} records per poll)\n\
              stages            {}\n",
             self.broker,
             self.events,
             self.partitions,
-            self.bare_s,
-            bare,
             self.engine_s,
             engine,
-            100.0 * engine / bare.max(1e-9),
             self.windows,
+            self.multi_window_closes,
             self.scored,
             self.feature_rows,
             self.decisions,
@@ -92,6 +121,10 @@ impl KafkaBenchReport {
             self.close_to_ack_ms[2],
             self.closes,
             self.series,
+            self.scored_close_to_ack_ms[0],
+            self.scored_close_to_ack_ms[1],
+            self.scored_close_to_ack_ms[2],
+            self.scored_closes,
             self.polls,
             self.events as f64 / self.polls.max(1) as f64,
             self.render_stages(),
@@ -123,7 +156,10 @@ impl KafkaBenchReport {
 }
 
 /// Runs the Kafka-path benchmark over `lines` on `brokers` (the mock cluster when `None`).
-pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, partitions: i32) -> anyhow::Result<KafkaBenchReport> {
+/// With `rate`, a live run: the engine joins first and the records are produced at `rate`
+/// events per second while it reads them (no bare consumer), so that windows close as they
+/// would in production, one at a time, instead of several at once as a backlog is read.
+pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, partitions: i32, rate: Option<f64>) -> anyhow::Result<KafkaBenchReport> {
     let run_id = std::process::id();
     let topic = format!("vigil-bench-{run_id}");
     let mut cfg = cfg.clone();
@@ -156,31 +192,69 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
     }
 
     let events = lines.len() as u64;
-    let produce_brokers = brokers.clone();
-    let produce_topic = topic.clone();
-    tokio::task::spawn_blocking(move || produce(&produce_brokers, &produce_topic, &lines)).await??;
-    tracing::info!(events, topic = %topic, "produced");
-
-    let (bare_brokers, bare_topic) = (brokers.clone(), topic.clone());
-    // The mock cluster drops what exceeds its retention, and says so in its offsets; a real
-    // broker's offsets are taken as they come (tansu's ListOffsets answers are not exact).
-    let mock = cluster.is_some();
-    let bare_s = tokio::task::spawn_blocking(move || bare_consume(&bare_brokers, &bare_topic, partitions, events, mock)).await??;
+    let (produce_brokers, produce_topic) = (brokers.clone(), topic.clone());
+    let mut live_lines = None;
+    let bare_s = match rate {
+        None => {
+            let (b, t) = (produce_brokers.clone(), produce_topic.clone());
+            tokio::task::spawn_blocking(move || produce(&b, &t, &lines, None)).await??;
+            tracing::info!(events, topic = %topic, "produced");
+            let (bare_brokers, bare_topic) = (brokers.clone(), topic.clone());
+            // The mock cluster drops what exceeds its retention, and says so in its offsets; a
+            // real broker's offsets are taken as they come (tansu's ListOffsets answers are not
+            // exact).
+            let mock = cluster.is_some();
+            Some(tokio::task::spawn_blocking(move || bare_consume(&bare_brokers, &bare_topic, partitions, events, mock)).await??)
+        }
+        Some(_) => {
+            live_lines = Some(lines);
+            None
+        }
+    };
 
     let tables = Arc::new(vigil_pipeline::ResultTables::new());
     let mut engine = crate::engine::Engine::new(&cfg, tables).await?;
     let stats = engine.stats();
+    // A live run starts producing once the engine owns its partitions.
+    let mut producing = None;
+    if let (Some(r), Some(lines)) = (rate, live_lines) {
+        let joined = Instant::now() + Duration::from_secs(60);
+        while !stats.ready.load(Ordering::Relaxed) {
+            if Instant::now() > joined {
+                bail!("the engine was assigned no partition in 60 s");
+            }
+            engine.step().await?;
+        }
+        producing = Some(tokio::task::spawn_blocking(move || produce(&produce_brokers, &produce_topic, &lines, Some(r))));
+    }
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut decisions = 0u64;
     let mut t0 = None;
     let mut io0 = vigil_pipeline::engine::IoTimes::default();
+    let (mut scored_closes, mut multi_window_closes) = (Vec::new(), 0u64);
+    let mut produced_s = None;
     while stats.records.load(Ordering::Relaxed) < events {
         if Instant::now() > deadline {
             bail!("the engine read {} of {events} records in 10 minutes", stats.records.load(Ordering::Relaxed));
         }
+        if producing.as_ref().is_some_and(|p| p.is_finished()) {
+            produced_s = Some(producing.take().expect("checked").await??);
+        }
         let before = Instant::now();
         let io_before = engine.io_times();
+        let (closes, scored, rows, windows) = (stats.close_latency.count(), engine.stage_times().1, stats.feature_rows.load(Ordering::Relaxed), stats.windows_closed.load(Ordering::Relaxed));
         decisions += engine.step().await?.len() as u64;
+        let new_closes = (stats.close_latency.count() - closes) as usize;
+        if new_closes > 0 {
+            if stats.windows_closed.load(Ordering::Relaxed) - windows > new_closes as u64 {
+                multi_window_closes += 1;
+            }
+            let (d_scored, d_rows) = (engine.stage_times().1 - scored, stats.feature_rows.load(Ordering::Relaxed) - rows);
+            if d_rows > 0 && 2 * d_scored >= d_rows {
+                let samples = stats.close_latency.samples();
+                scored_closes.extend_from_slice(&samples[samples.len().saturating_sub(new_closes)..]);
+            }
+        }
         if t0.is_none() && stats.records.load(Ordering::Relaxed) > 0 {
             // The clock starts when the first records arrived: the waits for the group and the
             // first fetch before them are not the run's (nor are the bare consumer's).
@@ -188,6 +262,9 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
             t0 = Some(before + waited);
             io0 = engine.io_times();
         }
+    }
+    if let Some(p) = producing.take() {
+        produced_s = Some(p.await??);
     }
     decisions += engine.drain().await?.len() as u64;
     let engine_s = t0.map_or(0.0, |t| t.elapsed().as_secs_f64());
@@ -198,6 +275,10 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
         series: engine.series(),
         closes: close.count(),
         close_to_ack_ms: [ms(0.5), ms(0.99), ms(1.0)],
+        scored_close_to_ack_ms: quantiles_ms(&scored_closes),
+        scored_closes: scored_closes.len() as u64,
+        multi_window_closes,
+        rate: rate.map(|r| (r, produced_s.map_or(0.0, |s| events as f64 / s.max(1e-9)))),
         broker: broker_name,
         events,
         partitions,
@@ -229,20 +310,28 @@ async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<
     Ok(())
 }
 
-/// Produces every line, keyed by its series so that a series stays on one partition.
-fn produce(brokers: &str, topic: &str, lines: &[Vec<u8>]) -> anyhow::Result<()> {
+/// Produces every line, keyed by its series so that a series stays on one partition; at `rate`
+/// lines per second when given (paced in steps of 10 ms), else as fast as the broker takes them.
+fn produce(brokers: &str, topic: &str, lines: &[Vec<u8>], rate: Option<f64>) -> anyhow::Result<f64> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "20")
+        .set("linger.ms", if rate.is_some() { "5" } else { "20" })
         .set("queue.buffering.max.messages", "1000000")
         .set("compression.type", "none")
         .create()?;
-    for line in lines {
+    let start = Instant::now();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(r) = rate.filter(|_| i % 1000 == 0) {
+            let due = start + Duration::from_secs_f64(i as f64 / r);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         let rec = BaseRecord::<[u8], [u8]>::to(topic).key(series_of(line)).payload(line);
         crate::demo::send_waiting(&producer, rec, Duration::from_millis(2)).context("producing the bench records")?;
     }
     producer.flush(Duration::from_secs(120)).context("flushing the bench records")?;
-    Ok(())
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// The bytes that identify a record's series in the benchmark's JSON lines (name and labels),

@@ -150,6 +150,12 @@ enum Command {
         /// With --kafka: partitions of the input topic.
         #[arg(long, default_value_t = 8, requires = "kafka")]
         partitions: i32,
+        /// With --kafka: a live run. The engine joins first and the records are produced at
+        /// this many events per second while it reads them, so windows close one at a time as
+        /// in production (the synthetic input keeps pace with the clock at hosts x 5). Without
+        /// it the topic is filled first and read as a backlog, against a bare consumer.
+        #[arg(long, requires = "kafka")]
+        rate: Option<f64>,
         /// Measure memory instead: the synthetic records are made a batch at a time (the
         /// process holds one poll of input, as with Kafka), and the resident set is read after
         /// every window close and at the end, per series. For a million series at 1 s windows:
@@ -316,7 +322,7 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", report.render());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Bench { input, events, hosts, batch: _, format, config, kafka: true, brokers, partitions, memory: _ } => {
+            Command::Bench { input, events, hosts, batch: _, format, config, kafka: true, brokers, partitions, rate, memory: _ } => {
                 if format != "json" {
                     bail!("--kafka measures JSON points (--format json)");
                 }
@@ -328,7 +334,10 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                     Some(p) => vigil::bench::read_lines(p).with_context(|| format!("reading {}", p.display()))?,
                     None => vigil::bench::synthesize(events, hosts.max(1)),
                 };
-                let report = vigil::bench_kafka::run(&cfg, lines, brokers, partitions).await?;
+                if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                    bail!("--rate must be a positive number of events per second");
+                }
+                let report = vigil::bench_kafka::run(&cfg, lines, brokers, partitions, rate).await?;
                 print!("{}", report.render());
                 Ok(ExitCode::SUCCESS)
             }

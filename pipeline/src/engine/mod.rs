@@ -384,10 +384,15 @@ impl Engine {
         let t0 = Instant::now();
         let Some(closed) = self.core.close_ready().await? else { return Ok(Vec::new()) };
         let t1 = Instant::now();
+        let windows = closed.windows;
         let out = self.publish(closed).await?;
         let t2 = Instant::now();
         self.io_times.publish += t2 - t1;
         self.stats.close_latency.observe(t0.elapsed());
+        if windows > 0 {
+            let ms = |d: Duration| (d.as_secs_f64() * 1e3 * 10.0).round() / 10.0;
+            tracing::debug!(windows, close_ms = ms(t1 - t0), publish_ms = ms(t2 - t1), "close to ack");
+        }
         self.commit_offsets()?;
         self.io_times.commit += t2.elapsed();
         Ok(out)

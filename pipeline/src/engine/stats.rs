@@ -87,6 +87,11 @@ impl Histogram {
         Some(std::time::Duration::from_micros(v[rank - 1]))
     }
 
+    /// The newest samples, microseconds, oldest first.
+    pub fn samples(&self) -> Vec<u64> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
+    }
+
     /// Observations so far.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
