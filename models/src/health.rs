@@ -107,9 +107,12 @@ pub struct HealthInputs {
     slo: BTreeMap<String, Vec<SloRow>>,
     /// Series id → (is `log_error_ratio`, service's index in `service_names`): a key is parsed
     /// once, not at every close, and a million series hold a few hundred names, not a million.
-    known: std::collections::HashMap<u64, Option<(bool, u32)>>,
+    known: rustc_hash::FxHashMap<u64, Option<(bool, u32)>>,
     service_names: Vec<String>,
     service_index: std::collections::HashMap<String, u32>,
+    /// Per service index: the close that last saw it (rows mark it; the services map is
+    /// updated once per service and close, not once per row).
+    seen: Vec<i64>,
 }
 
 impl HealthInputs {
@@ -131,6 +134,7 @@ impl HealthInputs {
                 self.known.clear();
                 self.service_names.clear();
                 self.service_index.clear();
+                self.seen.clear();
             }
             for i in 0..features.num_rows() {
                 let id = ids.value(i);
@@ -149,16 +153,26 @@ impl HealthInputs {
                     });
                     self.known.insert(id, parsed);
                 }
-                let Some(Some((is_log_errors, ix))) = self.known.get(&id) else { continue };
-                let svc = &self.service_names[*ix as usize];
-                if *is_log_errors && !value.is_null(i) {
-                    self.log_errors.insert(svc.clone(), value.value(i));
+                let Some(Some((is_log_errors, ix))) = self.known.get(&id).copied() else { continue };
+                if self.seen.len() < self.service_names.len() {
+                    self.seen.resize(self.service_names.len(), i64::MIN);
                 }
-                match self.services.get_mut(svc) {
-                    Some(t) => *t = end_ms,
-                    None => {
-                        self.services.insert(svc.clone(), end_ms);
+                self.seen[ix as usize] = end_ms;
+                if is_log_errors && !value.is_null(i) {
+                    self.log_errors.insert(self.service_names[ix as usize].clone(), value.value(i));
+                }
+            }
+            for (ix, at) in self.seen.iter_mut().enumerate() {
+                if *at == end_ms {
+                    let svc = &self.service_names[ix];
+                    match self.services.get_mut(svc) {
+                        Some(t) => *t = end_ms,
+                        None => {
+                            self.services.insert(svc.clone(), end_ms);
+                        }
                     }
+                    // Marked once: a later close with the same end marks it again.
+                    *at = i64::MIN;
                 }
             }
         }
@@ -379,6 +393,45 @@ mod tests {
         let again = plan.run(health_inputs_batch(60_000, 120_000, &[HealthInput { service: "auth".into(), ..Default::default() }]).unwrap()).await.unwrap();
         assert_eq!(again.num_rows(), 1);
         assert_eq!(again.column_by_name("score").unwrap().as_primitive::<Float64Type>().value(0), 100.0);
+    }
+
+    #[test]
+    fn inputs_note_each_service_seen_its_log_error_ratio_and_its_anomalies() {
+        use arrow::array::UInt64Array;
+        let features = |rows: &[(u64, &str, f64)]| {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("series_id", DataType::UInt64, false),
+                Field::new("series", DataType::Utf8, false),
+                Field::new("mean", DataType::Float64, false),
+            ]));
+            RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                    Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                ],
+            )
+            .unwrap()
+        };
+        let anomalies = |rows: &[(&str, f64)]| {
+            let schema = Arc::new(Schema::new(vec![Field::new("series", DataType::Utf8, false), Field::new("score", DataType::Float64, false)]));
+            RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))), Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1)))]).unwrap()
+        };
+        let (cpu_a, cpu_b, errors_a, lone) =
+            (r#"cpu{host="1",service="a"}"#, r#"cpu{host="2",service="b"}"#, r#"log_error_ratio{service="a"}"#, r#"cpu{host="3"}"#);
+        let mut h = HealthInputs::new(vec!["service".into()], 0.99);
+        h.observe(&features(&[(1, cpu_a, 0.5), (2, cpu_b, 0.4), (3, errors_a, 0.2), (4, lone, 1.0)]), "mean", &anomalies(&[(cpu_a, 0.99995), (cpu_b, 0.995), (cpu_b, 0.5)]), 10_000);
+        // The next close sees only service a, its error ratio lower.
+        h.observe(&features(&[(1, cpu_a, 0.6), (3, errors_a, 0.1)]), "mean", &anomalies(&[]), 20_000);
+        let got = h.take(20_000, &[]);
+        let by = |s: &str| got.iter().find(|i| i.service == s).unwrap_or_else(|| panic!("{s} missing: {got:?}"));
+        assert_eq!(got.len(), 2, "a series without a service label belongs to none: {got:?}");
+        assert_eq!((by("a").anomalies_critical, by("a").anomalies_warning, by("a").log_error_ratio), (1, 0, Some(0.1)));
+        assert_eq!((by("b").anomalies_critical, by("b").anomalies_warning, by("b").log_error_ratio), (0, 1, None));
+        // A service unseen for a day is dropped; one seen at the last close is kept.
+        let later = h.take(20_000 + 86_400_000 - 5_000, &[]);
+        assert_eq!(later.iter().map(|i| i.service.as_str()).collect::<Vec<_>>(), vec!["a"], "b was last seen at 10 s, a at 20 s");
     }
 
     #[tokio::test]
