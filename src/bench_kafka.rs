@@ -316,7 +316,7 @@ async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<
 fn produce(brokers: &str, topic: &str, lines: &[Vec<u8>], rate: Option<f64>) -> anyhow::Result<f64> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", if rate.is_some() { "5" } else { "20" })
+        .set("linger.ms", if rate.is_some() { "50" } else { "20" })
         .set("queue.buffering.max.messages", "1000000")
         .set("compression.type", "none")
         .create()?;
