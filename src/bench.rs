@@ -144,7 +144,6 @@ impl BenchReport {
             ("scoring", c.scoring),
             ("  ensemble", c.ensemble),
             ("  fleet", c.fleet),
-            ("baselines", c.baselines),
             ("decisions", c.decisions),
             ("publish", self.stages.publish),
         ];
@@ -307,7 +306,6 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
         drop(b);
         if let Some(c) = core.close_ready().await? {
             publish += publish_closed(c, &tables, &mut windows, &mut decisions, &mut feature_rows)?;
-            core.prepare();
         }
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }

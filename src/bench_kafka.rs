@@ -133,7 +133,7 @@ impl KafkaBenchReport {
 
     fn render_stages(&self) -> String {
         let c = &self.stages;
-        let core = c.decode + c.windows + c.features + c.scoring + c.baselines + c.decisions;
+        let core = c.decode + c.windows + c.features + c.scoring + c.decisions;
         let rest = (self.engine_s - core.as_secs_f64()).max(0.0);
         [
             ("decode", c.decode.as_secs_f64()),
@@ -142,7 +142,6 @@ impl KafkaBenchReport {
             ("scoring", c.scoring.as_secs_f64()),
             ("  ensemble", c.ensemble.as_secs_f64()),
             ("  fleet", c.fleet.as_secs_f64()),
-            ("baselines (after ack)", c.baselines.as_secs_f64()),
             ("decisions", c.decisions.as_secs_f64()),
             ("poll", self.io.poll.as_secs_f64()),
             ("publish", self.io.publish.as_secs_f64()),

@@ -108,7 +108,6 @@ pub async fn run(cfg: &Config, synth: Synth, batch: usize) -> Result<MemoryRepor
         core.ingest(&records)?;
         if let Some(c) = core.close_ready().await? {
             publish_closed(c, &tables, &mut windows, &mut decisions, &mut feature_rows)?;
-            core.prepare();
             r.rss_peak = r.rss_peak.max(status_bytes("VmRSS:"));
         }
     }

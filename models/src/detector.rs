@@ -31,9 +31,7 @@
 //! 256 slots of 16-bit codes holding the last `seasons × max_period` values at reduced
 //! resolution (each slot the mean of a power-of-two number of values, so a daily season of
 //! minutes costs 512 bytes rather than 35 KB); per part a calibration histogram of 40
-//! log-spaced bins of 16-bit counts. See [`compact`] for the pieces. Beside it, not
-//! checkpointed, the statistics of the past the next value will be compared with, computed ahead
-//! of it by [`Detector::prepare`] ([`baseline`]).
+//! log-spaced bins of 16-bit counts. See [`compact`] for the pieces.
 
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
@@ -48,14 +46,12 @@ use crate::decision::anomalies_schema;
 use crate::forecast::detect_period;
 use crate::Result;
 
-mod baseline;
 mod compact;
 mod order;
 mod ring;
 mod values;
-use baseline::{Baseline, Prepared};
 use compact::{History, Refractory, Tail};
-use order::Hint;
+use order::{location_scale_near, Hint};
 use ring::Ring;
 use values::Values;
 
@@ -199,9 +195,6 @@ pub struct SeriesState {
     /// Last medians of the level, residual and shift-baseline windows (speed only).
     #[serde(skip)]
     hints: [Hint; 3],
-    /// The baseline of the next value, computed ahead of it (speed only: see [`baseline`]).
-    #[serde(skip)]
-    prepared: Option<Prepared>,
 }
 
 impl SeriesState {
@@ -236,8 +229,6 @@ struct Shard {
     states: FxHashMap<u64, Box<SeriesState>>,
     scratch: Vec<f64>,
     flat: Vec<f64>,
-    /// The series of the last batch scored, whose next baselines [`Detector::prepare`] computes.
-    last: Vec<u64>,
     /// Values that received a score (past warm-up), since this detector was built.
     scored: u64,
 }
@@ -446,9 +437,6 @@ impl Shard {
         }
         let st = self.states.entry(series_id).or_default();
         st.seen += 1;
-        // A baseline prepared since the last value, if any; dropped (and the hints it started
-        // from restored) when the past it was computed from changes below.
-        let mut prepared = st.prepared.take();
         let band = time_ms.and_then(|t| st.forecast.as_ref()?.at(t));
         let cover = cfg.seasons * cfg.max_period + 1;
         if cfg.max_period >= 4 && st.history.is_none() {
@@ -461,10 +449,7 @@ impl Shard {
                 let gap = t - last;
                 st.step_ms = if st.step_ms > 0 { st.step_ms.min(gap) } else { gap };
                 let missing = (gap / st.step_ms - 1).clamp(0, cover as i64) as usize;
-                if let Some(prev) = st.values.back().filter(|_| missing > 0) {
-                    if let Some(p) = prepared.take() {
-                        st.hints = p.hints_before;
-                    }
+                if let Some(prev) = st.values.back() {
                     let prev = st.anchor + f64::from(prev);
                     for _ in 0..missing.min(cfg.history + cfg.shift_windows) {
                         st.learn(prev, cfg.history + cfg.shift_windows);
@@ -492,59 +477,67 @@ impl Shard {
             if found != st.period && !keep {
                 st.period = found;
                 st.resid.clear();
-                if let Some(p) = prepared.take() {
-                    st.hints = p.hints_before;
-                }
             }
         }
 
-        // The statistics of the past each part compares the value with: prepared after the last
-        // close when nothing has changed them since, else computed now from the same hints.
-        let (base, hints_before) = match prepared {
-            Some(p) => (p.base, p.hints_before),
-            None => {
-                let before = st.hints;
-                (Baseline::of(st, cfg, &mut self.scratch), before)
-            }
-        };
-        let (w, half_warm) = (cfg.shift_windows, baseline::half_warm(cfg));
+        // Baselines need half the warm-up; the other half fills each part's calibration, so the
+        // first score comes after `warmup` values.
+        let half_warm = (cfg.warmup / 2).max(3);
+        let w = cfg.shift_windows;
+        let n = st.values.len();
         let mut readings: [Option<Reading>; 4] = [None; 4];
+        let anchor = st.anchor;
         let mut resid = None;
-        if let Some((med, sigma)) = base.level() {
-            let h = cfg.history.min(st.values.len());
+        if n >= half_warm {
+            let h = cfg.history.min(n);
+            // Level: the last `history` values.
+            let s = &mut self.scratch;
+            s.clear();
+            st.values.extend_into(n - h..n, anchor, s);
+            let (med, sigma) = location_scale_near(s, &mut st.hints[0]);
             readings[Part::Level.index()] = Some(Reading { z: (value - med) / sigma, expected: med, sigma, support: h });
             // Offsets stay precise while they are small against the spread: re-anchor otherwise.
-            let reanchored = (value - st.anchor).abs() > 4096.0 * sigma;
-            if reanchored {
+            if (value - anchor).abs() > 4096.0 * sigma {
                 st.reanchor(value);
             }
 
-            // Seasonal: the value minus the median of the same phase in past periods.
-            if let Some((e, support, stats)) = base.seasonal() {
-                let r = value - e;
-                if let Some((rm, rs)) = stats {
-                    readings[Part::Seasonal.index()] = Some(Reading { z: (r - rm) / rs, expected: e + rm, sigma: rs, support });
+            // Seasonal: median of the same phase in the last `seasons` periods.
+            if let (Some(p), Some(hist)) = (st.period, st.history.as_ref()) {
+                let now = hist.total();
+                s.clear();
+                s.extend((1..=cfg.seasons as u64).map_while(|j| now.checked_sub(j * p as u64).and_then(|g| hist.value_at(g))));
+                if !s.is_empty() {
+                    let k = s.len();
+                    let e = median(s);
+                    let r = value - e;
+                    if st.resid.len() >= half_warm {
+                        s.clear();
+                        st.resid.extend_into(0..st.resid.len(), s);
+                        let (rm, rs) = location_scale_near(s, &mut st.hints[1]);
+                        readings[Part::Seasonal.index()] = Some(Reading { z: (r - rm) / rs, expected: e + rm, sigma: rs, support: k * p });
+                    }
+                    resid = Some(r);
                 }
-                resid = Some(r);
             }
 
             // Shift: the median of the last `w` values (or residuals) against the baseline before.
-            let on_resid = baseline::shift_on_resid(st, cfg, resid.is_some());
-            let mut shift = base.shift();
-            if reanchored && !on_resid {
-                // The values were recoded about the new anchor: their baseline is taken again,
-                // as it is without a prepared baseline.
-                st.hints[2] = hints_before[2];
-                let mut b = base;
-                b.compute_shift(st, cfg, &mut self.scratch);
-                shift = b.shift();
-            }
-            if let Some((bm, bs)) = shift {
-                let (current, m) = if on_resid { (resid.unwrap_or(value), st.resid.len()) } else { (value, st.values.len()) };
+            let on_resid = resid.is_some() && st.resid.len() >= half_warm.max(2 * w);
+            let (current, m) = if on_resid { (resid.unwrap_or(value), st.resid.len()) } else { (value, st.values.len()) };
+            let (values, anchor) = (&st.values, st.anchor);
+            let window = |range: std::ops::Range<usize>, out: &mut Vec<f64>| {
+                if on_resid {
+                    st.resid.extend_into(range, out);
+                } else {
+                    values.extend_into(range, anchor, out);
+                }
+            };
+            if m >= w + half_warm {
                 let hb = cfg.history.min(m + 1 - w);
-                let s = &mut self.scratch;
                 s.clear();
-                baseline::shift_window(st, on_resid, m + 1 - w..m, s);
+                window(m + 1 - w - hb..m + 1 - w, s);
+                let (bm, bs) = location_scale_near(s, &mut st.hints[2]);
+                s.clear();
+                window(m + 1 - w..m, s);
                 s.push(current);
                 let recent = median(s);
                 readings[Part::Shift.index()] = Some(Reading { z: (recent - bm) / bs, expected: bm + (value - current), sigma: bs, support: hb });
@@ -654,16 +647,12 @@ impl Detector {
     /// large enough; the scores by row.
     fn score_rows(&mut self, c: &FeatureColumns<'_>, n: usize) -> Vec<Option<Score>> {
         let cfg = &self.cfg;
-        for sh in &mut self.shards {
-            sh.last.clear();
-        }
         if self.shards.len() == 1 || n < PARALLEL_MIN_ROWS * self.shards.len() {
             let mut out = Vec::with_capacity(n);
             for i in 0..n {
                 let id = c.series_id.value(i);
                 let k = self.shard_of(id);
                 let sh = &mut self.shards[k];
-                sh.last.push(id);
                 let s = sh.observe(cfg, id, Some(c.window_start.value(i)), c.value(i));
                 sh.scored += u64::from(s.is_some());
                 out.push(s);
@@ -682,7 +671,6 @@ impl Detector {
                 let mut out = Vec::new();
                 for &i in rows {
                     let i = i as usize;
-                    sh.last.push(c.series_id.value(i));
                     if let Some(s) = sh.observe(cfg, c.series_id.value(i), Some(c.window_start.value(i)), c.value(i)) {
                         sh.scored += 1;
                         out.push((i as u32, s));
@@ -696,32 +684,6 @@ impl Detector {
             out[i as usize] = Some(s);
         }
         out
-    }
-
-    /// Computes the baselines the next values of the series of the last [`Self::score_batch`]
-    /// are judged against (every shard on a core of its own), so that the next batch only
-    /// compares its values with them. Call it once the last batch's results are out; the scores
-    /// are the same with or without it (see [`baseline`]). Returns the series prepared.
-    pub fn prepare(&mut self) -> usize {
-        let cfg = &self.cfg;
-        let prepare = |sh: &mut Shard| {
-            let (mut done, mut last) = (0, std::mem::take(&mut sh.last));
-            for id in &last {
-                if let Some(st) = sh.states.get_mut(id).filter(|st| st.prepared.is_none()) {
-                    let hints_before = st.hints;
-                    st.prepared = Some(Prepared { base: Baseline::of(st, cfg, &mut sh.scratch), hints_before });
-                    done += 1;
-                }
-            }
-            // Kept for the next batch's ids: its capacity is reused.
-            last.clear();
-            sh.last = last;
-            done
-        };
-        if self.shards.iter().map(|sh| sh.last.len()).sum::<usize>() < PARALLEL_MIN_ROWS * self.shards.len() {
-            return self.shards.iter_mut().map(prepare).sum();
-        }
-        self.shards.par_iter_mut().map(prepare).sum()
     }
 
     /// Scores every row of a `features` batch (in row order) on the column `feature` and returns

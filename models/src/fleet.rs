@@ -22,7 +22,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use arrow::array::{Array, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array};
@@ -245,21 +244,12 @@ impl FleetDetector {
             touched[g as usize] = true;
         }
 
-        // Groups are judged on every core, and their rows come out in the order of their keys.
-        let mut judged: Vec<&mut Slots> = self.groups.iter_mut().zip(&touched).filter(|(_, t)| **t).map(|(g, _)| g).collect();
-        judged.sort_by(|a, b| a.key.cmp(&b.key));
-        let cfg = &self.cfg;
-        let per_group: Vec<Rows> = judged
-            .into_par_iter()
-            .map(|g| {
-                let mut rows = Rows::default();
-                judge(cfg, g, feature, &mut rows);
-                rows
-            })
-            .collect();
+        // Groups are judged in the order of their keys.
+        let mut order: Vec<u32> = (0..touched.len() as u32).filter(|&g| touched[g as usize]).collect();
+        order.sort_by(|a, b| self.groups[*a as usize].key.cmp(&self.groups[*b as usize].key));
         let mut rows = Rows::default();
-        for r in per_group {
-            rows.append(r);
+        for g in order {
+            judge(&self.cfg, &mut self.groups[g as usize], feature, &mut rows);
         }
         rows.finish()
     }
@@ -401,21 +391,6 @@ impl Rows {
         self.support.push(n);
         self.explanation.push(explanation);
         self.we.push(m.last_end_ms);
-    }
-
-    /// Appends `other`'s rows after these.
-    fn append(&mut self, mut other: Rows) {
-        self.ws.append(&mut other.ws);
-        self.id.append(&mut other.id);
-        self.series.append(&mut other.series);
-        self.name.append(&mut other.name);
-        self.feature.append(&mut other.feature);
-        for (c, o) in self.f.iter_mut().zip(other.f.iter_mut()) {
-            c.append(o);
-        }
-        self.support.append(&mut other.support);
-        self.explanation.append(&mut other.explanation);
-        self.we.append(&mut other.we);
     }
 
     fn finish(self) -> Result<RecordBatch> {

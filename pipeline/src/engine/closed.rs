@@ -83,10 +83,6 @@ pub struct StageTimes {
     pub ensemble: std::time::Duration,
     /// Of `scoring`: the fleet check's own time (one core, beside the ensemble).
     pub fleet: std::time::Duration,
-    /// The ensemble's baselines for the next close, computed once a close's results are out
-    /// ([`super::Processor::prepare`]): part of the scoring work, off the path from a window's
-    /// close to its decisions.
-    pub baselines: std::time::Duration,
     /// Everything after scoring: forecasts observed, cost, SLOs, signals into incidents,
     /// policies, the gate, health.
     pub decisions: std::time::Duration,

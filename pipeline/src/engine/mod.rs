@@ -395,9 +395,6 @@ impl Engine {
         }
         self.commit_offsets()?;
         self.io_times.commit += t2.elapsed();
-        // The decisions are acknowledged: the next close's baselines are computed now, off the
-        // path from a window's close to its decisions.
-        self.core.prepare();
         Ok(out)
     }
 

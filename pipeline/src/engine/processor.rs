@@ -515,16 +515,6 @@ impl Processor {
         }))
     }
 
-    /// Computes the detector's baselines for the next values of the series of the last close,
-    /// so that the next close only compares its values with them. Call it once a close's
-    /// decisions are out: it is most of the scoring work, and the scores are the same without
-    /// it. Returns the series prepared.
-    pub fn prepare(&mut self) -> usize {
-        let (n, took) = timed(|| self.detector.prepare());
-        self.times.baselines += took;
-        n
-    }
-
     /// Time spent in each stage so far.
     pub fn stage_times(&self) -> StageTimes {
         self.times
