@@ -397,23 +397,7 @@ mod tests {
 
     #[test]
     fn inputs_note_each_service_seen_its_log_error_ratio_and_its_anomalies() {
-        use arrow::array::UInt64Array;
-        let features = |rows: &[(u64, &str, f64)]| {
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("series_id", DataType::UInt64, false),
-                Field::new("series", DataType::Utf8, false),
-                Field::new("mean", DataType::Float64, false),
-            ]));
-            RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-                    Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
-                ],
-            )
-            .unwrap()
-        };
+        let features = |rows: &[(u64, &str, f64)]| crate::columns::test_features(0, rows);
         let anomalies = |rows: &[(&str, f64)]| {
             let schema = Arc::new(Schema::new(vec![Field::new("series", DataType::Utf8, false), Field::new("score", DataType::Float64, false)]));
             RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))), Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1)))]).unwrap()
