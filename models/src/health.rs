@@ -110,9 +110,9 @@ pub struct HealthInputs {
     known: rustc_hash::FxHashMap<u64, Option<(bool, u32)>>,
     service_names: Vec<String>,
     service_index: std::collections::HashMap<String, u32>,
-    /// Per service index: the close that last saw it (rows mark it; the services map is
+    /// Per service index: whether a row of this close belongs to it (the services map is
     /// updated once per service and close, not once per row).
-    seen: Vec<i64>,
+    seen: Vec<bool>,
 }
 
 impl HealthInputs {
@@ -155,25 +155,22 @@ impl HealthInputs {
                 }
                 let Some(Some((is_log_errors, ix))) = self.known.get(&id).copied() else { continue };
                 if self.seen.len() < self.service_names.len() {
-                    self.seen.resize(self.service_names.len(), i64::MIN);
+                    self.seen.resize(self.service_names.len(), false);
                 }
-                self.seen[ix as usize] = end_ms;
+                self.seen[ix as usize] = true;
                 if is_log_errors && !value.is_null(i) {
                     self.log_errors.insert(self.service_names[ix as usize].clone(), value.value(i));
                 }
             }
-            for (ix, at) in self.seen.iter_mut().enumerate() {
-                if *at == end_ms {
-                    let svc = &self.service_names[ix];
-                    match self.services.get_mut(svc) {
-                        Some(t) => *t = end_ms,
-                        None => {
-                            self.services.insert(svc.clone(), end_ms);
-                        }
+            for (ix, seen) in self.seen.iter_mut().enumerate().filter(|(_, s)| **s) {
+                let svc = &self.service_names[ix];
+                match self.services.get_mut(svc) {
+                    Some(t) => *t = end_ms,
+                    None => {
+                        self.services.insert(svc.clone(), end_ms);
                     }
-                    // Marked once: a later close with the same end marks it again.
-                    *at = i64::MIN;
                 }
+                *seen = false;
             }
         }
         if let (Some(series), Some(score)) = (anomalies.column_by_name("series"), anomalies.column_by_name("score")) {
