@@ -114,7 +114,9 @@ impl Processor {
         let d = &cfg.detector;
         // Decoding and scoring are spread over every core the process may use.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let detector = Detector::with_shards(d.model_config(cfg.window.size), cores);
+        // Four shards per core: the fleet check runs beside the ensemble on one of the cores,
+        // and with one shard per core the core that finishes it first had no shard left to take.
+        let detector = Detector::with_shards(d.model_config(cfg.window.size), 4 * cores);
         let correlator = Correlator::new(IncidentConfig {
             correlate_by: cfg.incidents.correlate_by.clone(),
             resolve_after_ms: cfg.incidents.resolve_after.as_millis() as i64,
