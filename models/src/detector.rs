@@ -612,15 +612,13 @@ impl Shard {
             period,
         })
     }
-}
 
-impl Shard {
     /// The rows `rows` in the order their series' states lie in memory (the rows of one series
     /// keep their order; series without state yet come last, in row order). A close touches
     /// every series' state once, and the rows arrive in the order of the feature plan's hash
     /// table: taken in that order the states are fetched from memory one cache miss at a time;
     /// in address order, the hardware fetches the next ones ahead.
-    fn memory_order(&self, rows: &[u32], c: &FeatureColumns<'_>) -> Vec<u32> {
+    fn memory_order(&self, rows: &[u32], c: &FeatureColumns<'_>) -> impl Iterator<Item = u32> {
         let mut keyed: Vec<(usize, u32)> = rows
             .iter()
             .map(|&i| {
@@ -630,7 +628,7 @@ impl Shard {
             .collect();
         // Row numbers are distinct, so the order is total and rows of one series stay in order.
         keyed.sort_unstable();
-        keyed.into_iter().map(|(_, i)| i).collect()
+        keyed.into_iter().map(|(_, i)| i)
     }
 }
 
