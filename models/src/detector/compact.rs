@@ -167,6 +167,7 @@ impl History {
     }
     /// The value at index `g` (counted like [`Self::total`]), read between slot centres; `None`
     /// when the ring does not reach back that far.
+    #[inline]
     pub fn value_at(&self, g: u64) -> Option<f64> {
         let stride = f64::from(self.stride);
         let start = self.total.checked_sub(u64::from(self.acc_n) + u64::from(self.len) * u64::from(self.stride))?;
@@ -257,6 +258,7 @@ impl Tail {
     /// Probability that a statistic at least `z` occurs: the share of remembered statistics at
     /// least as large; beyond the largest one a power-law tail, so that a deviation beyond
     /// anything seen still gets a finite, ordered probability.
+    #[inline]
     pub fn survival(&self, z: f64) -> f64 {
         let n = f64::from(self.n) / f64::from(UNIT);
         let max = self.max();
@@ -276,6 +278,7 @@ impl Tail {
     }
     /// The smallest |z| whose survival is at most `p` (the edge of the normal band), read
     /// within a bin as [`Self::survival`] does.
+    #[inline]
     pub fn quantile(&self, p: f64) -> f64 {
         let n = f64::from(self.n) / f64::from(UNIT);
         let p = p.max(1e-300);
@@ -299,6 +302,7 @@ impl Tail {
         0.0
     }
     /// Remembers `z`; `cap` statistics (or a full bin) make every count halve.
+    #[inline]
     pub fn push(&mut self, z: f64, cap: usize) {
         let b = Self::position(z) as usize;
         let cap = u32::try_from(cap).unwrap_or(u32::MAX / 8).saturating_mul(u32::from(UNIT));
@@ -328,6 +332,7 @@ pub(crate) struct Refractory {
 impl Refractory {
     /// Whether value number `seen` with probability `p` repeats a value at least as surprising
     /// within the last `span` values; then remembers it.
+    #[inline]
     pub fn check(&mut self, seen: u64, p: f64, span: usize) -> bool {
         let now = seen as u32;
         while self.q.front().is_some_and(|(at, _)| now.wrapping_sub(*at) as usize >= span) {

@@ -5,6 +5,11 @@
 //! finds the new order statistic in two or three vectorisable passes, where a selection
 //! reorders the whole window. The answer is the same value a selection returns; when it lies
 //! more than [`MAX_STEPS`] distinct values from the hint, a selection finds it.
+//!
+//! The search is compiled twice, for the baseline x86-64 target and for AVX2, and the
+//! processor's is chosen at run time: the passes are exact comparisons, counts and
+//! subtractions, so both give the same bits, and AVX2 takes four values at a time where the
+//! baseline takes two (measured: the search in half the time).
 
 use super::{median, robust_sigma};
 
@@ -27,6 +32,7 @@ impl Default for Hint {
 }
 
 /// Values of `v` strictly below and at most `h`.
+#[inline(always)]
 fn counts(v: &[f64], h: f64) -> (usize, usize) {
     v.iter().fold((0, 0), |(lt, le), &x| (lt + usize::from(x < h), le + usize::from(x <= h)))
 }
@@ -36,6 +42,7 @@ fn counts(v: &[f64], h: f64) -> (usize, usize) {
 const LANES: usize = 4;
 
 /// The largest value of `v` below `h` (−∞ when none is).
+#[inline(always)]
 fn max_below(v: &[f64], h: f64) -> f64 {
     let mut m = [f64::NEG_INFINITY; LANES];
     let mut chunks = v.chunks_exact(LANES);
@@ -50,6 +57,7 @@ fn max_below(v: &[f64], h: f64) -> f64 {
 }
 
 /// The smallest value of `v` above `h` (+∞ when none is).
+#[inline(always)]
 fn min_above(v: &[f64], h: f64) -> f64 {
     let mut m = [f64::INFINITY; LANES];
     let mut chunks = v.chunks_exact(LANES);
@@ -65,6 +73,7 @@ fn min_above(v: &[f64], h: f64) -> f64 {
 
 /// The value of rank `k` (from 0, ascending) of `v` and the number of values below it, when it
 /// lies within [`MAX_STEPS`] distinct values of `hint`.
+#[inline(always)]
 fn kth_near(v: &[f64], k: usize, hint: f64) -> Option<(f64, usize)> {
     if !hint.is_finite() || k >= v.len() {
         return None;
@@ -105,6 +114,7 @@ fn kth_near(v: &[f64], k: usize, hint: f64) -> Option<(f64, usize)> {
 /// The median of `v` (the mean of the two middle values when their number is even) and its
 /// upper middle value, as [`median`] computes it, searched from `hint`; `v` is reordered only
 /// when the search falls back to a selection.
+#[inline(always)]
 fn median_near(v: &mut [f64], hint: f64) -> (f64, f64) {
     let n = v.len();
     let mid = n / 2;
@@ -125,6 +135,22 @@ fn median_near(v: &mut [f64], hint: f64) -> (f64, f64) {
 /// warm-up) is overwritten with the absolute deviations.
 pub(crate) fn location_scale_near(v: &mut [f64], hint: &mut Hint) -> (f64, f64) {
     debug_assert!(!v.is_empty(), "an empty window has no median");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor was just found to support AVX2.
+        return unsafe { search_avx2(v, hint) };
+    }
+    search(v, hint)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn search_avx2(v: &mut [f64], hint: &mut Hint) -> (f64, f64) {
+    search(v, hint)
+}
+
+#[inline(always)]
+fn search(v: &mut [f64], hint: &mut Hint) -> (f64, f64) {
     let (med, upper) = median_near(v, hint.med);
     for x in v.iter_mut() {
         *x = (*x - med).abs();
@@ -173,6 +199,29 @@ mod tests {
         }
         // The search was exercised from hints that are not in the window.
         assert!(stepped > 1000, "{stepped}");
+    }
+
+    /// The AVX2 build of the search returns the baseline build's bits, from the same hints.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_search_gives_the_bits_of_the_baseline_one() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("this processor has no AVX2: only the baseline build runs here");
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(11);
+        let xs: Vec<f64> = (0..5000).map(|i| if i % 211 == 0 { 1e7 } else { f64::from(rng.random_range(0..400u16)) * 0.25 + rng.random_range(0.0..1e-3) * f64::from(i % 3) }).collect();
+        let (mut h1, mut h2) = (Hint::default(), Hint::default());
+        for len in [7, 24, 239, 240] {
+            for w in xs.windows(len) {
+                let (mut a, mut b) = (w.to_vec(), w.to_vec());
+                let want = search(&mut a, &mut h1);
+                // SAFETY: AVX2 was detected above.
+                let got = unsafe { search_avx2(&mut b, &mut h2) };
+                assert_eq!((want.0.to_bits(), want.1.to_bits()), (got.0.to_bits(), got.1.to_bits()), "window {w:?}");
+                assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+            }
+        }
     }
 
     #[test]

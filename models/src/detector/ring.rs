@@ -48,6 +48,7 @@ fn to_half(x: f64) -> u16 {
 }
 
 /// A half-precision number (finite) as f64.
+#[inline]
 fn from_half(h: u16) -> f64 {
     let h = u64::from(h);
     f64::from_bits(((h & 0x8000) << 48) | ((h & 0x7fff) << SHIFT)) * TWO_POW_1008
@@ -103,10 +104,14 @@ impl Ring {
     }
 
     /// Appends the values at positions `range` (oldest first) to `out`.
+    #[inline]
     pub fn extend_into(&self, range: Range<usize>, out: &mut Vec<f64>) {
         let (anchor, unit) = (self.anchor, self.unit);
         // Clamped: a value pushed near the ends of f64's range may round past them.
-        out.extend(self.codes.range(range).map(|&c| (anchor + from_half(c) * unit).clamp(-f64::MAX, f64::MAX)));
+        let (a, b) = super::values::slices(&self.codes, range);
+        for part in [a, b] {
+            out.extend(part.iter().map(|&c| (anchor + from_half(c) * unit).clamp(-f64::MAX, f64::MAX)));
+        }
     }
 
     /// Appends `v`, dropping the oldest beyond `cap`; the codes are allocated once, at exactly

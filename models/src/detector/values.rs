@@ -28,6 +28,7 @@ fn code(offset: f32, q: usize) -> Option<i16> {
     (decode(k, q).to_bits() == offset.to_bits()).then_some(k)
 }
 
+#[inline]
 fn decode(k: i16, q: usize) -> f32 {
     // A quantum index out of range can only come from a damaged checkpoint: it reads as the
     // finest quantum instead of stopping the process.
@@ -82,18 +83,26 @@ impl Values {
     }
 
     /// The offsets at `range`, oldest first, each as `anchor + offset`.
+    #[inline(always)]
     pub(crate) fn extend_into(&self, range: std::ops::Range<usize>, anchor: f64, out: &mut Vec<f64>) {
         match self {
             Values::Coded { quantum, codes } => {
                 let q = usize::from(*quantum);
-                out.extend(codes.range(range).map(|k| anchor + f64::from(decode(*k, q))));
+                let (a, b) = slices(codes, range);
+                out.extend(a.iter().map(|k| anchor + f64::from(decode(*k, q))));
+                out.extend(b.iter().map(|k| anchor + f64::from(decode(*k, q))));
             }
-            Values::Floats(v) => out.extend(v.range(range).map(|d| anchor + f64::from(*d))),
+            Values::Floats(v) => {
+                let (a, b) = slices(v, range);
+                out.extend(a.iter().map(|d| anchor + f64::from(*d)));
+                out.extend(b.iter().map(|d| anchor + f64::from(*d)));
+            }
         }
     }
 
     /// Appends `offset`, dropping the oldest beyond `cap`; the ring is allocated once, at
     /// exactly `cap`.
+    #[inline]
     pub(crate) fn push(&mut self, offset: f32, cap: usize) {
         if let Values::Coded { quantum, codes } = self {
             if let Some(k) = code(offset, usize::from(*quantum)) {
@@ -154,6 +163,20 @@ impl Values {
         let mut v = VecDeque::with_capacity(cap);
         v.extend(offsets.iter().copied());
         Values::Floats(v)
+    }
+}
+
+/// The elements of `q` at positions `range`, as the two slices they lie in (the second empty
+/// when they do not wrap): plain slices, which a loop can take several elements of at a time.
+#[inline]
+pub(crate) fn slices<T>(q: &VecDeque<T>, range: std::ops::Range<usize>) -> (&[T], &[T]) {
+    let (a, b) = q.as_slices();
+    if range.end <= a.len() {
+        (&a[range], &[])
+    } else if range.start >= a.len() {
+        (&b[range.start - a.len()..range.end - a.len()], &[])
+    } else {
+        (&a[range.start..], &b[..range.end - a.len()])
     }
 }
 
