@@ -200,12 +200,17 @@ impl FleetDetector {
 
     /// Learns the `feature` column of a `features` batch and returns the members that became
     /// outlying, in the [`anomalies_schema`] (part `fleet`).
+    ///
+    /// The rows are placed first, in row order (a new series takes its slot in the order of its
+    /// first row), then learned member by member, each member's rows in row order: members lie
+    /// in their groups' slots in the order they were created, so the rings are walked through
+    /// memory in order instead of in the feature plan's hash order. Each member's values, and
+    /// so every verdict, are those of learning the rows in row order.
     pub fn observe(&mut self, features: &RecordBatch, feature: &str) -> Result<RecordBatch> {
         let c = FeatureColumns::of(features, feature)?;
-        let mut touched = vec![false; self.groups.len()];
+        let mut placed: Vec<(u32, u32, u32)> = Vec::with_capacity(features.num_rows());
         for i in 0..features.num_rows() {
-            let v = c.value(i);
-            if !v.is_finite() {
+            if !c.value(i).is_finite() {
                 continue;
             }
             let id = c.series_id.value(i);
@@ -221,7 +226,14 @@ impl FleetDetector {
                     p
                 }
             };
-            let Some((g, m)) = place else { continue };
+            if let Some((g, m)) = place {
+                placed.push((g, m, i as u32));
+            }
+        }
+        placed.sort_unstable();
+        let mut touched = vec![false; self.groups.len()];
+        for (g, m, i) in placed {
+            let i = i as usize;
             let m = &mut self.groups[g as usize].members[m as usize];
             let t = c.window_start.value(i);
             if t <= m.last_ms {
@@ -235,12 +247,9 @@ impl FleetDetector {
             if m.values.len() == self.cfg.window {
                 m.values.pop_front();
             }
-            m.values.push_back(v);
+            m.values.push_back(c.value(i));
             m.last_ms = t;
             m.last_end_ms = c.window_end.value(i);
-            if touched.len() <= g as usize {
-                touched.resize(g as usize + 1, false);
-            }
             touched[g as usize] = true;
         }
 
@@ -456,6 +465,44 @@ mod tests {
 
     fn normal(h: usize, w: i64) -> f64 {
         0.5 + 0.01 * (((h as i64 * 7 + w * 13) % 5) as f64 - 2.0)
+    }
+
+    /// A close of two windows whose rows come in no particular member order: every member
+    /// learns its values exactly as it would from the rows one at a time, in row order.
+    #[test]
+    fn members_learned_in_memory_order_hold_the_values_of_row_order() {
+        let keys: Vec<String> = (0..120).map(|i| format!("cpu{{host=\"h{}\",service=\"s{}\"}}", i % 40, i / 40)).collect();
+        let scrambled = |w: i64| -> Vec<usize> {
+            let mut order: Vec<usize> = (0..keys.len()).collect();
+            order.sort_by_key(|&i| (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15 ^ w as u64).rotate_left(17));
+            order
+        };
+        let window = |w: i64| {
+            // Host 7 of each service misses window 5: its run starts again.
+            let rows: Vec<(u64, &str, f64)> = scrambled(w)
+                .into_iter()
+                .filter(|&i| !(w == 5 && i % 40 == 7))
+                .map(|i| (i as u64, keys[i].as_str(), (i as f64) * 0.1 + (w as f64).sin()))
+                .collect();
+            crate::columns::test_features(w * 10_000, &rows)
+        };
+        let cfg = FleetConfig { window: 4, ..Default::default() };
+        let (mut together, mut one_by_one) = (FleetDetector::new(cfg.clone()), FleetDetector::new(cfg));
+        for w in (0..12i64).step_by(2) {
+            let (a, b) = (window(w), window(w + 1));
+            let close = arrow::compute::concat_batches(&a.schema(), [&a, &b]).unwrap();
+            together.observe(&close, "mean").unwrap();
+            for i in 0..close.num_rows() {
+                one_by_one.observe(&close.slice(i, 1), "mean").unwrap();
+            }
+        }
+        let held = |d: &FleetDetector| -> Vec<(String, String, Vec<f64>, i64)> {
+            d.export().into_iter().flat_map(|(k, g)| g.members.into_iter().map(move |(n, m)| (k.clone(), n, m.values.into_iter().collect(), m.last_ms))).collect()
+        };
+        let (a, b) = (held(&together), held(&one_by_one));
+        assert_eq!(a.len(), 120);
+        assert!(a.iter().all(|m| m.2.len() == 4), "every member holds a full window");
+        assert_eq!(a, b);
     }
 
     #[test]
