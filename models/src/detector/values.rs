@@ -228,6 +228,27 @@ mod tests {
         }
     }
 
+    /// Every range of a ring that wraps, and of one that does not, comes back as the elements
+    /// at those positions, in order.
+    #[test]
+    fn the_slices_of_a_range_hold_its_elements_in_order() {
+        let mut wrapped: VecDeque<u32> = VecDeque::with_capacity(8);
+        for x in 0..13 {
+            push_bounded(&mut wrapped, x, 8);
+        }
+        assert!(!wrapped.as_slices().1.is_empty(), "the test ring wraps");
+        let straight: VecDeque<u32> = (5..13).collect();
+        for q in [&wrapped, &straight] {
+            for start in 0..=8 {
+                for end in start..=8 {
+                    let (a, b) = slices(q, start..end);
+                    let got: Vec<u32> = a.iter().chain(b).copied().collect();
+                    assert_eq!(got, q.range(start..end).copied().collect::<Vec<_>>(), "{start}..{end}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_new_anchor_recodes_the_offsets_exactly() {
         let mut ring = Values::default();
