@@ -928,11 +928,7 @@ mod tests {
         assert!(found >= 60, "the spikes are found: {found}");
         assert_eq!(many.series(), 6100);
         assert!(many.shards.iter().all(|s| s.states.len() > 500), "every shard holds series");
-        let held = |d: &Detector| {
-            let mut states = d.export(&|_| true);
-            states.sort_by_key(|(id, _)| *id);
-            postcard::to_stdvec(&states).unwrap()
-        };
+        let held = |d: &Detector| state_bytes(d.export(&|_| true));
         assert!(held(&one) == held(&many), "every series learned its values in the same order");
     }
 
@@ -941,8 +937,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_scoring_gives_the_bits_of_the_baseline_one() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
-            eprintln!("this processor has no AVX2: only the baseline build runs here");
+        if !has_avx2() {
             return;
         }
         let cfg = DetectorConfig { max_period: 48, ..DetectorConfig::default() };
@@ -975,13 +970,25 @@ mod tests {
             }
         }
         assert!(scored > 5000, "{scored}");
-        let held = |sh: &Shard| {
-            let mut states: Vec<(u64, SeriesState)> = sh.states.iter().map(|(id, s)| (*id, SeriesState::clone(s))).collect();
-            states.sort_by_key(|(id, _)| *id);
-            postcard::to_stdvec(&states).unwrap()
-        };
+        let held = |sh: &Shard| state_bytes(sh.states.iter().map(|(id, s)| (*id, SeriesState::clone(s))).collect());
         assert!(held(&base) == held(&avx2), "the states are the same bytes");
         assert!(base.states.values().any(|s| s.period.is_some()), "a season was found, so the residual ring was used");
+    }
+
+    /// Series states as a checkpoint would serialise them, in id order.
+    fn state_bytes(mut states: Vec<(u64, SeriesState)>) -> Vec<u8> {
+        states.sort_by_key(|(id, _)| *id);
+        postcard::to_stdvec(&states).unwrap()
+    }
+
+    /// Whether this processor runs the AVX2 build (a test of it says so when it cannot run).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn has_avx2() -> bool {
+        let yes = std::arch::is_x86_feature_detected!("avx2");
+        if !yes {
+            eprintln!("this processor has no AVX2: only the baseline build runs here");
+        }
+        yes
     }
 
     fn warm(d: &mut Detector, id: u64, n: usize, mean: f64, sd: f64, seed: u64) {

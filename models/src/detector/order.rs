@@ -6,10 +6,10 @@
 //! reorders the whole window. The answer is the same value a selection returns; when it lies
 //! more than [`MAX_STEPS`] distinct values from the hint, a selection finds it.
 //!
-//! The search is compiled twice, for the baseline x86-64 target and for AVX2, and the
-//! processor's is chosen at run time: the passes are exact comparisons, counts and
-//! subtractions, so both give the same bits, and AVX2 takes four values at a time where the
-//! baseline takes two (measured: the search in half the time).
+//! Everything here is inlined into the detector's per-value path, which is compiled for the
+//! baseline x86-64 target and for AVX2 (see `Shard::observe`): the passes are exact
+//! comparisons, counts and subtractions, so both give the same bits, and AVX2 takes four values
+//! at a time where the baseline takes two (measured: the search in half the time).
 
 use super::{median, robust_sigma};
 
@@ -133,24 +133,9 @@ fn median_near(v: &mut [f64], hint: f64) -> (f64, f64) {
 /// [`super::location_scale`], searched from the window's last answers, which it updates. The
 /// median and sigma are the same values; `v` (not empty: a window holds at least half the
 /// warm-up) is overwritten with the absolute deviations.
+#[inline(always)]
 pub(crate) fn location_scale_near(v: &mut [f64], hint: &mut Hint) -> (f64, f64) {
     debug_assert!(!v.is_empty(), "an empty window has no median");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the processor was just found to support AVX2.
-        return unsafe { search_avx2(v, hint) };
-    }
-    search(v, hint)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn search_avx2(v: &mut [f64], hint: &mut Hint) -> (f64, f64) {
-    search(v, hint)
-}
-
-#[inline(always)]
-fn search(v: &mut [f64], hint: &mut Hint) -> (f64, f64) {
     let (med, upper) = median_near(v, hint.med);
     for x in v.iter_mut() {
         *x = (*x - med).abs();
@@ -205,8 +190,11 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_search_gives_the_bits_of_the_baseline_one() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
-            eprintln!("this processor has no AVX2: only the baseline build runs here");
+        #[target_feature(enable = "avx2")]
+        fn search_avx2(v: &mut [f64], hint: &mut Hint) -> (f64, f64) {
+            location_scale_near(v, hint)
+        }
+        if !crate::detector::tests::has_avx2() {
             return;
         }
         let mut rng = StdRng::seed_from_u64(11);
@@ -215,7 +203,7 @@ mod tests {
         for len in [7, 24, 239, 240] {
             for w in xs.windows(len) {
                 let (mut a, mut b) = (w.to_vec(), w.to_vec());
-                let want = search(&mut a, &mut h1);
+                let want = location_scale_near(&mut a, &mut h1);
                 // SAFETY: AVX2 was detected above.
                 let got = unsafe { search_avx2(&mut b, &mut h2) };
                 assert_eq!((want.0.to_bits(), want.1.to_bits()), (got.0.to_bits(), got.1.to_bits()), "window {w:?}");
