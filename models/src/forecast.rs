@@ -110,6 +110,7 @@ pub fn detect_period(y: &[f64], max_period: usize) -> Option<usize> {
     // 257). The best-repeating lag wins; a multiple of the true period repeats as well as the
     // period itself, so near-ties go to the shortest. It must really repeat (r >= 0.25).
     let mut best: Option<(usize, f64)> = None;
+    let acf = Autocorrelation::of(y);
     // The periodogram may also report a multiple of the period (seen: 60 for a 12-step saw
     // tooth), so divisors of each peak are candidates too.
     let candidates: Vec<usize> = periods
@@ -122,7 +123,7 @@ pub fn detect_period(y: &[f64], max_period: usize) -> Option<usize> {
     for p in candidates {
         let lo = (p * 4 / 5).max(4);
         let hi = (p * 5 / 4 + 2).min(max);
-        let (lag, r) = (lo..=hi).map(|lag| (lag, autocorrelation(y, lag))).fold((p, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+        let (lag, r) = (lo..=hi).map(|lag| (lag, acf.at(lag))).fold((p, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
         best = match best {
             Some((bl, br)) if br > r + 0.05 || ((br - r).abs() <= 0.05 && bl <= lag) => Some((bl, br)),
             _ => Some((lag, r)),
@@ -141,9 +142,9 @@ pub fn confirm_period(y: &[f64], p: usize) -> bool {
     if p < 2 || y.len() < 3 * p {
         return false;
     }
-    let y = detrend(y);
-    let r = autocorrelation(&y, p);
-    r >= 0.25 && r - autocorrelation(&y, (p / 2).max(1)) >= 0.2
+    let acf = Autocorrelation::of(&detrend(y));
+    let r = acf.at(p);
+    r >= 0.25 && r - acf.at((p / 2).max(1)) >= 0.2
 }
 
 /// `y` minus its least-squares line.
@@ -161,18 +162,34 @@ fn detrend(y: &[f64]) -> Vec<f64> {
     y.iter().enumerate().map(|(i, v)| v - my - b * (i as f64 - mx)).collect()
 }
 
-/// Sample autocorrelation of `y` at `lag`.
-fn autocorrelation(y: &[f64], lag: usize) -> f64 {
-    let n = y.len();
-    if lag >= n {
-        return 0.0;
+/// Sample autocorrelations of a series at any lag. The mean and the sum of squares are the same
+/// for every lag, so they are computed once: the period search tries a hundred lags and more over
+/// the same history (it took 3.5% of a steady-state run of 100,000 series, all in the few closes
+/// where every series looks for its period), and each lag is now one pass instead of three, with
+/// the same bits.
+struct Autocorrelation {
+    /// The values less their mean.
+    centered: Vec<f64>,
+    /// Sum of squares about the mean.
+    var: f64,
+}
+
+impl Autocorrelation {
+    fn of(y: &[f64]) -> Self {
+        let n = y.len();
+        let mean = y.iter().sum::<f64>() / n as f64;
+        let var: f64 = y.iter().map(|v| (v - mean).powi(2)).sum();
+        Self { centered: y.iter().map(|v| v - mean).collect(), var }
     }
-    let mean = y.iter().sum::<f64>() / n as f64;
-    let var: f64 = y.iter().map(|v| (v - mean).powi(2)).sum();
-    if var <= 0.0 {
-        return 0.0;
+
+    /// The autocorrelation at `lag` (0 at a lag as long as the series, or for a flat series).
+    fn at(&self, lag: usize) -> f64 {
+        let d = &self.centered;
+        if lag >= d.len() || self.var <= 0.0 {
+            return 0.0;
+        }
+        d[lag..].iter().zip(d).map(|(a, b)| a * b).sum::<f64>() / self.var
     }
-    (lag..n).map(|i| (y[i] - mean) * (y[i - lag] - mean)).sum::<f64>() / var
 }
 
 fn z(level: f64) -> f64 {
@@ -710,6 +727,30 @@ pub fn run_forecasts(jobs: &[ForecastJob], cfg: &ForecastConfig, window_ms: i64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The autocorrelation with its mean and sum of squares computed once gives, at every lag,
+    /// the bits of the textbook formula computed afresh per lag.
+    #[test]
+    fn autocorrelations_sharing_their_mean_are_those_computed_per_lag() {
+        let textbook = |y: &[f64], lag: usize| {
+            let n = y.len();
+            if lag >= n {
+                return 0.0;
+            }
+            let mean = y.iter().sum::<f64>() / n as f64;
+            let var: f64 = y.iter().map(|v| (v - mean).powi(2)).sum();
+            if var <= 0.0 {
+                return 0.0;
+            }
+            (lag..n).map(|i| (y[i] - mean) * (y[i - lag] - mean)).sum::<f64>() / var
+        };
+        for y in [seasonal(256, 24, 0.01), seasonal(97, 7, -0.3), vec![5.0; 40], Vec::new()] {
+            let acf = Autocorrelation::of(&y);
+            for lag in 0..=y.len() + 1 {
+                assert_eq!(acf.at(lag).to_bits(), textbook(&y, lag).to_bits(), "lag {lag} of {} values", y.len());
+            }
+        }
+    }
 
     fn seasonal(n: usize, period: usize, trend: f64) -> Vec<f64> {
         (0..n).map(|i| 10.0 + trend * i as f64 + 3.0 * (2.0 * std::f64::consts::PI * i as f64 / period as f64).sin() + 0.1 * ((i * 7919) % 13) as f64 / 13.0).collect()

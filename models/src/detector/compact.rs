@@ -270,10 +270,10 @@ impl Tail {
         let pos = Self::position(z);
         let b = pos as usize;
         let frac = pos - b as f64;
-        let mut above = self.count(b) * (1.0 - frac);
-        for k in b + 1..BINS {
-            above += self.count(k);
-        }
+        // The whole bins above are counted in integers: one vectorised sum instead of a chain of
+        // forty dependent floating-point additions (a tenth of the detector's time per value).
+        let whole: u32 = self.bins[b + 1..].iter().map(|c| u32::from(*c)).sum();
+        let above = self.count(b) * (1.0 - frac) + f64::from(whole) / f64::from(UNIT);
         ((above + 1.0) / (n + 1.0)).min(1.0)
     }
     /// The smallest |z| whose survival is at most `p` (the edge of the normal band), read
@@ -352,6 +352,10 @@ impl Refractory {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.q.len()
+    }
+    /// The memory holding the entries.
+    pub(crate) fn block(&self) -> super::ahead::Block {
+        super::ahead::Block::of_deque(&self.q)
     }
     /// Bytes owned beyond the struct.
     pub fn heap_bytes(&self) -> usize {

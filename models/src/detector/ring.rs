@@ -88,6 +88,10 @@ impl Ring {
         self.codes.len()
     }
 
+    /// The memory holding the codes.
+    pub(crate) fn block(&self) -> super::ahead::Block {
+        super::ahead::Block::of_deque(&self.codes)
+    }
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         2 * self.codes.capacity()

@@ -70,6 +70,14 @@ impl Values {
         }
     }
 
+    /// The memory holding the values.
+    pub(crate) fn block(&self) -> super::ahead::Block {
+        match self {
+            Values::Coded { codes, .. } => super::ahead::Block::of_deque(codes),
+            Values::Floats(v) => super::ahead::Block::of_deque(v),
+        }
+    }
+
     /// Whether the ring holds 16-bit multiples.
     pub(crate) fn is_coded(&self) -> bool {
         matches!(self, Values::Coded { .. })
