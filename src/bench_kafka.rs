@@ -32,6 +32,8 @@ pub struct KafkaBenchReport {
     pub events: u64,
     /// Partitions of the topic.
     pub partitions: i32,
+    /// The bench producer's `linger.ms`.
+    pub linger_ms: u64,
     /// The bare consumer: seconds (`None` in a live run, which has no backlog to race through).
     pub bare_s: Option<f64>,
     /// A live run's input rate asked for and reached, events per second (the records are
@@ -67,6 +69,16 @@ pub struct KafkaBenchReport {
     pub scored_closes: u64,
     /// Closes that took more than one window at once.
     pub multi_window_closes: u64,
+    /// The three slowest closes: their number (from 1, in order of closing) and milliseconds.
+    pub slowest_closes: Vec<(usize, f64)>,
+}
+
+/// The `k` largest of `us` (microseconds, in order of closing): their number from 1 and
+/// milliseconds, slowest first.
+fn slowest(us: &[u64], k: usize) -> Vec<(usize, f64)> {
+    let mut v: Vec<(u64, usize)> = us.iter().enumerate().map(|(i, x)| (*x, i + 1)).collect();
+    v.sort_unstable_by(|a, b| b.cmp(a));
+    v.into_iter().take(k).map(|(x, i)| (i, x as f64 / 1000.0)).collect()
 }
 
 /// p50, p99 and max of `us` (microseconds), milliseconds; zeros when empty.
@@ -82,7 +94,10 @@ impl KafkaBenchReport {
     pub fn render(&self) -> String {
         let engine = self.events as f64 / self.engine_s.max(1e-9);
         let input = match (self.rate, self.bare_s) {
-            (Some((asked, got)), _) => format!("live input        {got:.0} events/s produced while the engine reads ({asked:.0} asked; no bare-consumer race in a live run)\n"),
+            (Some((asked, got)), _) => format!(
+                "live input        {got:.0} events/s produced while the engine reads ({asked:.0} asked, producer linger.ms {}; no bare-consumer race in a live run)\n",
+                self.linger_ms
+            ),
             (None, Some(b)) => {
                 let bare = self.events as f64 / b.max(1e-9);
                 format!("bare consumer     {b:.2} s -> {bare:.0} events/s (rdkafka BaseConsumer, payloads touched)\n")
@@ -104,6 +119,7 @@ impl KafkaBenchReport {
              decisions         {}\n\
              close to ack      p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} closes with {} active series (window close to its decisions acknowledged by the broker)\n\
              scored closes     p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over the {} closes in which most feature rows were scored\n\
+             slowest closes    {}\n\
              polls             {} with records ({:.0} records per poll)\n\
              stages            {}\n",
             self.broker,
@@ -125,6 +141,7 @@ impl KafkaBenchReport {
             self.scored_close_to_ack_ms[1],
             self.scored_close_to_ack_ms[2],
             self.scored_closes,
+            self.slowest_closes.iter().map(|(i, ms)| format!("#{i} {ms:.1} ms")).collect::<Vec<_>>().join(", "),
             self.polls,
             self.events as f64 / self.polls.max(1) as f64,
             self.render_stages(),
@@ -159,7 +176,8 @@ impl KafkaBenchReport {
 /// With `rate`, a live run: the engine joins first and the records are produced at `rate`
 /// events per second while it reads them (no bare consumer), so that windows close as they
 /// would in production, one at a time, instead of several at once as a backlog is read.
-pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, partitions: i32, rate: Option<f64>) -> anyhow::Result<KafkaBenchReport> {
+pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, partitions: i32, rate: Option<f64>, linger_ms: Option<u64>) -> anyhow::Result<KafkaBenchReport> {
+    let linger_ms = linger_ms.unwrap_or(if rate.is_some() { 50 } else { 20 });
     let run_id = std::process::id();
     let topic = format!("vigil-bench-{run_id}");
     let mut cfg = cfg.clone();
@@ -197,7 +215,7 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
     let bare_s = match rate {
         None => {
             let (b, t) = (produce_brokers.clone(), produce_topic.clone());
-            tokio::task::spawn_blocking(move || produce(&b, &t, &lines, None)).await??;
+            tokio::task::spawn_blocking(move || produce(&b, &t, &lines, None, linger_ms)).await??;
             tracing::info!(events, topic = %topic, "produced");
             let (bare_brokers, bare_topic) = (brokers.clone(), topic.clone());
             // The mock cluster drops what exceeds its retention, and says so in its offsets; a
@@ -225,7 +243,7 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
             }
             engine.step().await?;
         }
-        producing = Some(tokio::task::spawn_blocking(move || produce(&produce_brokers, &produce_topic, &lines, Some(r))));
+        producing = Some(tokio::task::spawn_blocking(move || produce(&produce_brokers, &produce_topic, &lines, Some(r), linger_ms)));
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut decisions = 0u64;
@@ -277,11 +295,13 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
         close_to_ack_ms: [ms(0.5), ms(0.99), ms(1.0)],
         scored_close_to_ack_ms: quantiles_ms(&scored_closes),
         scored_closes: scored_closes.len() as u64,
+        slowest_closes: slowest(&stats.close_latency.samples(), 3),
         multi_window_closes,
         rate: rate.map(|r| (r, produced_s.map_or(0.0, |s| events as f64 / s.max(1e-9)))),
         broker: broker_name,
         events,
         partitions,
+        linger_ms,
         bare_s,
         engine_s,
         windows: stats.windows_closed.load(Ordering::Relaxed),
@@ -312,10 +332,10 @@ async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> anyhow::Result<
 
 /// Produces every line, keyed by its series so that a series stays on one partition; at `rate`
 /// lines per second when given (paced in steps of 10 ms), else as fast as the broker takes them.
-fn produce(brokers: &str, topic: &str, lines: &[Vec<u8>], rate: Option<f64>) -> anyhow::Result<f64> {
+fn produce(brokers: &str, topic: &str, lines: &[Vec<u8>], rate: Option<f64>, linger_ms: u64) -> anyhow::Result<f64> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", if rate.is_some() { "50" } else { "20" })
+        .set("linger.ms", linger_ms.to_string())
         .set("queue.buffering.max.messages", "1000000")
         .set("compression.type", "none")
         .create()?;
@@ -386,4 +406,17 @@ fn bare_consume(brokers: &str, topic: &str, partitions: i32, events: u64, check_
     }
     std::hint::black_box(bytes);
     Ok(t0.map_or(0.0, |t| t.elapsed().as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slowest_closes_are_named_by_their_number_slowest_first() {
+        let us = [5_000, 710_400, 12_000, 143_700, 12_000];
+        assert_eq!(slowest(&us, 3), vec![(2, 710.4), (4, 143.7), (5, 12.0)]);
+        assert_eq!(slowest(&us[..1], 3), vec![(1, 5.0)]);
+        assert!(slowest(&[], 3).is_empty());
+    }
 }
