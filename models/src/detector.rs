@@ -235,8 +235,9 @@ struct Shard {
     held: Vec<f64>,
     /// Values that received a score (past warm-up), since this detector was built.
     scored: u64,
-    /// The rows of the close being scored, in memory order, with their states' blocks (kept
-    /// between closes: a buffer of a few megabytes allocated per close is faulted in again).
+    /// The rows of the close being scored, in memory order, with their inputs and their
+    /// states' blocks (kept between closes: a buffer of a few megabytes allocated per close is
+    /// faulted in again).
     ahead: Vec<Ahead>,
 }
 
@@ -711,11 +712,10 @@ impl Detector {
                     if let Some(next) = order.get(k + AHEAD) {
                         next.fetch();
                     }
-                    let i = row.row as usize;
-                    if let Some(s) = sh.observe(cfg, c.series_id.value(i), Some(c.window_start.value(i)), c.value(i)) {
+                    if let Some(s) = sh.observe(cfg, row.id, Some(row.time_ms), row.value) {
                         sh.scored += 1;
                         if anomalous(&s) {
-                            out.push((i as u32, s));
+                            out.push((row.row, s));
                         }
                     }
                 }

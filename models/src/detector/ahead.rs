@@ -6,14 +6,15 @@
 //! and each is found only through the one before it (the map's bucket, then the struct, then the
 //! rings' pointers in it): taken one row at a time, a row waited for several round trips to
 //! memory in turn. So a shard first lists its rows in the order their structs lie in memory,
-//! with the address and length of every block each state owns ([`Shard::plan_ahead`]), and
+//! with their inputs (read from the feature columns in row order) and the address and length
+//! of every block each state owns ([`Shard::plan_ahead`]), and
 //! while a row is scored the blocks of the row [`AHEAD`] places later are requested
 //! ([`Ahead::fetch`]). A prefetch never faults and changes nothing but timing: the scores are
 //! the same bits whatever is fetched.
 
 use std::collections::VecDeque;
 
-use super::{FeatureColumns, SeriesState, Shard};
+use super::{FeatureColumns, History, SeriesState, Shard};
 
 /// Rows ahead whose blocks are requested while a row is scored.
 pub(super) const AHEAD: usize = 2;
@@ -26,11 +27,6 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    /// The memory `value` occupies.
-    pub(crate) fn of<T>(value: &T) -> Self {
-        Self { at: std::ptr::from_ref(value) as usize, len: std::mem::size_of::<T>() }
-    }
-
     /// The part of a ring's buffer that holds its values (both halves when it wraps: then the
     /// second half starts the buffer and the first ends it).
     pub(crate) fn of_deque<T>(q: &VecDeque<T>) -> Self {
@@ -61,42 +57,58 @@ impl Block {
     }
 }
 
-/// A row to score, with the blocks of its series' state (none for a series without state).
+/// A row to score: its inputs, read from the feature columns in row order (taken in memory
+/// order, each column read was a cache miss), and where its series' state lies (nothing for a
+/// series without state yet). The struct and the history have fixed sizes; the rings' spans
+/// are at most a few kilobytes, so their lengths fit 16 bits. 88 bytes.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ahead {
+    pub(super) id: u64,
+    pub(super) time_ms: i64,
+    pub(super) value: f64,
+    /// The state struct, the values ring, the residual ring, the refractory queue.
+    at: [usize; 4],
+    /// The history's two lines a value touches: its counters and the slot it writes.
+    history: [usize; 2],
+    /// Lengths of the values ring, the residual ring and the refractory queue, bytes.
+    len: [u16; 3],
     pub(super) row: u32,
-    blocks: [Block; 5],
 }
 
 impl Ahead {
-    /// Requests every block of the row's state.
+    fn new(row: u32, id: u64, time_ms: i64, value: f64, state: Option<&SeriesState>) -> Self {
+        let mut a = Self { id, time_ms, value, at: [0; 4], history: [0; 2], len: [0; 3], row };
+        if let Some(st) = state {
+            let blocks = [st.values.block(), st.resid.block(), st.recent_p.block()];
+            a.at = [std::ptr::from_ref(st) as usize, blocks[0].at, blocks[1].at, blocks[2].at];
+            a.len = blocks.map(|b| u16::try_from(b.len).unwrap_or(u16::MAX));
+            a.history = st.history.as_deref().map_or([0; 2], History::hot_lines);
+        }
+        a
+    }
+
+    /// Requests every block of the row's state (nothing for a series without state).
     #[inline(always)]
     pub(super) fn fetch(&self) {
-        for b in self.blocks {
-            b.fetch();
+        if self.at[0] == 0 {
+            return;
         }
-    }
-}
-
-impl SeriesState {
-    /// The blocks this state occupies: the struct and what it owns.
-    fn blocks(&self) -> [Block; 5] {
-        [
-            Block::of(self),
-            self.values.block(),
-            self.resid.block(),
-            self.history.as_deref().map_or_else(Block::default, Block::of),
-            self.recent_p.block(),
-        ]
+        Block { at: self.at[0], len: std::mem::size_of::<SeriesState>() }.fetch();
+        for (at, len) in self.at[1..].iter().zip(self.len) {
+            Block { at: *at, len: usize::from(len) }.fetch();
+        }
+        for at in self.history {
+            Block { at, len: 1 }.fetch();
+        }
     }
 }
 
 impl Shard {
     /// Fills `out` with the rows `rows` in the order their series' states lie in memory (the
     /// rows of one series keep their order; series without state yet come last, in row order),
-    /// each with its state's blocks. Taken in the feature plan's hash order, the states came from
-    /// memory one miss at a time; in address order the next structs are near, and the blocks
-    /// listed here are requested ahead (see the module docs).
+    /// each with its inputs and its state's blocks. Taken in the feature plan's hash order, the
+    /// states came from memory one miss at a time; in address order the next structs are near,
+    /// and the blocks listed here are requested ahead (see the module docs).
     pub(super) fn plan_ahead(&self, rows: &[u32], c: &FeatureColumns<'_>, out: &mut Vec<Ahead>) {
         let addr = |s: Option<&SeriesState>| s.map_or(usize::MAX, |s| std::ptr::from_ref(s) as usize);
         let mut states: Vec<(Option<&SeriesState>, u32)> = rows.iter().map(|&i| (self.states.get(&c.series_id.value(i as usize)).map(|b| &**b), i)).collect();
@@ -104,13 +116,23 @@ impl Shard {
         states.sort_unstable_by_key(|&(s, i)| (addr(s), i));
         // In address order, the structs' pointers are read with the hardware's own prefetching.
         out.clear();
-        out.extend(states.into_iter().map(|(s, row)| Ahead { row, blocks: s.map_or([Block::default(); 5], SeriesState::blocks) }));
+        out.extend(states.into_iter().map(|(s, row)| {
+            let i = row as usize;
+            Ahead::new(row, c.series_id.value(i), c.window_start.value(i), c.value(i), s)
+        }));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The list of a close's rows is held between closes: what its documentation (and
+    /// docs/BENCHMARKS.md) says a row costs.
+    #[test]
+    fn a_row_ahead_takes_88_bytes() {
+        assert_eq!(std::mem::size_of::<Ahead>(), 88);
+    }
 
     /// A ring's block spans every value it holds, in one piece or wrapped around its buffer.
     #[test]

@@ -86,6 +86,11 @@ impl History {
         out.clear();
         out.extend((0..self.len as usize).map(|i| self.slot(i)));
     }
+    /// Addresses of the two cache lines a value's [`Self::push`] touches: the counters and the
+    /// slot it writes next (for a prefetch).
+    pub(crate) fn hot_lines(&self) -> [usize; 2] {
+        [std::ptr::from_ref(&self.total) as usize, std::ptr::from_ref(&self.codes[(self.head as usize + self.len as usize) % RING]) as usize]
+    }
     /// Learns `x`. `cover` is how many values the ring must span (the seasons of the longest
     /// period); `period`, when one is known, is never merged below four slots.
     pub fn push(&mut self, x: f64, cover: usize, period: Option<usize>) {
