@@ -930,16 +930,13 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Loads `toml` from a file of its own, removed afterwards.
     fn load_str(toml: &str) -> Result<Config, ConfigError> {
-        let mut f = tempfile();
-        f.1.write_all(toml.as_bytes()).unwrap();
-        Config::load(Some(&f.0))
-    }
-
-    fn tempfile() -> (PathBuf, std::fs::File) {
         let p = std::env::temp_dir().join(format!("vigil-cfg-{}-{:?}.toml", std::process::id(), std::thread::current().id()));
-        let f = std::fs::File::create(&p).unwrap();
-        (p, f)
+        std::fs::File::create(&p).unwrap().write_all(toml.as_bytes()).unwrap();
+        let loaded = Config::load(Some(&p));
+        let _ = std::fs::remove_file(&p);
+        loaded
     }
 
     #[test]

@@ -76,7 +76,9 @@ async fn a_policy_naming_an_unknown_column_stops_the_processor_at_start() {
     std::fs::write(&file, "[[policy]]\nname = \"page_on_call\"\nwhen = \"severity = 'critical' AND servce = 'checkout'\"\naction = \"page\"\n").unwrap();
     let mut cfg = config();
     cfg.decisions.policies_file = Some(file);
-    let Err(e) = Processor::new(&cfg).await else { panic!("a bad policy was accepted") };
+    let started = Processor::new(&cfg).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let Err(e) = started else { panic!("a bad policy was accepted") };
     let e = e.to_string();
     assert!(e.contains("decisions.policies_file") && e.contains("page_on_call") && e.contains("`servce`"), "{e}");
 }

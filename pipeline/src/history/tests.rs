@@ -3,13 +3,29 @@ use arrow::array::Int64Array;
 use arrow::datatypes::{DataType, Field, Schema};
 use object_store::local::LocalFileSystem;
 
-fn setup(name: &str) -> (Arc<dyn ObjectStore>, std::path::PathBuf, ResultTables) {
+/// A test's directory, removed when the test ends.
+struct Scratch(std::path::PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn setup(name: &str) -> (Arc<dyn ObjectStore>, Scratch, ResultTables) {
     let dir = std::env::temp_dir().join(format!("vigil-history-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&dir).unwrap());
     let tables = ResultTables::new();
-    (store, dir, tables)
+    (store, Scratch(dir), tables)
 }
 
 fn schema() -> arrow::datatypes::SchemaRef {
