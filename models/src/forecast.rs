@@ -176,10 +176,10 @@ struct Autocorrelation {
 
 impl Autocorrelation {
     fn of(y: &[f64]) -> Self {
-        let n = y.len();
-        let mean = y.iter().sum::<f64>() / n as f64;
-        let var: f64 = y.iter().map(|v| (v - mean).powi(2)).sum();
-        Self { centered: y.iter().map(|v| v - mean).collect(), var }
+        let mean = y.iter().sum::<f64>() / y.len() as f64;
+        let centered: Vec<f64> = y.iter().map(|v| v - mean).collect();
+        let var = centered.iter().map(|d| d.powi(2)).sum();
+        Self { centered, var }
     }
 
     /// The autocorrelation at `lag` (0 at a lag as long as the series, or for a flat series).
