@@ -11,7 +11,9 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use futures::channel::mpsc::UnboundedSender;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{collect, ExecutionPlan};
@@ -73,6 +75,60 @@ impl Prepared {
             }
         };
         Ok((collect(plan, ctx.task_ctx()).await?, planned))
+    }
+
+    /// Starts a run over `table` whose rows are sent while it runs ([`StreamedRun::send`]).
+    /// `None` when the plan cannot stream: it is planned at every run, it scans `table` more
+    /// than once, or there is no tokio runtime to run it on.
+    pub fn stream(&self, ctx: &SessionContext, table: &SwappedTable) -> DfResult<Option<StreamedRun>> {
+        let Some(plan) = self.plan.as_ref().filter(|p| table.scanned_once_by(p)) else { return Ok(None) };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return Ok(None) };
+        let planned = plan.schema();
+        let plan = reset_plan_states(plan.clone())?;
+        let (senders, streamed) = table.channels();
+        let state = ctx.state();
+        let config = state.config().clone().with_extension(streamed);
+        let task_ctx = Arc::new(TaskContext::from(&state).with_session_config(config));
+        let task = runtime.spawn(collect(plan, task_ctx));
+        Ok(Some(StreamedRun { senders, broadcast: table.hashed_by().is_some(), next: 0, task, planned }))
+    }
+}
+
+/// One run of a [`Prepared`] plan that reads its table's rows as they are sent, started before
+/// the rows exist ([`Prepared::stream`]): the plan works through each batch as it arrives (an
+/// aggregation groups it into its hash table at once), on the runtime's threads, and
+/// [`Self::finish`] only waits for what is left once the last batch is in.
+#[derive(Debug)]
+pub struct StreamedRun {
+    senders: Vec<UnboundedSender<RecordBatch>>,
+    /// Whether each batch goes to every partition (which keeps its own rows) or to one.
+    broadcast: bool,
+    next: usize,
+    task: tokio::task::JoinHandle<DfResult<Vec<RecordBatch>>>,
+    planned: SchemaRef,
+}
+
+impl StreamedRun {
+    /// Sends `batch` (the table's schema) to the run.
+    pub fn send(&mut self, batch: &RecordBatch) -> DfResult<()> {
+        let closed = || DataFusionError::Execution("the streamed run has already stopped (its error comes with finish)".into());
+        if self.broadcast {
+            for s in &self.senders {
+                s.unbounded_send(batch.clone()).map_err(|_| closed())?;
+            }
+        } else {
+            let i = self.next % self.senders.len();
+            self.next += 1;
+            self.senders[i].unbounded_send(batch.clone()).map_err(|_| closed())?;
+        }
+        Ok(())
+    }
+
+    /// Ends the input and returns what the plan produced, as [`Prepared::execute`] does.
+    pub async fn finish(self) -> DfResult<(Vec<RecordBatch>, SchemaRef)> {
+        drop(self.senders);
+        let batches = self.task.await.map_err(|e| DataFusionError::External(Box::new(e)))??;
+        Ok((batches, self.planned))
     }
 }
 

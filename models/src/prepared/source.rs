@@ -26,10 +26,21 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::repartition::REPARTITION_RANDOM_STATE;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream};
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::StreamExt;
 
 /// The rows one run sees, one list of batches per partition.
 type Rows = Arc<Mutex<Vec<Vec<RecordBatch>>>>;
+
+/// The rows of one streamed run ([`SwappedTable::channels`]): one receiver per partition, carried
+/// in the run's session config so that each run's scan reads its own rows, however many runs of
+/// the same plan are under way.
+#[derive(Debug)]
+pub(crate) struct Streamed {
+    /// Which table these rows are for (the address of its shared rows).
+    table: usize,
+    receivers: Mutex<Vec<Option<UnboundedReceiver<RecordBatch>>>>,
+}
 
 /// A table whose rows are replaced before each run of a prepared plan.
 #[derive(Debug, Clone)]
@@ -71,6 +82,28 @@ impl SwappedTable {
     /// Drops the rows (they are owned by the run's output from here on).
     pub fn clear(&self) {
         self.set(Vec::new());
+    }
+
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.rows) as *const () as usize
+    }
+
+    /// Whether `plan` scans this table exactly once, so that a run of it can read rows sent
+    /// while it runs ([`crate::prepared::Prepared::stream`]).
+    pub fn scanned_once_by(&self, plan: &Arc<dyn ExecutionPlan>) -> bool {
+        fn count(plan: &Arc<dyn ExecutionPlan>, id: usize) -> usize {
+            let own = plan.downcast_ref::<SwappedExec>().is_some_and(|s| Arc::as_ptr(&s.rows) as *const () as usize == id);
+            usize::from(own) + plan.children().into_iter().map(|c| count(c, id)).sum::<usize>()
+        }
+        count(plan, self.id()) == 1
+    }
+
+    /// One channel per partition for a streamed run, and the session-config extension that
+    /// hands the receivers to the run's scan.
+    pub(crate) fn channels(&self) -> (Vec<UnboundedSender<RecordBatch>>, Arc<Streamed>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..self.partitions).map(|_| futures::channel::mpsc::unbounded()).unzip();
+        let streamed = Streamed { table: self.id(), receivers: Mutex::new(receivers.into_iter().map(Some).collect()) };
+        (senders, Arc::new(streamed))
     }
 }
 
@@ -148,7 +181,31 @@ impl ExecutionPlan for SwappedExec {
         Ok(self)
     }
 
-    fn execute(&self, partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let streamed = context.session_config().get_extension::<Streamed>().filter(|s| s.table == Arc::as_ptr(&self.rows) as *const () as usize);
+        if let Some(streamed) = streamed {
+            // A streamed run: the rows arrive on this partition's channel until its sender is
+            // dropped (with `hashed`, every partition receives every batch and keeps its own).
+            let receiver = streamed.receivers.lock().unwrap_or_else(|e| e.into_inner()).get_mut(partition).and_then(Option::take);
+            let Some(receiver) = receiver else {
+                return Err(datafusion::error::DataFusionError::Internal(format!("partition {partition} of a streamed table was read twice")));
+            };
+            let (projection, hashed) = (self.projection.clone(), self.hashed);
+            let mut hashes = Vec::new();
+            let stream = receiver
+                .map(move |b: RecordBatch| {
+                    let b = match &projection {
+                        Some(p) => b.project(p)?,
+                        None => b,
+                    };
+                    match hashed {
+                        Some((col, k)) => own_rows(&b, col, partition, k, &mut hashes),
+                        None => Ok(b),
+                    }
+                })
+                .filter(|b| std::future::ready(!matches!(b, Ok(b) if b.num_rows() == 0)));
+            return Ok(Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(self.schema.clone(), stream)));
+        }
         let Some((col, k)) = self.hashed else {
             let batches = self.rows.lock().unwrap_or_else(|e| e.into_inner()).get(partition).cloned().unwrap_or_default();
             return Ok(Box::pin(MemoryStream::try_new(batches, self.schema.clone(), self.projection.clone())?));

@@ -65,7 +65,7 @@ pub struct Processor {
     /// Decoder counters per input format.
     counters: Arc<vigil_ingest::FormatCounters>,
     pub(super) windower: Windower,
-    plan: FeaturePlan,
+    pub(super) plan: FeaturePlan,
     pub(super) detector: Detector,
     /// Signals into incidents.
     pub(super) correlator: Correlator,
@@ -130,11 +130,15 @@ impl Processor {
             .await
             .map_err(|e| ConfigError::Invalid { key: "decisions.policies_file", problem: e.to_string(), fix: "fix the policy (see sql/policies.toml)".into() })?;
         let gate = Gate::new(policies.specs().to_vec(), cfg.decisions.reject_suppress.as_millis() as i64, cfg.decisions.snooze.as_millis() as i64);
-        let windower = Windower::new(crate::WindowConfig {
+        let mut windower = Windower::new(crate::WindowConfig {
             size_ms: cfg.window.size.as_millis() as i64,
             allowed_lag_ms: cfg.window.allowed_lag.as_millis() as i64,
             idle_timeout: cfg.window.idle_timeout,
         });
+        if plan.streams() {
+            // Each window's rows go to the feature plan as they arrive (see `FeaturePlan::feed`).
+            windower.tap_points();
+        }
         let mut counters = vigil_ingest::FormatCounters::default();
         let json_counters = counters.for_format("json");
         let decoders = (0..cores).map(|_| JsonPointDecoder::new(json_counters.clone())).collect();
@@ -291,6 +295,7 @@ impl Processor {
                 pushed.add(self.windower.push(&d.points, &d.positions)?);
                 rejected.extend(d.rejected);
             }
+            self.feed_plan()?;
             // Each slice's rejects are in position order; so are all of them together.
             rejected.sort_by_key(|r| (r.pos.partition, r.pos.offset));
             self.times.windows += t1.elapsed();
@@ -326,7 +331,18 @@ impl Processor {
             self.times.windows += t1.elapsed();
             pushed.add(p);
         }
+        self.feed_plan()?;
         Ok((rejected, pushed))
+    }
+
+    /// Sends the points just windowed to their windows' runs of the feature plan.
+    fn feed_plan(&mut self) -> Result<(), EngineError> {
+        let t = std::time::Instant::now();
+        for (start, end, batch) in self.windower.take_tapped() {
+            self.plan.feed(start, end, &batch)?;
+        }
+        self.times.windows += t.elapsed();
+        Ok(())
     }
 
     /// Decodes a poll exactly as [`Self::ingest`] does (a large JSON poll on every core) and

@@ -524,6 +524,8 @@ impl Processor {
             Stateful::forget(&mut self.forecaster, &drop);
             self.windower.drop_series(&drop)?
         };
+        // The open windows' runs of the feature plan saw the removed rows.
+        self.plan.forget_streams();
         self.windower.revoke(parts);
         self.owner.forget(parts);
         Ok(removed)

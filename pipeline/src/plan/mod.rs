@@ -1,5 +1,7 @@
 //! The feature plan: user-editable SQL over the rows of closed windows.
 
+mod streamed;
+
 use std::sync::Arc;
 
 use arrow::array::{
@@ -56,6 +58,9 @@ pub struct FeaturePlan {
     logs: Query,
     /// One run at a time: a run fills the tables its plan reads.
     running: tokio::sync::Mutex<()>,
+    /// Whether a window's run can start with the window ([`Self::feed`]).
+    streamable: bool,
+    streams: streamed::Streams,
 }
 
 /// One SQL text over one swapped table, planned once where it can be.
@@ -146,6 +151,8 @@ impl FeaturePlan {
             points,
             logs,
             running: tokio::sync::Mutex::new(()),
+            streamable: false,
+            streams: streamed::Streams::default(),
         };
         let signals = plan.query(&plan.logs, vec![RecordBatch::new_empty(plan.logs_schema.clone())]).await.map_err(log_err)?;
         for c in LOG_REQUIRED {
@@ -174,7 +181,37 @@ impl FeaturePlan {
             }
             Err(_) => unreachable!("checked above"),
         }
+        plan.streamable = plan.points.prepared.plan().is_some_and(|p| plan.points.table.scanned_once_by(p));
         Ok(plan)
+    }
+
+    /// Whether the plan can run a window's rows as they are windowed ([`Self::feed`]): it is
+    /// planned once and reads `points` once.
+    pub fn streams(&self) -> bool {
+        self.streamable
+    }
+
+    /// Sends a batch of window `[start_ms, end_ms)`'s points to the window's own run of the
+    /// plan, started with its first batch: the aggregation works through the rows while the
+    /// window is open, and [`Self::run`] at the close only waits for its output. Call it with
+    /// every batch the window receives, or not at all (a window whose run missed rows is run
+    /// from its rows at the close).
+    pub fn feed(&self, start_ms: i64, end_ms: i64, batch: &RecordBatch) -> Result<()> {
+        if !self.streamable || batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let b = with_window_span(&self.points_schema, batch, start_ms, end_ms)?;
+        self.streams.feed(start_ms, end_ms, b, || Ok(self.points.prepared.stream(&self.ctx, &self.points.table)?))
+    }
+
+    /// Drops the runs of the open windows: rows left them other than by a close.
+    pub fn forget_streams(&self) {
+        self.streams.clear();
+    }
+
+    /// How many open windows have a run under way.
+    pub fn streaming_windows(&self) -> usize {
+        self.streams.len()
     }
 
     /// The schema of the plan's output (the `features` table).
@@ -201,12 +238,20 @@ impl FeaturePlan {
     /// Runs the plan over `windows`: log signals first (they join the points), then the features.
     pub async fn run(&self, windows: &[ClosedWindow]) -> Result<PlanOutput> {
         let _one = self.running.lock().await;
-        let mut parts = self.points_rows(windows)?;
+        let mut runs = self.streams.take(windows);
+        let mut parts = Vec::new();
+        for (w, run) in windows.iter().zip(runs.iter_mut()) {
+            match run {
+                Some(r) => parts.append(&mut r.fed),
+                None => parts.extend(w.batches.iter().map(|b| with_window(&self.points_schema, b, w)).collect::<Result<Vec<_>>>()?),
+            }
+        }
         let log_parts = windows.iter().flat_map(|w| w.logs.iter().map(move |b| with_window(&self.logs_schema, b, w))).collect::<Result<Vec<_>>>()?;
         let logs = concat_batches(&self.logs_schema, &log_parts)?;
+        let mut signals = None;
         if logs.num_rows() > 0 {
-            let signals = self.query(&self.logs, vec![logs.clone()]).await?;
-            let signal_points = self.signal_points(&signals)?;
+            let signal_rows = self.query(&self.logs, vec![logs.clone()]).await?;
+            let signal_points = self.signal_points(&signal_rows)?;
             // Each signal belongs to the window it was computed for.
             let mut starts = windows.iter().map(|w| (w.start_ms, w.end_ms)).collect::<Vec<_>>();
             starts.sort_unstable();
@@ -223,12 +268,45 @@ impl FeaturePlan {
             let mut cols: Vec<ArrayRef> = signal_points.columns().to_vec();
             cols.push(signal_points.column(0).clone());
             cols.push(Arc::new(ends));
-            parts.push(RecordBatch::try_new(self.points_schema.clone(), cols)?);
+            signals = Some(RecordBatch::try_new(self.points_schema.clone(), cols)?);
+            parts.extend(signals.clone());
         }
         if parts.is_empty() {
             parts.push(RecordBatch::new_empty(self.points_schema.clone()));
         }
-        let features = conform(self.execute(parts.clone()).await?, &self.output_schema)?;
+        if runs.iter().all(Option::is_none) {
+            let features = conform(self.execute(parts.clone()).await?, &self.output_schema)?;
+            return Ok(PlanOutput { points: parts, logs, features });
+        }
+        // Windows whose run saw all their rows: the log signals of each join its run, and the
+        // run's output is that window's features. The others run from their rows, together.
+        let mut outputs = Vec::new();
+        let mut rest: Vec<RecordBatch> = Vec::new();
+        for (w, run) in windows.iter().zip(runs) {
+            let signals = signals.as_ref().map(|s| of_window(s, w.start_ms)).transpose()?.filter(|s| s.num_rows() > 0);
+            match run {
+                Some(mut r) => {
+                    if let Some(s) = signals {
+                        // A run that stopped reports why from `finish`.
+                        let _ = r.run.send(&s);
+                    }
+                    let (batches, planned) = r.run.finish().await?;
+                    let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
+                    outputs.push(conform(concat_batches(&schema, &batches)?, &self.output_schema)?);
+                }
+                None => {
+                    rest.extend(w.batches.iter().map(|b| with_window(&self.points_schema, b, w)).collect::<Result<Vec<_>>>()?);
+                    rest.extend(signals);
+                }
+            }
+        }
+        if !rest.is_empty() {
+            outputs.push(conform(self.execute(rest).await?, &self.output_schema)?);
+        }
+        let features = match outputs.len() {
+            1 => outputs.pop().expect("one"),
+            _ => concat_batches(&self.output_schema, &outputs)?,
+        };
         Ok(PlanOutput { points: parts, logs, features })
     }
 
@@ -325,11 +403,24 @@ impl Query {
 
 /// `b`, a batch of window `w`, with the window's `window_start` and `window_end` columns.
 fn with_window(schema: &SchemaRef, b: &RecordBatch, w: &ClosedWindow) -> Result<RecordBatch> {
+    with_window_span(schema, b, w.start_ms, w.end_ms)
+}
+
+/// `b` with `window_start` and `window_end` columns of the window `[start_ms, end_ms)`.
+fn with_window_span(schema: &SchemaRef, b: &RecordBatch, start_ms: i64, end_ms: i64) -> Result<RecordBatch> {
     let n = b.num_rows();
     let mut cols: Vec<ArrayRef> = b.columns().to_vec();
-    cols.push(Arc::new(TimestampMillisecondArray::from_value(w.start_ms, n).with_timezone("+00:00")));
-    cols.push(Arc::new(TimestampMillisecondArray::from_value(w.end_ms, n).with_timezone("+00:00")));
+    cols.push(Arc::new(TimestampMillisecondArray::from_value(start_ms, n).with_timezone("+00:00")));
+    cols.push(Arc::new(TimestampMillisecondArray::from_value(end_ms, n).with_timezone("+00:00")));
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// The rows of `points` (points schema with the window columns) in the window starting at
+/// `start_ms`.
+fn of_window(points: &RecordBatch, start_ms: i64) -> Result<RecordBatch> {
+    let starts = points.column(points.num_columns() - 2).as_primitive::<TimestampMillisecondType>();
+    let mask: arrow::array::BooleanArray = starts.values().iter().map(|s| Some(*s == start_ms)).collect();
+    Ok(arrow::compute::filter_record_batch(points, &mask)?)
 }
 
 /// Gives `batch` exactly `schema` (the one the `features` table was created with), casting
