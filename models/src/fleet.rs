@@ -104,6 +104,8 @@ struct Slots {
     label: String,
     members: Vec<Member>,
     by_name: BTreeMap<String, u32>,
+    /// The slots in the order of their names (`by_name`'s values), rebuilt when a member joins.
+    ordered: Vec<u32>,
 }
 
 /// Fleet outlier detector. See the module docs.
@@ -115,12 +117,14 @@ pub struct FleetDetector {
     /// Group and member slots of every series seen (so keys are parsed once per series);
     /// `None` for a series with no member label, or none left in its group.
     places: FxHashMap<u64, Option<(u32, u32)>>,
+    /// A close's rows by slot: (group, member, row), reused between closes.
+    placed: Vec<(u32, u32, u32)>,
 }
 
 impl FleetDetector {
     /// A detector with no state.
     pub fn new(cfg: FleetConfig) -> Self {
-        Self { cfg, groups: Vec::new(), by_key: FxHashMap::default(), places: FxHashMap::default() }
+        Self { cfg, groups: Vec::new(), by_key: FxHashMap::default(), places: FxHashMap::default(), placed: Vec::new() }
     }
 
     /// Every group's state, for a checkpoint. Groups span partitions (the hosts of a service
@@ -144,6 +148,7 @@ impl FleetDetector {
                 label: g.label,
                 by_name: g.members.keys().enumerate().map(|(i, name)| (name.clone(), i as u32)).collect(),
                 members: g.members.into_values().collect(),
+                ordered: Vec::new(),
             };
             match self.by_key.get(&key) {
                 Some(&i) => self.groups[i as usize] = slots,
@@ -171,7 +176,7 @@ impl FleetDetector {
             None if self.groups.len() < self.cfg.max_groups => {
                 let g = self.groups.len() as u32;
                 self.by_key.insert(group_key.clone(), g);
-                self.groups.push(Slots { key: group_key, label: label.to_string(), members: Vec::new(), by_name: BTreeMap::new() });
+                self.groups.push(Slots { key: group_key, label: label.to_string(), members: Vec::new(), by_name: BTreeMap::new(), ordered: Vec::new() });
                 g
             }
             None => return None,
@@ -208,7 +213,10 @@ impl FleetDetector {
     /// so every verdict, are those of learning the rows in row order.
     pub fn observe(&mut self, features: &RecordBatch, feature: &str) -> Result<RecordBatch> {
         let c = FeatureColumns::of(features, feature)?;
-        let mut placed: Vec<(u32, u32, u32)> = Vec::with_capacity(features.num_rows());
+        // Kept between closes: a buffer of a megabyte allocated per close is faulted in again.
+        let mut placed = std::mem::take(&mut self.placed);
+        placed.clear();
+        placed.reserve(features.num_rows());
         for i in 0..features.num_rows() {
             if !c.value(i).is_finite() {
                 continue;
@@ -232,7 +240,7 @@ impl FleetDetector {
         }
         placed.sort_unstable();
         let mut touched = vec![false; self.groups.len()];
-        for (g, m, i) in placed {
+        for &(g, m, i) in &placed {
             let i = i as usize;
             let m = &mut self.groups[g as usize].members[m as usize];
             let t = c.window_start.value(i);
@@ -254,6 +262,7 @@ impl FleetDetector {
         }
 
         // Groups are judged in the order of their keys.
+        self.placed = placed;
         let mut order: Vec<u32> = (0..touched.len() as u32).filter(|&g| touched[g as usize]).collect();
         order.sort_by(|a, b| self.groups[*a as usize].key.cmp(&self.groups[*b as usize].key));
         let mut rows = Rows::default();
@@ -278,8 +287,11 @@ type Place = Option<(Arc<str>, Arc<str>, Arc<str>)>;
 /// Judges one group at its newest window, appending the members that became outlying.
 fn judge(cfg: &FleetConfig, g: &mut Slots, feature: &str, rows: &mut Rows) {
     let newest = g.members.iter().map(|m| m.last_ms).max().unwrap_or(i64::MIN);
+    if g.ordered.len() != g.members.len() {
+        g.ordered = g.by_name.values().copied().collect();
+    }
     // The members that line up, in the order of their names.
-    let ready: Vec<usize> = g.by_name.values().map(|&i| i as usize).filter(|&i| g.members[i].last_ms == newest && g.members[i].values.len() == cfg.window).collect();
+    let ready: Vec<usize> = g.ordered.iter().map(|&i| i as usize).filter(|&i| g.members[i].last_ms == newest && g.members[i].values.len() == cfg.window).collect();
     let n = ready.len();
     if n < 3 {
         return; // no majority to compare with
@@ -368,7 +380,17 @@ fn verdict_at(out: &OutlierOutput, t: usize, n: usize) -> Verdict {
 /// The epsilon augurs' DBSCAN derives from a sensitivity: the span of all the values (at least
 /// 0.1) × (1 − sensitivity) × 1.1. A test holds it to augurs' own on whole windows.
 fn dbscan_epsilon(sensitivity: f64, windows: &[&VecDeque<f64>]) -> f64 {
-    let (lo, hi) = windows.iter().flat_map(|w| w.iter()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    // Each ring's two halves in plain loops the compiler vectorises (the values are finite).
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for w in windows {
+        let (a, b) = w.as_slices();
+        for half in [a, b] {
+            for &x in half {
+                lo = if x < lo { x } else { lo };
+                hi = if x > hi { x } else { hi };
+            }
+        }
+    }
     let span = (hi - lo).abs().max(0.1);
     ((1.0 - sensitivity.min(1.0 - 1e-3)) * span * 1.1).max(1.175_494_350_822_287_5e-38)
 }

@@ -128,6 +128,13 @@ impl HealthInputs {
 
     /// Notes a close: the services of its features, the log error ratio, its anomaly rows.
     pub fn observe(&mut self, features: &RecordBatch, feature: &str, anomalies: &RecordBatch, end_ms: i64) {
+        self.observe_features(features, feature, end_ms);
+        self.observe_anomalies(anomalies);
+    }
+
+    /// Notes the services of a close's features and the log error ratio (the part of
+    /// [`Self::observe`] that needs no scores: the engine runs it beside the scoring).
+    pub fn observe_features(&mut self, features: &RecordBatch, feature: &str, end_ms: i64) {
         if let (Some(ids), Some(series), Some(value)) = (features.column_by_name("series_id"), features.column_by_name("series"), features.column_by_name(feature)) {
             let (ids, series, value) = (ids.as_primitive::<arrow::datatypes::UInt64Type>(), series.as_string::<i32>(), value.as_primitive::<Float64Type>());
             if self.known.len() > 1_000_000 {
@@ -138,7 +145,10 @@ impl HealthInputs {
             }
             for i in 0..features.num_rows() {
                 let id = ids.value(i);
-                if !self.known.contains_key(&id) {
+                // One lookup for a known series (all but the first close of each).
+                let known = match self.known.get(&id) {
+                    Some(k) => *k,
+                    None => {
                     let parsed = self.service_of(series.value(i)).map(|(name, svc)| {
                         let ix = match self.service_index.get(&svc) {
                             Some(&ix) => ix,
@@ -152,8 +162,10 @@ impl HealthInputs {
                         (name == "log_error_ratio", ix)
                     });
                     self.known.insert(id, parsed);
-                }
-                let Some(Some((is_log_errors, ix))) = self.known.get(&id).copied() else { continue };
+                    parsed
+                    }
+                };
+                let Some((is_log_errors, ix)) = known else { continue };
                 if self.seen.len() < self.service_names.len() {
                     self.seen.resize(self.service_names.len(), false);
                 }
@@ -173,6 +185,10 @@ impl HealthInputs {
                 *seen = false;
             }
         }
+    }
+
+    /// Notes a close's anomaly rows (the part of [`Self::observe`] that needs the scores).
+    pub fn observe_anomalies(&mut self, anomalies: &RecordBatch) {
         if let (Some(series), Some(score)) = (anomalies.column_by_name("series"), anomalies.column_by_name("score")) {
             let (series, score) = (series.as_string::<i32>(), score.as_primitive::<Float64Type>());
             for i in 0..anomalies.num_rows() {

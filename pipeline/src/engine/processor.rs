@@ -430,10 +430,17 @@ impl Processor {
             self.times.features += t1 - t;
             // The ensemble (itself spread over the cores by series) and the fleet check read
             // the same features and share nothing: they run side by side.
-            let (detector, fleet, feature) = (&mut self.detector, &mut self.fleet, &self.feature);
+            // So does noting the services the health score reads (its anomaly counts wait for
+            // the scores).
+            let end_ms = closed.last().map_or(i64::MIN, |w| w.end_ms);
+            let (detector, fleet, feature, health) = (&mut self.detector, &mut self.fleet, &self.feature, &mut self.health_inputs);
             let ((anomalies, ensemble), (outliers, fleet)) = rayon::join(
                 || timed(|| detector.score_batch(&features, feature)),
-                || timed(|| fleet.as_mut().map(|f| f.observe(&features, feature)).transpose()),
+                || {
+                    let fleet = timed(|| fleet.as_mut().map(|f| f.observe(&features, feature)).transpose());
+                    health.observe_features(&features, feature, end_ms);
+                    fleet
+                },
             );
             self.times.ensemble += ensemble;
             self.times.fleet += fleet;
@@ -475,7 +482,7 @@ impl Processor {
         // Health, every `health.every` of event time.
         let mut health = arrow::array::RecordBatch::new_empty(self.health.schema());
         if !closed.is_empty() {
-            self.health_inputs.observe(&features, &self.feature, &anomalies, now);
+            self.health_inputs.observe_anomalies(&anomalies);
             if !slo_rows.is_empty() {
                 self.health_inputs.observe_slo(&slo_rows);
             }
