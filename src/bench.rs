@@ -141,6 +141,7 @@ impl BenchReport {
             ("decode", c.decode),
             ("windows", c.windows),
             ("feature plan", c.features),
+            ("  while open", c.features_streamed),
             ("scoring", c.scoring),
             ("  ensemble", c.ensemble),
             ("  fleet", c.fleet),

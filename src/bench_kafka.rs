@@ -156,6 +156,7 @@ impl KafkaBenchReport {
             ("decode", c.decode.as_secs_f64()),
             ("windows", c.windows.as_secs_f64()),
             ("feature plan", c.features.as_secs_f64()),
+            ("  while open (beside)", c.features_streamed.as_secs_f64()),
             ("scoring", c.scoring.as_secs_f64()),
             ("  ensemble", c.ensemble.as_secs_f64()),
             ("  fleet", c.fleet.as_secs_f64()),

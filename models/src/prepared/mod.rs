@@ -89,8 +89,8 @@ impl Prepared {
         let state = ctx.state();
         let config = state.config().clone().with_extension(streamed);
         let task_ctx = Arc::new(TaskContext::from(&state).with_session_config(config));
-        let task = runtime.spawn(collect(plan, task_ctx));
-        Ok(Some(StreamedRun { senders, broadcast: table.hashed_by().is_some(), next: 0, task, planned }))
+        let task = runtime.spawn(collect(plan.clone(), task_ctx));
+        Ok(Some(StreamedRun { senders, broadcast: table.hashed_by().is_some(), next: 0, task, planned, plan }))
     }
 }
 
@@ -106,6 +106,8 @@ pub struct StreamedRun {
     next: usize,
     task: tokio::task::JoinHandle<DfResult<Vec<RecordBatch>>>,
     planned: SchemaRef,
+    /// The plan being run, for its metrics once it has finished.
+    plan: Arc<dyn ExecutionPlan>,
 }
 
 impl StreamedRun {
@@ -124,12 +126,19 @@ impl StreamedRun {
         Ok(())
     }
 
-    /// Ends the input and returns what the plan produced, as [`Prepared::execute`] does.
-    pub async fn finish(self) -> DfResult<(Vec<RecordBatch>, SchemaRef)> {
+    /// Ends the input and returns what the plan produced, as [`Prepared::execute`] does, and
+    /// the compute time its operators reported over the whole run (DataFusion's
+    /// `elapsed_compute`, summed over the plan).
+    pub async fn finish(self) -> DfResult<(Vec<RecordBatch>, SchemaRef, std::time::Duration)> {
         drop(self.senders);
         let batches = self.task.await.map_err(|e| DataFusionError::External(Box::new(e)))??;
-        Ok((batches, self.planned))
+        Ok((batches, self.planned, std::time::Duration::from_nanos(compute_ns(&self.plan) as u64)))
     }
+}
+
+/// The `elapsed_compute` every operator of `plan` reported, in ns.
+fn compute_ns(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    plan.metrics().and_then(|m| m.elapsed_compute()).unwrap_or(0) + plan.children().into_iter().map(compute_ns).sum::<usize>()
 }
 
 /// Whether `plan` calls a function whose value planning fixes (a stable one, such as `now()`).

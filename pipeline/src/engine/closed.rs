@@ -75,8 +75,12 @@ pub struct StageTimes {
     pub decode: std::time::Duration,
     /// Lateness, watermark and splitting rows into windows.
     pub windows: std::time::Duration,
-    /// The feature SQL over closed windows.
+    /// The feature SQL over closed windows: what a close waits for (with windows whose rows
+    /// were sent to the plan as they arrived, only its output).
     pub features: std::time::Duration,
+    /// The feature SQL's compute while windows were open, on the runtime's threads beside the
+    /// loop (DataFusion's `elapsed_compute` of the windows' runs; not part of the loop's time).
+    pub features_streamed: std::time::Duration,
     /// The detector ensemble and the fleet outliers, which run side by side.
     pub scoring: std::time::Duration,
     /// Of `scoring`: the ensemble's own time (itself spread over the cores by series).

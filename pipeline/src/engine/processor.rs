@@ -424,7 +424,8 @@ impl Processor {
             )
         } else {
             let t = std::time::Instant::now();
-            let crate::PlanOutput { points, logs, features } = self.plan.run(&closed).await?;
+            let crate::PlanOutput { points, logs, features, streamed_compute } = self.plan.run(&closed).await?;
+            self.times.features_streamed += streamed_compute;
             let features = in_window_order(features)?;
             let t1 = std::time::Instant::now();
             self.times.features += t1 - t;

@@ -36,6 +36,9 @@ pub struct PlanOutput {
     pub logs: RecordBatch,
     /// The features.
     pub features: RecordBatch,
+    /// The compute the plan spent on windows whose rows it was sent as they arrived
+    /// ([`FeaturePlan::feed`]), before this run.
+    pub streamed_compute: std::time::Duration,
 }
 
 /// Columns every feature plan must produce for the detector.
@@ -276,12 +279,13 @@ impl FeaturePlan {
         }
         if runs.iter().all(Option::is_none) {
             let features = conform(self.execute(parts.clone()).await?, &self.output_schema)?;
-            return Ok(PlanOutput { points: parts, logs, features });
+            return Ok(PlanOutput { points: parts, logs, features, streamed_compute: std::time::Duration::ZERO });
         }
         // Windows whose run saw all their rows: the log signals of each join its run, and the
         // run's output is that window's features. The others run from their rows, together.
         let mut outputs = Vec::new();
         let mut rest: Vec<RecordBatch> = Vec::new();
+        let mut streamed_compute = std::time::Duration::ZERO;
         for (w, run) in windows.iter().zip(runs) {
             let signals = signals.as_ref().map(|s| of_window(s, w.start_ms)).transpose()?.filter(|s| s.num_rows() > 0);
             match run {
@@ -290,7 +294,8 @@ impl FeaturePlan {
                         // A run that stopped reports why from `finish`.
                         let _ = r.run.send(&s);
                     }
-                    let (batches, planned) = r.run.finish().await?;
+                    let (batches, planned, compute) = r.run.finish().await?;
+                    streamed_compute += compute;
                     let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
                     outputs.push(conform(concat_batches(&schema, &batches)?, &self.output_schema)?);
                 }
@@ -307,7 +312,7 @@ impl FeaturePlan {
             1 => outputs.pop().expect("one"),
             _ => concat_batches(&self.output_schema, &outputs)?,
         };
-        Ok(PlanOutput { points: parts, logs, features })
+        Ok(PlanOutput { points: parts, logs, features, streamed_compute })
     }
 
     /// Turns the log-signal rows into points (points schema, without the window columns).

@@ -165,6 +165,7 @@ mod tests {
             assert_eq!(streamed.streaming_windows(), 3, "one run per open window");
             let got = streamed.run(&closed).await.unwrap();
             assert_eq!(streamed.streaming_windows(), 0, "a close ends its windows' runs");
+            assert!(got.streamed_compute > std::time::Duration::ZERO, "the runs' compute is reported");
             let want = plan(partitions).await.run(&closed).await.unwrap();
             assert_eq!(got.features.num_rows(), want.features.num_rows());
             assert!(want.features.num_rows() > 3 * 2_000, "the log signals are features too");
