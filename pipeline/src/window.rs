@@ -415,6 +415,12 @@ impl Windower {
         Ok(PushStats { accepted: n - late - replayed, late, replayed })
     }
 
+    /// The open windows, oldest first: start, end and the batches of points each holds.
+    pub fn open_points(&self) -> impl Iterator<Item = (i64, i64, &[RecordBatch])> {
+        let size = self.cfg.size_ms;
+        self.open.iter().map(move |(s, w)| (*s, s + size, w.batches.as_slice()))
+    }
+
     /// Keeps, from now on, each batch of points added to a window, for [`Self::take_tapped`]
     /// (the feature plan runs a window's rows as they arrive).
     pub fn tap_points(&mut self) {

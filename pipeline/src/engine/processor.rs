@@ -335,11 +335,26 @@ impl Processor {
         Ok((rejected, pushed))
     }
 
-    /// Sends the points just windowed to their windows' runs of the feature plan.
+    /// Sends the points just windowed to their windows' runs of the feature plan. Only the
+    /// oldest open window, the next to close, has a run (so the plan holds the state of one
+    /// window beside what it held before): the batches of newer windows wait in the windower,
+    /// and a window becoming the oldest sends all of its batches at once.
     fn feed_plan(&mut self) -> Result<(), EngineError> {
+        if !self.plan.streams() {
+            return Ok(());
+        }
         let t = std::time::Instant::now();
-        for (start, end, batch) in self.windower.take_tapped() {
-            self.plan.feed(start, end, &batch)?;
+        let tapped = self.windower.take_tapped();
+        if let Some((start, end, batches)) = self.windower.open_points().next() {
+            if self.plan.streaming(start) {
+                for (_, _, b) in tapped.iter().filter(|(s, _, _)| *s == start) {
+                    self.plan.feed(start, end, b)?;
+                }
+            } else {
+                for b in batches {
+                    self.plan.feed(start, end, b)?;
+                }
+            }
         }
         self.times.windows += t.elapsed();
         Ok(())
@@ -409,6 +424,16 @@ impl Processor {
     }
 
     async fn close(&mut self, closed: Vec<crate::ClosedWindow>) -> Result<Option<Closed>, EngineError> {
+        let closed_any = !closed.is_empty();
+        let out = self.close_windows(closed).await;
+        if closed_any {
+            // The window that is now the oldest starts its run with the rows it holds.
+            self.feed_plan()?;
+        }
+        out
+    }
+
+    async fn close_windows(&mut self, closed: Vec<crate::ClosedWindow>) -> Result<Option<Closed>, EngineError> {
         let metrics_now = closed.last().map(|w| w.end_ms).or_else(|| self.windower.watermark());
         if closed.is_empty() && !self.cost.ready(metrics_now) && self.pending_costs.is_empty() {
             return Ok(None);

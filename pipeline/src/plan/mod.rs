@@ -207,6 +207,11 @@ impl FeaturePlan {
         self.streams.feed(start_ms, end_ms, b, || Ok(self.points.prepared.stream(&self.ctx, &self.points.table)?))
     }
 
+    /// Whether window `start_ms` has a run under way.
+    pub fn streaming(&self, start_ms: i64) -> bool {
+        self.streams.has(start_ms)
+    }
+
     /// Drops the runs of the open windows: rows left them other than by a close.
     pub fn forget_streams(&self) {
         self.streams.clear();

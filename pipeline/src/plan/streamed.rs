@@ -1,11 +1,11 @@
-//! Feature-plan runs that start with their window: each window's rows are sent to its own run
-//! of the prepared plan as they are windowed, so the aggregation groups them while the window is
+//! Feature-plan runs that start before their window closes: a window's rows are sent to its own
+//! run of the prepared plan (the engine starts one for the oldest open window, with every row it
+//! holds, then sends it each new batch), so the aggregation groups them while the window is
 //! open, on the runtime's threads, and a close only waits for the plan to emit its groups.
 //!
 //! A run stands for a window only if it saw every row the window closes with: the close checks
-//! the row count, and a window whose rows were removed (a revoked partition's series) or that
-//! held rows before its run started (none in practice: a run starts with the window's first
-//! row) is run from its rows at the close instead, as every window was before.
+//! the row count, and a window whose rows were removed (a revoked partition's series) or whose
+//! run missed a batch is run from its rows at the close instead, as every window was before.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -73,6 +73,11 @@ impl Streams {
     /// Drops every run (rows left the open windows other than by a close).
     pub fn clear(&self) {
         self.runs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Whether window `start_ms` has a run under way.
+    pub fn has(&self, start_ms: i64) -> bool {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&start_ms)
     }
 
     /// How many windows have a run under way.
