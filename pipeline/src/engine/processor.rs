@@ -338,7 +338,8 @@ impl Processor {
     /// Sends the points just windowed to their windows' runs of the feature plan. Only the
     /// oldest open window, the next to close, has a run (so the plan holds the state of one
     /// window beside what it held before): the batches of newer windows wait in the windower,
-    /// and a window becoming the oldest sends all of its batches at once.
+    /// and a window that has become the oldest sends all of its batches at once, with the next
+    /// poll's (not in the close that made it the oldest, whose decisions are waited for).
     fn feed_plan(&mut self) -> Result<(), EngineError> {
         if !self.plan.streams() {
             return Ok(());
@@ -424,16 +425,6 @@ impl Processor {
     }
 
     async fn close(&mut self, closed: Vec<crate::ClosedWindow>) -> Result<Option<Closed>, EngineError> {
-        let closed_any = !closed.is_empty();
-        let out = self.close_windows(closed).await;
-        if closed_any {
-            // The window that is now the oldest starts its run with the rows it holds.
-            self.feed_plan()?;
-        }
-        out
-    }
-
-    async fn close_windows(&mut self, closed: Vec<crate::ClosedWindow>) -> Result<Option<Closed>, EngineError> {
         let metrics_now = closed.last().map(|w| w.end_ms).or_else(|| self.windower.watermark());
         if closed.is_empty() && !self.cost.ready(metrics_now) && self.pending_costs.is_empty() {
             return Ok(None);
