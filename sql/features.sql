@@ -5,6 +5,8 @@
 -- and the feature it scores (`mean` by default, see [detector] feature in the config); add
 -- columns freely, they are kept in the `features` table. No ORDER BY is needed: when several
 -- windows close at once, the engine hands each series' rows to the detector oldest first.
+-- Group by window_start and window_end: the window next to close is aggregated on its own, as
+-- its rows arrive (a text that reads `points` twice or calls now() runs at the close instead).
 SELECT
   window_start,
   window_end,

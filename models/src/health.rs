@@ -149,20 +149,20 @@ impl HealthInputs {
                 let known = match self.known.get(&id) {
                     Some(k) => *k,
                     None => {
-                    let parsed = self.service_of(series.value(i)).map(|(name, svc)| {
-                        let ix = match self.service_index.get(&svc) {
-                            Some(&ix) => ix,
-                            None => {
-                                let ix = self.service_names.len() as u32;
-                                self.service_names.push(svc.clone());
-                                self.service_index.insert(svc, ix);
-                                ix
-                            }
-                        };
-                        (name == "log_error_ratio", ix)
-                    });
-                    self.known.insert(id, parsed);
-                    parsed
+                        let parsed = self.service_of(series.value(i)).map(|(name, svc)| {
+                            let ix = match self.service_index.get(&svc) {
+                                Some(&ix) => ix,
+                                None => {
+                                    let ix = self.service_names.len() as u32;
+                                    self.service_names.push(svc.clone());
+                                    self.service_index.insert(svc, ix);
+                                    ix
+                                }
+                            };
+                            (name == "log_error_ratio", ix)
+                        });
+                        self.known.insert(id, parsed);
+                        parsed
                     }
                 };
                 let Some((is_log_errors, ix)) = known else { continue };

@@ -113,8 +113,6 @@ pub struct Windower {
     /// Rows behind the watermark since the last [`Self::take_late`].
     late: Vec<LateRows>,
     replayed_total: u64,
-    /// When kept: each batch of points added to a window since the last [`Self::take_tapped`].
-    tapped: Option<Vec<(i64, RecordBatch)>>,
 }
 
 /// A restored partition's replay fence.
@@ -184,7 +182,6 @@ impl Windower {
             fences: HashMap::new(),
             late: Vec::new(),
             replayed_total: 0,
-            tapped: None,
         }
     }
 
@@ -405,9 +402,6 @@ impl Windower {
                 if logs {
                     w.logs.push(batch);
                 } else {
-                    if let Some(t) = &mut self.tapped {
-                        t.push((start, batch.clone()));
-                    }
                     w.batches.push(batch);
                 }
             }
@@ -419,22 +413,6 @@ impl Windower {
     pub fn open_points(&self) -> impl Iterator<Item = (i64, i64, &[RecordBatch])> {
         let size = self.cfg.size_ms;
         self.open.iter().map(move |(s, w)| (*s, s + size, w.batches.as_slice()))
-    }
-
-    /// Keeps, from now on, each batch of points added to a window, for [`Self::take_tapped`]
-    /// (the feature plan runs a window's rows as they arrive).
-    pub fn tap_points(&mut self) {
-        self.tapped.get_or_insert_with(Vec::new);
-    }
-
-    /// The batches of points added to windows since the last call, with their window's start
-    /// and end, in the order they were added.
-    pub fn take_tapped(&mut self) -> Vec<(i64, i64, RecordBatch)> {
-        let size = self.cfg.size_ms;
-        match &mut self.tapped {
-            Some(t) => t.drain(..).map(|(s, b)| (s, s + size, b)).collect(),
-            None => Vec::new(),
-        }
     }
 
     /// Removes and returns, oldest first, every window whose end the watermark has reached.

@@ -42,6 +42,11 @@ pub(crate) struct Streamed {
     receivers: Mutex<Vec<Option<UnboundedReceiver<RecordBatch>>>>,
 }
 
+/// Which table `rows` belong to: the address they are shared at.
+fn rows_id(rows: &Rows) -> usize {
+    Arc::as_ptr(rows) as *const () as usize
+}
+
 /// A table whose rows are replaced before each run of a prepared plan.
 #[derive(Debug, Clone)]
 pub struct SwappedTable {
@@ -85,14 +90,14 @@ impl SwappedTable {
     }
 
     fn id(&self) -> usize {
-        Arc::as_ptr(&self.rows) as *const () as usize
+        rows_id(&self.rows)
     }
 
     /// Whether `plan` scans this table exactly once, so that a run of it can read rows sent
     /// while it runs ([`crate::prepared::Prepared::stream`]).
     pub fn scanned_once_by(&self, plan: &Arc<dyn ExecutionPlan>) -> bool {
         fn count(plan: &Arc<dyn ExecutionPlan>, id: usize) -> usize {
-            let own = plan.downcast_ref::<SwappedExec>().is_some_and(|s| Arc::as_ptr(&s.rows) as *const () as usize == id);
+            let own = plan.downcast_ref::<SwappedExec>().is_some_and(|s| rows_id(&s.rows) == id);
             usize::from(own) + plan.children().into_iter().map(|c| count(c, id)).sum::<usize>()
         }
         count(plan, self.id()) == 1
@@ -182,7 +187,7 @@ impl ExecutionPlan for SwappedExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let streamed = context.session_config().get_extension::<Streamed>().filter(|s| s.table == Arc::as_ptr(&self.rows) as *const () as usize);
+        let streamed = context.session_config().get_extension::<Streamed>().filter(|s| s.table == rows_id(&self.rows));
         if let Some(streamed) = streamed {
             // A streamed run: the rows arrive on this partition's channel until its sender is
             // dropped (with `hashed`, every partition receives every batch and keeps its own).

@@ -130,15 +130,11 @@ impl Processor {
             .await
             .map_err(|e| ConfigError::Invalid { key: "decisions.policies_file", problem: e.to_string(), fix: "fix the policy (see sql/policies.toml)".into() })?;
         let gate = Gate::new(policies.specs().to_vec(), cfg.decisions.reject_suppress.as_millis() as i64, cfg.decisions.snooze.as_millis() as i64);
-        let mut windower = Windower::new(crate::WindowConfig {
+        let windower = Windower::new(crate::WindowConfig {
             size_ms: cfg.window.size.as_millis() as i64,
             allowed_lag_ms: cfg.window.allowed_lag.as_millis() as i64,
             idle_timeout: cfg.window.idle_timeout,
         });
-        if plan.streams() {
-            // Each window's rows go to the feature plan as they arrive (see `FeaturePlan::feed`).
-            windower.tap_points();
-        }
         let mut counters = vigil_ingest::FormatCounters::default();
         let json_counters = counters.for_format("json");
         let decoders = (0..cores).map(|_| JsonPointDecoder::new(json_counters.clone())).collect();
@@ -335,27 +331,15 @@ impl Processor {
         Ok((rejected, pushed))
     }
 
-    /// Sends the points just windowed to their windows' runs of the feature plan. Only the
-    /// oldest open window, the next to close, has a run (so the plan holds the state of one
-    /// window beside what it held before): the batches of newer windows wait in the windower,
-    /// and a window that has become the oldest sends all of its batches at once, with the next
-    /// poll's (not in the close that made it the oldest, whose decisions are waited for).
+    /// Sends the oldest open window's points that its run of the feature plan has not seen yet.
+    /// Only that window, the next to close, has a run (so the plan holds the state of one window
+    /// beside what it held before): newer windows' batches wait in the windower, and a window
+    /// that has become the oldest sends all of them with the next poll (not inside the close
+    /// that made it the oldest, whose decisions are waited for).
     fn feed_plan(&mut self) -> Result<(), EngineError> {
-        if !self.plan.streams() {
-            return Ok(());
-        }
         let t = std::time::Instant::now();
-        let tapped = self.windower.take_tapped();
         if let Some((start, end, batches)) = self.windower.open_points().next() {
-            if self.plan.streaming(start) {
-                for (_, _, b) in tapped.iter().filter(|(s, _, _)| *s == start) {
-                    self.plan.feed(start, end, b)?;
-                }
-            } else {
-                for b in batches {
-                    self.plan.feed(start, end, b)?;
-                }
-            }
+            self.plan.feed_window(start, end, batches)?;
         }
         self.times.windows += t.elapsed();
         Ok(())

@@ -37,7 +37,7 @@ pub struct PlanOutput {
     /// The features.
     pub features: RecordBatch,
     /// The compute the plan spent on windows whose rows it was sent as they arrived
-    /// ([`FeaturePlan::feed`]), before this run.
+    /// ([`FeaturePlan::feed_window`]), before this run.
     pub streamed_compute: std::time::Duration,
 }
 
@@ -61,7 +61,7 @@ pub struct FeaturePlan {
     logs: Query,
     /// One run at a time: a run fills the tables its plan reads.
     running: tokio::sync::Mutex<()>,
-    /// Whether a window's run can start with the window ([`Self::feed`]).
+    /// Whether a window can have a run while it is open ([`Self::feed_window`]).
     streamable: bool,
     streams: streamed::Streams,
 }
@@ -188,28 +188,28 @@ impl FeaturePlan {
         Ok(plan)
     }
 
-    /// Whether the plan can run a window's rows as they are windowed ([`Self::feed`]): it is
+    /// Whether the plan can run a window's rows while it is open ([`Self::feed_window`]): it is
     /// planned once and reads `points` once.
     pub fn streams(&self) -> bool {
         self.streamable
     }
 
-    /// Sends a batch of window `[start_ms, end_ms)`'s points to the window's own run of the
-    /// plan, started with its first batch: the aggregation works through the rows while the
-    /// window is open, and [`Self::run`] at the close only waits for its output. Call it with
-    /// every batch the window receives, or not at all (a window whose run missed rows is run
-    /// from its rows at the close).
-    pub fn feed(&self, start_ms: i64, end_ms: i64, batch: &RecordBatch) -> Result<()> {
-        if !self.streamable || batch.num_rows() == 0 {
+    /// Sends the batches of window `[start_ms, end_ms)`'s points that its own run of the plan
+    /// has not seen (all of `batches`, the window's points so far, starting the run, the first
+    /// time): the aggregation works through the rows while the window is open, and
+    /// [`Self::run`] at the close only waits for its output. A window's batches are only ever
+    /// appended to; one whose rows were removed must have its run dropped
+    /// ([`Self::forget_streams`]), and a run that missed rows is not used at the close.
+    pub fn feed_window(&self, start_ms: i64, end_ms: i64, batches: &[RecordBatch]) -> Result<()> {
+        if !self.streamable {
             return Ok(());
         }
-        let b = with_window_span(&self.points_schema, batch, start_ms, end_ms)?;
-        self.streams.feed(start_ms, end_ms, b, || Ok(self.points.prepared.stream(&self.ctx, &self.points.table)?))
-    }
-
-    /// Whether window `start_ms` has a run under way.
-    pub fn streaming(&self, start_ms: i64) -> bool {
-        self.streams.has(start_ms)
+        let seen = self.streams.sent(start_ms);
+        for b in batches.get(seen..).unwrap_or_default() {
+            let b = with_window_span(&self.points_schema, b, start_ms, end_ms)?;
+            self.streams.feed(start_ms, end_ms, b, || Ok(self.points.prepared.stream(&self.ctx, &self.points.table)?))?;
+        }
+        Ok(())
     }
 
     /// Drops the runs of the open windows: rows left them other than by a close.
@@ -246,14 +246,16 @@ impl FeaturePlan {
     /// Runs the plan over `windows`: log signals first (they join the points), then the features.
     pub async fn run(&self, windows: &[ClosedWindow]) -> Result<PlanOutput> {
         let _one = self.running.lock().await;
-        let mut runs = self.streams.take(windows);
-        let mut parts = Vec::new();
-        for (w, run) in windows.iter().zip(runs.iter_mut()) {
-            match run {
-                Some(r) => parts.append(&mut r.fed),
-                None => parts.extend(w.batches.iter().map(|b| with_window(&self.points_schema, b, w)).collect::<Result<Vec<_>>>()?),
-            }
-        }
+        // Each window's points with their window columns, and its run if it saw them all.
+        let per_window = windows
+            .iter()
+            .zip(self.streams.take(windows))
+            .map(|(w, run)| match run {
+                Some(r) => Ok((r.fed, Some(r.run))),
+                None => Ok((self.points_rows(std::slice::from_ref(w))?, None)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut parts: Vec<RecordBatch> = per_window.iter().flat_map(|(rows, _)| rows.iter().cloned()).collect();
         let log_parts = windows.iter().flat_map(|w| w.logs.iter().map(move |b| with_window(&self.logs_schema, b, w))).collect::<Result<Vec<_>>>()?;
         let logs = concat_batches(&self.logs_schema, &log_parts)?;
         let mut signals = None;
@@ -282,7 +284,7 @@ impl FeaturePlan {
         if parts.is_empty() {
             parts.push(RecordBatch::new_empty(self.points_schema.clone()));
         }
-        if runs.iter().all(Option::is_none) {
+        if per_window.iter().all(|(_, run)| run.is_none()) {
             let features = conform(self.execute(parts.clone()).await?, &self.output_schema)?;
             return Ok(PlanOutput { points: parts, logs, features, streamed_compute: std::time::Duration::ZERO });
         }
@@ -291,21 +293,21 @@ impl FeaturePlan {
         let mut outputs = Vec::new();
         let mut rest: Vec<RecordBatch> = Vec::new();
         let mut streamed_compute = std::time::Duration::ZERO;
-        for (w, run) in windows.iter().zip(runs) {
+        for (w, (rows, run)) in windows.iter().zip(per_window) {
             let signals = signals.as_ref().map(|s| of_window(s, w.start_ms)).transpose()?.filter(|s| s.num_rows() > 0);
             match run {
-                Some(mut r) => {
+                Some(mut run) => {
                     if let Some(s) = signals {
                         // A run that stopped reports why from `finish`.
-                        let _ = r.run.send(&s);
+                        let _ = run.send(&s);
                     }
-                    let (batches, planned, compute) = r.run.finish().await?;
+                    let (batches, planned, compute) = run.finish().await?;
                     streamed_compute += compute;
                     let schema = batches.first().map(|b| b.schema()).unwrap_or(planned);
                     outputs.push(conform(concat_batches(&schema, &batches)?, &self.output_schema)?);
                 }
                 None => {
-                    rest.extend(w.batches.iter().map(|b| with_window(&self.points_schema, b, w)).collect::<Result<Vec<_>>>()?);
+                    rest.extend(rows);
                     rest.extend(signals);
                 }
             }

@@ -75,9 +75,9 @@ impl Streams {
         self.runs.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// Whether window `start_ms` has a run under way.
-    pub fn has(&self, start_ms: i64) -> bool {
-        self.runs.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&start_ms)
+    /// How many batches window `start_ms`'s run has been sent (0 without a run).
+    pub fn sent(&self, start_ms: i64) -> usize {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner()).get(&start_ms).map_or(0, |r| r.fed.len())
     }
 
     /// How many windows have a run under way.
@@ -103,9 +103,9 @@ mod tests {
             .collect()
     }
 
-    /// Three windows of 10 s over `hosts` series, pushed in polls of 700 points, plus log lines;
-    /// returns the windows and the point batches each window received, in order.
-    fn windows(hosts: usize) -> (Vec<ClosedWindow>, Vec<(i64, i64, RecordBatch)>) {
+    /// Three windows of 10 s over `hosts` series, pushed in polls of 700 points (so each window
+    /// holds a batch per poll), plus log lines.
+    fn windows(hosts: usize) -> Vec<ClosedWindow> {
         let points: Vec<String> = (0..hosts * 9)
             .map(|i| {
                 let (h, k) = (i % hosts, i / hosts);
@@ -116,16 +116,21 @@ mod tests {
             .map(|i| format!(r#"{{"ts": {}, "level": "{}", "service": "api", "message": "GET /cart 200 in {i} ms"}}"#, 1_000 + i * 1_000, if i % 4 == 0 { "error" } else { "info" }))
             .collect();
         let mut w = Windower::new(WindowConfig { size_ms: 10_000, allowed_lag_ms: 0, idle_timeout: std::time::Duration::from_secs(60) });
-        w.tap_points();
-        let recs = records(&points, "m");
-        for poll in recs.chunks(700) {
+        for poll in records(&points, "m").chunks(700) {
             let out = JsonPointDecoder::default().decode(poll).unwrap();
             w.push(&out.points, &out.positions).unwrap();
         }
         let logs = JsonLogDecoder::new(LogMapping::default(), DrainConfig::default(), Default::default()).unwrap().decode(&records(&logs, "logs")).unwrap();
         w.push_logs(&logs.logs, &logs.positions).unwrap();
-        let tapped = w.take_tapped();
-        (w.take_all(), tapped)
+        w.take_all()
+    }
+
+    /// Feeds each window's batches as they would arrive: after every poll, the window's points
+    /// so far.
+    fn feed_as_they_came(p: &FeaturePlan, w: &ClosedWindow, batches: &[RecordBatch]) {
+        for k in 1..=batches.len() {
+            p.feed_window(w.start_ms, w.end_ms, &batches[..k]).unwrap();
+        }
     }
 
     /// `f`'s rows ordered by window and series, so that runs giving their rows in another order
@@ -161,11 +166,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn windows_run_as_their_rows_arrive_give_what_running_their_rows_at_the_close_gives() {
         for partitions in [1, 2, 3] {
-            let (closed, tapped) = windows(2_000);
+            let closed = windows(2_000);
             let streamed = plan(partitions).await;
             assert!(streamed.streams());
-            for (s, e, b) in &tapped {
-                streamed.feed(*s, *e, b).unwrap();
+            // Three windows of points, each from several polls, and one of log lines alone.
+            assert_eq!(closed.iter().map(|w| w.batches.len()).filter(|n| *n > 1).count(), 3);
+            for w in &closed {
+                feed_as_they_came(&streamed, w, &w.batches);
             }
             assert_eq!(streamed.streaming_windows(), 3, "one run per open window");
             let got = streamed.run(&closed).await.unwrap();
@@ -182,20 +189,19 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_window_whose_run_missed_rows_is_run_from_its_rows() {
-        let (closed, tapped) = windows(500);
+        let closed = windows(500);
         let p = plan(2).await;
-        // The first window's first poll never reached its run (as when rows were windowed before
-        // the run began); the third window's run is dropped (a revoked partition).
-        let first = tapped.iter().position(|(s, _, _)| *s == closed[0].start_ms).unwrap();
-        for (i, (s, e, b)) in tapped.iter().enumerate() {
-            if i != first {
-                p.feed(*s, *e, b).unwrap();
-            }
+        // The first window's first poll never reached its run; the others' runs saw everything.
+        feed_as_they_came(&p, &closed[0], &closed[0].batches[1..]);
+        for w in &closed[1..] {
+            feed_as_they_came(&p, w, &w.batches);
         }
+        assert_eq!(p.streaming_windows(), 3);
         let want = plan(2).await.run(&closed).await.unwrap().features;
         assert_same(&p.run(&closed).await.unwrap().features, &want);
-        for (s, e, b) in &tapped {
-            p.feed(*s, *e, b).unwrap();
+        // Runs dropped (a revoked partition's rows left the windows): the close runs the rows.
+        for w in &closed {
+            feed_as_they_came(&p, w, &w.batches);
         }
         p.forget_streams();
         assert_eq!(p.streaming_windows(), 0);
@@ -208,9 +214,9 @@ mod tests {
                    FROM points GROUP BY window_start, window_end, series_id, series, name";
         let p = FeaturePlan::new(sql, "mean").await.unwrap();
         assert!(!p.streams());
-        let (closed, tapped) = windows(10);
-        for (s, e, b) in &tapped {
-            p.feed(*s, *e, b).unwrap();
+        let closed = windows(10);
+        for w in &closed {
+            feed_as_they_came(&p, w, &w.batches);
         }
         assert_eq!(p.streaming_windows(), 0);
         let f = p.run(&closed).await.unwrap().features;
