@@ -115,7 +115,7 @@ impl KafkaBenchReport {
              vigil engine      {:.2} s -> {:.0} events/s (decode, windows, feature SQL, scoring, decisions, publish, commit)\n\
              {ratio}\
              windows closed    {} ({} closes took more than one window)\n\
-             scored            {} of {} feature rows (series x windows past warm-up)\n\
+             scored            {} of {} feature rows (series x windows past warm-up); {} of them against baselines computed ahead\n\
              decisions         {}\n\
              close to ack      p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} closes with {} active series (window close to its decisions acknowledged by the broker)\n\
              scored closes     p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over the {} closes in which most feature rows were scored\n\
@@ -131,6 +131,7 @@ impl KafkaBenchReport {
             self.multi_window_closes,
             self.scored,
             self.feature_rows,
+            self.stages.scored_ahead,
             self.decisions,
             self.close_to_ack_ms[0],
             self.close_to_ack_ms[1],
@@ -160,6 +161,7 @@ impl KafkaBenchReport {
             ("scoring", c.scoring.as_secs_f64()),
             ("  ensemble", c.ensemble.as_secs_f64()),
             ("  fleet", c.fleet.as_secs_f64()),
+            ("  ahead (after closes)", c.ahead.as_secs_f64()),
             ("decisions", c.decisions.as_secs_f64()),
             ("poll", self.io.poll.as_secs_f64()),
             ("publish", self.io.publish.as_secs_f64()),

@@ -47,13 +47,15 @@ use crate::forecast::detect_period;
 use crate::Result;
 
 mod ahead;
+mod baseline;
 mod compact;
 mod order;
 mod ring;
 mod values;
 use ahead::{Ahead, AHEAD};
+use baseline::{Baselines, Prepared};
 use compact::{History, Refractory, Tail};
-use order::{location_scale_near, Hint};
+use order::Hint;
 use ring::Ring;
 use values::Values;
 
@@ -197,6 +199,10 @@ pub struct SeriesState {
     /// Last medians of the level, residual and shift-baseline windows (speed only).
     #[serde(skip)]
     hints: [Hint; 3],
+    /// Where its shard keeps the baselines computed ahead for this state, plus one (see
+    /// [`Detector::prepare`]).
+    #[serde(skip)]
+    prepared: Option<std::num::NonZeroU32>,
 }
 
 impl SeriesState {
@@ -239,6 +245,10 @@ struct Shard {
     /// states' blocks (kept between closes: a buffer of a few megabytes allocated per close is
     /// faulted in again).
     ahead: Vec<Ahead>,
+    /// Baselines computed ahead, in the order of the states' addresses ([`Detector::prepare`]).
+    prepared: Vec<Prepared>,
+    /// Values judged against baselines computed ahead.
+    scored_ahead: u64,
 }
 
 /// Rows below which a batch is scored on the calling thread.
@@ -320,7 +330,8 @@ impl Detector {
 
     /// Takes series state from a checkpoint (replacing what is held for those series).
     pub fn import(&mut self, states: Vec<(u64, SeriesState)>) {
-        for (id, st) in states {
+        for (id, mut st) in states {
+            st.prepared = None;
             let i = self.shard_of(id);
             self.shards[i].states.insert(id, Box::new(st));
         }
@@ -336,6 +347,29 @@ impl Detector {
     /// Values scored by [`Self::score_batch`] (past warm-up) since this detector was built.
     pub fn scored(&self) -> u64 {
         self.shards.iter().map(|s| s.scored).sum()
+    }
+
+    /// Computes ahead, for every series, what its next value will be judged against (see
+    /// `detector/baseline.rs`), each shard on a core of its own: most of scoring a value, done
+    /// before the value comes, so that the next close waits only for the rest. A series whose
+    /// state changes before its next value (or which needs anything else first: missing
+    /// windows, a period re-detection, re-anchoring) is judged from scratch; the scores are the
+    /// same either way. Returns the series prepared. Costs about 150 bytes per series until
+    /// the next call.
+    ///
+    /// `next_ms` is when the next values are expected (the start of the next window): a series
+    /// that missed windows before it is prepared as if its next value came then (the windows
+    /// it missed learned first, on a copy of its state), and used only for a value at that
+    /// time.
+    pub fn prepare(&mut self, next_ms: Option<i64>) -> usize {
+        let cfg = &self.cfg;
+        self.shards.par_iter_mut().map(|sh| sh.prepare(cfg, next_ms)).sum()
+    }
+
+    /// Values judged against baselines computed ahead ([`Self::prepare`]) since this detector
+    /// was built.
+    pub fn scored_ahead(&self) -> u64 {
+        self.shards.iter().map(|s| s.scored_ahead).sum()
     }
 
     /// Series whose values are held as 16-bit multiples of a quantum (see `values.rs`).
@@ -464,36 +498,26 @@ impl Shard {
             return None;
         }
         let st = self.states.entry(series_id).or_default();
+        // The baselines computed ahead for this state, if they are what judging this value
+        // would compute (see `baseline.rs`).
+        let ahead = st
+            .prepared
+            .and_then(|slot| self.prepared.get(slot.get() as usize - 1))
+            .filter(|p| p.id == series_id && p.seen == st.seen && p.hold_for(st, time_ms, value))
+            .map(|p| p.baselines);
         st.seen += 1;
         let band = time_ms.and_then(|t| st.forecast.as_ref()?.at(t));
         let cover = cfg.seasons * cfg.max_period + 1;
         if cfg.max_period >= 4 && st.history.is_none() {
             st.history = Some(Box::default());
         }
-        // Windows without data are not observed; carry the last value through them so that
-        // "one period ago" stays one period of time ago (the seasonal part counts values).
         if let Some(t) = time_ms {
-            if let Some(last) = st.last_ms.filter(|l| t > *l) {
-                let gap = t - last;
-                st.step_ms = if st.step_ms > 0 { st.step_ms.min(gap) } else { gap };
-                let missing = (gap / st.step_ms - 1).clamp(0, cover as i64) as usize;
-                if let Some(prev) = st.values.back() {
-                    let prev = st.anchor + f64::from(prev);
-                    for _ in 0..missing.min(cfg.history + cfg.shift_windows) {
-                        st.learn(prev, cfg.history + cfg.shift_windows);
-                    }
-                    if let Some(h) = st.history.as_mut() {
-                        for _ in 0..missing {
-                            h.push(prev, cover, st.period);
-                        }
-                    }
-                }
-            }
-            st.last_ms = Some(t);
+            st.fill_gap(cfg, t);
         }
 
         // Period (re)detection: at 64, 128, 256, … values, then every `seasons` longest periods,
-        // over the history at its resolution (a period is a whole number of its slots).
+        // over the history at its resolution (a period is a whole number of its slots). Never
+        // due for a state prepared ahead.
         if let Some(h) = st.history.as_ref().filter(|_| st.seen >= st.next_period_check.max(64)) {
             let every = (cfg.seasons.max(1) * cfg.max_period) as u64;
             st.next_period_check = if st.seen < every { st.seen * 2 } else { st.seen + every };
@@ -512,71 +536,12 @@ impl Shard {
         // first score comes after `warmup` values.
         let half_warm = (cfg.warmup / 2).max(3);
         let w = cfg.shift_windows;
-        let n = st.values.len();
-        let mut readings: [Option<Reading>; 4] = [None; 4];
-        let anchor = st.anchor;
-        let mut resid = None;
-        if n >= half_warm {
-            let h = cfg.history.min(n);
-            // Every value held, decoded once: the level and shift windows are slices of it.
-            let held = &mut self.held;
-            held.clear();
-            st.values.extend_into(0..n, anchor, held);
-            // Level: the last `history` values.
-            let s = &mut self.scratch;
-            s.clear();
-            s.extend_from_slice(&held[n - h..n]);
-            let (med, sigma) = location_scale_near(s, &mut st.hints[0]);
-            readings[Part::Level.index()] = Some(Reading { z: (value - med) / sigma, expected: med, sigma, support: h });
-            // Offsets stay precise while they are small against the spread: re-anchor otherwise
-            // (the offsets are rewritten, so the shift part decodes them again).
-            if (value - anchor).abs() > 4096.0 * sigma {
-                st.reanchor(value);
-                held.clear();
-                st.values.extend_into(0..n, st.anchor, held);
-            }
-
-            // Seasonal: median of the same phase in the last `seasons` periods.
-            if let (Some(p), Some(hist)) = (st.period, st.history.as_ref()) {
-                let now = hist.total();
-                s.clear();
-                s.extend((1..=cfg.seasons as u64).map_while(|j| now.checked_sub(j * p as u64).and_then(|g| hist.value_at(g))));
-                if !s.is_empty() {
-                    let k = s.len();
-                    let e = median(s);
-                    let r = value - e;
-                    if st.resid.len() >= half_warm {
-                        s.clear();
-                        st.resid.extend_into(0..st.resid.len(), s);
-                        let (rm, rs) = location_scale_near(s, &mut st.hints[1]);
-                        readings[Part::Seasonal.index()] = Some(Reading { z: (r - rm) / rs, expected: e + rm, sigma: rs, support: k * p });
-                    }
-                    resid = Some(r);
-                }
-            }
-
-            // Shift: the median of the last `w` values (or residuals) against the baseline before.
-            let on_resid = resid.is_some() && st.resid.len() >= half_warm.max(2 * w);
-            let (current, m) = if on_resid { (resid.unwrap_or(value), st.resid.len()) } else { (value, st.values.len()) };
-            let window = |range: std::ops::Range<usize>, out: &mut Vec<f64>| {
-                if on_resid {
-                    st.resid.extend_into(range, out);
-                } else {
-                    out.extend_from_slice(&held[range]);
-                }
-            };
-            if m >= w + half_warm {
-                let hb = cfg.history.min(m + 1 - w);
-                s.clear();
-                window(m + 1 - w - hb..m + 1 - w, s);
-                let (bm, bs) = location_scale_near(s, &mut st.hints[2]);
-                s.clear();
-                window(m + 1 - w..m, s);
-                s.push(current);
-                let recent = median(s);
-                readings[Part::Shift.index()] = Some(Reading { z: (recent - bm) / bs, expected: bm + (value - current), sigma: bs, support: hb });
-            }
-        }
+        self.scored_ahead += u64::from(ahead.is_some());
+        let baselines = match ahead {
+            Some(b) => b,
+            None => Baselines::of(st, cfg, &mut self.held, &mut self.scratch, Some(value)),
+        };
+        let (mut readings, resid) = baselines.readings(value, w);
 
         // Forecast: the value against the forecast's 95% band.
         if let Some((point, lower, upper)) = band {
@@ -649,6 +614,43 @@ impl Shard {
 }
 
 impl SeriesState {
+    /// Before a value at `t`: windows without data are not observed, so the last value is
+    /// carried through them, so that "one period ago" stays one period of time ago (the
+    /// seasonal part counts values).
+    #[inline(always)]
+    fn fill_gap(&mut self, cfg: &DetectorConfig, t: i64) {
+        let cover = cfg.seasons * cfg.max_period + 1;
+        if let Some(last) = self.last_ms.filter(|l| t > *l) {
+            let gap = t - last;
+            self.step_ms = if self.step_ms > 0 { self.step_ms.min(gap) } else { gap };
+            let missing = (gap / self.step_ms - 1).clamp(0, cover as i64) as usize;
+            if let Some(prev) = self.values.back() {
+                let prev = self.anchor + f64::from(prev);
+                for _ in 0..missing.min(cfg.history + cfg.shift_windows) {
+                    self.learn(prev, cfg.history + cfg.shift_windows);
+                }
+                if let Some(h) = self.history.as_mut() {
+                    for _ in 0..missing {
+                        h.push(prev, cover, self.period);
+                    }
+                }
+            }
+        }
+        self.last_ms = Some(t);
+    }
+
+    /// Whether a value at `t` finds windows missing before it (which [`Self::fill_gap`] learns).
+    fn gap_before(&self, t: i64) -> bool {
+        match self.last_ms {
+            Some(last) if t > last && !self.values.is_empty() => {
+                let gap = t - last;
+                let step = if self.step_ms > 0 { self.step_ms.min(gap) } else { gap };
+                gap / step > 1
+            }
+            _ => false,
+        }
+    }
+
     /// Remembers `value` among the last `cap` values (as its offset from the anchor).
     fn learn(&mut self, value: f64, cap: usize) {
         if self.values.is_empty() {

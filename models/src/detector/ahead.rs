@@ -41,7 +41,7 @@ impl Block {
 
     /// Asks the processor to bring the block into the cache.
     #[inline(always)]
-    fn fetch(self) {
+    pub(super) fn fetch(self) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};

@@ -87,6 +87,11 @@ pub struct StageTimes {
     pub ensemble: std::time::Duration,
     /// Of `scoring`: the fleet check's own time (one core, beside the ensemble).
     pub fleet: std::time::Duration,
+    /// The ensemble's baselines computed ahead, after a close's results were published and
+    /// before the next close (`Processor::prepare_scoring`; not part of any close).
+    pub ahead: std::time::Duration,
+    /// Feature rows judged against baselines computed ahead (of those scored).
+    pub scored_ahead: u64,
     /// Everything after scoring: forecasts observed, cost, SLOs, signals into incidents,
     /// policies, the gate, health.
     pub decisions: std::time::Duration,

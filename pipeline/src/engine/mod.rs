@@ -395,6 +395,11 @@ impl Engine {
         }
         self.commit_offsets()?;
         self.io_times.commit += t2.elapsed();
+        if windows > 0 {
+            // The results are out: what the next close will judge its values against is
+            // computed now, not while it is waited for.
+            self.core.prepare_scoring();
+        }
         Ok(out)
     }
 

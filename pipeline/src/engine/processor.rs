@@ -67,6 +67,8 @@ pub struct Processor {
     pub(super) windower: Windower,
     pub(super) plan: FeaturePlan,
     pub(super) detector: Detector,
+    /// The end of the last window closed: when the next values are expected.
+    next_window_ms: Option<i64>,
     /// Signals into incidents.
     pub(super) correlator: Correlator,
     /// The decision policies.
@@ -194,6 +196,7 @@ impl Processor {
             windower,
             plan,
             detector,
+            next_window_ms: None,
             correlator,
             policies,
             gate,
@@ -434,6 +437,7 @@ impl Processor {
             // So does noting the services the health score reads (its anomaly counts wait for
             // the scores).
             let end_ms = closed.last().map_or(i64::MIN, |w| w.end_ms);
+            self.next_window_ms = Some(end_ms);
             let (detector, fleet, feature, health) = (&mut self.detector, &mut self.fleet, &self.feature, &mut self.health_inputs);
             let ((anomalies, ensemble), (outliers, fleet)) = rayon::join(
                 || timed(|| detector.score_batch(&features, feature)),
@@ -543,7 +547,18 @@ impl Processor {
 
     /// Time spent in each stage so far.
     pub fn stage_times(&self) -> StageTimes {
-        self.times
+        StageTimes { scored_ahead: self.detector.scored_ahead(), ..self.times }
+    }
+
+    /// Computes ahead what every series' next value will be judged against (most of the
+    /// ensemble's work: see [`Detector::prepare`]), so that the next close waits only for the
+    /// rest. For the time between a close and the next, when the results of the close are
+    /// out; the scores are the same with or without. Returns the series prepared.
+    pub fn prepare_scoring(&mut self) -> usize {
+        let t = std::time::Instant::now();
+        let n = self.detector.prepare(self.next_window_ms);
+        self.times.ahead += t.elapsed();
+        n
     }
 
     /// The decoders' counters summed over every format, as of now.
