@@ -108,6 +108,8 @@ pub async fn run(cfg: &Config, synth: Synth, batch: usize) -> Result<MemoryRepor
         core.ingest(&records)?;
         if let Some(c) = core.close_ready().await? {
             publish_closed(c, &tables, &mut windows, &mut decisions, &mut feature_rows)?;
+            // As the engine does after a close: the next close's baselines, computed ahead.
+            core.prepare_scoring();
             r.rss_peak = r.rss_peak.max(status_bytes("VmRSS:"));
         }
     }

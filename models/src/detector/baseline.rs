@@ -196,6 +196,9 @@ impl Shard {
     fn prepare_inlined(&mut self, cfg: &DetectorConfig, next_ms: Option<i64>) -> usize {
         let Shard { states, held, scratch, prepared, .. } = self;
         prepared.clear();
+        // Sized to the series, not doubled as it fills: at a million series an entry is
+        // 168 bytes, and half a table left empty was 80 more megabytes.
+        prepared.reserve_exact(states.len());
         let half_warm = (cfg.warmup / 2).max(3);
         let mut order: Vec<(u64, &mut SeriesState)> = states.iter_mut().map(|(id, st)| (*id, &mut **st)).collect();
         order.sort_unstable_by_key(|(_, st)| std::ptr::from_ref::<SeriesState>(st) as usize);
@@ -292,6 +295,12 @@ mod tests {
     use super::*;
     use crate::detector::Detector;
     use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// What docs/BENCHMARKS.md and `Detector::prepare` say an entry computed ahead costs.
+    #[test]
+    fn a_series_prepared_ahead_takes_168_bytes() {
+        assert_eq!(std::mem::size_of::<Prepared>(), 168);
+    }
 
     /// The median of a window, from the order statistics of all but its newest value and that
     /// value, is the median of the whole window, bit for bit: windows of 2 to 30 values with
