@@ -354,7 +354,7 @@ impl Detector {
     /// before the value comes, so that the next close waits only for the rest. A series whose
     /// state changes before its next value (or which needs anything else first: missing
     /// windows, a period re-detection, re-anchoring) is judged from scratch; the scores are the
-    /// same either way. Returns the series prepared. Costs 168 bytes per series until
+    /// same either way. Returns the series prepared. Costs 152 bytes per series until
     /// the next call.
     ///
     /// `next_ms` is when the next values are expected (the start of the next window): a series
