@@ -115,7 +115,7 @@ impl KafkaBenchReport {
              vigil engine      {:.2} s -> {:.0} events/s (decode, windows, feature SQL, scoring, decisions, publish, commit)\n\
              {ratio}\
              windows closed    {} ({} closes took more than one window)\n\
-             scored            {} of {} feature rows (series x windows past warm-up); {} of them against baselines computed ahead\n\
+             scored            {} of {} feature rows (series x windows past warm-up); baselines computed ahead for {}, at the close for {}\n\
              decisions         {}\n\
              close to ack      p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} closes with {} active series (window close to its decisions acknowledged by the broker)\n\
              scored closes     p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over the {} closes in which most feature rows were scored\n\
@@ -132,6 +132,7 @@ impl KafkaBenchReport {
             self.scored,
             self.feature_rows,
             self.stages.scored_ahead,
+            self.stages.baselines_at_close,
             self.decisions,
             self.close_to_ack_ms[0],
             self.close_to_ack_ms[1],

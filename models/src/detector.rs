@@ -249,6 +249,8 @@ struct Shard {
     prepared: Vec<Prepared>,
     /// Values judged against baselines computed ahead.
     scored_ahead: u64,
+    /// Values that needed baselines and computed them when they came.
+    baselines_at_close: u64,
 }
 
 /// Rows below which a batch is scored on the calling thread.
@@ -370,6 +372,12 @@ impl Detector {
     /// was built.
     pub fn scored_ahead(&self) -> u64 {
         self.shards.iter().map(|s| s.scored_ahead).sum()
+    }
+
+    /// Values that needed baselines and had none computed ahead that held (see
+    /// [`Self::prepare`]), since this detector was built.
+    pub fn baselines_at_close(&self) -> u64 {
+        self.shards.iter().map(|s| s.baselines_at_close).sum()
     }
 
     /// Series whose values are held as 16-bit multiples of a quantum (see `values.rs`).
@@ -539,7 +547,10 @@ impl Shard {
         self.scored_ahead += u64::from(ahead.is_some());
         let baselines = match ahead {
             Some(b) => b,
-            None => Baselines::of(st, cfg, &mut self.held, &mut self.scratch, Some(value)),
+            None => {
+                self.baselines_at_close += u64::from(st.values.len() >= half_warm);
+                Baselines::of(st, cfg, &mut self.held, &mut self.scratch, Some(value))
+            }
         };
         let (mut readings, resid) = baselines.readings(value, w);
 

@@ -90,8 +90,10 @@ pub struct StageTimes {
     /// The ensemble's baselines computed ahead, after a close's results were published and
     /// before the next close (`Processor::prepare_scoring`; not part of any close).
     pub ahead: std::time::Duration,
-    /// Feature rows judged against baselines computed ahead (of those scored).
+    /// Feature rows judged against baselines computed ahead.
     pub scored_ahead: u64,
+    /// Feature rows that needed baselines and computed them at the close.
+    pub baselines_at_close: u64,
     /// Everything after scoring: forecasts observed, cost, SLOs, signals into incidents,
     /// policies, the gate, health.
     pub decisions: std::time::Duration,

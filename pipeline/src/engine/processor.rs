@@ -547,7 +547,7 @@ impl Processor {
 
     /// Time spent in each stage so far.
     pub fn stage_times(&self) -> StageTimes {
-        StageTimes { scored_ahead: self.detector.scored_ahead(), ..self.times }
+        StageTimes { scored_ahead: self.detector.scored_ahead(), baselines_at_close: self.detector.baselines_at_close(), ..self.times }
     }
 
     /// Computes ahead what every series' next value will be judged against (most of the
