@@ -81,6 +81,14 @@ pub struct DetectorConfig {
     pub anomaly_threshold: f64,
 }
 
+impl DetectorConfig {
+    /// Values a baseline needs: half the warm-up (the other half fills each part's
+    /// calibration, so the first score comes after `warmup` values).
+    fn half_warm(&self) -> usize {
+        (self.warmup / 2).max(3)
+    }
+}
+
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self { history: 240, warmup: 20, max_period: 0, seasons: 3, shift_windows: 24, calibration: 8000, refractory: 120, anomaly_threshold: 0.99 }
@@ -540,9 +548,7 @@ impl Shard {
             }
         }
 
-        // Baselines need half the warm-up; the other half fills each part's calibration, so the
-        // first score comes after `warmup` values.
-        let half_warm = (cfg.warmup / 2).max(3);
+        let half_warm = cfg.half_warm();
         let w = cfg.shift_windows;
         self.scored_ahead += u64::from(ahead.is_some());
         let baselines = match ahead {
@@ -631,10 +637,9 @@ impl SeriesState {
     #[inline(always)]
     fn fill_gap(&mut self, cfg: &DetectorConfig, t: i64) {
         let cover = cfg.seasons * cfg.max_period + 1;
-        if let Some(last) = self.last_ms.filter(|l| t > *l) {
-            let gap = t - last;
-            self.step_ms = if self.step_ms > 0 { self.step_ms.min(gap) } else { gap };
-            let missing = (gap / self.step_ms - 1).clamp(0, cover as i64) as usize;
+        if let Some((step, missed)) = self.windows_missed(t) {
+            self.step_ms = step;
+            let missing = missed.clamp(0, cover as i64) as usize;
             if let Some(prev) = self.values.back() {
                 let prev = self.anchor + f64::from(prev);
                 for _ in 0..missing.min(cfg.history + cfg.shift_windows) {
@@ -650,16 +655,17 @@ impl SeriesState {
         self.last_ms = Some(t);
     }
 
+    /// For a value at `t` after the last one: the smallest spacing seen, this gap included,
+    /// and how many windows of it are missing in between.
+    fn windows_missed(&self, t: i64) -> Option<(i64, i64)> {
+        let gap = t - self.last_ms.filter(|l| t > *l)?;
+        let step = if self.step_ms > 0 { self.step_ms.min(gap) } else { gap };
+        Some((step, gap / step - 1))
+    }
+
     /// Whether a value at `t` finds windows missing before it (which [`Self::fill_gap`] learns).
     fn gap_before(&self, t: i64) -> bool {
-        match self.last_ms {
-            Some(last) if t > last && !self.values.is_empty() => {
-                let gap = t - last;
-                let step = if self.step_ms > 0 { self.step_ms.min(gap) } else { gap };
-                gap / step > 1
-            }
-            _ => false,
-        }
+        !self.values.is_empty() && self.windows_missed(t).is_some_and(|(_, missed)| missed > 0)
     }
 
     /// Remembers `value` among the last `cap` values (as its offset from the anchor).

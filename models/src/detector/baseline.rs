@@ -82,7 +82,7 @@ impl Baselines {
     /// too far from their anchor for single precision, as the level's spread measures it.
     #[inline(always)]
     pub(super) fn of(st: &mut SeriesState, cfg: &DetectorConfig, held: &mut Vec<f64>, s: &mut Vec<f64>, value: Option<f64>) -> Self {
-        let half_warm = (cfg.warmup / 2).max(3);
+        let half_warm = cfg.half_warm();
         let w = cfg.shift_windows;
         let n = st.values.len();
         let mut b = Self::default();
@@ -199,7 +199,7 @@ impl Shard {
         // Sized to the series, not doubled as it fills: an entry is 152 bytes, so at a million
         // series half a table left empty would be 76 megabytes.
         prepared.reserve_exact(states.len());
-        let half_warm = (cfg.warmup / 2).max(3);
+        let half_warm = cfg.half_warm();
         let mut order: Vec<(u64, &mut SeriesState)> = states.iter_mut().map(|(id, st)| (*id, &mut **st)).collect();
         order.sort_unstable_by_key(|(_, st)| std::ptr::from_ref::<SeriesState>(st) as usize);
         for k in 0..order.len() {

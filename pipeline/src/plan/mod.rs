@@ -435,8 +435,6 @@ fn of_window(points: &RecordBatch, start_ms: i64) -> Result<RecordBatch> {
     Ok(arrow::compute::filter_record_batch(points, &mask)?)
 }
 
-/// Gives `batch` exactly `schema` (the one the `features` table was created with), casting
-/// columns whose physical type differs between planning an empty table and running a full one.
 /// `concat_batches` with each column copied on a core of its own: a close waits for its
 /// features, 100,000 rows of a dozen columns in one batch per partition of the plan.
 fn concat_columns(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
@@ -458,6 +456,8 @@ fn concat_columns(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordB
     Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }
 
+/// Gives `batch` exactly `schema` (the one the `features` table was created with), casting
+/// columns whose physical type differs between planning an empty table and running a full one.
 fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema() == *schema {
         return Ok(batch);
