@@ -140,6 +140,7 @@ impl BenchReport {
         let rows = [
             ("decode", c.decode),
             ("windows", c.windows),
+            ("new series", c.admit),
             ("feature plan", c.features),
             ("  while open", c.features_streamed),
             ("scoring", c.scoring),

@@ -152,11 +152,12 @@ impl KafkaBenchReport {
 
     fn render_stages(&self) -> String {
         let c = &self.stages;
-        let core = c.decode + c.windows + c.features + c.scoring + c.decisions;
+        let core = c.decode + c.windows + c.admit + c.features + c.scoring + c.decisions;
         let rest = (self.engine_s - core.as_secs_f64()).max(0.0);
         [
             ("decode", c.decode.as_secs_f64()),
             ("windows", c.windows.as_secs_f64()),
+            ("new series' state", c.admit.as_secs_f64()),
             ("feature plan", c.features.as_secs_f64()),
             ("  while open (beside)", c.features_streamed.as_secs_f64()),
             ("scoring", c.scoring.as_secs_f64()),

@@ -203,6 +203,26 @@ impl FleetDetector {
         Some((g, m))
     }
 
+    /// The slots of a series seen for the first time. Its key is parsed once: the slots are
+    /// remembered by series id (while there is room for as many series as the groups may hold).
+    fn place_once(&mut self, id: u64, key: &str, name: &str) -> Option<(u32, u32)> {
+        let p = self.place(id, key, name);
+        if self.places.len() < self.cfg.max_groups * self.cfg.max_members {
+            self.places.insert(id, p);
+        }
+        p
+    }
+
+    /// Gives a series its group and member slots (its ring allocated) before its first feature
+    /// row, as that row would, if it has none: the engine calls it as a series' first points
+    /// arrive, while their window is open, so that a close does not parse the keys of and
+    /// allocate for every series it sees first. Verdicts are the same with or without.
+    pub fn admit(&mut self, id: u64, key: &str, name: &str) {
+        if !self.places.contains_key(&id) {
+            self.place_once(id, key, name);
+        }
+    }
+
     /// Learns the `feature` column of a `features` batch and returns the members that became
     /// outlying, in the [`anomalies_schema`] (part `fleet`).
     ///
@@ -222,17 +242,9 @@ impl FleetDetector {
                 continue;
             }
             let id = c.series_id.value(i);
-            // A series key is parsed once: its slots are remembered by series id (while there
-            // is room for as many series as the groups may hold).
             let place = match self.places.get(&id) {
                 Some(p) => *p,
-                None => {
-                    let p = self.place(id, c.series.value(i), c.name.value(i));
-                    if self.places.len() < self.cfg.max_groups * self.cfg.max_members {
-                        self.places.insert(id, p);
-                    }
-                    p
-                }
+                None => self.place_once(id, c.series.value(i), c.name.value(i)),
             };
             if let Some((g, m)) = place {
                 placed.push((g, m, i as u32));
@@ -525,6 +537,37 @@ mod tests {
         assert_eq!(a.len(), 120);
         assert!(a.iter().all(|m| m.2.len() == 4), "every member holds a full window");
         assert_eq!(a, b);
+    }
+
+    /// The engine gives a series its slots when its first points arrive, in arrival order:
+    /// members admitted so, in another order than their rows', report the same outliers and
+    /// hold the same values as members placed by their first rows.
+    #[test]
+    fn members_admitted_before_their_first_rows_judge_as_members_placed_by_them() {
+        let cfg = FleetConfig { window: 10, ..Default::default() };
+        let (mut placed, mut admitted) = (FleetDetector::new(cfg.clone()), FleetDetector::new(cfg));
+        for (h, key) in HOSTS.iter().enumerate().rev() {
+            admitted.admit(h as u64, key, "cpu");
+            admitted.admit(h as u64, key, "cpu");
+        }
+        assert_eq!(admitted.groups(), 1);
+        let rows = |out: RecordBatch| -> Vec<(String, String)> {
+            let (s, e) = (out.column(3).as_string::<i32>(), out.column(13).as_string::<i32>());
+            (0..out.num_rows()).map(|i| (s.value(i).to_string(), e.value(i).to_string())).collect()
+        };
+        let mut found = 0;
+        for w in 0..60i64 {
+            let values: Vec<(&str, f64)> = (0..HOSTS.len()).map(|h| (HOSTS[h], if h == 2 && w >= 30 { 0.95 } else { normal(h, w) })).collect();
+            let b = batch(w, &values);
+            let (a, z) = (rows(placed.observe(&b, "mean").unwrap()), rows(admitted.observe(&b, "mean").unwrap()));
+            assert_eq!(a, z, "window {w}");
+            found += a.len();
+        }
+        assert_eq!(found, 1, "the host that left its fleet");
+        let held = |d: &FleetDetector| -> Vec<(String, String, Vec<f64>)> {
+            d.export().into_iter().flat_map(|(k, g)| g.members.into_iter().map(move |(n, m)| (k.clone(), n, m.values.into_iter().collect()))).collect()
+        };
+        assert_eq!(held(&placed), held(&admitted));
     }
 
     #[test]

@@ -126,6 +126,33 @@ impl HealthInputs {
         self.correlate_by.iter().find_map(|l| labels.get(l).cloned()).map(|s| (name, s))
     }
 
+    /// Parses a series key seen for the first time: its service, and whether it is a log error
+    /// ratio.
+    fn learn_series(&mut self, id: u64, series: &str) -> Option<(bool, u32)> {
+        let parsed = self.service_of(series).map(|(name, svc)| {
+            let ix = match self.service_index.get(&svc) {
+                Some(&ix) => ix,
+                None => {
+                    let ix = self.service_names.len() as u32;
+                    self.service_names.push(svc.clone());
+                    self.service_index.insert(svc, ix);
+                    ix
+                }
+            };
+            (name == "log_error_ratio", ix)
+        });
+        self.known.insert(id, parsed);
+        parsed
+    }
+
+    /// Parses the key of a series before its first close, if it is new (the engine calls it as
+    /// a series' first points arrive, so that a close does not parse every new key).
+    pub fn admit(&mut self, id: u64, series: &str) {
+        if self.known.len() < 1_000_000 && !self.known.contains_key(&id) {
+            self.learn_series(id, series);
+        }
+    }
+
     /// Notes a close: the services of its features, the log error ratio, its anomaly rows.
     pub fn observe(&mut self, features: &RecordBatch, feature: &str, anomalies: &RecordBatch, end_ms: i64) {
         self.observe_features(features, feature, end_ms);
@@ -148,22 +175,7 @@ impl HealthInputs {
                 // One lookup for a known series (all but the first close of each).
                 let known = match self.known.get(&id) {
                     Some(k) => *k,
-                    None => {
-                        let parsed = self.service_of(series.value(i)).map(|(name, svc)| {
-                            let ix = match self.service_index.get(&svc) {
-                                Some(&ix) => ix,
-                                None => {
-                                    let ix = self.service_names.len() as u32;
-                                    self.service_names.push(svc.clone());
-                                    self.service_index.insert(svc, ix);
-                                    ix
-                                }
-                            };
-                            (name == "log_error_ratio", ix)
-                        });
-                        self.known.insert(id, parsed);
-                        parsed
-                    }
+                    None => self.learn_series(id, series.value(i)),
                 };
                 let Some((is_log_errors, ix)) = known else { continue };
                 if self.seen.len() < self.service_names.len() {

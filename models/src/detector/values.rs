@@ -108,6 +108,14 @@ impl Values {
         }
     }
 
+    /// Allocates the ring at `cap` values, as the first [`Self::push`] would.
+    pub(crate) fn reserve(&mut self, cap: usize) {
+        match self {
+            Values::Coded { codes, .. } => codes.reserve_exact(cap.saturating_sub(codes.len())),
+            Values::Floats(v) => v.reserve_exact(cap.saturating_sub(v.len())),
+        }
+    }
+
     /// Appends `offset`, dropping the oldest beyond `cap`; the ring is allocated once, at
     /// exactly `cap`.
     #[inline]
@@ -128,7 +136,7 @@ impl Values {
             all.remove(0);
         }
         all.push(offset);
-        *self = Self::from_offsets(&all, cap);
+        self.recode(&all, cap);
     }
 
     /// Rewrites every offset as `f(offset)` (a new anchor).
@@ -141,7 +149,7 @@ impl Values {
         }
         let cap = self.capacity();
         let all: Vec<f32> = self.offsets().into_iter().map(f).collect();
-        *self = Self::from_offsets(&all, cap);
+        self.recode(&all, cap);
     }
 
     fn capacity(&self) -> usize {
@@ -158,10 +166,25 @@ impl Values {
         }
     }
 
-    /// The ring of `offsets`, coded with the coarsest quantum that codes them all, if any.
-    fn from_offsets(offsets: &[f32], cap: usize) -> Self {
+    /// Codes `offsets` anew: with the coarsest quantum that codes them all, if any, in the
+    /// ring's own block when it holds codes (a series' first values finding their quantum
+    /// allocate nothing), else as floats.
+    fn recode(&mut self, offsets: &[f32], cap: usize) {
+        let reuse = match self {
+            Values::Coded { codes, .. } => std::mem::take(codes),
+            Values::Floats(_) => VecDeque::new(),
+        };
+        *self = Self::from_offsets(offsets, cap, reuse);
+    }
+
+    /// The ring of `offsets`, coded with the coarsest quantum that codes them all, if any
+    /// (in `codes`' block when it is large enough).
+    fn from_offsets(offsets: &[f32], cap: usize, mut codes: VecDeque<i16>) -> Self {
         let cap = cap.max(offsets.len());
-        let mut codes = VecDeque::with_capacity(cap);
+        codes.clear();
+        if codes.capacity() < cap {
+            codes.reserve_exact(cap);
+        }
         for q in 0..QUANTA.len() {
             codes.clear();
             if offsets.iter().all(|d| code(*d, q).map(|k| codes.push_back(k)).is_some()) {
@@ -255,6 +278,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A series' first values find their quantum (0, then 3.5, then 0.25 away from the anchor)
+    /// in the ring allocated when the series arrived: recoding allocates nothing.
+    #[test]
+    fn values_that_need_a_finer_quantum_are_recoded_in_the_rings_own_block() {
+        let mut ring = Values::default();
+        ring.reserve(264);
+        let codes = |v: &Values| match v {
+            Values::Coded { codes, quantum } => (codes.as_slices().0.as_ptr() as usize, codes.capacity(), *quantum),
+            Values::Floats(_) => panic!("floats: {v:?}"),
+        };
+        let (block, cap, _) = codes(&ring);
+        for d in [0.0f32, 3.5, 0.25, 7.0] {
+            ring.push(d, 264);
+        }
+        let (at, cap_after, quantum) = codes(&ring);
+        assert_eq!((at, cap_after), (block, cap), "the ring was reallocated");
+        assert_eq!(QUANTA[usize::from(quantum)], 1e-2);
+        assert_eq!(held(&ring), [0.0f32, 3.5, 0.25, 7.0].map(f32::to_bits));
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub struct StageTimes {
     /// The ensemble's baselines computed ahead, after a close's results were published and
     /// before the next close (`Processor::prepare_scoring`; not part of any close).
     pub ahead: std::time::Duration,
+    /// Creating the scoring state of new series as their first points arrive, before the close
+    /// of their first window (`Processor::ingest`; not part of any close).
+    pub admit: std::time::Duration,
     /// Feature rows judged against baselines computed ahead.
     pub scored_ahead: u64,
     /// Feature rows that needed baselines and computed them at the close.

@@ -69,3 +69,20 @@ fn feature_rows_of_several_windows_are_put_oldest_first_keeping_their_order_with
     let one = batch(vec![10, 10, 10], vec![3, 1, 2]);
     assert_eq!(in_window_order(one.clone()).unwrap(), one);
 }
+
+/// The ensemble's state of a series is created as its first points arrive, before the close
+/// of their window, once per series; the close then finds it and scores into it.
+#[tokio::test]
+async fn new_series_get_their_scoring_state_at_ingest_before_their_first_close() {
+    let mut p = Processor::new(&Config::default()).await.unwrap();
+    let raw = poll_with_rejects();
+    p.ingest(&raw[..3000]).unwrap();
+    assert_eq!(p.series(), 50, "one state per host, before any close");
+    let took = p.stage_times().admit;
+    assert!(took > std::time::Duration::ZERO);
+    p.ingest(&raw[3000..]).unwrap();
+    assert_eq!(p.series(), 50, "known series are not admitted again");
+    let closed = p.close_all().await.unwrap().unwrap();
+    assert_eq!(p.series(), 50);
+    assert_eq!(closed.features.num_rows(), 300, "50 series in each of 6 windows of 10 s");
+}

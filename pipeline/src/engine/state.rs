@@ -339,15 +339,17 @@ impl Owners {
         i
     }
 
-    /// Notes the partition of every row of a points batch.
-    pub fn note(&mut self, points: &RecordBatch, positions: &[SourcePos]) {
+    /// Notes the partition of every row of a points batch. Returns the rows at which series
+    /// not seen before (by this member) first appear.
+    pub fn note(&mut self, points: &RecordBatch, positions: &[SourcePos]) -> Vec<u32> {
+        let mut new = Vec::new();
         if points.num_rows() == 0 {
-            return;
+            return new;
         }
         let ids = points.column(1).as_primitive::<UInt64Type>();
         let mut last: Option<(i32, *const str, u32)> = None;
         let mut last_id = None;
-        for (id, p) in ids.values().iter().zip(positions) {
+        for (row, (id, p)) in ids.values().iter().zip(positions).enumerate() {
             let idx = match last {
                 Some((part, t, i)) if part == p.partition && std::ptr::eq(t, Arc::as_ptr(&p.topic)) => i,
                 _ => {
@@ -368,9 +370,11 @@ impl Owners {
                 }
                 std::collections::hash_map::Entry::Vacant(e) => {
                     e.insert(idx);
+                    new.push(row as u32);
                 }
             }
         }
+        new
     }
 
     /// A predicate selecting the series of `parts`.
