@@ -14,6 +14,37 @@ use vigil::Config;
 pub struct Kafka {
     pub cluster: MockCluster<'static, DefaultProducerContext>,
     pub brokers: String,
+    /// The checkpoint directories of the configurations handed out, removed with the cluster.
+    scratch: std::sync::Mutex<Vec<Scratch>>,
+}
+
+/// A directory of its own under the system's temporary directory, removed when the test
+/// passes and kept, with its logs and checkpoints, when it fails.
+#[derive(Debug)]
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// Creates `<temp>/vigil-<name>-<unique>`.
+    pub fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("vigil-{name}-{}", crate::process::unique()));
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
+        Self(d)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 impl Kafka {
@@ -26,7 +57,7 @@ impl Kafka {
         cluster.create_topic("vigil.decisions", 2, 1).unwrap();
         cluster.create_topic("vigil.late", 1, 1).unwrap();
         cluster.create_topic("vigil.feedback", 1, 1).unwrap();
-        Self { cluster, brokers }
+        Self { cluster, brokers, scratch: Default::default() }
     }
 
     pub fn config(&self, group: &str) -> Config {
@@ -38,7 +69,9 @@ impl Kafka {
         c.kafka.consumer.insert("session.timeout.ms".into(), "6000".into());
         c.kafka.consumer.insert("heartbeat.interval.ms".into(), "500".into());
         // Each test's checkpoints in a directory of its own.
-        c.checkpoint.url = std::env::temp_dir().join(format!("vigil-e2e-{group}-{}", rand_id())).display().to_string();
+        let dir = Scratch::new(&format!("e2e-{group}"));
+        c.checkpoint.url = dir.display().to_string();
+        self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
         c.validate().unwrap();
         c
     }

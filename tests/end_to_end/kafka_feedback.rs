@@ -19,8 +19,7 @@ async fn answer(brokers: &str, payload: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_policy_publishes_only_once_approved_on_the_feedback_topic() {
     let kafka = Kafka::start(1);
-    let dir = std::env::temp_dir().join(format!("vigil-feedback-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::Scratch::new("feedback");
     let policies = dir.join("policies.toml");
     std::fs::write(
         &policies,

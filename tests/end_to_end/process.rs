@@ -22,7 +22,7 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A fresh directory under the system's temporary directory.
+/// A name no other test of any run has: process id, clock nanoseconds, a counter.
 pub fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -30,10 +30,8 @@ pub fn unique() -> String {
     format!("{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vigil-{name}-{}", unique()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+pub fn temp_dir(name: &str) -> crate::common::Scratch {
+    crate::common::Scratch::new(name)
 }
 
 /// A configuration file for `vigil run`: brokers, group, checkpoints every second in

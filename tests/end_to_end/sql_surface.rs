@@ -290,8 +290,7 @@ async fn credentials_are_refused_and_accepted_and_a_bad_certificate_stops_the_st
     assert!(e.contains("SQLSURFACE_TEST_UNSET"), "{e}");
 
     // TLS: a certificate that does not load stops the start; a good one serves TLS.
-    let dir = std::env::temp_dir().join(format!("vigil-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::Scratch::new("tls");
     std::fs::write(dir.join("bad.pem"), "not a certificate").unwrap();
     let bad = ServerConfig { tls_cert: Some(dir.join("bad.pem")), tls_key: Some(dir.join("bad.pem")), ..server_config() };
     let e = vigil_queries::start(&bad, tables.clone(), functions(), probes()).unwrap_err().to_string();
