@@ -1250,9 +1250,11 @@ mod tests {
         let cfg = DetectorConfig { history: 60, warmup: 10, max_period: 24, seasons: 3, shift_windows: 8, calibration: 200, refractory: 5, anomaly_threshold: 0.99 };
         let mut plain = Detector::with_shards(cfg.clone(), 2);
         let mut admitted = Detector::with_shards(cfg, 2);
-        let ids: Vec<u64> = (0..30u64).map(|i| i << 40 | i).collect();
+        let ids: Vec<u64> = (1..=30u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
         assert_eq!(admitted.admit(&ids[..20]), 20);
         assert_eq!(admitted.admit(&ids), 10, "a series with state is not admitted again");
+        assert!(admitted.shards.iter().all(|sh| !sh.states.is_empty()), "both shards hold series");
+        assert!(ids.iter().all(|id| admitted.shards[admitted.shard_of(*id)].states.contains_key(id)), "each in its own shard");
         assert_eq!(admitted.series(), 30);
         let mut rng = StdRng::seed_from_u64(9);
         for t in 0..200i64 {

@@ -216,7 +216,9 @@ impl FleetDetector {
     /// Gives a series its group and member slots (its ring allocated) before its first feature
     /// row, as that row would, if it has none: the engine calls it as a series' first points
     /// arrive, while their window is open, so that a close does not parse the keys of and
-    /// allocate for every series it sees first. Verdicts are the same with or without.
+    /// allocate for every series it sees first. Verdicts are the same with or without while
+    /// the groups have room; at `max_members` or `max_groups`, members take the slots left in
+    /// the order they are admitted (rather than in the order of the first close's rows).
     pub fn admit(&mut self, id: u64, key: &str, name: &str) {
         if !self.places.contains_key(&id) {
             self.place_once(id, key, name);

@@ -291,12 +291,16 @@ mod tests {
             Values::Floats(_) => panic!("floats: {v:?}"),
         };
         let (block, cap, _) = codes(&ring);
+        let mut quanta = Vec::new();
+        // Checked after every push: a new block per recode, with the old one freed and handed
+        // back by the next, would end where it began.
         for d in [0.0f32, 3.5, 0.25, 7.0] {
             ring.push(d, 264);
+            let (at, cap_after, quantum) = codes(&ring);
+            assert_eq!((at, cap_after), (block, cap), "the ring was reallocated at {d}");
+            quanta.push(QUANTA[usize::from(quantum)]);
         }
-        let (at, cap_after, quantum) = codes(&ring);
-        assert_eq!((at, cap_after), (block, cap), "the ring was reallocated");
-        assert_eq!(QUANTA[usize::from(quantum)], 1e-2);
+        assert_eq!(quanta, [1e6, 1e-1, 1e-2, 1e-2], "a finer quantum twice");
         assert_eq!(held(&ring), [0.0f32, 3.5, 0.25, 7.0].map(f32::to_bits));
     }
 

@@ -102,6 +102,11 @@ pub struct Processor {
     health_every_ms: i64,
     next_health_ms: i64,
     correlate_by: Vec<String>,
+    /// Whether new series' scoring state is created as their points arrive: with the shipped
+    /// features SQL, which gives every series with points in a window a feature row at its
+    /// close (a SQL of one's own may leave series out, and their state would be held for
+    /// nothing).
+    admit_ahead: bool,
     times: StageTimes,
 }
 
@@ -217,6 +222,7 @@ impl Processor {
             health_every_ms: cfg.health.every.as_millis() as i64,
             next_health_ms: i64::MIN,
             correlate_by: cfg.incidents.correlate_by.clone(),
+            admit_ahead: sql == crate::DEFAULT_FEATURES_SQL,
             times: StageTimes::default(),
         })
     }
@@ -292,8 +298,9 @@ impl Processor {
             let mut admitting = std::time::Duration::ZERO;
             for d in decoded {
                 let new = self.owner.note(&d.points, &d.positions);
-                admitting += self.admit(&d.points, &new);
-                pushed.add(self.windower.push(&d.points, &d.positions)?);
+                let p = self.windower.push(&d.points, &d.positions)?;
+                admitting += self.admit(&d.points, &new, p);
+                pushed.add(p);
                 rejected.extend(d.rejected);
             }
             self.feed_plan()?;
@@ -314,12 +321,14 @@ impl Processor {
             };
             let t1 = std::time::Instant::now();
             self.times.decode += t1 - t;
+            let mut admitting = std::time::Duration::ZERO;
             let p = match decoded {
                 Decoded::Points(d) => {
                     rejected.extend(d.rejected);
                     let new = self.owner.note(&d.points, &d.positions);
-                    self.admit(&d.points, &new);
-                    self.windower.push(&d.points, &d.positions)?
+                    let p = self.windower.push(&d.points, &d.positions)?;
+                    admitting = self.admit(&d.points, &new, p);
+                    p
                 }
                 Decoded::Logs(d) => {
                     rejected.extend(d.rejected);
@@ -330,7 +339,7 @@ impl Processor {
                     crate::PushStats { late: self.push_costs(d)?, ..Default::default() }
                 }
             };
-            self.times.windows += t1.elapsed();
+            self.times.windows += t1.elapsed().saturating_sub(admitting);
             pushed.add(p);
         }
         self.feed_plan()?;
@@ -340,11 +349,14 @@ impl Processor {
     /// Creates the scoring state of the series first seen at `rows` of `points` (the ensemble's,
     /// the fleet check's, what health reads), so that the close of their first window does not
     /// (at 100,000 series that was most of the first closes' time: allocating the states and
-    /// faulting their pages in, parsing the keys). A series whose first point has no finite
-    /// value is left to its first close, which skips such values. Returns the time taken.
-    fn admit(&mut self, points: &arrow::array::RecordBatch, rows: &[u32]) -> std::time::Duration {
+    /// faulting their pages in, parsing the keys). Only where the close would create the same
+    /// state: with the shipped features SQL, and for a batch the windower took whole (a series
+    /// whose points were late or replayed may never have a feature row); a series whose first
+    /// point has no finite value is left too. The close creates what is left, as it always
+    /// did. Returns the time taken.
+    fn admit(&mut self, points: &arrow::array::RecordBatch, rows: &[u32], pushed: crate::PushStats) -> std::time::Duration {
         use arrow::array::{Array, AsArray};
-        if rows.is_empty() {
+        if rows.is_empty() || !self.admit_ahead || pushed.late + pushed.replayed > 0 {
             return std::time::Duration::ZERO;
         }
         let t = std::time::Instant::now();

@@ -86,3 +86,36 @@ async fn new_series_get_their_scoring_state_at_ingest_before_their_first_close()
     assert_eq!(p.series(), 50);
     assert_eq!(closed.features.num_rows(), 300, "50 series in each of 6 windows of 10 s");
 }
+
+/// Where the close might not give a series a feature row, ingest leaves its state to the
+/// close: with a features SQL of one's own (it may leave series out), and for a batch with
+/// late rows.
+#[tokio::test]
+async fn new_series_are_left_to_their_close_with_a_features_sql_of_ones_own_or_late_rows() {
+    let point = |host: &str, ts: i64, offset: i64| RawRecord {
+        payload: Some(format!(r#"{{"ts": {ts}, "name": "cpu", "labels": {{"host": "{host}"}}, "value": 1.5}}"#).into_bytes()),
+        key: None,
+        pos: SourcePos { topic: "m".into(), partition: 0, offset },
+    };
+    let t0 = 1_700_000_000_000i64;
+    // Late: the watermark is a minute on when the new series' points come.
+    let mut p = Processor::new(&Config::default()).await.unwrap();
+    p.ingest(&[point("a", t0 + 60_000, 0)]).unwrap();
+    assert_eq!(p.series(), 1);
+    let (_, pushed) = p.ingest(&[point("b", t0 + 60_001, 1), point("late", t0, 2)]).unwrap();
+    assert_eq!(pushed.late, 1);
+    assert_eq!(p.series(), 1, "a batch with late rows is left to the close");
+    // A features SQL of one's own.
+    let dir = std::env::temp_dir().join(format!("vigil-own-sql-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sql = dir.join("features.sql");
+    std::fs::write(&sql, format!("-- a copy of one's own\n{}", crate::DEFAULT_FEATURES_SQL)).unwrap();
+    let mut cfg = Config::default();
+    cfg.features.sql_file = Some(sql);
+    let mut own = Processor::new(&cfg).await.unwrap();
+    own.ingest(&[point("a", t0, 0)]).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(own.series(), 0, "left to the close");
+    own.close_all().await.unwrap();
+    assert_eq!(own.series(), 1, "created by the close");
+}
