@@ -157,7 +157,7 @@ impl KafkaBenchReport {
         [
             ("decode", c.decode.as_secs_f64()),
             ("windows", c.windows.as_secs_f64()),
-            ("new series' state", c.admit.as_secs_f64()),
+            ("new series", c.admit.as_secs_f64()),
             ("feature plan", c.features.as_secs_f64()),
             ("  while open (beside)", c.features_streamed.as_secs_f64()),
             ("scoring", c.scoring.as_secs_f64()),

@@ -92,6 +92,9 @@ pub fn health_inputs_batch(start_ms: i64, end_ms: i64, rows: &[HealthInput]) -> 
     Ok(RecordBatch::try_new(health_inputs_schema(), cols)?)
 }
 
+/// Series keys parsed and remembered at most; past it, the memory is cleared and refilled.
+const MAX_KNOWN: usize = 1_000_000;
+
 /// What health reads between two rows, per service.
 #[derive(Debug, Default)]
 pub struct HealthInputs {
@@ -148,7 +151,7 @@ impl HealthInputs {
     /// Parses the key of a series before its first close, if it is new (the engine calls it as
     /// a series' first points arrive, so that a close does not parse every new key).
     pub fn admit(&mut self, id: u64, series: &str) {
-        if self.known.len() < 1_000_000 && !self.known.contains_key(&id) {
+        if self.known.len() < MAX_KNOWN && !self.known.contains_key(&id) {
             self.learn_series(id, series);
         }
     }
@@ -164,7 +167,7 @@ impl HealthInputs {
     pub fn observe_features(&mut self, features: &RecordBatch, feature: &str, end_ms: i64) {
         if let (Some(ids), Some(series), Some(value)) = (features.column_by_name("series_id"), features.column_by_name("series"), features.column_by_name(feature)) {
             let (ids, series, value) = (ids.as_primitive::<arrow::datatypes::UInt64Type>(), series.as_string::<i32>(), value.as_primitive::<Float64Type>());
-            if self.known.len() > 1_000_000 {
+            if self.known.len() > MAX_KNOWN {
                 self.known.clear();
                 self.service_names.clear();
                 self.service_index.clear();
