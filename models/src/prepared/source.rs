@@ -240,7 +240,12 @@ pub fn partition_of(column: &ArrayRef, k: usize, hashes: &mut Vec<u64>) -> DfRes
     hashes.resize(column.len(), 0);
     datafusion::common::hash_utils::create_hashes(std::slice::from_ref(column), REPARTITION_RANDOM_STATE.random_state(), hashes)?;
     let k = k as u64;
-    hashes.iter_mut().for_each(|h| *h %= k);
+    // The same remainder; a mask where `k` allows it (two cores: a division per row saved).
+    if k.is_power_of_two() {
+        hashes.iter_mut().for_each(|h| *h &= k - 1);
+    } else {
+        hashes.iter_mut().for_each(|h| *h %= k);
+    }
     Ok(())
 }
 
@@ -254,7 +259,9 @@ pub fn own_rows(batch: &RecordBatch, col: usize, partition: usize, k: usize, has
     }
     partition_of(batch.column(col), k, hashes)?;
     let p = partition as u64;
-    let idx: UInt32Array = hashes.iter().enumerate().filter(|(_, h)| **h == p).map(|(i, _)| i as u32).collect();
+    let mut idx: Vec<u32> = Vec::with_capacity(hashes.len());
+    idx.extend(hashes.iter().enumerate().filter(|(_, h)| **h == p).map(|(i, _)| i as u32));
+    let idx = UInt32Array::from(idx);
     if idx.len() == batch.num_rows() {
         return Ok(batch.clone());
     }
