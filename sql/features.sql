@@ -7,18 +7,16 @@
 -- windows close at once, the engine hands each series' rows to the detector oldest first.
 -- Group by window_start and window_end: the window next to close is aggregated on its own, as
 -- its rows arrive (a text that reads `points` twice or calls now() runs at the close instead).
--- A series is grouped by its id alone (the engine keys every series' state by it); its key and
--- name come along with any_value, which is cheaper than grouping by the two strings as well.
 SELECT
   window_start,
   window_end,
   series_id,
-  any_value(series)                   AS series,
-  any_value(name)                     AS name,
+  series,
+  name,
   count(*)                            AS count,
   avg(value)                          AS mean,
   min(value)                          AS min,
   max(value)                          AS max,
   percentile_cont(value, 0.95)        AS p95
 FROM points
-GROUP BY window_start, window_end, series_id
+GROUP BY window_start, window_end, series_id, series, name

@@ -32,7 +32,6 @@
 //! - [`HealthPlan`]: a 0-100 health score per service, composed in SQL (`sql/health.sql`).
 #![deny(missing_docs)]
 
-mod any_value;
 mod columns;
 pub mod cost;
 mod decision;
