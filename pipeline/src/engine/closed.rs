@@ -71,9 +71,10 @@ impl Closed {
 /// batch's cost goes (`vigil bench` prints it; the engine adds the publishing).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StageTimes {
-    /// Decoding records into Arrow rows (and series keys).
+    /// Decoding records into Arrow rows (and series keys); for a large JSON poll, the time the
+    /// loop waited for its slices to decode (the windows take the slices decoded meanwhile).
     pub decode: std::time::Duration,
-    /// Lateness, watermark and splitting rows into windows.
+    /// Lateness, watermark and splitting rows into windows (and sending them to the plan).
     pub windows: std::time::Duration,
     /// The feature SQL over closed windows: what a close waits for (with windows whose rows
     /// were sent to the plan as they arrived, only its output).

@@ -8,7 +8,7 @@ use vigil_ingest::{DecodedBatch, JsonPointDecoder, RawRecord};
 use super::EngineError;
 
 /// The fewest records in a slice: below it, a poll is decoded in one piece on the calling thread.
-pub(super) const MIN_SLICE: usize = 2048;
+const MIN_SLICE: usize = 2048;
 
 /// Slices per core of a large poll: the loop's thread takes the first slices' points into their
 /// windows while the pool decodes the later ones, so that work is not left waiting for the
@@ -16,7 +16,7 @@ pub(super) const MIN_SLICE: usize = 2048;
 pub(super) const SLICES_PER_CORE: usize = 2;
 
 /// How many slices a poll of `records` is decoded in, with `decoders` decoders.
-pub(super) fn slices(decoders: usize, records: usize) -> usize {
+fn slices(decoders: usize, records: usize) -> usize {
     decoders.min(records / MIN_SLICE).max(1)
 }
 
