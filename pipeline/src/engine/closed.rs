@@ -72,7 +72,8 @@ impl Closed {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StageTimes {
     /// Decoding records into Arrow rows (and series keys); for a large JSON poll, the time the
-    /// loop waited for its slices to decode (the windows take the slices decoded meanwhile).
+    /// loop's thread spent decoding slices itself or waiting for the pool's (the windows take
+    /// the slices decoded meanwhile).
     pub decode: std::time::Duration,
     /// Lateness, watermark and splitting rows into windows (and sending them to the plan).
     pub windows: std::time::Duration,

@@ -1,6 +1,8 @@
-//! JSON points decoded in slices on the pool's threads while the loop's own thread puts the
-//! slices already decoded into their windows (see [`decode_in_order`]).
+//! JSON points decoded in slices on the pool's threads and the loop's own, which puts the
+//! slices already decoded into their windows meanwhile (see [`decode_in_order`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vigil_ingest::{DecodedBatch, JsonPointDecoder, RawRecord};
@@ -32,14 +34,21 @@ pub(super) fn decode_all(decoders: &mut [JsonPointDecoder], raw: &[RawRecord]) -
     decoders[..k].par_iter_mut().zip(raw.par_chunks(size)).map(|(d, r)| d.decode(r)).collect()
 }
 
-/// Decodes `raw` as [`decode_all`] does and hands each slice's result to `each`, in input order,
-/// on the calling thread, as soon as it and the slices before it are decoded: the pool decodes
-/// the later slices meanwhile. Returns the time spent waiting for slices to decode.
+/// Decodes `raw` in the slices [`decode_all`] cuts and hands each slice's result to `each`, in
+/// input order, on the calling thread, as soon as it and the slices before it are decoded.
+/// Returns the time the calling thread spent decoding slices itself or waiting for them.
+///
+/// The calling thread decodes too: the pool's threads and it claim the slices in input order,
+/// one at a time, and the calling thread claims one whenever the next slice to hand over is not
+/// decoded yet and slices are left. So a poll starts decoding at once on a thread that is awake
+/// (a pool's thread that has gone to sleep between two polls takes a fraction of a millisecond
+/// to wake), and the pool decodes the later slices while the calling thread takes the earlier
+/// ones into their windows.
 ///
 /// A decode error stops the hand-over at that slice (the slices before it have been handed
-/// over), as does an error from `each`; the slices still being decoded are waited for. Called
-/// from one of the pool's own threads, which must not block on the pool, it decodes every slice
-/// first and then hands them over.
+/// over), as does an error from `each`; no slice is claimed after that, and those being decoded
+/// are waited for. Called from one of the pool's own threads, which must not block on the pool,
+/// it decodes every slice first and then hands them over.
 pub(super) fn decode_in_order(
     decoders: &mut [JsonPointDecoder],
     raw: &[RawRecord],
@@ -56,34 +65,60 @@ pub(super) fn decode_in_order(
         return Ok(waited);
     }
     let size = raw.len().div_ceil(k);
-    let n = raw.len().div_ceil(size);
+    let slots: Vec<Mutex<Option<(&mut JsonPointDecoder, &[RawRecord])>>> =
+        decoders.iter_mut().zip(raw.chunks(size)).map(|slice| Mutex::new(Some(slice))).collect();
+    let n = slots.len();
+    let next = AtomicUsize::new(0);
+    // Decodes the next slice no thread has claimed, if any is left.
+    let claim = || -> Option<(usize, vigil_ingest::Result<DecodedBatch>)> {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let (d, r) = slots.get(i)?.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        Some((i, d.decode(r)))
+    };
+    let helpers = rayon::current_num_threads().min(n - 1);
     let (tx, rx) = std::sync::mpsc::channel();
     rayon::in_place_scope(|s| {
-        for (i, (d, r)) in decoders.iter_mut().zip(raw.chunks(size)).enumerate() {
-            let tx = tx.clone();
+        for _ in 0..helpers {
+            let (tx, claim) = (tx.clone(), &claim);
             s.spawn(move |_| {
-                // The receiver is gone only once the hand-over has stopped.
-                let _ = tx.send((i, d.decode(r)));
+                while let Some(done) = claim() {
+                    // The receiver is gone only once the hand-over has stopped.
+                    if tx.send(done).is_err() {
+                        break;
+                    }
+                }
             });
         }
         drop(tx);
         let mut ready: Vec<Option<vigil_ingest::Result<DecodedBatch>>> = (0..n).map(|_| None).collect();
-        let mut waited = Duration::ZERO;
-        let mut next = 0;
-        while next < n {
-            if let Some(r) = ready[next].take() {
-                each(r?)?;
-                next += 1;
-                continue;
+        let mut busy = Duration::ZERO;
+        let mut handed = 0;
+        let mut run = || -> Result<(), EngineError> {
+            while handed < n {
+                if let Some(r) = ready[handed].take() {
+                    each(r?)?;
+                    handed += 1;
+                    continue;
+                }
+                let t = Instant::now();
+                let (i, r) = match claim() {
+                    Some(done) => done,
+                    // Every helper gone before slice `handed` came: its task panicked, and the
+                    // scope passes that panic on once the other tasks are done.
+                    None => match rx.recv() {
+                        Ok(done) => done,
+                        Err(_) => break,
+                    },
+                };
+                busy += t.elapsed();
+                ready[i] = Some(r);
             }
-            let t = Instant::now();
-            // Every sender gone before slice `next` came: its task panicked, and the scope
-            // passes that panic on once the other tasks are done.
-            let Ok((i, r)) = rx.recv() else { break };
-            waited += t.elapsed();
-            ready[i] = Some(r);
-        }
-        Ok(waited)
+            Ok(())
+        };
+        let res = run();
+        // Nothing more is claimed once the hand-over has stopped.
+        next.store(n, Ordering::Relaxed);
+        res.map(|()| busy)
     })
 }
 
@@ -159,5 +194,38 @@ mod tests {
         })
         .unwrap();
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn the_calling_thread_decodes_and_hands_over_every_slice_while_the_pool_is_busy() {
+        // Every pool thread held: the slices must still all be decoded and handed over, by the
+        // calling thread. (The call returns once the pool has run its helpers, which then find
+        // nothing left to claim.)
+        let threads = rayon::current_num_threads();
+        let started = Arc::new(std::sync::Barrier::new(threads + 1));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        for _ in 0..threads {
+            let (started, held) = (started.clone(), held.clone());
+            rayon::spawn(move || {
+                started.wait();
+                let _ = held.lock().unwrap().recv();
+            });
+        }
+        started.wait();
+        let (slice_tx, slices) = std::sync::mpsc::channel();
+        let caller = std::thread::spawn(move || {
+            let raw = poll(20_000);
+            let mut decoders: Vec<JsonPointDecoder> = (0..4).map(|_| JsonPointDecoder::default()).collect();
+            decode_in_order(&mut decoders, &raw, |d| {
+                let _ = slice_tx.send((d.positions.first().map_or(-1, |p| p.offset), d.points.num_rows() + d.rejected.len()));
+                Ok(())
+            })
+        });
+        let seen: Vec<_> = (0..4).map_while(|_| slices.recv_timeout(Duration::from_secs(60)).ok()).collect();
+        // Lets the pool's threads go (each sees the sender gone).
+        drop(release);
+        caller.join().unwrap().unwrap();
+        assert_eq!(seen, vec![(0, 5_000), (5_000, 5_000), (10_000, 5_000), (15_000, 5_000)], "every slice, in input order, with the pool held");
     }
 }

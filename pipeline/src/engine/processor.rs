@@ -294,7 +294,7 @@ impl Processor {
             let mut rejected = Vec::new();
             let mut pushed = crate::PushStats::default();
             let mut admitting = std::time::Duration::ZERO;
-            // The decoders are lent to the pool's threads while this one takes each decoded
+            // The decoders are lent to the pool's threads and this one, which takes each decoded
             // slice into its windows and sends it on to the feature plan.
             let mut decoders = std::mem::take(&mut self.decoders);
             let waited = decode::decode_in_order(&mut decoders, raw, |d| {
