@@ -39,11 +39,11 @@ pub(super) fn decode_all(decoders: &mut [JsonPointDecoder], raw: &[RawRecord]) -
 /// Returns the time the calling thread spent decoding slices itself or waiting for them.
 ///
 /// The calling thread decodes too: the pool's threads and it claim the slices in input order,
-/// one at a time, and the calling thread claims one whenever the next slice to hand over is not
-/// decoded yet and slices are left. So a poll starts decoding at once on a thread that is awake
-/// (a pool's thread that has gone to sleep between two polls takes a fraction of a millisecond
-/// to wake), and the pool decodes the later slices while the calling thread takes the earlier
-/// ones into their windows.
+/// one at a time, and the calling thread claims one when the next slice to hand over is not
+/// decoded yet, slices are left and no pool thread is decoding. So a poll starts decoding at
+/// once on a thread that is awake (a pool's thread that has gone to sleep between two polls
+/// takes a fraction of a millisecond to wake), and once the pool's threads are at it, they
+/// decode the later slices while the calling thread takes the earlier ones into their windows.
 ///
 /// A decode error stops the hand-over at that slice (the slices before it have been handed
 /// over), as does an error from `each`; no slice is claimed after that, and those being decoded
@@ -69,6 +69,8 @@ pub(super) fn decode_in_order(
         decoders.iter_mut().zip(raw.chunks(size)).map(|slice| Mutex::new(Some(slice))).collect();
     let n = slots.len();
     let next = AtomicUsize::new(0);
+    // Pool threads between claiming a slice and sending it decoded.
+    let decoding = AtomicUsize::new(0);
     // Decodes the next slice no thread has claimed, if any is left.
     let claim = || -> Option<(usize, vigil_ingest::Result<DecodedBatch>)> {
         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -79,13 +81,14 @@ pub(super) fn decode_in_order(
     let (tx, rx) = std::sync::mpsc::channel();
     rayon::in_place_scope(|s| {
         for _ in 0..helpers {
-            let (tx, claim) = (tx.clone(), &claim);
-            s.spawn(move |_| {
-                while let Some(done) = claim() {
-                    // The receiver is gone only once the hand-over has stopped.
-                    if tx.send(done).is_err() {
-                        break;
-                    }
+            let (tx, claim, decoding) = (tx.clone(), &claim, &decoding);
+            s.spawn(move |_| loop {
+                decoding.fetch_add(1, Ordering::SeqCst);
+                // The receiver is gone only once the hand-over has stopped.
+                let more = claim().is_some_and(|done| tx.send(done).is_ok());
+                decoding.fetch_sub(1, Ordering::SeqCst);
+                if !more {
+                    break;
                 }
             });
         }
@@ -101,7 +104,13 @@ pub(super) fn decode_in_order(
                     continue;
                 }
                 let t = Instant::now();
-                let (i, r) = match claim() {
+                // A slice the pool has decoded meanwhile; else, with no pool thread decoding (none
+                // awake yet, or all at other work), the next unclaimed slice, decoded here; else
+                // the pool's next slice, waited for. (Claiming one while the pool decodes would
+                // hold up handing over the slices it finishes meanwhile.)
+                let pooled = rx.try_recv().ok();
+                let mine = if pooled.is_none() && decoding.load(Ordering::SeqCst) == 0 { claim() } else { None };
+                let (i, r) = match pooled.or(mine) {
                     Some(done) => done,
                     // Every helper gone before slice `handed` came: its task panicked, and the
                     // scope passes that panic on once the other tasks are done.
