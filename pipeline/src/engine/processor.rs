@@ -297,7 +297,7 @@ impl Processor {
             // The decoders are lent to the pool's threads and this one, which takes each decoded
             // slice into its windows and sends it on to the feature plan.
             let mut decoders = std::mem::take(&mut self.decoders);
-            let waited = decode::decode_in_order(&mut decoders, raw, |d| {
+            let decoding = decode::decode_in_order(&mut decoders, raw, |d| {
                 let new = self.owner.note(&d.points, &d.positions);
                 let p = self.windower.push(&d.points, &d.positions)?;
                 admitting += self.admit(&d.points, &new, p);
@@ -306,11 +306,11 @@ impl Processor {
                 self.feed_plan()
             });
             self.decoders = decoders;
-            let waited = waited?;
+            let decoding = decoding?;
             // Each slice's rejects are in position order; so are all of them together.
             rejected.sort_by_key(|r| (r.pos.partition, r.pos.offset));
-            self.times.decode += waited;
-            self.times.windows += t.elapsed().saturating_sub(waited + admitting);
+            self.times.decode += decoding;
+            self.times.windows += t.elapsed().saturating_sub(decoding + admitting);
             return Ok((rejected, pushed));
         }
         // Mixed topics: decode each format's records together (topics keep their own order).
