@@ -50,7 +50,27 @@ pub struct BenchReport {
     /// Wall seconds of a parse-only pass over the same records: the engine's decoders, on
     /// the same cores, keeping nothing (the yardstick of the processing core).
     pub parse_s: f64,
+    /// The slowest batches that closed windows, slowest first, with where their time went.
+    pub slowest: Vec<SlowBatch>,
+    /// The most period detections the ensemble ran in one batch (see `stages` for all).
+    pub most_period_checks: u64,
 }
+
+/// A batch that closed windows, and its time stage by stage.
+#[derive(Debug, Clone, Copy)]
+pub struct SlowBatch {
+    /// Its place in the run (0 is the first batch).
+    pub index: usize,
+    /// Windows it closed.
+    pub windows: usize,
+    /// Its latency, ms.
+    pub ms: f64,
+    /// The stages' time within it.
+    pub stages: Stages,
+}
+
+/// How many of the slowest closing batches a report lists.
+const SLOWEST: usize = 3;
 
 /// Seconds per stage of the processing core.
 #[derive(Debug, Clone, Copy, Default)]
@@ -96,7 +116,9 @@ impl BenchReport {
              checkpoint        {} series: {:.1} MB, {:.0} ms ({:.0} ms to encode); per 10,000 series {:.1} MB, {:.0} ms\n\
              checkpoint, full  {} bytes per series with a full history ({:.0} MB per 10,000 series)\n\
              scored            {} of {} feature rows (series x windows past warm-up)\n\
-             stages            {}\n",
+             periods           {} detections, at most {} in one batch\n\
+             stages            {}\n\
+             slowest closes    {}\n",
             self.events,
             self.bytes,
             self.bytes as f64 / 1e6,
@@ -128,7 +150,10 @@ impl BenchReport {
             self.checkpoint.full_series_bytes as f64 * 10_000.0 / 1e6,
             self.scored,
             self.feature_rows,
+            self.stages.core.period_checks,
+            self.most_period_checks,
             self.render_stages(),
+            self.render_slowest(),
         )
     }
 }
@@ -162,6 +187,55 @@ impl BenchReport {
             ));
         }
         out
+    }
+}
+
+impl SlowBatch {
+    /// `#index (n windows) ms: stage ms, …` for the stages that took a millisecond or more.
+    fn render(&self) -> String {
+        let c = &self.stages.core;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let parts = [
+            ("decode", c.decode),
+            ("windows", c.windows),
+            ("new series", c.admit),
+            ("plan", c.features),
+            ("ensemble", c.ensemble),
+            ("fleet", c.fleet),
+            ("scoring", c.scoring),
+            ("decisions", c.decisions),
+            ("publish", self.stages.publish),
+        ];
+        let list: Vec<String> = parts.iter().filter(|(_, d)| ms(*d) >= 1.0).map(|(n, d)| format!("{n} {:.1}", ms(*d))).collect();
+        format!("batch #{} ({} windows, {} period detections) {:.1} ms: {}", self.index, self.windows, c.period_checks, self.ms, list.join(", "))
+    }
+}
+
+impl BenchReport {
+    fn render_slowest(&self) -> String {
+        if self.slowest.is_empty() {
+            return "none (no batch closed a window)".into();
+        }
+        self.slowest.iter().map(SlowBatch::render).collect::<Vec<_>>().join("\n                  ")
+    }
+}
+
+/// The stages' time from `before` to `after`.
+fn stages_between(before: &vigil_pipeline::engine::StageTimes, after: &vigil_pipeline::engine::StageTimes) -> vigil_pipeline::engine::StageTimes {
+    vigil_pipeline::engine::StageTimes {
+        decode: after.decode.saturating_sub(before.decode),
+        windows: after.windows.saturating_sub(before.windows),
+        features: after.features.saturating_sub(before.features),
+        features_streamed: after.features_streamed.saturating_sub(before.features_streamed),
+        scoring: after.scoring.saturating_sub(before.scoring),
+        ensemble: after.ensemble.saturating_sub(before.ensemble),
+        fleet: after.fleet.saturating_sub(before.fleet),
+        ahead: after.ahead.saturating_sub(before.ahead),
+        admit: after.admit.saturating_sub(before.admit),
+        scored_ahead: after.scored_ahead.saturating_sub(before.scored_ahead),
+        baselines_at_close: after.baselines_at_close.saturating_sub(before.baselines_at_close),
+        period_checks: after.period_checks.saturating_sub(before.period_checks),
+        decisions: after.decisions.saturating_sub(before.decisions),
     }
 }
 
@@ -302,15 +376,25 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
     let (mut windows, mut decisions) = (0u64, 0u64);
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
-    for b in batches {
+    let mut closing: Vec<SlowBatch> = Vec::new();
+    for (index, b) in batches.into_iter().enumerate() {
+        let before = core.stage_times();
         let t = Instant::now();
         core.ingest(&b)?;
         drop(b);
         if let Some(c) = core.close_ready().await? {
-            publish += publish_closed(c, &tables, &mut windows, &mut decisions, &mut feature_rows)?;
+            let n = c.windows;
+            let p = publish_closed(c, &tables, &mut windows, &mut decisions, &mut feature_rows)?;
+            publish += p;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            let core = stages_between(&before, &core.stage_times());
+            closing.push(SlowBatch { index, windows: n, ms, stages: Stages { core, publish: p } });
         }
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    let most_period_checks = closing.iter().map(|c| c.stages.core.period_checks).max().unwrap_or(0);
+    closing.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    closing.truncate(SLOWEST);
     if let Some(c) = core.close_all().await? {
         publish += publish_closed(c, &tables, &mut windows, &mut decisions, &mut feature_rows)?;
     }
@@ -338,6 +422,8 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, batch: usize) -> Result<Benc
         scored: core.scored(),
         feature_rows,
         parse_s,
+        slowest: closing,
+        most_period_checks,
     })
 }
 

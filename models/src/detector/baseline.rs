@@ -208,7 +208,7 @@ impl Shard {
             }
             let (id, st) = &mut order[k];
             st.prepared = None;
-            let period_due = st.history.is_some() && st.seen + 1 >= st.next_period_check.max(64);
+            let period_due = st.history.is_some() && st.seen + 1 >= st.next_period_check.max(super::first_period_check(*id));
             if period_due {
                 continue;
             }

@@ -99,6 +99,8 @@ pub struct StageTimes {
     pub scored_ahead: u64,
     /// Feature rows that needed baselines and computed them at the close.
     pub baselines_at_close: u64,
+    /// Period detections the ensemble ran (each series' own schedule, spread over closes).
+    pub period_checks: u64,
     /// Everything after scoring: forecasts observed, cost, SLOs, signals into incidents,
     /// policies, the gate, health.
     pub decisions: std::time::Duration,

@@ -551,7 +551,12 @@ impl Processor {
 
     /// Time spent in each stage so far.
     pub fn stage_times(&self) -> StageTimes {
-        StageTimes { scored_ahead: self.detector.scored_ahead(), baselines_at_close: self.detector.baselines_at_close(), ..self.times }
+        StageTimes {
+            scored_ahead: self.detector.scored_ahead(),
+            baselines_at_close: self.detector.baselines_at_close(),
+            period_checks: self.detector.period_checks(),
+            ..self.times
+        }
     }
 
     /// Computes ahead what every series' next value will be judged against (most of the
