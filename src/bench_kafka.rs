@@ -71,6 +71,11 @@ pub struct KafkaBenchReport {
     pub multi_window_closes: u64,
     /// The three slowest closes: their number (from 1, in order of closing) and milliseconds.
     pub slowest_closes: Vec<(usize, f64)>,
+    /// The loop's longest step (poll, decode, windows, closes, checkpoints), milliseconds.
+    pub longest_step_ms: f64,
+    /// With `--checkpoints`: checkpoints written, the loop's pause for each (p50, p99, max ms)
+    /// and each one's whole time to be written (p50, p99, max ms).
+    pub checkpoints: Option<(u64, [f64; 3], [f64; 3])>,
 }
 
 /// The `k` largest of `us` (microseconds, in order of closing): their number from 1 and
@@ -120,6 +125,8 @@ impl KafkaBenchReport {
              close to ack      p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} closes with {} active series (window close to its decisions acknowledged by the broker)\n\
              scored closes     p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over the {} closes in which most feature rows were scored\n\
              slowest closes    {}\n\
+             longest step      {:.1} ms (one step of the loop: poll, decode, windows, closes, checkpoints)\n\
+             checkpoints       {}\n\
              polls             {} with records ({:.0} records per poll)\n\
              stages            {}\n",
             self.broker,
@@ -144,6 +151,14 @@ impl KafkaBenchReport {
             self.scored_close_to_ack_ms[2],
             self.scored_closes,
             self.slowest_closes.iter().map(|(i, ms)| format!("#{i} {ms:.1} ms")).collect::<Vec<_>>().join(", "),
+            self.longest_step_ms,
+            match self.checkpoints {
+                Some((n, pause, whole)) => format!(
+                    "{n} written; the loop paused p50 {:.1} ms, max {:.1} ms for each (taking the state); written in p50 {:.0} ms, max {:.0} ms beside it",
+                    pause[0], pause[2], whole[0], whole[2]
+                ),
+                None => "off (--checkpoints keeps them on)".into(),
+            },
             self.polls,
             self.events as f64 / self.polls.max(1) as f64,
             self.render_stages(),
@@ -181,7 +196,15 @@ impl KafkaBenchReport {
 /// With `rate`, a live run: the engine joins first and the records are produced at `rate`
 /// events per second while it reads them (no bare consumer), so that windows close as they
 /// would in production, one at a time, instead of several at once as a backlog is read.
-pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, partitions: i32, rate: Option<f64>, linger_ms: Option<u64>) -> anyhow::Result<KafkaBenchReport> {
+pub async fn run(
+    cfg: &Config,
+    lines: Vec<Vec<u8>>,
+    brokers: Option<String>,
+    partitions: i32,
+    rate: Option<f64>,
+    linger_ms: Option<u64>,
+    checkpoints: bool,
+) -> anyhow::Result<KafkaBenchReport> {
     let linger_ms = linger_ms.unwrap_or(if rate.is_some() { 50 } else { 20 });
     let run_id = std::process::id();
     let topic = format!("vigil-bench-{run_id}");
@@ -202,7 +225,9 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
     cfg.kafka.dlq_topic = format!("{topic}.dlq");
     cfg.kafka.late_topic = format!("{topic}.late");
     cfg.kafka.feedback_topic = format!("{topic}.feedback");
-    cfg.checkpoint.enabled = false;
+    cfg.checkpoint.enabled = checkpoints;
+    let checkpoint_dir = std::env::temp_dir().join(format!("vigil-bench-kafka-checkpoints-{run_id}"));
+    cfg.checkpoint.url = checkpoint_dir.display().to_string();
     cfg.validate()?;
     let topics = [(topic.as_str(), partitions), (&cfg.kafka.decisions_topic, 1), (&cfg.kafka.dlq_topic, 1), (&cfg.kafka.late_topic, 1), (&cfg.kafka.feedback_topic, 1)];
     match &cluster {
@@ -256,6 +281,7 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
     let mut io0 = vigil_pipeline::engine::IoTimes::default();
     let (mut scored_closes, mut multi_window_closes) = (Vec::new(), 0u64);
     let mut produced_s = None;
+    let (mut longest_step, mut pauses, mut writes) = (Duration::ZERO, Vec::new(), Vec::new());
     while stats.records.load(Ordering::Relaxed) < events {
         if Instant::now() > deadline {
             bail!("the engine read {} of {events} records in 10 minutes", stats.records.load(Ordering::Relaxed));
@@ -266,7 +292,15 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
         let before = Instant::now();
         let io_before = engine.io_times();
         let (closes, scored, rows, windows) = (stats.close_latency.count(), engine.stage_times().1, stats.feature_rows.load(Ordering::Relaxed), stats.windows_closed.load(Ordering::Relaxed));
+        let written = stats.checkpoints.load(Ordering::Relaxed);
         decisions += engine.step().await?.len() as u64;
+        if t0.is_some() {
+            longest_step = longest_step.max(before.elapsed());
+        }
+        if stats.checkpoints.load(Ordering::Relaxed) > written {
+            pauses.push(stats.checkpoint_pause_us.load(Ordering::Relaxed));
+            writes.push(stats.checkpoint_us.load(Ordering::Relaxed));
+        }
         let new_closes = (stats.close_latency.count() - closes) as usize;
         if new_closes > 0 {
             if stats.windows_closed.load(Ordering::Relaxed) - windows > new_closes as u64 {
@@ -291,6 +325,7 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
     }
     decisions += engine.drain().await?.len() as u64;
     let engine_s = t0.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&checkpoint_dir);
     let (stages, scored) = engine.stage_times();
     let close = &stats.close_latency;
     let ms = |q: f64| close.percentile(q).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
@@ -301,6 +336,8 @@ pub async fn run(cfg: &Config, lines: Vec<Vec<u8>>, brokers: Option<String>, par
         scored_close_to_ack_ms: quantiles_ms(&scored_closes),
         scored_closes: scored_closes.len() as u64,
         slowest_closes: slowest(&stats.close_latency.samples(), 3),
+        longest_step_ms: longest_step.as_secs_f64() * 1000.0,
+        checkpoints: checkpoints.then(|| (pauses.len() as u64, quantiles_ms(&pauses), quantiles_ms(&writes))),
         multi_window_closes,
         rate: rate.map(|r| (r, produced_s.map_or(0.0, |s| events as f64 / s.max(1e-9)))),
         broker: broker_name,

@@ -162,6 +162,10 @@ enum Command {
         /// one: small batches make it take a large share of the cores the engine runs on.
         #[arg(long, requires = "kafka")]
         linger_ms: Option<u64>,
+        /// With --kafka: keep checkpoints on, as in production (to a temporary directory, every
+        /// `checkpoint.interval`), and report what they cost the loop. Off by default.
+        #[arg(long, requires = "kafka")]
+        checkpoints: bool,
         /// Measure memory instead: the synthetic records are made a batch at a time (the
         /// process holds one poll of input, as with Kafka), and the resident set is read after
         /// every window close and at the end, per series. For a million series at 1 s windows:
@@ -328,7 +332,7 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                 print!("{}", report.render());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Bench { input, events, hosts, batch: _, format, config, kafka: true, brokers, partitions, rate, linger_ms, memory: _ } => {
+            Command::Bench { input, events, hosts, batch: _, format, config, kafka: true, brokers, partitions, rate, linger_ms, checkpoints, memory: _ } => {
                 if format != "json" {
                     bail!("--kafka measures JSON points (--format json)");
                 }
@@ -343,7 +347,7 @@ fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                 if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                     bail!("--rate must be a positive number of events per second");
                 }
-                let report = vigil::bench_kafka::run(&cfg, lines, brokers, partitions, rate, linger_ms).await?;
+                let report = vigil::bench_kafka::run(&cfg, lines, brokers, partitions, rate, linger_ms, checkpoints).await?;
                 print!("{}", report.render());
                 Ok(ExitCode::SUCCESS)
             }

@@ -360,6 +360,31 @@ impl Detector {
         self.shards.iter().flat_map(|sh| sh.states.iter()).filter(|(id, _)| keep(**id)).map(|(id, s)| (*id, SeriesState::clone(s))).collect()
     }
 
+    /// The state of every series `part_of` places in one of `n` parts, copied, in one pass
+    /// over the series (a checkpoint of many partitions; each shard on a core of its own).
+    pub fn export_split(&self, part_of: &(dyn Fn(u64) -> Option<usize> + Sync), n: usize) -> Vec<Vec<(u64, SeriesState)>> {
+        let per_shard: Vec<Vec<Vec<(u64, SeriesState)>>> = self
+            .shards
+            .par_iter()
+            .map(|sh| {
+                let mut out: Vec<Vec<(u64, SeriesState)>> = (0..n).map(|_| Vec::new()).collect();
+                for (id, st) in &sh.states {
+                    if let Some(part) = part_of(*id).and_then(|i| out.get_mut(i)) {
+                        part.push((*id, SeriesState::clone(st)));
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut parts: Vec<Vec<(u64, SeriesState)>> = (0..n).map(|_| Vec::new()).collect();
+        for shard in per_shard {
+            for (all, mine) in parts.iter_mut().zip(shard) {
+                all.extend(mine);
+            }
+        }
+        parts
+    }
+
     /// Takes series state from a checkpoint (replacing what is held for those series).
     pub fn import(&mut self, states: Vec<(u64, SeriesState)>) {
         for (id, mut st) in states {

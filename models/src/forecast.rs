@@ -490,6 +490,17 @@ impl Forecaster {
         self.series.iter().filter(|(id, _)| keep(**id)).map(|(id, h)| (*id, h.clone())).collect()
     }
 
+    /// The histories of every series `part_of` places in one of `n` parts, in one pass.
+    pub fn export_split(&self, part_of: &(dyn Fn(u64) -> Option<usize> + Sync), n: usize) -> Vec<Vec<(u64, History)>> {
+        let mut parts: Vec<Vec<(u64, History)>> = (0..n).map(|_| Vec::new()).collect();
+        for (id, h) in &self.series {
+            if let Some(part) = part_of(*id).and_then(|i| parts.get_mut(i)) {
+                part.push((*id, h.clone()));
+            }
+        }
+        parts
+    }
+
     /// Takes histories from a checkpoint (replacing what is held for those series).
     pub fn import(&mut self, series: Vec<(u64, History)>) {
         self.series.extend(series);

@@ -69,6 +69,10 @@ pub enum EngineError {
     /// The Parquet history could not be written or restored.
     #[error(transparent)]
     History(#[from] crate::history::HistoryError),
+    /// A checkpoint's encoding or writing task stopped without finishing (it panicked or the
+    /// runtime is shutting down).
+    #[error("checkpoint not written: {0}")]
+    Checkpoint(String),
     /// Asked to stop while results could not be delivered (the broker unreachable): nothing
     /// was checkpointed or committed past them, so they are derived again on the next start.
     #[error("stopped while {0} could not be delivered; they are derived again from the input on the next start")]
@@ -100,6 +104,48 @@ pub const TABLES: [&str; 16] = [
 
 type PartKey = (Arc<str>, i32);
 
+/// A checkpoint's state, taken and not yet encoded.
+struct Taken {
+    store: Arc<CheckpointStore>,
+    member: String,
+    sections: Vec<(String, state::SectionWriter)>,
+    meta: serde_json::Value,
+    series: usize,
+    partitions: usize,
+    started: Instant,
+    /// What taking it cost the loop.
+    pause: Duration,
+}
+
+/// A checkpoint written.
+struct Done {
+    written: crate::store::Written,
+    series: usize,
+    partitions: usize,
+    took: Duration,
+    pause: Duration,
+}
+
+/// A periodic checkpoint being encoded and written beside the loop.
+struct Writing {
+    handle: tokio::task::JoinHandle<Result<Done, EngineError>>,
+}
+
+impl Taken {
+    /// Encodes the sections (on a blocking thread: postcard over every series' state) and
+    /// writes them.
+    async fn write(self) -> Result<Done, EngineError> {
+        let Taken { store, member, sections, meta, series, partitions, started, pause } = self;
+        let encoded = tokio::task::spawn_blocking(move || {
+            sections.into_iter().map(|(name, w)| Ok(Section { name, bytes: w.finish()? })).collect::<Result<Vec<Section>, EngineError>>()
+        })
+        .await
+        .map_err(|e| EngineError::Checkpoint(format!("encoding it stopped: {e}")))??;
+        let written = store.write(&member, encoded, meta).await?;
+        Ok(Done { written, series, partitions, took: started.elapsed(), pause })
+    }
+}
+
 /// The running pipeline. See the module docs.
 pub struct Engine {
     source: KafkaSource,
@@ -116,7 +162,9 @@ pub struct Engine {
     /// Time spent waiting for and copying polled records, publishing results, committing.
     io_times: IoTimes,
     assigned: Vec<PartKey>,
-    store: Option<CheckpointStore>,
+    store: Option<Arc<CheckpointStore>>,
+    /// The periodic checkpoint being encoded and written beside the loop, if any.
+    writing: Option<Writing>,
     history: Option<crate::history::HistoryWriter>,
     member: String,
     checkpoint_interval: Duration,
@@ -216,7 +264,8 @@ impl Engine {
             dirty: false,
             io_times: IoTimes::default(),
             assigned: Vec::new(),
-            store,
+            store: store.map(Arc::new),
+            writing: None,
             history,
             member: cfg.checkpoint.member_name(),
             checkpoint_interval: cfg.checkpoint.interval,
@@ -345,8 +394,8 @@ impl Engine {
             self.note_watermark();
             published.extend(self.close_and_publish().await?);
         }
-        if self.store.is_some() && self.last_checkpoint.elapsed() >= self.checkpoint_interval {
-            self.checkpoint_logged(None).await;
+        if self.store.is_some() {
+            self.checkpoint_beside().await;
         }
         // A commit refused since the last one is retried even when no record arrives.
         self.note_commit_failures();
@@ -516,6 +565,9 @@ impl Engine {
                     let new: Vec<PartKey> = parts.into_iter().filter(|p| !self.assigned.contains(p)).collect();
                     self.assigned.extend(new.iter().cloned());
                     if self.store.is_some() && !new.is_empty() {
+                        // A checkpoint still being written lands first: the newest one is what
+                        // a restore reads.
+                        self.settle_checkpoint().await;
                         let moved = self.restore_partitions(&new).await?;
                         raw.retain(|r| !moved.iter().any(|(t, p)| *p == r.pos.partition && **t == *r.pos.topic));
                         self.refresh_published().await;
@@ -579,9 +631,53 @@ impl Engine {
     }
 
     /// Writes a checkpoint of `parts` (all assigned partitions when `None`) and the global
-    /// state. Returns its size in bytes.
+    /// state, and waits for it (after the periodic one being written, if any). Returns its size
+    /// in bytes.
     pub async fn checkpoint(&mut self, parts: Option<&[PartKey]>) -> Result<u64, EngineError> {
-        let Some(store) = &self.store else { return Ok(0) };
+        self.settle_checkpoint().await;
+        let Some(taken) = self.take_checkpoint(parts).await? else { return Ok(0) };
+        let done = taken.write().await;
+        self.checkpoint_written(done).await
+    }
+
+    /// The periodic checkpoint: the state is taken between two steps (a copy, the only part
+    /// the loop waits for), then encoded and written by a task beside the loop, so that a
+    /// large state does not hold up the windows' closes. One at a time; a rebalance, a commit
+    /// or the shutdown waits for it before taking its own.
+    async fn checkpoint_beside(&mut self) {
+        if let Some(w) = &self.writing {
+            if !w.handle.is_finished() {
+                return;
+            }
+            self.settle_checkpoint().await;
+        }
+        if self.last_checkpoint.elapsed() < self.checkpoint_interval {
+            return;
+        }
+        match self.take_checkpoint(None).await {
+            Ok(Some(taken)) => self.writing = Some(Writing { handle: tokio::spawn(taken.write()) }),
+            Ok(None) => {}
+            Err(e) => self.checkpoint_failed(&e),
+        }
+    }
+
+    /// Waits for the checkpoint being written beside the loop, if any, and notes its outcome.
+    async fn settle_checkpoint(&mut self) {
+        let Some(w) = self.writing.take() else { return };
+        let done = match w.handle.await {
+            Ok(done) => done,
+            Err(e) => Err(EngineError::Checkpoint(format!("the task writing it stopped: {e}"))),
+        };
+        if let Err(e) = self.checkpoint_written(done).await {
+            self.checkpoint_failed(&e);
+        }
+    }
+
+    /// Takes the state of `parts` (all assigned partitions when `None`) and the global state,
+    /// with the offsets it corresponds to: a consistent cut, not yet encoded.
+    async fn take_checkpoint(&mut self, parts: Option<&[PartKey]>) -> Result<Option<Taken>, EngineError> {
+        let Some(store) = &self.store else { return Ok(None) };
+        let store = store.clone();
         let t0 = Instant::now();
         let owned: &[PartKey] = parts.unwrap_or(&self.assigned);
         let positions: Vec<crate::PartitionPosition> = self
@@ -591,7 +687,7 @@ impl Engine {
             .into_iter()
             .filter(|p| owned.iter().any(|(t, n)| **t == *p.topic && *n == p.partition))
             .collect();
-        let mut sections = vec![Section { name: GLOBAL_SECTION.into(), bytes: self.core.snapshot_global(&self.published)? }];
+        let mut sections = vec![(GLOBAL_SECTION.to_string(), self.core.snapshot_global(&self.published)?)];
         if let Some(h) = self.history.as_mut() {
             // The rows so far go to Parquet first: the checkpoint lists the files holding them.
             let clock = self.core.windower().watermark().unwrap_or_else(stats::now_ms);
@@ -600,37 +696,54 @@ impl Engine {
             Stats::add(&self.stats.history_rows, flushed.rows as usize);
             let mut w = state::SectionWriter::default();
             w.put_value("files", 1, &h.state(&self.tables))?;
-            sections.push(Section { name: state::HISTORY_SECTION.into(), bytes: w.finish()? });
+            sections.push((state::HISTORY_SECTION.to_string(), w));
         }
         let mut series = 0;
-        for pos in &positions {
-            let (bytes, n) = self.core.snapshot_partition(pos)?;
+        for (pos, (w, n)) in positions.iter().zip(self.core.snapshot_partitions(&positions)?) {
             series += n;
-            sections.push(Section { name: state::partition_section(&pos.topic, pos.partition), bytes });
+            sections.push((state::partition_section(&pos.topic, pos.partition), w));
         }
         let meta = serde_json::json!({ "partitions": positions, "member": self.member });
-        let written = store.write(&self.member, sections, meta).await?;
+        let pause = t0.elapsed();
+        self.last_checkpoint = Instant::now();
+        Ok(Some(Taken { store, member: self.member.clone(), sections, meta, series, partitions: positions.len(), started: t0, pause }))
+    }
+
+    /// Notes a checkpoint's outcome: stats, and the history files it no longer lists deleted.
+    async fn checkpoint_written(&mut self, done: Result<Done, EngineError>) -> Result<u64, EngineError> {
+        let done = done?;
         if let Some(h) = self.history.as_mut() {
             h.checkpoint_written().await?;
         }
-        let took = t0.elapsed();
         Stats::add(&self.stats.checkpoints, 1);
         self.stats.checkpoint_at_ms.store(stats::now_ms(), Ordering::Relaxed);
-        self.stats.checkpoint_bytes.store(written.bytes, Ordering::Relaxed);
-        self.stats.checkpoint_us.store(took.as_micros() as u64, Ordering::Relaxed);
-        self.stats.checkpoint_series.store(series as u64, Ordering::Relaxed);
+        self.stats.checkpoint_bytes.store(done.written.bytes, Ordering::Relaxed);
+        self.stats.checkpoint_us.store(done.took.as_micros() as u64, Ordering::Relaxed);
+        self.stats.checkpoint_pause_us.store(done.pause.as_micros() as u64, Ordering::Relaxed);
+        self.stats.checkpoint_series.store(done.series as u64, Ordering::Relaxed);
+        tracing::debug!(
+            id = %done.written.id,
+            bytes = done.written.bytes,
+            series = done.series,
+            partitions = done.partitions,
+            ms = done.took.as_millis() as u64,
+            loop_ms = done.pause.as_millis() as u64,
+            "checkpoint written"
+        );
+        Ok(done.written.bytes)
+    }
+
+    fn checkpoint_failed(&mut self, e: &EngineError) {
+        Stats::add(&self.stats.checkpoint_failures, 1);
         self.last_checkpoint = Instant::now();
-        tracing::debug!(id = %written.id, bytes = written.bytes, series, partitions = positions.len(), ms = took.as_millis() as u64, "checkpoint written");
-        Ok(written.bytes)
+        tracing::warn!(error = %e, "checkpoint failed; the previous one still holds, retrying at the next interval");
     }
 
     /// A checkpoint whose failure is logged and counted, not fatal: the previous one still
     /// holds, and the next interval tries again.
     async fn checkpoint_logged(&mut self, parts: Option<&[PartKey]>) {
         if let Err(e) = self.checkpoint(parts).await {
-            Stats::add(&self.stats.checkpoint_failures, 1);
-            self.last_checkpoint = Instant::now();
-            tracing::warn!(error = %e, "checkpoint failed; the previous one still holds, retrying at the next interval");
+            self.checkpoint_failed(&e);
         }
     }
 

@@ -119,3 +119,28 @@ async fn new_series_are_left_to_their_close_with_a_features_sql_of_ones_own_or_l
     own.close_all().await.unwrap();
     assert_eq!(own.series(), 1, "created by the close");
 }
+
+#[tokio::test]
+async fn partitions_taken_in_one_pass_give_the_sections_each_gives_on_its_own() {
+    let mut p = Processor::new(&Config::default()).await.unwrap();
+    p.ingest(&poll_with_rejects()).unwrap();
+    p.close_all().await.unwrap();
+    let positions = p.windower().positions();
+    assert_eq!(positions.len(), 2);
+    let together = p.snapshot_partitions(&positions).unwrap();
+    assert_eq!(together.len(), 2);
+    for (pos, (w, n)) in positions.iter().zip(together) {
+        // As a section was taken before: the partition's series picked from every series.
+        let k = (Arc::from(pos.topic.as_str()), pos.partition);
+        let series = p.owner.series_of(&k);
+        let set: std::collections::HashSet<u64> = series.iter().copied().collect();
+        let keep = |id: u64| set.contains(&id);
+        let mut alone = crate::engine::SectionWriter::default();
+        alone.put_value("position", 2, pos).unwrap();
+        alone.put_value("series", 1, &series).unwrap();
+        alone.put("detector", &p.detector, &keep).unwrap();
+        alone.put("forecaster", &p.forecaster, &keep).unwrap();
+        assert_eq!(n, 25, "one host in two per partition");
+        assert_eq!(w.finish().unwrap(), alone.finish().unwrap());
+    }
+}

@@ -148,6 +148,8 @@ pub struct Stats {
     pub checkpoint_bytes: AtomicU64,
     /// Duration of the last checkpoint, microseconds.
     pub checkpoint_us: AtomicU64,
+    /// The part of the last checkpoint the loop waited for (taking the state), microseconds.
+    pub checkpoint_pause_us: AtomicU64,
     /// Series whose state the last checkpoint held.
     pub checkpoint_series: AtomicU64,
     /// Parquet files of the result history written.
@@ -254,6 +256,11 @@ pub fn metrics_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>)
         }
         out.push(gauge("vigil_checkpoint_bytes", "Size of the last checkpoint.", g(&s.checkpoint_bytes)));
         out.push(gauge("vigil_checkpoint_duration_seconds", "Time the last checkpoint took (snapshot, encode, write).", g(&s.checkpoint_us) / 1e6));
+        out.push(gauge(
+            "vigil_checkpoint_pause_seconds",
+            "Time the loop stopped for the last checkpoint (taking the state; encoding and writing run beside it).",
+            g(&s.checkpoint_pause_us) / 1e6,
+        ));
         out.push(gauge("vigil_checkpoint_series", "Series whose state the last checkpoint held.", g(&s.checkpoint_series)));
         out.push(counter("vigil_history_files_written_total", "Parquet files of the result history written.", g(&s.history_files)));
         out.push(counter("vigil_history_rows_written_total", "Rows written to the result history.", g(&s.history_rows)));
