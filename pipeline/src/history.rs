@@ -2,7 +2,9 @@
 //! file in the checkpoints' store, under `history/{table}/{date}/{hour}/`, so results survive a
 //! restart and stay queryable beyond the rows kept in memory.
 //!
-//! Files are written at each checkpoint, before it, and the checkpoint lists them: after a crash
+//! Files are written at each checkpoint, before it (beside the engine's loop: the rows are
+//! taken with [`HistoryWriter::take`] and written by [`TakenRows::write`]), and the checkpoint
+//! lists them: after a crash
 //! the restore keeps exactly the files of the checkpoint it restores, deletes this member's newer
 //! ones (the replay writes their rows again), and nothing is counted twice. Once an hour of event
 //! time is over, its files are merged into one (compaction); files older than their table's
@@ -77,6 +79,72 @@ pub struct FlushStats {
     pub expired: usize,
 }
 
+/// A table's pending rows taken for a file ([`HistoryWriter::take`]).
+#[derive(Debug)]
+struct TakenFile {
+    table: String,
+    path: String,
+    hour: i64,
+    batches: Vec<RecordBatch>,
+}
+
+/// The rows a checkpoint takes for the history, and the files it lists besides them.
+#[derive(Debug)]
+pub struct TakenRows {
+    store: Arc<dyn ObjectStore>,
+    files: Vec<TakenFile>,
+    listed: HistoryState,
+}
+
+/// A file written from taken rows, to be recorded in the tables ([`Self::apply`]).
+#[derive(Debug)]
+pub struct WrittenFile {
+    table: String,
+    batches: usize,
+    /// The file.
+    pub file: HistoryFile,
+}
+
+impl WrittenFile {
+    /// Queries read its rows from the file from now on, not from the pending batches.
+    pub fn apply(self, tables: &ResultTables) {
+        tables.flushed(&self.table, self.batches, self.file);
+    }
+}
+
+impl TakenRows {
+    /// Encodes each file (zstd Parquet, on a blocking thread) and writes it. Returns the files
+    /// written, and the history's state for the checkpoint: the files listed when the rows
+    /// were taken and the new ones. The files written are returned even when a later one
+    /// fails: they are in the store, and the next checkpoint lists them.
+    pub async fn write(self) -> (Vec<WrittenFile>, Result<HistoryState, HistoryError>) {
+        let TakenRows { store, files, mut listed } = self;
+        let mut written = Vec::new();
+        for f in files {
+            let TakenFile { table, path, hour, batches } = f;
+            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let n = batches.len();
+            let t = table.clone();
+            let encoded = match tokio::task::spawn_blocking(move || encode(&t, &batches)).await {
+                Ok(r) => r,
+                Err(e) => Err(HistoryError::Parquet { table: table.clone(), source: datafusion::parquet::errors::ParquetError::General(e.to_string()) }),
+            };
+            let bytes = match encoded {
+                Ok(b) => b,
+                Err(e) => return (written, Err(e)),
+            };
+            let size = bytes.len() as u64;
+            if let Err(source) = store.put(&Path::from(path.as_str()), PutPayload::from(bytes)).await {
+                return (written, Err(HistoryError::Store { table, source }));
+            }
+            let file = HistoryFile { path, hour, rows, bytes: size };
+            listed.files.entry(table.clone()).or_default().push(file.clone());
+            written.push(WrittenFile { table, batches: n, file });
+        }
+        (written, Ok(listed))
+    }
+}
+
 /// Writes, compacts and expires the history of [`ResultTables`] (see the module docs).
 #[derive(Debug)]
 pub struct HistoryWriter {
@@ -136,24 +204,38 @@ impl HistoryWriter {
     /// Writes every table's pending rows to a file of the hour `clock_ms` falls in, merges the
     /// files of finished hours, and drops files past retention (deleted after the checkpoint).
     pub async fn flush(&mut self, tables: &ResultTables, clock_ms: i64) -> Result<FlushStats, HistoryError> {
+        let (taken, mut stats) = self.take(tables, clock_ms).await?;
+        let (written, listed) = taken.write().await;
+        listed?;
+        stats.written = written.len();
+        stats.rows = written.iter().map(|w| w.file.rows).sum();
+        for w in written {
+            w.apply(tables);
+        }
+        Ok(stats)
+    }
+
+    /// The first half of [`Self::flush`], for a checkpoint: takes every table's pending rows
+    /// (shared batches, not copied) and names their files, and merges and expires files as
+    /// `flush` does. [`TakenRows::write`] encodes and writes the files, beside the loop; until
+    /// [`WrittenFile::apply`] the rows stay pending, so queries read them from memory.
+    pub async fn take(&mut self, tables: &ResultTables, clock_ms: i64) -> Result<(TakenRows, FlushStats), HistoryError> {
         let mut stats = FlushStats::default();
         let hour = clock_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        let mut files = Vec::new();
         for name in tables.names() {
             let pending = tables.pending(&name);
             let rows: usize = pending.iter().map(RecordBatch::num_rows).sum();
             if rows > 0 {
                 let path = self.file_path(&name, hour);
-                let bytes = encode(&name, &pending)?;
-                let size = bytes.len() as u64;
-                self.put(&path, bytes, &name).await?;
-                tables.flushed(&name, pending.len(), HistoryFile { path, hour, rows: rows as u64, bytes: size });
-                stats.written += 1;
-                stats.rows += rows as u64;
+                files.push(TakenFile { table: name.clone(), path, hour, batches: pending });
             }
+            // Merges files of finished hours only: the files taken above are of this hour.
             stats.compacted += self.compact(tables, &name, hour).await?;
             stats.expired += self.expire(tables, &name, clock_ms);
         }
-        Ok(stats)
+        let listed = HistoryState { files: tables.history_files(), seq: self.seq };
+        Ok((TakenRows { store: self.store.clone(), files, listed }, stats))
     }
 
     /// Deletes the files the last written checkpoint no longer lists.

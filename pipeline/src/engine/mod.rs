@@ -109,6 +109,8 @@ struct Taken {
     store: Arc<CheckpointStore>,
     member: String,
     sections: Vec<(String, state::SectionWriter)>,
+    /// The result history's rows taken for files, which the checkpoint lists once written.
+    history: Option<crate::history::TakenRows>,
     meta: serde_json::Value,
     series: usize,
     partitions: usize,
@@ -126,23 +128,48 @@ struct Done {
     pause: Duration,
 }
 
+/// What writing a checkpoint did: the history files written (recorded in the tables whatever
+/// became of the checkpoint) and the checkpoint.
+struct Outcome {
+    files: Vec<crate::history::WrittenFile>,
+    done: Result<Done, EngineError>,
+}
+
 /// A periodic checkpoint being encoded and written beside the loop.
 struct Writing {
-    handle: tokio::task::JoinHandle<Result<Done, EngineError>>,
+    handle: tokio::task::JoinHandle<Outcome>,
 }
 
 impl Taken {
-    /// Encodes the sections (on a blocking thread: postcard over every series' state) and
-    /// writes them.
-    async fn write(self) -> Result<Done, EngineError> {
-        let Taken { store, member, sections, meta, series, partitions, started, pause } = self;
-        let encoded = tokio::task::spawn_blocking(move || {
-            sections.into_iter().map(|(name, w)| Ok(Section { name, bytes: w.finish()? })).collect::<Result<Vec<Section>, EngineError>>()
-        })
-        .await
-        .map_err(|e| EngineError::Checkpoint(format!("encoding it stopped: {e}")))??;
-        let written = store.write(&member, encoded, meta).await?;
-        Ok(Done { written, series, partitions, took: started.elapsed(), pause })
+    /// Writes the history's files, then encodes the sections (on a blocking thread: postcard
+    /// over every series' state) and writes them.
+    async fn write(self) -> Outcome {
+        let Taken { store, member, mut sections, history, meta, series, partitions, started, pause } = self;
+        let mut files = Vec::new();
+        if let Some(rows) = history {
+            let (written, listed) = rows.write().await;
+            files = written;
+            let listed = match listed {
+                Ok(l) => l,
+                Err(e) => return Outcome { files, done: Err(e.into()) },
+            };
+            let mut w = state::SectionWriter::default();
+            if let Err(e) = w.put_value("files", 1, &listed) {
+                return Outcome { files, done: Err(e.into()) };
+            }
+            sections.push((state::HISTORY_SECTION.to_string(), w));
+        }
+        let done = async {
+            let encoded = tokio::task::spawn_blocking(move || {
+                sections.into_iter().map(|(name, w)| Ok(Section { name, bytes: w.finish()? })).collect::<Result<Vec<Section>, EngineError>>()
+            })
+            .await
+            .map_err(|e| EngineError::Checkpoint(format!("encoding it stopped: {e}")))??;
+            let written = store.write(&member, encoded, meta).await?;
+            Ok(Done { written, series, partitions, took: started.elapsed(), pause })
+        }
+        .await;
+        Outcome { files, done }
     }
 }
 
@@ -636,8 +663,8 @@ impl Engine {
     pub async fn checkpoint(&mut self, parts: Option<&[PartKey]>) -> Result<u64, EngineError> {
         self.settle_checkpoint().await;
         let Some(taken) = self.take_checkpoint(parts).await? else { return Ok(0) };
-        let done = taken.write().await;
-        self.checkpoint_written(done).await
+        let outcome = taken.write().await;
+        self.checkpoint_written(outcome).await
     }
 
     /// The periodic checkpoint: the state is taken between two steps (a copy, the only part
@@ -664,11 +691,11 @@ impl Engine {
     /// Waits for the checkpoint being written beside the loop, if any, and notes its outcome.
     async fn settle_checkpoint(&mut self) {
         let Some(w) = self.writing.take() else { return };
-        let done = match w.handle.await {
-            Ok(done) => done,
-            Err(e) => Err(EngineError::Checkpoint(format!("the task writing it stopped: {e}"))),
+        let outcome = match w.handle.await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome { files: Vec::new(), done: Err(EngineError::Checkpoint(format!("the task writing it stopped: {e}"))) },
         };
-        if let Err(e) = self.checkpoint_written(done).await {
+        if let Err(e) = self.checkpoint_written(outcome).await {
             self.checkpoint_failed(&e);
         }
     }
@@ -688,15 +715,12 @@ impl Engine {
             .filter(|p| owned.iter().any(|(t, n)| **t == *p.topic && *n == p.partition))
             .collect();
         let mut sections = vec![(GLOBAL_SECTION.to_string(), self.core.snapshot_global(&self.published)?)];
+        let mut history = None;
         if let Some(h) = self.history.as_mut() {
-            // The rows so far go to Parquet first: the checkpoint lists the files holding them.
+            // The rows so far go to Parquet files (written beside the loop, before the
+            // checkpoint, which lists them).
             let clock = self.core.windower().watermark().unwrap_or_else(stats::now_ms);
-            let flushed = h.flush(&self.tables, clock).await?;
-            Stats::add(&self.stats.history_files, flushed.written);
-            Stats::add(&self.stats.history_rows, flushed.rows as usize);
-            let mut w = state::SectionWriter::default();
-            w.put_value("files", 1, &h.state(&self.tables))?;
-            sections.push((state::HISTORY_SECTION.to_string(), w));
+            history = Some(h.take(&self.tables, clock).await?.0);
         }
         let mut series = 0;
         for (pos, (w, n)) in positions.iter().zip(self.core.snapshot_partitions(&positions)?) {
@@ -706,11 +730,18 @@ impl Engine {
         let meta = serde_json::json!({ "partitions": positions, "member": self.member });
         let pause = t0.elapsed();
         self.last_checkpoint = Instant::now();
-        Ok(Some(Taken { store, member: self.member.clone(), sections, meta, series, partitions: positions.len(), started: t0, pause }))
+        Ok(Some(Taken { store, member: self.member.clone(), sections, history, meta, series, partitions: positions.len(), started: t0, pause }))
     }
 
-    /// Notes a checkpoint's outcome: stats, and the history files it no longer lists deleted.
-    async fn checkpoint_written(&mut self, done: Result<Done, EngineError>) -> Result<u64, EngineError> {
+    /// Notes a checkpoint's outcome: the history files written recorded in the tables, stats,
+    /// and the history files it no longer lists deleted.
+    async fn checkpoint_written(&mut self, outcome: Outcome) -> Result<u64, EngineError> {
+        let Outcome { files, done } = outcome;
+        Stats::add(&self.stats.history_files, files.len());
+        Stats::add(&self.stats.history_rows, files.iter().map(|f| f.file.rows as usize).sum());
+        for f in files {
+            f.apply(&self.tables);
+        }
         let done = done?;
         if let Some(h) = self.history.as_mut() {
             h.checkpoint_written().await?;
