@@ -73,6 +73,10 @@ pub struct KafkaBenchReport {
     pub slowest_closes: Vec<(usize, f64)>,
     /// The loop's longest step (poll, decode, windows, closes, checkpoints), milliseconds.
     pub longest_step_ms: f64,
+    /// In a live run: the wall clock minus the watermark when each close began, p50, p99 and
+    /// max (ms). Above the median it is time the close came late because the loop was not
+    /// reading.
+    pub behind_ms: Option<[f64; 3]>,
     /// With `--checkpoints`: checkpoints written, the loop's pause for each (p50, p99, max ms)
     /// and each one's whole time to be written (p50, p99, max ms).
     pub checkpoints: Option<(u64, [f64; 3], [f64; 3])>,
@@ -126,6 +130,7 @@ impl KafkaBenchReport {
              scored closes     p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over the {} closes in which most feature rows were scored\n\
              slowest closes    {}\n\
              longest step      {:.1} ms (one step of the loop: poll, decode, windows, closes, checkpoints)\n\
+             watermark behind  {} (wall clock minus the watermark as each close of a live run began; above p50 it came late)\n\
              checkpoints       {}\n\
              polls             {} with records ({:.0} records per poll)\n\
              stages            {}\n",
@@ -152,6 +157,10 @@ impl KafkaBenchReport {
             self.scored_closes,
             self.slowest_closes.iter().map(|(i, ms)| format!("#{i} {ms:.1} ms")).collect::<Vec<_>>().join(", "),
             self.longest_step_ms,
+            match self.behind_ms {
+                Some([p50, p99, max]) => format!("p50 {p50:.0} ms  p99 {p99:.0} ms  max {max:.0} ms"),
+                None => "-".into(),
+            },
             match self.checkpoints {
                 Some((n, pause, whole)) => format!(
                     "{n} written; the loop paused p50 {:.1} ms, max {:.1} ms for each (taking the state); written in p50 {:.0} ms, max {:.0} ms beside it",
@@ -282,6 +291,7 @@ pub async fn run(
     let (mut scored_closes, mut multi_window_closes) = (Vec::new(), 0u64);
     let mut produced_s = None;
     let (mut longest_step, mut pauses, mut writes) = (Duration::ZERO, Vec::new(), Vec::new());
+    let mut behind = Vec::new();
     while stats.records.load(Ordering::Relaxed) < events {
         if Instant::now() > deadline {
             bail!("the engine read {} of {events} records in 10 minutes", stats.records.load(Ordering::Relaxed));
@@ -302,6 +312,12 @@ pub async fn run(
             writes.push(stats.checkpoint_us.load(Ordering::Relaxed));
         }
         let new_closes = (stats.close_latency.count() - closes) as usize;
+        if new_closes > 0 && produced_s.is_none() && producing.is_some() {
+            // Wall clock against the watermark when the close began, while records are produced
+            // live (their event time keeps pace with the clock): what it adds above its median
+            // is time the loop was not reading, by which the close came late.
+            behind.push(stats.close_behind_ms.load(Ordering::Relaxed).max(0) as u64 * 1000);
+        }
         if new_closes > 0 {
             if stats.windows_closed.load(Ordering::Relaxed) - windows > new_closes as u64 {
                 multi_window_closes += 1;
@@ -337,6 +353,7 @@ pub async fn run(
         scored_closes: scored_closes.len() as u64,
         slowest_closes: slowest(&stats.close_latency.samples(), 3),
         longest_step_ms: longest_step.as_secs_f64() * 1000.0,
+        behind_ms: (!behind.is_empty()).then(|| quantiles_ms(&behind)),
         checkpoints: checkpoints.then(|| (pauses.len() as u64, quantiles_ms(&pauses), quantiles_ms(&writes))),
         multi_window_closes,
         rate: rate.map(|r| (r, produced_s.map_or(0.0, |s| events as f64 / s.max(1e-9)))),

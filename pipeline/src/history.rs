@@ -113,7 +113,7 @@ impl WrittenFile {
 }
 
 impl TakenRows {
-    /// Encodes each file (zstd Parquet, on a blocking thread) and writes it. Returns the files
+    /// Encodes each file (zstd Parquet, on a thread of lower priority) and writes it. Returns the files
     /// written, and the history's state for the checkpoint: the files listed when the rows
     /// were taken and the new ones. The files written are returned even when a later one
     /// fails: they are in the store, and the next checkpoint lists them.
@@ -125,9 +125,9 @@ impl TakenRows {
             let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             let n = batches.len();
             let t = table.clone();
-            let encoded = match tokio::task::spawn_blocking(move || encode(&t, &batches)).await {
-                Ok(r) => r,
-                Err(e) => Err(HistoryError::Parquet { table: table.clone(), source: datafusion::parquet::errors::ParquetError::General(e.to_string()) }),
+            let encoded = match crate::background::run("vigil-history", move || encode(&t, &batches)).await {
+                Some(r) => r,
+                None => Err(HistoryError::Parquet { table: table.clone(), source: datafusion::parquet::errors::ParquetError::General("encoding stopped".into()) }),
             };
             let bytes = match encoded {
                 Ok(b) => b,

@@ -23,6 +23,7 @@
 //! - holds the typed configuration ([`config`]).
 #![deny(missing_docs)]
 
+mod background;
 pub mod config;
 pub mod engine;
 pub mod history;

@@ -141,8 +141,8 @@ struct Writing {
 }
 
 impl Taken {
-    /// Writes the history's files, then encodes the sections (on a blocking thread: postcard
-    /// over every series' state) and writes them.
+    /// Writes the history's files, then encodes the sections (on a thread of lower priority:
+    /// postcard over every series' state) and writes them.
     async fn write(self) -> Outcome {
         let Taken { store, member, mut sections, history, meta, series, partitions, started, pause } = self;
         let mut files = Vec::new();
@@ -160,11 +160,11 @@ impl Taken {
             sections.push((state::HISTORY_SECTION.to_string(), w));
         }
         let done = async {
-            let encoded = tokio::task::spawn_blocking(move || {
+            let encoded = crate::background::run("vigil-checkpoint", move || {
                 sections.into_iter().map(|(name, w)| Ok(Section { name, bytes: w.finish()? })).collect::<Result<Vec<Section>, EngineError>>()
             })
             .await
-            .map_err(|e| EngineError::Checkpoint(format!("encoding it stopped: {e}")))??;
+            .ok_or_else(|| EngineError::Checkpoint("encoding it stopped".into()))??;
             let written = store.write(&member, encoded, meta).await?;
             Ok(Done { written, series, partitions, took: started.elapsed(), pause })
         }
@@ -195,6 +195,8 @@ pub struct Engine {
     history: Option<crate::history::HistoryWriter>,
     member: String,
     checkpoint_interval: Duration,
+    /// The windows' size: how long a periodic checkpoint may wait for a close to follow.
+    window: Duration,
     last_checkpoint: Instant,
     published: PublishedIds,
     brokers: String,
@@ -296,6 +298,7 @@ impl Engine {
             history,
             member: cfg.checkpoint.member_name(),
             checkpoint_interval: cfg.checkpoint.interval,
+            window: cfg.window.size,
             last_checkpoint: Instant::now(),
             published,
             brokers: k.brokers.clone(),
@@ -369,6 +372,7 @@ impl Engine {
     /// One poll-process-commit cycle. Returns the decisions published (and acknowledged) in it.
     pub async fn step(&mut self) -> Result<Vec<Decision>, EngineError> {
         let mut stop = self.stop.clone();
+        let closed_before = self.stats.windows_closed.load(Ordering::Relaxed);
         let t_poll = Instant::now();
         let polled = tokio::select! {
             biased;
@@ -422,7 +426,8 @@ impl Engine {
             published.extend(self.close_and_publish().await?);
         }
         if self.store.is_some() {
-            self.checkpoint_beside().await;
+            let closed = self.stats.windows_closed.load(Ordering::Relaxed) > closed_before;
+            self.checkpoint_beside(closed).await;
         }
         // A commit refused since the last one is retried even when no record arrives.
         self.note_commit_failures();
@@ -458,7 +463,11 @@ impl Engine {
     /// Closes the windows the watermark has passed, publishes their results, and commits.
     async fn close_and_publish(&mut self) -> Result<Vec<Decision>, EngineError> {
         let t0 = Instant::now();
+        let wall_ms = stats::now_ms();
         let Some(closed) = self.core.close_ready().await? else { return Ok(Vec::new()) };
+        if let Some(wm) = self.core.windower().watermark() {
+            self.stats.close_behind_ms.store(wall_ms - wm, Ordering::Relaxed);
+        }
         let t1 = Instant::now();
         let windows = closed.windows;
         let out = self.publish(closed).await?;
@@ -671,14 +680,22 @@ impl Engine {
     /// the loop waits for), then encoded and written by a task beside the loop, so that a
     /// large state does not hold up the windows' closes. One at a time; a rebalance, a commit
     /// or the shutdown waits for it before taking its own.
-    async fn checkpoint_beside(&mut self) {
+    ///
+    /// A checkpoint due is taken right after a close (`closed`): the next close is then a window
+    /// away, so the pause of taking the state delays none while it is shorter than a window.
+    /// Without closes (input idle or held back), it is taken a window after it was due.
+    async fn checkpoint_beside(&mut self, closed: bool) {
         if let Some(w) = &self.writing {
             if !w.handle.is_finished() {
                 return;
             }
             self.settle_checkpoint().await;
         }
-        if self.last_checkpoint.elapsed() < self.checkpoint_interval {
+        let due = self.last_checkpoint.elapsed();
+        if due < self.checkpoint_interval {
+            return;
+        }
+        if !closed && due < self.checkpoint_interval + self.window {
             return;
         }
         match self.take_checkpoint(None).await {

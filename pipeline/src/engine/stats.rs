@@ -138,6 +138,10 @@ pub struct Stats {
     pub commit_failures: AtomicU64,
     /// Current watermark, epoch ms (`i64::MIN` before any data).
     pub watermark_ms: AtomicI64,
+    /// The wall clock minus the watermark when the last close began, ms (with event time
+    /// that keeps pace with the clock, what it adds above its usual value is how late the
+    /// close came because the loop was not reading).
+    pub close_behind_ms: AtomicI64,
     /// Checkpoints written.
     pub checkpoints: AtomicU64,
     /// Checkpoints that failed to write.
