@@ -82,6 +82,25 @@ pub struct Stages {
     pub publish: std::time::Duration,
 }
 
+impl Stages {
+    /// Each stage's name (parts of a stage indented) and time, in the order of the loop.
+    fn rows(&self) -> [(&'static str, std::time::Duration); 10] {
+        let c = &self.core;
+        [
+            ("decode", c.decode),
+            ("windows", c.windows),
+            ("new series", c.admit),
+            ("feature plan", c.features),
+            ("  while open", c.features_streamed),
+            ("scoring", c.scoring),
+            ("  ensemble", c.ensemble),
+            ("  fleet", c.fleet),
+            ("decisions", c.decisions),
+            ("publish", self.publish),
+        ]
+    }
+}
+
 /// The cost of one checkpoint of everything the run learned.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckpointCost {
@@ -164,19 +183,7 @@ impl BenchReport {
 impl BenchReport {
     /// One line per stage: seconds, share of the loop's wall time, and ns per event.
     fn render_stages(&self) -> String {
-        let c = &self.stages.core;
-        let rows = [
-            ("decode", c.decode),
-            ("windows", c.windows),
-            ("new series", c.admit),
-            ("feature plan", c.features),
-            ("  while open", c.features_streamed),
-            ("scoring", c.scoring),
-            ("  ensemble", c.ensemble),
-            ("  fleet", c.fleet),
-            ("decisions", c.decisions),
-            ("publish", self.stages.publish),
-        ];
+        let rows = self.stages.rows();
         let mut out = String::new();
         for (i, (name, d)) in rows.iter().enumerate() {
             let s = d.as_secs_f64();
@@ -196,21 +203,11 @@ impl BenchReport {
 impl SlowBatch {
     /// `#index (n windows) ms: stage ms, …` for the stages that took a millisecond or more.
     fn render(&self) -> String {
-        let c = &self.stages.core;
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        let parts = [
-            ("decode", c.decode),
-            ("windows", c.windows),
-            ("new series", c.admit),
-            ("plan", c.features),
-            ("ensemble", c.ensemble),
-            ("fleet", c.fleet),
-            ("scoring", c.scoring),
-            ("decisions", c.decisions),
-            ("publish", self.stages.publish),
-        ];
-        let list: Vec<String> = parts.iter().filter(|(_, d)| ms(*d) >= 1.0).map(|(n, d)| format!("{n} {:.1}", ms(*d))).collect();
-        format!("batch #{} ({} windows, {} period detections) {:.1} ms: {}", self.index, self.windows, c.period_checks, self.ms, list.join(", "))
+        let parts = self.stages.rows();
+        let list: Vec<String> = parts.iter().filter(|(_, d)| ms(*d) >= 1.0).map(|(n, d)| format!("{} {:.1}", n.trim(), ms(*d))).collect();
+        let periods = self.stages.core.period_checks;
+        format!("batch #{} ({} windows, {periods} period detections) {:.1} ms: {}", self.index, self.windows, self.ms, list.join(", "))
     }
 }
 

@@ -234,8 +234,7 @@ impl HistoryWriter {
             stats.compacted += self.compact(tables, &name, hour).await?;
             stats.expired += self.expire(tables, &name, clock_ms);
         }
-        let listed = HistoryState { files: tables.history_files(), seq: self.seq };
-        Ok((TakenRows { store: self.store.clone(), files, listed }, stats))
+        Ok((TakenRows { store: self.store.clone(), files, listed: self.state(tables) }, stats))
     }
 
     /// Deletes the files the last written checkpoint no longer lists.

@@ -464,16 +464,10 @@ pub const HISTORY_SECTION: &str = "history";
 pub const GLOBAL_SECTION: &str = "global";
 
 impl Processor {
-    /// The state of partition `pos` (its series and where reading resumes) as a section,
-    /// taken now and encoded by [`SectionWriter::finish`]. Returns it and the number of series.
-    pub fn snapshot_partition(&self, pos: &PartitionPosition) -> Result<(SectionWriter, usize), StateError> {
-        let mut one = self.snapshot_partitions(std::slice::from_ref(pos))?;
-        Ok(one.pop().expect("one section per position"))
-    }
-
-    /// [`Self::snapshot_partition`] for each of `positions`, in one pass over the series (a
-    /// pass per partition would scan every series once per partition: 256 partitions of
-    /// 100,000 series took seconds).
+    /// The state of each of `positions` (its series and where reading resumes) as a section,
+    /// taken now and encoded by [`SectionWriter::finish`], with its number of series; in one
+    /// pass over the series (a pass per partition would scan every series once per partition:
+    /// 256 partitions of 100,000 series took seconds).
     pub fn snapshot_partitions(&self, positions: &[PartitionPosition]) -> Result<Vec<(SectionWriter, usize)>, StateError> {
         let n = positions.len();
         // The owners' index of each position's partition → the position's place.
