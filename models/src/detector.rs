@@ -235,6 +235,36 @@ impl SeriesState {
     }
 }
 
+/// The counts of an [`Arc`] before the state it holds.
+const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
+
+/// A series' state as a checkpoint takes it: the detector's own, shared, so that taking the
+/// state of every series costs the loop a pointer per series rather than a copy of each.
+/// The detector copies a state it changes while a snapshot still holds it; the checkpoint's
+/// writer calls [`Self::detach`] first, beside the loop, so that the next close rarely has to.
+/// Encoded as the state itself.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesSnapshot(Arc<SeriesState>);
+
+impl SeriesSnapshot {
+    /// Makes this snapshot's copy its own, if the detector still shares it.
+    pub fn detach(&mut self) {
+        Arc::make_mut(&mut self.0);
+    }
+}
+
+impl serde::Serialize for SeriesSnapshot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SeriesSnapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SeriesState::deserialize(d).map(|s| Self(Arc::new(s)))
+    }
+}
+
 /// Per-series detector ensemble. See the module docs.
 ///
 /// Series are spread over shards by id; [`Self::score_batch`] scores the shards on every core
@@ -249,10 +279,12 @@ pub struct Detector {
 /// The series of one shard and its working buffers.
 #[derive(Debug, Default)]
 struct Shard {
-    /// Boxed: a hash table's buckets are up to half empty after it grows, and a bucket holding
-    /// the state itself (hundreds of bytes) would waste that much per empty bucket; a pointer
-    /// wastes eight.
-    states: FxHashMap<u64, Box<SeriesState>>,
+    /// Behind a pointer: a hash table's buckets are up to half empty after it grows, and a
+    /// bucket holding the state itself (hundreds of bytes) would waste that much per empty
+    /// bucket; a pointer wastes eight. Shared (copy on write): a checkpoint takes every state
+    /// by its pointer, and a state changed while the checkpoint still holds it is copied first
+    /// (see [`SeriesSnapshot`]).
+    states: FxHashMap<u64, Arc<SeriesState>>,
     scratch: Vec<f64>,
     flat: Vec<f64>,
     /// The values of the series being scored, decoded.
@@ -271,6 +303,8 @@ struct Shard {
     baselines_at_close: u64,
     /// Period detections run (see [`first_period_check`]).
     period_checks: u64,
+    /// States copied as they changed because a checkpoint's snapshot still held them.
+    copied_on_write: u64,
 }
 
 /// The value count at which a series' period is first looked for: 64 to 127, spread by its id.
@@ -355,28 +389,29 @@ impl Detector {
         &self.cfg
     }
 
-    /// The state of the series `keep` selects, for a checkpoint.
-    pub fn export(&self, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, SeriesState)> {
-        self.shards.iter().flat_map(|sh| sh.states.iter()).filter(|(id, _)| keep(**id)).map(|(id, s)| (*id, SeriesState::clone(s))).collect()
+    /// The state of the series `keep` selects, for a checkpoint: shared, not copied (see
+    /// [`SeriesSnapshot`]).
+    pub fn export(&self, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, SeriesSnapshot)> {
+        self.shards.iter().flat_map(|sh| sh.states.iter()).filter(|(id, _)| keep(**id)).map(|(id, s)| (*id, SeriesSnapshot(Arc::clone(s)))).collect()
     }
 
-    /// The state of every series `part_of` places in one of `n` parts, copied, in one pass
+    /// The state of every series `part_of` places in one of `n` parts, shared, in one pass
     /// over the series (a checkpoint of many partitions; each shard on a core of its own).
-    pub fn export_split(&self, part_of: &(dyn Fn(u64) -> Option<usize> + Sync), n: usize) -> Vec<Vec<(u64, SeriesState)>> {
-        let per_shard: Vec<Vec<Vec<(u64, SeriesState)>>> = self
+    pub fn export_split(&self, part_of: &(dyn Fn(u64) -> Option<usize> + Sync), n: usize) -> Vec<Vec<(u64, SeriesSnapshot)>> {
+        let per_shard: Vec<Vec<Vec<(u64, SeriesSnapshot)>>> = self
             .shards
             .par_iter()
             .map(|sh| {
-                let mut out: Vec<Vec<(u64, SeriesState)>> = (0..n).map(|_| Vec::new()).collect();
+                let mut out: Vec<Vec<(u64, SeriesSnapshot)>> = (0..n).map(|_| Vec::new()).collect();
                 for (id, st) in &sh.states {
                     if let Some(part) = part_of(*id).and_then(|i| out.get_mut(i)) {
-                        part.push((*id, SeriesState::clone(st)));
+                        part.push((*id, SeriesSnapshot(Arc::clone(st))));
                     }
                 }
                 out
             })
             .collect();
-        let mut parts: Vec<Vec<(u64, SeriesState)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut parts: Vec<Vec<(u64, SeriesSnapshot)>> = (0..n).map(|_| Vec::new()).collect();
         for shard in per_shard {
             for (all, mine) in parts.iter_mut().zip(shard) {
                 all.extend(mine);
@@ -386,11 +421,11 @@ impl Detector {
     }
 
     /// Takes series state from a checkpoint (replacing what is held for those series).
-    pub fn import(&mut self, states: Vec<(u64, SeriesState)>) {
-        for (id, mut st) in states {
-            st.prepared = None;
+    pub fn import(&mut self, states: Vec<(u64, SeriesSnapshot)>) {
+        for (id, SeriesSnapshot(mut st)) in states {
+            Arc::make_mut(&mut st).prepared = None;
             let i = self.shard_of(id);
-            self.shards[i].states.insert(id, Box::new(st));
+            self.shards[i].states.insert(id, st);
         }
     }
 
@@ -410,7 +445,7 @@ impl Detector {
         for k in 0..self.shards.len() {
             for (&id, _) in ids.iter().zip(&shard).filter(|(_, s)| **s == k) {
                 if let std::collections::hash_map::Entry::Vacant(e) = self.shards[k].states.entry(id) {
-                    e.insert(Box::new(SeriesState::admitted(&self.cfg)));
+                    e.insert(Arc::new(SeriesState::admitted(&self.cfg)));
                     new += 1;
                 }
             }
@@ -464,6 +499,12 @@ impl Detector {
         self.shards.iter().map(|s| s.period_checks).sum()
     }
 
+    /// States copied as they changed because a checkpoint's snapshot still held them (see
+    /// [`SeriesSnapshot`]), since this detector was built.
+    pub fn copied_on_write(&self) -> u64 {
+        self.shards.iter().map(|s| s.copied_on_write).sum()
+    }
+
     /// Series whose values are held as 16-bit multiples of a quantum (see `values.rs`).
     pub fn coded_series(&self) -> usize {
         self.shards.iter().flat_map(|sh| sh.states.values()).filter(|s| s.values.is_coded()).count()
@@ -481,19 +522,19 @@ impl Detector {
         let c = &self.cfg;
         let history = if c.max_period >= 4 { std::mem::size_of::<History>() } else { 0 };
         // A table just grown holds 7 series in 16 buckets.
-        let bucket = (std::mem::size_of::<(u64, Box<SeriesState>)>() + 1) * 16 / 7;
-        bucket + std::mem::size_of::<SeriesState>() + 4 * (c.history + c.shift_windows) + Ring::max_heap_bytes(c.history) + history
+        let bucket = (std::mem::size_of::<(u64, Arc<SeriesState>)>() + 1) * 16 / 7;
+        bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + 4 * (c.history + c.shift_windows) + Ring::max_heap_bytes(c.history) + history
     }
 
     /// Bytes of state held over every series (what [`Self::max_bytes_per_series`] bounds, plus
     /// forecast bands), and the hash tables' buckets, empty ones included.
     pub fn state_bytes(&self) -> usize {
-        let bucket = std::mem::size_of::<(u64, Box<SeriesState>)>() + 1;
+        let bucket = std::mem::size_of::<(u64, Arc<SeriesState>)>() + 1;
         // hashbrown's capacity is 7/8 of its buckets (all of them, less one, below 8), and its
         // control bytes are one per bucket and a group of 16 more.
         let buckets = |cap: usize| if cap < 8 { cap + 1 } else { cap / 7 * 8 };
         let tables: usize = self.shards.iter().map(|sh| buckets(sh.states.capacity()) * bucket + 16).sum();
-        tables + self.shards.iter().flat_map(|sh| sh.states.values()).map(|s| s.bytes()).sum::<usize>()
+        tables + self.shards.iter().flat_map(|sh| sh.states.values()).map(|s| ARC_COUNTS + s.bytes()).sum::<usize>()
     }
 
     /// The season found for a series, if any.
@@ -508,7 +549,7 @@ impl Detector {
     pub fn set_forecast(&mut self, series_id: u64, first_ms: i64, step_ms: i64, point: &[f64], lower_95: &[f64], upper_95: &[f64]) {
         let n = point.len().min(lower_95.len()).min(upper_95.len()).min(4096);
         let i = self.shard_of(series_id);
-        let st = self.shards[i].states.entry(series_id).or_default();
+        let st = Arc::make_mut(self.shards[i].states.entry(series_id).or_default());
         let f32s = |v: &[f64]| v[..n].iter().map(|x| *x as f32).collect::<Vec<f32>>();
         let tail = st.forecast.take().map(|b| b.tail).unwrap_or_default();
         st.forecast = Some(Box::new(Bands { first_ms, step_ms, point: f32s(point), lower: f32s(lower_95), upper: f32s(upper_95), tail }));
@@ -589,7 +630,10 @@ impl Shard {
         if !value.is_finite() {
             return None;
         }
-        let st = self.states.entry(series_id).or_default();
+        // A state a checkpoint still holds is copied before it changes.
+        let held = self.states.entry(series_id).or_default();
+        self.copied_on_write += u64::from(Arc::strong_count(held) > 1);
+        let st = Arc::make_mut(held);
         // The baselines computed ahead for this state, if they are what judging this value
         // would compute (see `baseline.rs`).
         let ahead = st
@@ -993,7 +1037,7 @@ mod tests {
         assert!(found >= 60, "the spikes are found: {found}");
         assert_eq!(many.series(), 6100);
         assert!(many.shards.iter().all(|s| s.states.len() > 500), "every shard holds series");
-        let held = |d: &Detector| state_bytes(d.export(&|_| true));
+        let held = |d: &Detector| state_bytes(d.export(&|_| true).into_iter().map(|(id, s)| (id, SeriesState::clone(&s.0))).collect());
         assert!(held(&one) == held(&many), "every series learned its values in the same order");
     }
 
@@ -1318,7 +1362,7 @@ mod tests {
             }
         }
         let states = |d: &Detector| {
-            let mut v: Vec<_> = d.export(&|_| true).into_iter().map(|(id, s)| (id, s.bytes(), postcard::to_stdvec(&s).unwrap())).collect();
+            let mut v: Vec<_> = d.export(&|_| true).into_iter().map(|(id, s)| (id, s.0.bytes(), postcard::to_stdvec(&s).unwrap())).collect();
             v.sort();
             v
         };

@@ -97,13 +97,14 @@ pub struct Group {
 }
 
 /// A group as the detector works on it: members in slots a series reaches by index, and
-/// their names in order (the order in which they are judged and reported).
+/// their names in order (the order in which they are judged and reported). Members are
+/// shared (copy on write) with the checkpoints that take them (see [`FleetSnapshot`]).
 #[derive(Debug)]
 struct Slots {
     key: Arc<str>,
     label: String,
-    members: Vec<Member>,
-    by_name: BTreeMap<String, u32>,
+    members: Vec<Arc<Member>>,
+    by_name: BTreeMap<Arc<str>, u32>,
     /// The slots in the order of their names (`by_name`'s values), rebuilt when a member joins.
     ordered: Vec<u32>,
 }
@@ -127,27 +128,31 @@ impl FleetDetector {
         Self { cfg, groups: Vec::new(), by_key: FxHashMap::default(), places: FxHashMap::default(), placed: Vec::new() }
     }
 
-    /// Every group's state, for a checkpoint. Groups span partitions (the hosts of a service
-    /// may be keyed to different ones), so this state is not split by partition.
-    pub fn export(&self) -> Vec<(String, Group)> {
-        self.groups
-            .iter()
-            .map(|g| {
-                let members = g.by_name.iter().map(|(name, &i)| (name.clone(), g.members[i as usize].clone())).collect();
-                (g.key.to_string(), Group { label: g.label.clone(), members })
-            })
-            .collect()
+    /// Every group's state, for a checkpoint: shared, not copied (see [`FleetSnapshot`]).
+    /// Groups span partitions (the hosts of a service may be keyed to different ones), so this
+    /// state is not split by partition.
+    pub fn export(&self) -> FleetSnapshot {
+        FleetSnapshot(
+            self.groups
+                .iter()
+                .map(|g| SnapshotGroup {
+                    key: g.key.clone(),
+                    label: g.label.clone(),
+                    members: g.by_name.iter().map(|(name, &i)| (name.clone(), g.members[i as usize].clone())).collect(),
+                })
+                .collect(),
+        )
     }
 
     /// Takes group state from a checkpoint (replacing groups of the same key).
-    pub fn import(&mut self, groups: Vec<(String, Group)>) {
-        for (k, g) in groups {
-            let key: Arc<str> = k.into();
+    pub fn import(&mut self, groups: FleetSnapshot) {
+        for g in groups.0 {
+            let key = g.key;
             let slots = Slots {
                 key: key.clone(),
                 label: g.label,
-                by_name: g.members.keys().enumerate().map(|(i, name)| (name.clone(), i as u32)).collect(),
-                members: g.members.into_values().collect(),
+                by_name: g.members.iter().enumerate().map(|(i, (name, _))| (name.clone(), i as u32)).collect(),
+                members: g.members.into_iter().map(|(_, m)| m).collect(),
                 ordered: Vec::new(),
             };
             match self.by_key.get(&key) {
@@ -186,8 +191,8 @@ impl FleetDetector {
             Some(&m) => m,
             None if slots.members.len() < self.cfg.max_members => {
                 let m = slots.members.len() as u32;
-                slots.by_name.insert(member.to_string(), m);
-                slots.members.push(Member {
+                slots.by_name.insert(member, m);
+                slots.members.push(Arc::new(Member {
                     id,
                     series: key.to_string(),
                     name: name.to_string(),
@@ -195,7 +200,7 @@ impl FleetDetector {
                     last_ms: i64::MIN,
                     last_end_ms: i64::MIN,
                     outlying: None,
-                });
+                }));
                 m
             }
             None => return None,
@@ -256,7 +261,8 @@ impl FleetDetector {
         let mut touched = vec![false; self.groups.len()];
         for &(g, m, i) in &placed {
             let i = i as usize;
-            let m = &mut self.groups[g as usize].members[m as usize];
+            // A member a checkpoint still holds is copied before it changes.
+            let m = Arc::make_mut(&mut self.groups[g as usize].members[m as usize]);
             let t = c.window_start.value(i);
             if t <= m.last_ms {
                 continue; // one value per window, in order
@@ -284,6 +290,78 @@ impl FleetDetector {
             judge(&self.cfg, &mut self.groups[g as usize], feature, &mut rows);
         }
         rows.finish()
+    }
+}
+
+/// The fleet's groups as a checkpoint takes them: each member shared with the detector, which
+/// copies a member it changes while a snapshot still holds it; the checkpoint's writer calls
+/// [`Self::detach`] first, beside the loop. Encoded as the groups themselves, a list of
+/// (key, [`Group`]).
+#[derive(Debug, Clone, Default)]
+pub struct FleetSnapshot(Vec<SnapshotGroup>);
+
+#[derive(Debug, Clone)]
+struct SnapshotGroup {
+    key: Arc<str>,
+    label: String,
+    /// In the order of their names.
+    members: Vec<(Arc<str>, Arc<Member>)>,
+}
+
+impl FleetSnapshot {
+    /// Makes this snapshot's members its own, where the detector still shares them.
+    pub fn detach(&mut self) {
+        for g in &mut self.0 {
+            for (_, m) in &mut g.members {
+                Arc::make_mut(m);
+            }
+        }
+    }
+}
+
+impl serde::Serialize for FleetSnapshot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
+        struct Members<'a>(&'a [(Arc<str>, Arc<Member>)]);
+        impl serde::Serialize for Members<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(Some(self.0.len()))?;
+                for (name, m) in self.0 {
+                    map.serialize_entry(&**name, &**m)?;
+                }
+                map.end()
+            }
+        }
+        struct AsGroup<'a>(&'a SnapshotGroup);
+        impl serde::Serialize for AsGroup<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                let mut g = s.serialize_struct("Group", 2)?;
+                g.serialize_field("label", &self.0.label)?;
+                g.serialize_field("members", &Members(&self.0.members))?;
+                g.end()
+            }
+        }
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for g in &self.0 {
+            seq.serialize_element(&(&*g.key, AsGroup(g)))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FleetSnapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let groups: Vec<(String, Group)> = serde::Deserialize::deserialize(d)?;
+        Ok(Self(
+            groups
+                .into_iter()
+                .map(|(key, g)| SnapshotGroup {
+                    key: key.into(),
+                    label: g.label,
+                    members: g.members.into_iter().map(|(name, m)| (Arc::from(name), Arc::new(m))).collect(),
+                })
+                .collect(),
+        ))
     }
 }
 
@@ -320,7 +398,7 @@ fn judge(cfg: &FleetConfig, g: &mut Slots, feature: &str, rows: &mut Rows) {
     let mut now: Vec<f64> = windows.iter().map(|v| v[last]).collect();
     let (med, sigma) = crate::detector::location_scale(&mut now);
     for (k, i) in ready.into_iter().enumerate() {
-        let m = &mut g.members[i];
+        let m = Arc::make_mut(&mut g.members[i]);
         let v = m.values[last];
         let z = (v - med) / sigma;
         let flagged = verdict.flagged.get(k).copied().unwrap_or(false);
@@ -533,7 +611,7 @@ mod tests {
             }
         }
         let held = |d: &FleetDetector| -> Vec<(String, String, Vec<f64>, i64)> {
-            d.export().into_iter().flat_map(|(k, g)| g.members.into_iter().map(move |(n, m)| (k.clone(), n, m.values.into_iter().collect(), m.last_ms))).collect()
+            groups_of(d).into_iter().flat_map(|(k, g)| g.members.into_iter().map(move |(n, m)| (k.clone(), n, m.values.into_iter().collect(), m.last_ms))).collect()
         };
         let (a, b) = (held(&together), held(&one_by_one));
         assert_eq!(a.len(), 120);
@@ -567,7 +645,7 @@ mod tests {
         }
         assert_eq!(found, 1, "the host that left its fleet");
         let held = |d: &FleetDetector| -> Vec<(String, String, Vec<f64>)> {
-            d.export().into_iter().flat_map(|(k, g)| g.members.into_iter().map(move |(n, m)| (k.clone(), n, m.values.into_iter().collect()))).collect()
+            groups_of(d).into_iter().flat_map(|(k, g)| g.members.into_iter().map(move |(n, m)| (k.clone(), n, m.values.into_iter().collect()))).collect()
         };
         assert_eq!(held(&placed), held(&admitted));
     }
@@ -639,6 +717,37 @@ mod tests {
             flagged += y.num_rows();
         }
         assert_eq!(flagged, 1);
+    }
+
+    /// The groups a detector holds, read back from a checkpoint's encoding of its snapshot as
+    /// the list of (key, group) that checkpoints always held.
+    fn groups_of(d: &FleetDetector) -> Vec<(String, Group)> {
+        postcard::from_bytes(&postcard::to_allocvec(&d.export()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_members_as_taken_while_the_detector_goes_on() {
+        let cfg = FleetConfig { window: 10, ..Default::default() };
+        let mut d = FleetDetector::new(cfg);
+        let feed = |d: &mut FleetDetector, w: i64| {
+            let rows: Vec<(&str, f64)> = (0..6).map(|h| (HOSTS[h], normal(h, w))).collect();
+            d.observe(&batch(w, &rows), "mean").unwrap()
+        };
+        for w in 0..20 {
+            feed(&mut d, w);
+        }
+        let at_once = postcard::to_allocvec(&d.export()).unwrap();
+        let mut shared = d.export();
+        let mut detached = d.export();
+        detached.detach();
+        for w in 20..30 {
+            feed(&mut d, w);
+        }
+        assert_eq!(postcard::to_allocvec(&shared).unwrap(), at_once, "the members changed after the snapshot was taken were copied first");
+        assert_eq!(postcard::to_allocvec(&detached).unwrap(), at_once);
+        shared.detach();
+        assert_eq!(postcard::to_allocvec(&shared).unwrap(), at_once);
+        assert_ne!(postcard::to_allocvec(&d.export()).unwrap(), at_once, "the detector went on learning");
     }
 
     #[test]

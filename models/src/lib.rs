@@ -53,9 +53,9 @@ pub use decision::{
 };
 pub use incident::{incidents_batch, incidents_schema, CapacityForecast, Changes, Correlator, Incident, IncidentConfig, Member, Signal};
 pub use policy::{Feedback, FeedbackError, Gate, GateOutput, GateState, Match, PolicyError, PolicySet, PolicySpec, DEFAULT_POLICIES};
-pub use detector::{Detector, DetectorConfig, Part, Score, SeriesState};
+pub use detector::{Detector, DetectorConfig, Part, Score, SeriesSnapshot, SeriesState};
 pub use error::{Error, Result};
-pub use fleet::{Algorithm as FleetAlgorithm, FleetConfig, FleetDetector, Group as FleetGroup};
+pub use fleet::{Algorithm as FleetAlgorithm, FleetConfig, FleetDetector, FleetSnapshot, Group as FleetGroup};
 pub use sql::{never_skip_partial_aggregation, session_config, sql_functions, SqlFunctions};
 pub use cost::{CostConfig, CostEngine, CostOutput, CostState};
 pub use health::{health_inputs_batch, health_inputs_schema, HealthInput, HealthInputs, HealthPlan, DEFAULT_HEALTH_SQL};

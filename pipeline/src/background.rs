@@ -1,6 +1,8 @@
-//! Work beside the engine's loop at a lower scheduling priority: a checkpoint's encoding and
-//! its history files, which take a core for seconds, yield it to the loop and the scoring
-//! threads when both want it, so the windows' closes keep their latency.
+//! Work beside the engine's loop: a checkpoint's encoding and its history files, which take a
+//! core for seconds, run at a lower scheduling priority and yield it to the loop and the
+//! scoring threads when both want it, so the windows' closes keep their latency. A short task
+//! that must be done before the next close (a checkpoint's states made its own) runs at the
+//! loop's priority.
 
 /// Nice value of the background threads (the SQL service's query threads use the same).
 const BACKGROUND_NICE: i32 = 10;
@@ -8,11 +10,22 @@ const BACKGROUND_NICE: i32 = 10;
 /// Runs `f` on a thread of its own at [`BACKGROUND_NICE`] and waits for its result. `None`
 /// when the thread could not be started or `f` panicked.
 pub(crate) async fn run<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    spawn(name, true, f).await
+}
+
+/// [`run`] at the caller's priority.
+pub(crate) async fn run_now<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    spawn(name, false, f).await
+}
+
+async fn spawn<T: Send + 'static>(name: &str, lower: bool, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            lower_priority();
+            if lower {
+                lower_priority();
+            }
             let _ = tx.send(f());
         })
         .ok()?;
@@ -46,5 +59,8 @@ mod tests {
         // SAFETY: getpriority reads the calling thread's nice value.
         let nice = super::run("vigil-test", || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }).await;
         assert_eq!(nice, Some(super::BACKGROUND_NICE));
+        // SAFETY: as above.
+        let (caller, now) = (unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, super::run_now("vigil-test", || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }).await);
+        assert_eq!(now, Some(caller), "run_now keeps the caller's priority");
     }
 }

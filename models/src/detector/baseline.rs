@@ -14,6 +14,8 @@
 //! judged from scratch, as without them. Both ways run the same code on the same state, so
 //! the scores are the same bits.
 
+use std::sync::Arc;
+
 use super::order::location_scale_near;
 use super::{median, DetectorConfig, Part, Reading, SeriesState, Shard};
 
@@ -194,13 +196,21 @@ impl Shard {
 
     #[inline(always)]
     fn prepare_inlined(&mut self, cfg: &DetectorConfig, next_ms: Option<i64>) -> usize {
-        let Shard { states, held, scratch, prepared, .. } = self;
+        let Shard { states, held, scratch, prepared, copied_on_write, .. } = self;
         prepared.clear();
         // Sized to the series, not doubled as it fills: an entry is 152 bytes, so at a million
         // series half a table left empty would be 76 megabytes.
         prepared.reserve_exact(states.len());
         let half_warm = cfg.half_warm();
-        let mut order: Vec<(u64, &mut SeriesState)> = states.iter_mut().map(|(id, st)| (*id, &mut **st)).collect();
+        // A state a checkpoint still holds is copied before it changes (the engine prepares
+        // before it takes a checkpoint, so this is rare).
+        let mut order: Vec<(u64, &mut SeriesState)> = states
+            .iter_mut()
+            .map(|(id, st)| {
+                *copied_on_write += u64::from(Arc::strong_count(st) > 1);
+                (*id, Arc::make_mut(st))
+            })
+            .collect();
         order.sort_unstable_by_key(|(_, st)| std::ptr::from_ref::<SeriesState>(st) as usize);
         for k in 0..order.len() {
             if let Some((_, next)) = order.get(k + 2) {

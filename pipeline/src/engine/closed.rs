@@ -101,6 +101,9 @@ pub struct StageTimes {
     pub baselines_at_close: u64,
     /// Period detections the ensemble ran (each series' own schedule, spread over closes).
     pub period_checks: u64,
+    /// Series states the loop copied as they changed because a checkpoint being written still
+    /// held them (copy on write; normally none: the writer copies them first).
+    pub copied_on_write: u64,
     /// Everything after scoring: forecasts observed, cost, SLOs, signals into incidents,
     /// policies, the gate, health.
     pub decisions: std::time::Duration,

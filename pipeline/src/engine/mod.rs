@@ -141,25 +141,35 @@ struct Writing {
 }
 
 impl Taken {
-    /// Writes the history's files, then encodes the sections (on a thread of lower priority:
-    /// postcard over every series' state) and writes them.
+    /// Makes the states taken its own (copies what the stages still share: at the loop's
+    /// priority, so that it is done before the next close, which would otherwise copy each
+    /// state it changes), writes the history's files, then encodes the sections (on a thread
+    /// of lower priority: postcard over every series' state) and writes them.
     async fn write(self) -> Outcome {
-        let Taken { store, member, mut sections, history, meta, series, partitions, started, pause } = self;
-        let mut files = Vec::new();
-        if let Some(rows) = history {
-            let (written, listed) = rows.write().await;
-            files = written;
-            let listed = match listed {
-                Ok(l) => l,
-                Err(e) => return Outcome { files, done: Err(e.into()) },
-            };
-            let mut w = state::SectionWriter::default();
-            if let Err(e) = w.put_value("files", 1, &listed) {
-                return Outcome { files, done: Err(e.into()) };
+        let Taken { store, member, sections, history, meta, series, partitions, started, pause } = self;
+        let detached = crate::background::run_now("vigil-checkpoint", move || {
+            let mut sections = sections;
+            for (_, w) in &mut sections {
+                w.detach();
             }
-            sections.push((state::HISTORY_SECTION.to_string(), w));
+            sections
+        })
+        .await;
+        // The history's rows are written to their files whatever becomes of the rest.
+        let mut files = Vec::new();
+        let mut listed = None;
+        if let Some(rows) = history {
+            let (written, l) = rows.write().await;
+            files = written;
+            listed = Some(l);
         }
         let done = async {
+            let mut sections = detached.ok_or_else(|| EngineError::Checkpoint("copying its state stopped".into()))?;
+            if let Some(listed) = listed {
+                let mut w = state::SectionWriter::default();
+                w.put_value("files", 1, &listed?)?;
+                sections.push((state::HISTORY_SECTION.to_string(), w));
+            }
             let encoded = crate::background::run("vigil-checkpoint", move || {
                 sections.into_iter().map(|(name, w)| Ok(Section { name, bytes: w.finish()? })).collect::<Result<Vec<Section>, EngineError>>()
             })

@@ -555,6 +555,7 @@ impl Processor {
             scored_ahead: self.detector.scored_ahead(),
             baselines_at_close: self.detector.baselines_at_close(),
             period_checks: self.detector.period_checks(),
+            copied_on_write: self.detector.copied_on_write(),
             ..self.times
         }
     }

@@ -37,15 +37,31 @@ pub trait Stateful {
     fn snapshot_split(&self, part_of: &(dyn Fn(u64) -> Option<usize> + Sync), n: usize) -> Vec<Self::State> {
         (0..n).map(|i| self.snapshot(&|id| part_of(id) == Some(i))).collect()
     }
+    /// Makes a state taken by [`Self::snapshot`] independent of the stage, for a stage whose
+    /// snapshot shares what it holds rather than copying it (copy on write): the checkpoint's
+    /// writer calls it beside the loop, before encoding, so that the stage rarely has to copy
+    /// on its next change. Nothing to do for a snapshot that is a copy.
+    fn detach(_state: &mut Self::State) {}
     /// Takes state from a checkpoint.
     fn restore(&mut self, state: Self::State);
     /// Forgets the series `drop` selects (their partition went to another member).
     fn forget(&mut self, _drop: &dyn Fn(u64) -> bool) {}
 }
 
-/// The per-series stages: `export(keep)`, `import`, `forget(drop)` of their own.
+/// The per-series stages: `export(keep)`, `import`, `forget(drop)` of their own; with
+/// `shared`, a snapshot shares the stage's states until detached.
 macro_rules! per_series {
+    ($stage:ty, $state:ty, $version:literal, shared) => {
+        per_series!($stage, $state, $version, |state: &mut $state| {
+            for (_, s) in state.iter_mut() {
+                s.detach();
+            }
+        });
+    };
     ($stage:ty, $state:ty, $version:literal) => {
+        per_series!($stage, $state, $version, |_: &mut $state| {});
+    };
+    ($stage:ty, $state:ty, $version:literal, $detach:expr) => {
         impl Stateful for $stage {
             type State = $state;
             const VERSION: u32 = $version;
@@ -54,6 +70,9 @@ macro_rules! per_series {
             }
             fn snapshot_split(&self, part_of: &(dyn Fn(u64) -> Option<usize> + Sync), n: usize) -> Vec<Self::State> {
                 self.export_split(part_of, n)
+            }
+            fn detach(state: &mut Self::State) {
+                ($detach)(state)
             }
             fn restore(&mut self, state: Self::State) {
                 self.import(state)
@@ -68,8 +87,9 @@ macro_rules! per_series {
 // Version 4: the detector's values in single precision, as 16-bit multiples of a decimal quantum
 // where that is exact (version 3 held them all as floats); the seasonal residuals in half
 // precision about their median, a reduced-resolution seasonal history, 16-bit calibration
-// counts. An older checkpoint is refused, naming the stage.
-per_series!(Detector, Vec<(u64, vigil_models::SeriesState)>, 4);
+// counts. An older checkpoint is refused, naming the stage. (A snapshot shares the detector's
+// states; it is encoded as the states themselves.)
+per_series!(Detector, Vec<(u64, vigil_models::SeriesSnapshot)>, 4, shared);
 per_series!(Forecaster, Vec<(u64, vigil_models::ForecastHistory)>, 1);
 
 /// Open incidents span partitions (a service's series come from several): global.
@@ -120,12 +140,16 @@ impl Stateful for Gate {
     }
 }
 
-/// Fleet groups span partitions: global.
+/// Fleet groups span partitions: global. A snapshot shares the members until detached; it is
+/// encoded as the list of (key, group) it was before.
 impl Stateful for FleetDetector {
-    type State = Vec<(String, vigil_models::FleetGroup)>;
+    type State = vigil_models::FleetSnapshot;
     const VERSION: u32 = 1;
     fn snapshot(&self, _keep: &dyn Fn(u64) -> bool) -> Self::State {
         self.export()
+    }
+    fn detach(state: &mut Self::State) {
+        state.detach()
     }
     fn restore(&mut self, state: Self::State) {
         self.import(state)
@@ -265,25 +289,51 @@ pub struct SectionWriter {
 /// An entry of a section, encoded or still to be.
 enum Pending {
     Encoded(Entry),
-    Taken { name: String, version: u32, encode: Box<dyn FnOnce() -> Result<Vec<u8>, postcard::Error> + Send> },
+    Taken { name: String, version: u32, state: Box<dyn TakenState> },
+}
+
+/// A stage's state taken and not yet encoded.
+trait TakenState: Send {
+    fn detach(&mut self);
+    fn encode(&self) -> Result<Vec<u8>, postcard::Error>;
+}
+
+struct Typed<T: Stateful>(T::State);
+
+impl<T: Stateful> TakenState for Typed<T> {
+    fn detach(&mut self) {
+        T::detach(&mut self.0)
+    }
+    fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(&self.0)
+    }
 }
 
 impl SectionWriter {
     /// Takes `stage`'s state for the series `keep` selects, under `name`; it is encoded by
     /// [`Self::finish`].
-    pub fn put<T: Stateful>(&mut self, name: &str, stage: &T, keep: &dyn Fn(u64) -> bool) -> Result<(), StateError> {
+    pub fn put<T: Stateful + 'static>(&mut self, name: &str, stage: &T, keep: &dyn Fn(u64) -> bool) -> Result<(), StateError> {
         self.put_taken::<T>(name, stage.snapshot(keep));
         Ok(())
     }
     /// Adds a state already taken from a `T` (one part of [`Stateful::snapshot_split`]).
-    pub fn put_taken<T: Stateful>(&mut self, name: &str, state: T::State) {
-        self.entries.push(Pending::Taken { name: name.into(), version: T::VERSION, encode: Box::new(move || postcard::to_stdvec(&state)) });
+    pub fn put_taken<T: Stateful + 'static>(&mut self, name: &str, state: T::State) {
+        self.entries.push(Pending::Taken { name: name.into(), version: T::VERSION, state: Box::new(Typed::<T>(state)) });
     }
     /// Writes a plain serde value (not a [`Stateful`] stage) under `name`, encoded at once.
     pub fn put_value<S: Serialize>(&mut self, name: &str, version: u32, value: &S) -> Result<(), StateError> {
         let bytes = postcard::to_stdvec(value).map_err(|e| encode_error(name, &e))?;
         self.entries.push(Pending::Encoded(Entry { name: name.into(), version, bytes }));
         Ok(())
+    }
+    /// Makes the states taken independent of the stages they were taken from (see
+    /// [`Stateful::detach`]): for the checkpoint's writer, beside the loop, before it encodes.
+    pub fn detach(&mut self) {
+        for p in &mut self.entries {
+            if let Pending::Taken { state, .. } = p {
+                state.detach();
+            }
+        }
     }
     /// The encoded section.
     pub fn finish(self) -> Result<Vec<u8>, StateError> {
@@ -292,7 +342,7 @@ impl SectionWriter {
             .into_iter()
             .map(|p| match p {
                 Pending::Encoded(e) => Ok(e),
-                Pending::Taken { name, version, encode } => match encode() {
+                Pending::Taken { name, version, state } => match state.encode() {
                     Ok(bytes) => Ok(Entry { name, version, bytes }),
                     Err(e) => Err(encode_error(&name, &e)),
                 },
@@ -634,10 +684,23 @@ mod tests {
         let at_once = w.finish().unwrap();
         let mut taken = SectionWriter::default();
         taken.put("detector", &d, &|_| true).unwrap();
+        let mut detached = SectionWriter::default();
+        detached.put("detector", &d, &|_| true).unwrap();
+        detached.detach();
+        assert_eq!(d.copied_on_write(), 0);
         for i in 0..50 {
             d.observe(1, 100.0 + f64::from(i));
         }
+        // The snapshot shares the state: the detector copied it once, as it first changed.
+        assert_eq!(d.copied_on_write(), 1);
         assert_eq!(taken.finish().unwrap(), at_once, "the values observed after the put are not in the section");
+        assert_eq!(detached.finish().unwrap(), at_once);
+        // A snapshot made its own before the state changes costs the detector no copy.
+        let mut own = SectionWriter::default();
+        own.put("detector", &d, &|_| true).unwrap();
+        own.detach();
+        d.observe(1, 7.0);
+        assert_eq!(d.copied_on_write(), 1);
         let mut after = SectionWriter::default();
         after.put("detector", &d, &|_| true).unwrap();
         assert_ne!(after.finish().unwrap(), at_once);
@@ -666,7 +729,7 @@ mod tests {
         assert!(r.is_err() || r.unwrap().get("published", &mut PublishedIds::new(2)).is_err());
     }
 
-    fn round_trip<T: Stateful>(name: &str, from: &T, into: &mut T, keep: &dyn Fn(u64) -> bool) {
+    fn round_trip<T: Stateful + 'static>(name: &str, from: &T, into: &mut T, keep: &dyn Fn(u64) -> bool) {
         let mut w = SectionWriter::default();
         w.put(name, from, keep).unwrap();
         let bytes = w.finish().unwrap();
