@@ -7,7 +7,9 @@
 //! lists them: after a crash
 //! the restore keeps exactly the files of the checkpoint it restores, deletes this member's newer
 //! ones (the replay writes their rows again), and nothing is counted twice. Once an hour of event
-//! time is over, its files are merged into one (compaction); files older than their table's
+//! time is over, its files are merged into one (compaction, also beside the loop: `take` chooses
+//! the hours, `write` reads, merges and writes them, and the loop switches the tables to the
+//! merged file when the checkpoint listing it is settled); files older than their table's
 //! retention are deleted. Files a checkpoint stops listing are deleted only after that checkpoint
 //! is written, so the previous checkpoint never points at a missing file.
 
@@ -73,7 +75,7 @@ pub struct FlushStats {
     pub written: usize,
     /// Rows in them.
     pub rows: u64,
-    /// Hours of a table merged into one file.
+    /// Hours of a table merged into one file (by [`HistoryWriter::take`]: chosen to be).
     pub compacted: usize,
     /// Files past retention, dropped from the list.
     pub expired: usize,
@@ -88,27 +90,42 @@ struct TakenFile {
     batches: Vec<RecordBatch>,
 }
 
-/// The rows a checkpoint takes for the history, and the files it lists besides them.
+/// A finished hour of a table whose files are to be merged into one ([`HistoryWriter::take`]).
+#[derive(Debug)]
+struct TakenMerge {
+    table: String,
+    hour: i64,
+    /// The merged file's path.
+    path: String,
+    files: Vec<HistoryFile>,
+}
+
+/// The rows a checkpoint takes for the history, the hours it merges, and the files it lists
+/// besides them.
 #[derive(Debug)]
 pub struct TakenRows {
     store: Arc<dyn ObjectStore>,
     files: Vec<TakenFile>,
+    merges: Vec<TakenMerge>,
     listed: HistoryState,
 }
 
-/// A file written from taken rows, to be recorded in the tables ([`Self::apply`]).
+/// A file written from taken rows or merged from an hour's files, to be recorded in the tables
+/// ([`HistoryWriter::apply`]).
 #[derive(Debug)]
 pub struct WrittenFile {
     table: String,
     batches: usize,
+    /// The files it replaces (a merged hour's), none for new rows.
+    replaces: Vec<String>,
     /// The file.
     pub file: HistoryFile,
 }
 
 impl WrittenFile {
-    /// Queries read its rows from the file from now on, not from the pending batches.
-    pub fn apply(self, tables: &ResultTables) {
-        tables.flushed(&self.table, self.batches, self.file);
+    /// Whether it merged an hour's files (rather than holding new rows).
+    pub fn is_merge(&self) -> bool {
+        !self.replaces.is_empty()
     }
 }
 
@@ -118,7 +135,7 @@ impl TakenRows {
     /// were taken and the new ones. The files written are returned even when a later one
     /// fails: they are in the store, and the next checkpoint lists them.
     pub async fn write(self) -> (Vec<WrittenFile>, Result<HistoryState, HistoryError>) {
-        let TakenRows { store, files, mut listed } = self;
+        let TakenRows { store, files, merges, mut listed } = self;
         let mut written = Vec::new();
         for f in files {
             let TakenFile { table, path, hour, batches } = f;
@@ -139,10 +156,53 @@ impl TakenRows {
             }
             let file = HistoryFile { path, hour, rows, bytes: size };
             listed.files.entry(table.clone()).or_default().push(file.clone());
-            written.push(WrittenFile { table, batches: n, file });
+            written.push(WrittenFile { table, batches: n, replaces: Vec::new(), file });
+        }
+        for m in merges {
+            let file = match merge(&store, &m).await {
+                Ok(f) => f,
+                Err(e) => return (written, Err(e)),
+            };
+            let replaces: Vec<String> = m.files.into_iter().map(|f| f.path).collect();
+            let list = listed.files.entry(m.table.clone()).or_default();
+            list.retain(|f| !replaces.contains(&f.path));
+            list.push(file.clone());
+            written.push(WrittenFile { table: m.table, batches: 0, replaces, file });
         }
         (written, Ok(listed))
     }
+}
+
+/// Reads an hour's files, and writes their rows as one file (decoding and encoding on a thread
+/// of lower priority).
+async fn merge(store: &Arc<dyn ObjectStore>, m: &TakenMerge) -> Result<HistoryFile, HistoryError> {
+    let table = m.table.clone();
+    let mut parts = Vec::with_capacity(m.files.len());
+    for f in &m.files {
+        parts.push(get(store, &f.path, &table).await?);
+    }
+    let t = table.clone();
+    let merged = crate::background::run("vigil-history", move || -> Result<(usize, Vec<u8>), HistoryError> {
+        let mut batches = Vec::new();
+        for bytes in parts {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|source| HistoryError::Parquet { table: t.clone(), source })?;
+            for b in reader {
+                batches.push(b.map_err(|e| HistoryError::Parquet { table: t.clone(), source: e.into() })?);
+            }
+        }
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        Ok((rows, encode(&t, &batches)?))
+    })
+    .await;
+    let (rows, bytes) = merged.unwrap_or_else(|| Err(HistoryError::Parquet { table: table.clone(), source: datafusion::parquet::errors::ParquetError::General("merging stopped".into()) }))?;
+    let size = bytes.len() as u64;
+    store.put(&Path::from(m.path.as_str()), PutPayload::from(bytes)).await.map_err(|source| HistoryError::Store { table: table.clone(), source })?;
+    Ok(HistoryFile { path: m.path.clone(), hour: m.hour, rows: rows as u64, bytes: size })
+}
+
+async fn get(store: &Arc<dyn ObjectStore>, path: &str, table: &str) -> Result<Bytes, HistoryError> {
+    let r = store.get(&Path::from(path)).await.map_err(|source| HistoryError::Store { table: table.into(), source })?;
+    r.bytes().await.map_err(|source| HistoryError::Store { table: table.into(), source })
 }
 
 /// Writes, compacts and expires the history of [`ResultTables`] (see the module docs).
@@ -204,25 +264,27 @@ impl HistoryWriter {
     /// Writes every table's pending rows to a file of the hour `clock_ms` falls in, merges the
     /// files of finished hours, and drops files past retention (deleted after the checkpoint).
     pub async fn flush(&mut self, tables: &ResultTables, clock_ms: i64) -> Result<FlushStats, HistoryError> {
-        let (taken, mut stats) = self.take(tables, clock_ms).await?;
+        let (taken, mut stats) = self.take(tables, clock_ms);
         let (written, listed) = taken.write().await;
         listed?;
-        stats.written = written.len();
-        stats.rows = written.iter().map(|w| w.file.rows).sum();
+        stats.written = written.iter().filter(|w| !w.is_merge()).count();
+        stats.rows = written.iter().filter(|w| !w.is_merge()).map(|w| w.file.rows).sum();
         for w in written {
-            w.apply(tables);
+            self.apply(w, tables);
         }
         Ok(stats)
     }
 
     /// The first half of [`Self::flush`], for a checkpoint: takes every table's pending rows
-    /// (shared batches, not copied) and names their files, and merges and expires files as
-    /// `flush` does. [`TakenRows::write`] encodes and writes the files, beside the loop; until
-    /// [`WrittenFile::apply`] the rows stay pending, so queries read them from memory.
-    pub async fn take(&mut self, tables: &ResultTables, clock_ms: i64) -> Result<(TakenRows, FlushStats), HistoryError> {
+    /// (shared batches, not copied) and names their files, expires files, and chooses the
+    /// finished hours whose files are merged. [`TakenRows::write`] encodes and writes the
+    /// files and merges the hours, beside the loop; until [`Self::apply`] the rows stay
+    /// pending, so queries read them from memory, and an hour's files stay those queries read.
+    pub fn take(&mut self, tables: &ResultTables, clock_ms: i64) -> (TakenRows, FlushStats) {
         let mut stats = FlushStats::default();
         let hour = clock_ms.div_euclid(HOUR_MS) * HOUR_MS;
         let mut files = Vec::new();
+        let mut merges = Vec::new();
         for name in tables.names() {
             let pending = tables.pending(&name);
             let rows: usize = pending.iter().map(RecordBatch::num_rows).sum();
@@ -230,11 +292,27 @@ impl HistoryWriter {
                 let path = self.file_path(&name, hour);
                 files.push(TakenFile { table: name.clone(), path, hour, batches: pending });
             }
-            // Merges files of finished hours only: the files taken above are of this hour.
-            stats.compacted += self.compact(tables, &name, hour).await?;
             stats.expired += self.expire(tables, &name, clock_ms);
+            // Merges files of finished hours only (the files taken above are of this hour),
+            // and of hours not expired.
+            let due = self.merges_due(tables, &name, hour);
+            stats.compacted += due.len();
+            merges.extend(due);
         }
-        Ok((TakenRows { store: self.store.clone(), files, listed: self.state(tables) }, stats))
+        (TakenRows { store: self.store.clone(), files, merges, listed: self.state(tables) }, stats)
+    }
+
+    /// Records a file written beside the loop in the tables: queries read its rows from it
+    /// from now on, not from the pending batches; a merged hour's files are replaced by it
+    /// (and deleted once a checkpoint no longer lists them).
+    pub fn apply(&mut self, written: WrittenFile, tables: &ResultTables) {
+        let WrittenFile { table, batches, replaces, file } = written;
+        if replaces.is_empty() {
+            tables.flushed(&table, batches, file);
+        } else {
+            tables.replace_files(&table, &replaces, vec![file]);
+            self.obsolete.extend(replaces);
+        }
     }
 
     /// Deletes the files the last written checkpoint no longer lists.
@@ -258,36 +336,17 @@ impl HistoryWriter {
             .to_string()
     }
 
-    /// Merges each finished hour's files of `table` into one; returns the hours merged.
-    async fn compact(&mut self, tables: &ResultTables, table: &str, current_hour: i64) -> Result<usize, HistoryError> {
-        let files = tables.files(table);
+    /// The finished hours of `table` with more than one file, each with its merged file's path.
+    fn merges_due(&mut self, tables: &ResultTables, table: &str, current_hour: i64) -> Vec<TakenMerge> {
         let mut by_hour: BTreeMap<i64, Vec<HistoryFile>> = BTreeMap::new();
-        for f in files.into_iter().filter(|f| f.hour < current_hour) {
+        for f in tables.files(table).into_iter().filter(|f| f.hour < current_hour) {
             by_hour.entry(f.hour).or_default().push(f);
         }
-        let mut merged = 0;
-        for (hour, group) in by_hour.into_iter().filter(|(_, g)| g.len() > 1) {
-            let mut batches = Vec::new();
-            for f in &group {
-                let bytes = self.get(&f.path, table).await?;
-                let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .and_then(|b| b.build())
-                    .map_err(|source| HistoryError::Parquet { table: table.into(), source })?;
-                for b in reader {
-                    batches.push(b.map_err(|e| HistoryError::Parquet { table: table.into(), source: e.into() })?);
-                }
-            }
-            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            let path = self.file_path(table, hour);
-            let bytes = encode(table, &batches)?;
-            let size = bytes.len() as u64;
-            self.put(&path, bytes, table).await?;
-            let old: Vec<String> = group.into_iter().map(|f| f.path).collect();
-            tables.replace_files(table, &old, vec![HistoryFile { path, hour, rows: rows as u64, bytes: size }]);
-            self.obsolete.extend(old);
-            merged += 1;
-        }
-        Ok(merged)
+        by_hour
+            .into_iter()
+            .filter(|(_, files)| files.len() > 1)
+            .map(|(hour, files)| TakenMerge { table: table.into(), hour, path: self.file_path(table, hour), files })
+            .collect()
     }
 
     /// Drops the files of `table` whose hour ended longer than its retention before `clock_ms`.
@@ -306,19 +365,6 @@ impl HistoryWriter {
         let n = old.len();
         self.obsolete.extend(old);
         n
-    }
-
-    async fn put(&self, path: &str, bytes: Vec<u8>, table: &str) -> Result<(), HistoryError> {
-        self.store
-            .put(&Path::from(path), PutPayload::from(bytes))
-            .await
-            .map(|_| ())
-            .map_err(|source| HistoryError::Store { table: table.into(), source })
-    }
-
-    async fn get(&self, path: &str, table: &str) -> Result<Bytes, HistoryError> {
-        let r = self.store.get(&Path::from(path)).await.map_err(|source| HistoryError::Store { table: table.into(), source })?;
-        r.bytes().await.map_err(|source| HistoryError::Store { table: table.into(), source })
     }
 
     async fn delete(&self, path: &str, table: &str) -> Result<(), HistoryError> {

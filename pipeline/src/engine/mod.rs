@@ -747,7 +747,7 @@ impl Engine {
             // The rows so far go to Parquet files (written beside the loop, before the
             // checkpoint, which lists them).
             let clock = self.core.windower().watermark().unwrap_or_else(stats::now_ms);
-            history = Some(h.take(&self.tables, clock).await?.0);
+            history = Some(h.take(&self.tables, clock).0);
         }
         let mut series = 0;
         for (pos, (w, n)) in positions.iter().zip(self.core.snapshot_partitions(&positions)?) {
@@ -764,10 +764,13 @@ impl Engine {
     /// and the history files it no longer lists deleted.
     async fn checkpoint_written(&mut self, outcome: Outcome) -> Result<u64, EngineError> {
         let Outcome { files, done } = outcome;
-        Stats::add(&self.stats.history_files, files.len());
-        Stats::add(&self.stats.history_rows, files.iter().map(|f| f.file.rows as usize).sum());
-        for f in files {
-            f.apply(&self.tables);
+        let new = || files.iter().filter(|f| !f.is_merge());
+        Stats::add(&self.stats.history_files, new().count());
+        Stats::add(&self.stats.history_rows, new().map(|f| f.file.rows as usize).sum());
+        if let Some(h) = self.history.as_mut() {
+            for f in files {
+                h.apply(f, &self.tables);
+            }
         }
         let done = done?;
         if let Some(h) = self.history.as_mut() {

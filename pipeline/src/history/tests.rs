@@ -103,6 +103,36 @@ async fn finished_hours_are_compacted_and_old_ones_expire() {
 }
 
 #[tokio::test]
+async fn an_hour_is_merged_beside_the_loop_and_the_tables_switch_when_it_is_applied() {
+    let (store, dir, tables) = setup("merge-beside");
+    let mut w = HistoryWriter::new(store.clone(), &Path::default(), "m1", Duration::from_secs(86_400), BTreeMap::new(), &tables);
+    tables.create("t", schema(), 100);
+    for (i, clock) in [10 * H + 1, 10 * H + 2].into_iter().enumerate() {
+        tables.append("t", batch(vec![i as i64])).unwrap();
+        w.flush(&tables, clock).await.unwrap();
+    }
+    // The loop's part: nothing read or written, the hour chosen.
+    let (taken, stats) = w.take(&tables, 11 * H + 1);
+    assert_eq!(stats.compacted, 1);
+    assert_eq!(files_on_disk(&dir), 2);
+    let (written, listed) = taken.write().await;
+    let listed = listed.unwrap();
+    assert_eq!(tables.scan_parts("t").unwrap().files.len(), 2, "queries read the hour's files until the merge is applied");
+    assert_eq!(listed.files["t"].len(), 1, "the checkpoint lists the merged file only");
+    assert_eq!(listed.files["t"][0].rows, 2);
+    assert_eq!(written.len(), 1);
+    assert!(written[0].is_merge());
+    for f in written {
+        w.apply(f, &tables);
+    }
+    let files = tables.scan_parts("t").unwrap().files;
+    assert_eq!((files.len(), files[0].rows), (1, 2));
+    assert_eq!(files_on_disk(&dir), 3, "the merged files stay until a checkpoint no longer lists them");
+    w.checkpoint_written().await.unwrap();
+    assert_eq!(files_on_disk(&dir), 1);
+}
+
+#[tokio::test]
 async fn a_restore_keeps_the_checkpoints_files_and_deletes_newer_ones() {
     let (store, dir, tables) = setup("restore");
     let mut w = HistoryWriter::new(store.clone(), &Path::default(), "m1", Duration::from_secs(86_400), BTreeMap::new(), &tables);
