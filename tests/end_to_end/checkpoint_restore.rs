@@ -1,7 +1,7 @@
 //! State survives a crash: an engine restored from a checkpoint scores warm, so a spike right
 //! after the restart is decided (a cold detector would still be in warm-up); a corrupt newest
 //! checkpoint falls back to the previous one; a broker outage holds results back without
-//! stopping the engine.
+//! stopping the engine; a periodic checkpoint waits for a close.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -130,3 +130,54 @@ async fn a_broker_outage_of_a_minute_holds_results_back_and_loses_nothing() {
     check_decisions(&decisions, &incidents).unwrap();
 }
 
+
+/// A periodic checkpoint that falls due waits for a close and is taken right after it (the next
+/// close is then a window away), not at the first step after it is due; with no close at all,
+/// it is taken a window after it was due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_checkpoint_is_taken_right_after_a_close_or_a_window_after_it_is_due() {
+    init_tracing();
+    let kafka = Kafka::start(1);
+    let data = stream(4, 12, 1, &[], 7);
+    let mut cfg = kafka.config("vigil-after-close");
+    cfg.checkpoint.interval = Duration::from_secs(1);
+    // No partition goes idle: without records the watermark stays, and no window closes.
+    cfg.window.idle_timeout = Duration::from_secs(3600);
+    cfg.fleet.enabled = false;
+    produce(&kafka, &data[..6]).await;
+    let mut engine = vigil::Engine::new(&cfg, tables()).await.unwrap();
+    let stats = engine.stats();
+    step_until(&mut engine, Duration::from_secs(90), |s| Stats::get(&s.windows_closed) >= 4 && Stats::get(&s.checkpoints) >= 1).await;
+    let closed = Stats::get(&stats.windows_closed);
+
+    // Due every second, but no window closes for three seconds: no periodic checkpoint. One taken
+    // meanwhile would be written beside the loop and settled by the next checkpoint, so the
+    // checkpoint asked for after adds two to the count instead of one.
+    let quiet = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < quiet {
+        engine.step().await.unwrap();
+    }
+    assert_eq!(Stats::get(&stats.windows_closed), closed, "no window closed");
+    let before = Stats::get(&stats.checkpoints);
+    engine.checkpoint(None).await.unwrap();
+    assert_eq!(Stats::get(&stats.checkpoints), before + 1, "no periodic checkpoint without a close");
+
+    // Still no close: one comes a window (10 s) after it was due (a second after that one).
+    let asked = Instant::now();
+    let taken = Stats::get(&stats.checkpoints);
+    step_until(&mut engine, Duration::from_secs(40), |s| Stats::get(&s.checkpoints) > taken).await;
+    assert!(asked.elapsed() >= Duration::from_secs(11), "taken {:?} after the last one", asked.elapsed());
+    assert_eq!(Stats::get(&stats.windows_closed), closed);
+
+    // Due again a second later; then a close: the checkpoint due follows it at once.
+    let due = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < due {
+        engine.step().await.unwrap();
+    }
+    let taken = Stats::get(&stats.checkpoints);
+    produce(&kafka, &data[6..8]).await;
+    step_until(&mut engine, Duration::from_secs(30), |s| Stats::get(&s.windows_closed) > closed).await;
+    let closed_at = Instant::now();
+    step_until(&mut engine, Duration::from_secs(30), |s| Stats::get(&s.checkpoints) > taken).await;
+    assert!(closed_at.elapsed() < Duration::from_secs(5), "written {:?} after the close", closed_at.elapsed());
+}

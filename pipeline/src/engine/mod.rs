@@ -686,8 +686,8 @@ impl Engine {
         self.checkpoint_written(outcome).await
     }
 
-    /// The periodic checkpoint: the state is taken between two steps (a copy, the only part
-    /// the loop waits for), then encoded and written by a task beside the loop, so that a
+    /// The periodic checkpoint: the state is taken between two steps (shared, copied on write:
+    /// the only part the loop waits for), then copied, encoded and written by a task beside the loop, so that a
     /// large state does not hold up the windows' closes. One at a time; a rebalance, a commit
     /// or the shutdown waits for it before taking its own.
     ///
