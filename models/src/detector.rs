@@ -243,7 +243,7 @@ const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
 /// The detector copies a state it changes while a snapshot still holds it; the checkpoint's
 /// writer calls [`Self::detach`] first, beside the loop, so that the next close rarely has to.
 /// Encoded as the state itself.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SeriesSnapshot(Arc<SeriesState>);
 
 impl SeriesSnapshot {

@@ -297,7 +297,7 @@ impl FleetDetector {
 /// copies a member it changes while a snapshot still holds it; the checkpoint's writer calls
 /// [`Self::detach`] first, beside the loop. Encoded as the groups themselves, a list of
 /// (key, [`Group`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FleetSnapshot(Vec<SnapshotGroup>);
 
 #[derive(Debug, Clone)]
@@ -321,7 +321,7 @@ impl FleetSnapshot {
 
 impl serde::Serialize for FleetSnapshot {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
+        use serde::ser::{SerializeMap, SerializeSeq};
         struct Members<'a>(&'a [(Arc<str>, Arc<Member>)]);
         impl serde::Serialize for Members<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -332,18 +332,15 @@ impl serde::Serialize for FleetSnapshot {
                 map.end()
             }
         }
-        struct AsGroup<'a>(&'a SnapshotGroup);
-        impl serde::Serialize for AsGroup<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-                let mut g = s.serialize_struct("Group", 2)?;
-                g.serialize_field("label", &self.0.label)?;
-                g.serialize_field("members", &Members(&self.0.members))?;
-                g.end()
-            }
+        /// [`Group`]'s shape.
+        #[derive(serde::Serialize)]
+        struct AsGroup<'a> {
+            label: &'a str,
+            members: Members<'a>,
         }
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
         for g in &self.0 {
-            seq.serialize_element(&(&*g.key, AsGroup(g)))?;
+            seq.serialize_element(&(&*g.key, AsGroup { label: &g.label, members: Members(&g.members) }))?;
         }
         seq.end()
     }
@@ -699,10 +696,7 @@ mod tests {
         let value = |h: usize, w: i64| if h == 1 && w >= 42 { 0.95 } else { normal(h, w) };
         let cfg = FleetConfig { window: 10, ..Default::default() };
         let mut a = FleetDetector::new(cfg.clone());
-        let feed = |d: &mut FleetDetector, w: i64| {
-            let rows: Vec<(&str, f64)> = (0..6).map(|h| (HOSTS[h], value(h, w))).collect();
-            d.observe(&batch(w, &rows), "mean").unwrap()
-        };
+        let feed = |d: &mut FleetDetector, w: i64| feed_hosts(d, w, value);
         for w in 0..40 {
             feed(&mut a, w);
         }
@@ -719,6 +713,12 @@ mod tests {
         assert_eq!(flagged, 1);
     }
 
+    /// Window `w` of the six hosts, each at `value(host, w)`, learned by `d`.
+    fn feed_hosts(d: &mut FleetDetector, w: i64, value: impl Fn(usize, i64) -> f64) -> RecordBatch {
+        let rows: Vec<(&str, f64)> = (0..6).map(|h| (HOSTS[h], value(h, w))).collect();
+        d.observe(&batch(w, &rows), "mean").unwrap()
+    }
+
     /// The groups a detector holds, read back from a checkpoint's encoding of its snapshot as
     /// the list of (key, group) that checkpoints always held.
     fn groups_of(d: &FleetDetector) -> Vec<(String, Group)> {
@@ -729,19 +729,15 @@ mod tests {
     fn a_snapshot_keeps_the_members_as_taken_while_the_detector_goes_on() {
         let cfg = FleetConfig { window: 10, ..Default::default() };
         let mut d = FleetDetector::new(cfg);
-        let feed = |d: &mut FleetDetector, w: i64| {
-            let rows: Vec<(&str, f64)> = (0..6).map(|h| (HOSTS[h], normal(h, w))).collect();
-            d.observe(&batch(w, &rows), "mean").unwrap()
-        };
         for w in 0..20 {
-            feed(&mut d, w);
+            feed_hosts(&mut d, w, normal);
         }
         let at_once = postcard::to_allocvec(&d.export()).unwrap();
         let mut shared = d.export();
         let mut detached = d.export();
         detached.detach();
         for w in 20..30 {
-            feed(&mut d, w);
+            feed_hosts(&mut d, w, normal);
         }
         assert_eq!(postcard::to_allocvec(&shared).unwrap(), at_once, "the members changed after the snapshot was taken were copied first");
         assert_eq!(postcard::to_allocvec(&detached).unwrap(), at_once);

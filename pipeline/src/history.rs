@@ -139,22 +139,12 @@ impl TakenRows {
         let mut written = Vec::new();
         for f in files {
             let TakenFile { table, path, hour, batches } = f;
-            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             let n = batches.len();
             let t = table.clone();
-            let encoded = match crate::background::run("vigil-history", move || encode(&t, &batches)).await {
-                Some(r) => r,
-                None => Err(HistoryError::Parquet { table: table.clone(), source: datafusion::parquet::errors::ParquetError::General("encoding stopped".into()) }),
-            };
-            let bytes = match encoded {
-                Ok(b) => b,
+            let file = match write_file(&store, &table, path, hour, move || Ok((batches.iter().map(RecordBatch::num_rows).sum(), encode(&t, &batches)?))).await {
+                Ok(f) => f,
                 Err(e) => return (written, Err(e)),
             };
-            let size = bytes.len() as u64;
-            if let Err(source) = store.put(&Path::from(path.as_str()), PutPayload::from(bytes)).await {
-                return (written, Err(HistoryError::Store { table, source }));
-            }
-            let file = HistoryFile { path, hour, rows, bytes: size };
             listed.files.entry(table.clone()).or_default().push(file.clone());
             written.push(WrittenFile { table, batches: n, replaces: Vec::new(), file });
         }
@@ -173,16 +163,14 @@ impl TakenRows {
     }
 }
 
-/// Reads an hour's files, and writes their rows as one file (decoding and encoding on a thread
-/// of lower priority).
+/// Reads an hour's files, and writes their rows as one file.
 async fn merge(store: &Arc<dyn ObjectStore>, m: &TakenMerge) -> Result<HistoryFile, HistoryError> {
-    let table = m.table.clone();
     let mut parts = Vec::with_capacity(m.files.len());
     for f in &m.files {
-        parts.push(get(store, &f.path, &table).await?);
+        parts.push(get(store, &f.path, &m.table).await?);
     }
-    let t = table.clone();
-    let merged = crate::background::run("vigil-history", move || -> Result<(usize, Vec<u8>), HistoryError> {
+    let t = m.table.clone();
+    write_file(store, &m.table, m.path.clone(), m.hour, move || {
         let mut batches = Vec::new();
         for bytes in parts {
             let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|source| HistoryError::Parquet { table: t.clone(), source })?;
@@ -190,14 +178,25 @@ async fn merge(store: &Arc<dyn ObjectStore>, m: &TakenMerge) -> Result<HistoryFi
                 batches.push(b.map_err(|e| HistoryError::Parquet { table: t.clone(), source: e.into() })?);
             }
         }
-        let rows = batches.iter().map(RecordBatch::num_rows).sum();
-        Ok((rows, encode(&t, &batches)?))
+        Ok((batches.iter().map(RecordBatch::num_rows).sum(), encode(&t, &batches)?))
     })
-    .await;
-    let (rows, bytes) = merged.unwrap_or_else(|| Err(HistoryError::Parquet { table: table.clone(), source: datafusion::parquet::errors::ParquetError::General("merging stopped".into()) }))?;
+    .await
+}
+
+/// Writes the file `encode` makes (its rows and bytes; run on a thread of lower priority) at
+/// `path`.
+async fn write_file(
+    store: &Arc<dyn ObjectStore>,
+    table: &str,
+    path: String,
+    hour: i64,
+    encode: impl FnOnce() -> Result<(usize, Vec<u8>), HistoryError> + Send + 'static,
+) -> Result<HistoryFile, HistoryError> {
+    let stopped = || HistoryError::Parquet { table: table.into(), source: datafusion::parquet::errors::ParquetError::General("encoding stopped".into()) };
+    let (rows, bytes) = crate::background::run("vigil-history", encode).await.ok_or_else(stopped)??;
     let size = bytes.len() as u64;
-    store.put(&Path::from(m.path.as_str()), PutPayload::from(bytes)).await.map_err(|source| HistoryError::Store { table: table.clone(), source })?;
-    Ok(HistoryFile { path: m.path.clone(), hour: m.hour, rows: rows as u64, bytes: size })
+    store.put(&Path::from(path.as_str()), PutPayload::from(bytes)).await.map_err(|source| HistoryError::Store { table: table.into(), source })?;
+    Ok(HistoryFile { path, hour, rows: rows as u64, bytes: size })
 }
 
 async fn get(store: &Arc<dyn ObjectStore>, path: &str, table: &str) -> Result<Bytes, HistoryError> {
