@@ -19,11 +19,7 @@ use vigil_models::Decision;
 use vigil_pipeline::ResultTables;
 use vigil_queries::SqlService;
 
-/// mimalloc keeps freed pages for reuse; see the workspace manifest. The `system-allocator`
-/// feature leaves the C allocator in place, for heap profilers.
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 /// Vigil: streaming anomaly detection and decisions for operations metrics on Kafka, with SQL
 /// over every result.
@@ -276,23 +272,16 @@ enum EvalCommand {
     },
 }
 
-/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (libmimalloc-sys does not name it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
 fn main() -> ExitCode {
-    // Freed pages are returned to the kernel after a second rather than 10 ms: each poll's
-    // batches reuse the last one's pages instead of faulting in zeroed ones (measured: the
-    // kernel's page zeroing was a third of `vigil bench`'s time).
-    // mimalloc's own variable, when set, is left to decide.
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a process-wide allocator option; no memory is touched.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
-    }
+    let tuned = allocator::tune();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    if let Err(e) = tuned {
+        tracing::debug!(error = %e, "transparent huge pages stay on");
+    }
     let cli = Cli::parse();
     let res = match cli.command {
         // Synchronous, and outside the tokio runtime: polars runs its own.
