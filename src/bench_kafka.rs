@@ -22,6 +22,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
+use vigil_pipeline::engine::{IoTimes, StageTimes};
 
 /// What `vigil bench --kafka` measured.
 #[derive(Debug, Clone)]
@@ -73,10 +74,15 @@ pub struct KafkaBenchReport {
     pub slowest_closes: Vec<(usize, f64)>,
     /// The loop's longest step (poll, decode, windows, closes, checkpoints), milliseconds.
     pub longest_step_ms: f64,
+    /// Where that step's time went: when it began (seconds after the first record), then each
+    /// part of a millisecond or more.
+    pub longest_step_parts: String,
     /// In a live run: the wall clock minus the watermark when each close began, p50, p99 and
     /// max (ms). Above the median it is time the close came late because the loop was not
     /// reading.
     pub behind_ms: Option<[f64; 3]>,
+    /// The close that came latest (its number, from 1, in order of closing).
+    pub latest_close: usize,
     /// With `--checkpoints`: checkpoints written, the loop's pause for each (p50, p99, max ms)
     /// and each one's whole time to be written (p50, p99, max ms).
     pub checkpoints: Option<(u64, [f64; 3], [f64; 3])>,
@@ -88,6 +94,30 @@ fn slowest(us: &[u64], k: usize) -> Vec<(usize, f64)> {
     let mut v: Vec<(u64, usize)> = us.iter().enumerate().map(|(i, x)| (*x, i + 1)).collect();
     v.sort_unstable_by(|a, b| b.cmp(a));
     v.into_iter().take(k).map(|(x, i)| (i, x as f64 / 1000.0)).collect()
+}
+
+/// Where one step of the loop went, from the engine's clocks before and after it: when it began,
+/// seconds after `t0`, and each part of a millisecond or more, largest first.
+fn step_parts(at_s: f64, before: (&StageTimes, &IoTimes), after: (&StageTimes, &IoTimes), total: Duration) -> String {
+    let (s0, i0) = before;
+    let (s1, i1) = after;
+    let mut parts = vec![
+        ("poll", i1.poll - i0.poll),
+        ("decode", s1.decode - s0.decode),
+        ("windows", s1.windows - s0.windows),
+        ("new series", s1.admit - s0.admit),
+        ("feature plan", s1.features - s0.features),
+        ("scoring", s1.scoring - s0.scoring),
+        ("ahead", s1.ahead - s0.ahead),
+        ("decisions", s1.decisions - s0.decisions),
+        ("publish", i1.publish - i0.publish),
+        ("commit", i1.commit - i0.commit),
+    ];
+    let known: Duration = parts.iter().map(|(_, d)| *d).sum();
+    parts.push(("other", total.saturating_sub(known)));
+    parts.sort_by(|a, b| b.1.cmp(&a.1));
+    let shown: Vec<String> = parts.iter().filter(|(_, d)| *d >= Duration::from_millis(1)).map(|(n, d)| format!("{n} {:.1}", d.as_secs_f64() * 1e3)).collect();
+    format!("at {at_s:.1} s: {} (ms)", shown.join(", "))
 }
 
 /// p50, p99 and max of `us` (microseconds), milliseconds; zeros when empty.
@@ -129,8 +159,8 @@ impl KafkaBenchReport {
              close to ack      p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over {} closes with {} active series (window close to its decisions acknowledged by the broker)\n\
              scored closes     p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms over the {} closes in which most feature rows were scored\n\
              slowest closes    {}\n\
-             longest step      {:.1} ms (one step of the loop: poll, decode, windows, closes, checkpoints)\n\
-             closes came late  {} (wall clock minus the watermark as each close of a live run began, above its median: time the loop was not reading)\n\
+             longest step      {:.1} ms (one step of the loop: poll, decode, windows, closes, checkpoints){}\n\
+             closes came late  {} (wall clock minus the watermark as each close of a live run began, above its median: time the loop was not reading, or the producer fell behind)\n\
              checkpoints       {}\n\
              polls             {} with records ({:.0} records per poll)\n\
              stages            {}\n",
@@ -157,10 +187,11 @@ impl KafkaBenchReport {
             self.scored_closes,
             self.slowest_closes.iter().map(|(i, ms)| format!("#{i} {ms:.1} ms")).collect::<Vec<_>>().join(", "),
             self.longest_step_ms,
+            if self.longest_step_parts.is_empty() { String::new() } else { format!("\n                  {}", self.longest_step_parts) },
             match self.behind_ms {
                 // The synthetic records' event times start at a fixed instant: only the
                 // spread above the median means anything.
-                Some([p50, p99, max]) => format!("p99 {:.0} ms  max {:.0} ms", p99 - p50, max - p50),
+                Some([p50, p99, max]) => format!("p99 {:.0} ms  max {:.0} ms (#{})", p99 - p50, max - p50, self.latest_close),
                 None => "-".into(),
             },
             match self.checkpoints {
@@ -293,6 +324,7 @@ pub async fn run(
     let (mut scored_closes, mut multi_window_closes) = (Vec::new(), 0u64);
     let mut produced_s = None;
     let (mut longest_step, mut pauses, mut writes) = (Duration::ZERO, Vec::new(), Vec::new());
+    let mut longest_parts = String::new();
     let mut behind = Vec::new();
     while stats.records.load(Ordering::Relaxed) < events {
         if Instant::now() > deadline {
@@ -305,9 +337,15 @@ pub async fn run(
         let io_before = engine.io_times();
         let (closes, scored, rows, windows) = (stats.close_latency.count(), engine.stage_times().1, stats.feature_rows.load(Ordering::Relaxed), stats.windows_closed.load(Ordering::Relaxed));
         let written = stats.checkpoints.load(Ordering::Relaxed);
+        let stages_before = engine.stage_times().0;
         decisions += engine.step().await?.len() as u64;
-        if t0.is_some() {
-            longest_step = longest_step.max(before.elapsed());
+        if let Some(t) = t0 {
+            let took = before.elapsed();
+            if took > longest_step {
+                longest_step = took;
+                let at = before.saturating_duration_since(t).as_secs_f64();
+                longest_parts = step_parts(at, (&stages_before, &io_before), (&engine.stage_times().0, &engine.io_times()), took);
+            }
         }
         if stats.checkpoints.load(Ordering::Relaxed) > written {
             pauses.push(stats.checkpoint_pause_us.load(Ordering::Relaxed));
@@ -318,7 +356,7 @@ pub async fn run(
             // Wall clock against the watermark when the close began, while records are produced
             // live (their event time keeps pace with the clock): what it adds above its median
             // is time the loop was not reading, by which the close came late.
-            behind.push(stats.close_behind_ms.load(Ordering::Relaxed).max(0) as u64 * 1000);
+            behind.push((stats.close_latency.count() as usize, stats.close_behind_ms.load(Ordering::Relaxed).max(0) as u64 * 1000));
         }
         if new_closes > 0 {
             if stats.windows_closed.load(Ordering::Relaxed) - windows > new_closes as u64 {
@@ -355,7 +393,9 @@ pub async fn run(
         scored_closes: scored_closes.len() as u64,
         slowest_closes: slowest(&stats.close_latency.samples(), 3),
         longest_step_ms: longest_step.as_secs_f64() * 1000.0,
-        behind_ms: (!behind.is_empty()).then(|| quantiles_ms(&behind)),
+        longest_step_parts: longest_parts,
+        behind_ms: (!behind.is_empty()).then(|| quantiles_ms(&behind.iter().map(|b| b.1).collect::<Vec<_>>())),
+        latest_close: behind.iter().max_by_key(|b| b.1).map_or(0, |b| b.0),
         checkpoints: checkpoints.then(|| (pauses.len() as u64, quantiles_ms(&pauses), quantiles_ms(&writes))),
         multi_window_closes,
         rate: rate.map(|r| (r, produced_s.map_or(0.0, |s| events as f64 / s.max(1e-9)))),

@@ -119,7 +119,8 @@ impl ConsumerContext for RebalanceLog {
 /// with `cooperative-sticky` unless the consumer properties say otherwise, so a member joining
 /// or leaving moves only the partitions it must; [`KafkaSource::take_rebalances`] says which.
 pub struct KafkaSource {
-    consumer: ClosedWithin<StreamConsumer<RebalanceLog>>,
+    /// Shared only with a broker check in flight ([`KafkaSource::check_broker`]).
+    consumer: Arc<ClosedWithin<StreamConsumer<RebalanceLog>>>,
     topics: HashMap<String, Arc<str>>,
     cfg: KafkaSourceConfig,
 }
@@ -155,7 +156,7 @@ impl KafkaSource {
         let names: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|e| Error::kafka(format!("subscribing to {names:?}"), e))?;
         let topics = cfg.topics.iter().map(|t| (t.clone(), Arc::<str>::from(t.as_str()))).collect();
-        Ok(Self { consumer: ClosedWithin::new("metrics consumer", consumer, CLOSE_TIMEOUT), topics, cfg })
+        Ok(Self { consumer: Arc::new(ClosedWithin::new("metrics consumer", consumer, CLOSE_TIMEOUT)), topics, cfg })
     }
 
     /// Waits up to `poll_timeout` for a record, then gathers more for up to `linger` or until
@@ -299,9 +300,25 @@ impl KafkaSource {
     }
 
     /// Whether the client currently has a connection to a broker that answers (a metadata
-    /// request within `timeout`).
+    /// request within `timeout`). Blocks the calling thread for as long as the request takes:
+    /// the engine's loop uses [`KafkaSource::check_broker`] instead.
     pub fn broker_reachable(&self, timeout: Duration) -> bool {
-        self.consumer.fetch_metadata(None, timeout).is_ok()
+        Self::answers(&self.consumer, self.cfg.topics.first().map(String::as_str), timeout)
+    }
+
+    /// [`KafkaSource::broker_reachable`] on a blocking thread of the runtime, so the caller
+    /// goes on while the request is out (a request waits up to `timeout`, all of it when no
+    /// broker answers, and a busy broker may take as long). The consumer is closed when the
+    /// check, if still running, ends.
+    pub fn check_broker(&self, timeout: Duration) -> tokio::task::JoinHandle<bool> {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.cfg.topics.first().cloned();
+        tokio::task::spawn_blocking(move || Self::answers(&consumer, topic.as_deref(), timeout))
+    }
+
+    /// One subscribed topic's metadata is asked for, not the whole cluster's.
+    fn answers(consumer: &StreamConsumer<RebalanceLog>, topic: Option<&str>, timeout: Duration) -> bool {
+        consumer.fetch_metadata(topic, timeout).is_ok()
     }
 
     /// The offsets this group has committed for `partitions` (missing: none committed).
