@@ -466,12 +466,16 @@ fn series_of(line: &[u8]) -> &[u8] {
 }
 
 /// Reads `events` records with a bare consumer from the start of every partition; seconds.
+/// It fetches as the engine's consumer does ([`vigil_ingest::FETCH_PROPERTIES`]).
 fn bare_consume(brokers: &str, topic: &str, partitions: i32, events: u64, check_held: bool) -> anyhow::Result<f64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", brokers)
         .set("group.id", format!("vigil-bench-bare-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .create()?;
+        .set("enable.auto.commit", "false");
+    for (k, v) in vigil_ingest::FETCH_PROPERTIES {
+        cc.set(*k, *v);
+    }
+    let consumer: BaseConsumer = cc.create()?;
     let mut tpl = TopicPartitionList::new();
     let mut held = 0i64;
     for p in 0..partitions {

@@ -16,6 +16,10 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// Occurs when the task gathering the next batch of records ended without one (it panicked
+    /// or was cancelled: a bug in Vigil); the records are read again from the last commit.
+    #[error("gathering the next batch of records: {0}")]
+    Gather(String),
     /// Occurs when Arrow rejects an operation that should not fail (a bug in Vigil).
     #[error("internal arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),

@@ -49,4 +49,4 @@ pub use logs::{log_col, logs_schema, normalize_level, DecodedLogs, JsonLogDecode
 pub use json::{DecodedBatch, FormatCounters, IngestCounters, JsonPointDecoder, RawRecord, Rejected};
 pub use schema::{points_schema, col};
 pub use series::{series_id, series_key};
-pub use source::{KafkaSource, KafkaSourceConfig, RebalanceEvent, RebalanceLog, SourcePos};
+pub use source::{KafkaSource, KafkaSourceConfig, RebalanceEvent, RebalanceLog, SourcePos, FETCH_PROPERTIES};

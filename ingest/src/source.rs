@@ -112,6 +112,14 @@ impl ConsumerContext for RebalanceLog {
     }
 }
 
+/// How the engine's consumer fetches, beyond librdkafka's defaults (`kafka.consumer` can
+/// override each). A bench's bare consumer sets the same, so both fetch alike.
+///
+/// When the local queue is full, fetching resumes 10 ms later rather than librdkafka's default
+/// 1 s: the engine drains a full queue in a few polls and then waited for the rest of that
+/// second (measured: stalls of 0.8 s in a 1.4 s run).
+pub const FETCH_PROPERTIES: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "10")];
+
 /// A consumer-group member that reads batches of raw records and commits offsets on request only.
 ///
 /// Auto-commit is off: offsets move only when [`KafkaSource::commit`] is called, which the engine
@@ -121,8 +129,18 @@ impl ConsumerContext for RebalanceLog {
 pub struct KafkaSource {
     /// Shared only with a broker check in flight ([`KafkaSource::check_broker`]).
     consumer: Arc<ClosedWithin<StreamConsumer<RebalanceLog>>>,
-    topics: HashMap<String, Arc<str>>,
+    topics: Arc<HashMap<String, Arc<str>>>,
     cfg: KafkaSourceConfig,
+    /// The next batch, being gathered while the caller works on the last one.
+    ahead: Option<tokio::task::JoinHandle<Result<Gathered>>>,
+    /// The rebalances seen by the polls of the batches returned so far, not yet taken.
+    rebalances: Vec<RebalanceEvent>,
+}
+
+/// A batch of records and the rebalances the polls that gathered it saw.
+struct Gathered {
+    records: Vec<RawRecord>,
+    rebalances: Vec<RebalanceEvent>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -143,11 +161,10 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
             // Statistics carry the consumer lag per partition.
-            .set("statistics.interval.ms", "5000")
-            // When the local queue is full, fetching resumes 10 ms later rather than librdkafka's
-            // default 1 s: the engine drains a full queue in a few polls and then waited for
-            // the rest of that second (measured: stalls of 0.8 s in a 1.4 s run).
-            .set("fetch.queue.backoff.ms", "10");
+            .set("statistics.interval.ms", "5000");
+        for (k, v) in FETCH_PROPERTIES {
+            cc.set(*k, *v);
+        }
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
@@ -155,57 +172,134 @@ impl KafkaSource {
             cc.create_with_context(RebalanceLog::default()).map_err(|e| Error::kafka("creating the consumer", e))?;
         let names: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(|e| Error::kafka(format!("subscribing to {names:?}"), e))?;
-        let topics = cfg.topics.iter().map(|t| (t.clone(), Arc::<str>::from(t.as_str()))).collect();
-        Ok(Self { consumer: Arc::new(ClosedWithin::new("metrics consumer", consumer, CLOSE_TIMEOUT)), topics, cfg })
+        let topics = Arc::new(cfg.topics.iter().map(|t| (t.clone(), Arc::<str>::from(t.as_str()))).collect());
+        Ok(Self { consumer: Arc::new(ClosedWithin::new("metrics consumer", consumer, CLOSE_TIMEOUT)), topics, cfg, ahead: None, rebalances: Vec::new() })
     }
 
     /// Waits up to `poll_timeout` for a record, then gathers more for up to `linger` or until
     /// `max_batch`. Returns an empty batch when nothing arrived.
+    ///
+    /// After a batch with records, the next one is gathered beside the caller, on the runtime,
+    /// while the caller works on this one; the next call takes it. Not after a batch whose polls
+    /// saw a rebalance: the caller acts on it first ([`Self::take_rebalances`], perhaps a
+    /// [`Self::seek`]), and the next batch is gathered after that, so no batch holds records
+    /// fetched before a seek the caller made. Each rebalance is returned by
+    /// [`Self::take_rebalances`] after the batch whose polls saw it, as when batches are
+    /// gathered one at a time (only polls run the rebalance callbacks).
     pub async fn next_batch(&mut self) -> Result<Vec<RawRecord>> {
-        use futures::{FutureExt, StreamExt};
-        let mut out = Vec::new();
-        // One message stream for the whole poll: `recv` would register and drop a waker for
-        // every record (a lock each time), which cost several times the rest of the path.
-        let mut stream = self.consumer.stream();
-        let first = tokio::time::timeout(self.cfg.poll_timeout, stream.next()).await;
-        let deadline = tokio::time::Instant::now() + self.cfg.linger;
-        let mut next = match first {
-            Err(_) => return Ok(out),
-            Ok(r) => r,
-        };
-        loop {
-            match next.take() {
-                Some(Ok(m)) => {
-                    let topic = match self.topics.get(m.topic()) {
-                        Some(t) => t.clone(),
-                        None => Arc::from(m.topic()),
-                    };
-                    let pos = SourcePos { topic, partition: m.partition(), offset: m.offset() };
-                    out.push(RawRecord { payload: m.payload().map(<[u8]>::to_vec), key: m.key().map(<[u8]>::to_vec), pos });
-                }
-                Some(Err(e)) => {
-                    if out.is_empty() {
-                        return Err(Error::kafka("receiving", e));
-                    }
-                    tracing::warn!(error = %e, "kafka receive error; returning the records gathered so far");
-                    return Ok(out);
-                }
-                None => {}
+        // Cancel-safe: the batch gathered ahead stays held (and is dropped with the source)
+        // until it is taken.
+        let got = match self.ahead.as_mut() {
+            Some(ahead) => {
+                let got = ahead.await;
+                self.ahead = None;
+                got.map_err(|e| Error::Gather(e.to_string()))?
             }
-            if out.len() >= self.cfg.max_batch {
-                return Ok(out);
-            }
-            // Records already fetched are taken without arming a timer for each.
-            if let Some(r) = stream.next().now_or_never() {
-                next = r;
-                continue;
-            }
-            match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(r) => next = r,
-                Err(_) => return Ok(out),
+            None => gather(&self.consumer, &self.topics, self.cfg.limits()).await,
+        }?;
+        let Gathered { records, rebalances } = got;
+        if !records.is_empty() && rebalances.is_empty() && self.rebalances.is_empty() {
+            let (consumer, topics, limits) = (Arc::clone(&self.consumer), Arc::clone(&self.topics), self.cfg.limits());
+            self.ahead = Some(tokio::spawn(async move { gather(&consumer, &topics, limits).await }));
+        }
+        self.rebalances.extend(rebalances);
+        Ok(records)
+    }
+}
+
+impl Drop for KafkaSource {
+    /// A batch being gathered ahead is dropped, and waited for briefly, so that the consumer
+    /// is closed here (through [`ClosedWithin`]) rather than on a runtime thread later.
+    fn drop(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            ahead.abort();
+            let until = std::time::Instant::now() + Duration::from_secs(1);
+            while Arc::strong_count(&self.consumer) > 1 && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
+}
+
+/// How one batch is gathered (from [`KafkaSourceConfig`]).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    poll_timeout: Duration,
+    linger: Duration,
+    max_batch: usize,
+}
+
+impl KafkaSourceConfig {
+    fn limits(&self) -> Limits {
+        Limits { poll_timeout: self.poll_timeout, linger: self.linger, max_batch: self.max_batch }
+    }
+}
+
+/// One batch (see [`gather_records`]) and the rebalances its polls saw. After an error, those
+/// are left for the next batch.
+async fn gather(consumer: &StreamConsumer<RebalanceLog>, topics: &HashMap<String, Arc<str>>, limits: Limits) -> Result<Gathered> {
+    let records = gather_records(consumer, topics, limits).await?;
+    let mut rebalances = std::mem::take(&mut *consumer.context().events.lock().unwrap_or_else(|p| p.into_inner()));
+    for e in rebalances.iter_mut() {
+        let (RebalanceEvent::Revoked(l) | RebalanceEvent::Assigned(l)) = e;
+        for (t, _) in l.iter_mut() {
+            if let Some(known) = topics.get(&**t) {
+                *t = known.clone();
+            }
+        }
+    }
+    Ok(Gathered { records, rebalances })
+}
+
+/// One batch: waits up to `poll_timeout` for a record, then gathers more for up to `linger` or
+/// until `max_batch`. Empty when nothing arrived.
+async fn gather_records(consumer: &StreamConsumer<RebalanceLog>, topics: &HashMap<String, Arc<str>>, limits: Limits) -> Result<Vec<RawRecord>> {
+    use futures::{FutureExt, StreamExt};
+    let mut out = Vec::new();
+    // One message stream for the whole poll: `recv` would register and drop a waker for
+    // every record (a lock each time), which cost several times the rest of the path.
+    let mut stream = consumer.stream();
+    let first = tokio::time::timeout(limits.poll_timeout, stream.next()).await;
+    let deadline = tokio::time::Instant::now() + limits.linger;
+    let mut next = match first {
+        Err(_) => return Ok(out),
+        Ok(r) => r,
+    };
+    loop {
+        match next.take() {
+            Some(Ok(m)) => {
+                let topic = match topics.get(m.topic()) {
+                    Some(t) => t.clone(),
+                    None => Arc::from(m.topic()),
+                };
+                let pos = SourcePos { topic, partition: m.partition(), offset: m.offset() };
+                out.push(RawRecord { payload: m.payload().map(<[u8]>::to_vec), key: m.key().map(<[u8]>::to_vec), pos });
+            }
+            Some(Err(e)) => {
+                if out.is_empty() {
+                    return Err(Error::kafka("receiving", e));
+                }
+                tracing::warn!(error = %e, "kafka receive error; returning the records gathered so far");
+                return Ok(out);
+            }
+            None => {}
+        }
+        if out.len() >= limits.max_batch {
+            return Ok(out);
+        }
+        // Records already fetched are taken without arming a timer for each.
+        if let Some(r) = stream.next().now_or_never() {
+            next = r;
+            continue;
+        }
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(r) => next = r,
+            Err(_) => return Ok(out),
+        }
+    }
+}
+
+impl KafkaSource {
 
     /// Commits, for each `(topic, partition)`, the offset of the next record to read, without
     /// waiting: the request goes to the group coordinator in the background and a failure comes
@@ -261,19 +355,10 @@ impl KafkaSource {
         Ok(tpl)
     }
 
-    /// The rebalances since the last call, oldest first.
-    pub fn take_rebalances(&self) -> Vec<RebalanceEvent> {
-        let mut g = self.consumer.context().events.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = std::mem::take(&mut *g);
-        for e in out.iter_mut() {
-            let (RebalanceEvent::Revoked(l) | RebalanceEvent::Assigned(l)) = e;
-            for (t, _) in l.iter_mut() {
-                if let Some(known) = self.topics.get(&**t) {
-                    *t = known.clone();
-                }
-            }
-        }
-        out
+    /// The rebalances seen by the polls of the batches returned since the last call, oldest
+    /// first.
+    pub fn take_rebalances(&mut self) -> Vec<RebalanceEvent> {
+        std::mem::take(&mut self.rebalances)
     }
 
     /// Moves the read position of an assigned partition (to resume from a checkpoint that is
