@@ -451,3 +451,95 @@ impl KafkaSource {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+    /// A mock cluster with topic `t` of two partitions holding `n` records, each `p<partition>-<i>`.
+    fn cluster_with(n: usize) -> (MockCluster<'static, DefaultProducerContext>, String) {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("t", 2, 1).expect("topic");
+        let brokers = cluster.bootstrap_servers();
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("producer");
+        for i in 0..n {
+            let p = (i % 2) as i32;
+            let payload = format!("p{p}-{i}");
+            producer.send(BaseRecord::<(), _>::to("t").partition(p).payload(&payload)).map_err(|(e, _)| e).expect("send");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        (cluster, brokers)
+    }
+
+    fn source(brokers: &str, max_batch: usize) -> KafkaSource {
+        KafkaSource::new(KafkaSourceConfig {
+            brokers: brokers.into(),
+            group_id: "g".into(),
+            topics: vec!["t".into()],
+            max_batch,
+            poll_timeout: Duration::from_secs(5),
+            linger: Duration::from_millis(0),
+            properties: BTreeMap::new(),
+        })
+        .expect("source")
+    }
+
+    fn offsets(records: &[RawRecord]) -> Vec<(i32, i64)> {
+        records.iter().map(|r| (r.pos.partition, r.pos.offset)).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_batch_is_gathered_ahead_except_after_a_rebalance_and_each_record_comes_once() {
+        let (_cluster, brokers) = cluster_with(40);
+        let mut src = source(&brokers, 5);
+        // The polls that see the assignment gather no batch ahead: the caller acts on the
+        // rebalance first.
+        let mut read = Vec::new();
+        let mut rebalances = Vec::new();
+        while read.is_empty() {
+            read.extend(src.next_batch().await.expect("batch"));
+            let seen = src.take_rebalances();
+            assert!(seen.is_empty() || src.ahead.is_none(), "a batch was gathered ahead after a rebalance");
+            rebalances.extend(seen);
+        }
+        assert!(matches!(rebalances.as_slice(), [RebalanceEvent::Assigned(p)] if p.len() == 2), "{rebalances:?}");
+        // With the assignment acted on, the next batch is gathered while this one is worked on.
+        let next = src.next_batch().await.expect("batch");
+        assert!(!next.is_empty());
+        assert!(src.ahead.is_some(), "no batch was gathered ahead of the caller");
+        read.extend(next);
+        while read.len() < 40 {
+            read.extend(src.next_batch().await.expect("batch"));
+        }
+        // Every record once, each partition in offset order.
+        for p in 0..2 {
+            let got: Vec<i64> = offsets(&read).into_iter().filter(|(q, _)| *q == p).map(|(_, o)| o).collect();
+            assert_eq!(got, (0..20).collect::<Vec<i64>>(), "partition {p}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_seek_on_a_rebalance_the_partition_is_read_from_there_and_nothing_fetched_before_it_comes() {
+        let (_cluster, brokers) = cluster_with(40);
+        let mut src = source(&brokers, 4);
+        // Up to the batch whose polls saw the assignment, as the engine does on a restore.
+        let mut first = Vec::new();
+        loop {
+            first.extend(src.next_batch().await.expect("batch"));
+            if !src.take_rebalances().is_empty() {
+                break;
+            }
+        }
+        assert!(src.ahead.is_none());
+        src.seek("t", 0, 15).expect("seek");
+        let mut rest = Vec::new();
+        while rest.iter().filter(|r: &&RawRecord| r.pos.partition == 0).count() < 5 {
+            rest.extend(src.next_batch().await.expect("batch"));
+        }
+        let p0: Vec<i64> = offsets(&rest).into_iter().filter(|(q, _)| *q == 0).map(|(_, o)| o).collect();
+        assert_eq!(p0[..5], [15, 16, 17, 18, 19], "partition 0 after the seek: {p0:?} (before it: {:?})", offsets(&first));
+    }
+}
