@@ -16,7 +16,9 @@
 //! shows will be exceeded, and the checkout latency SLO that the spike burns.
 
 mod hostile;
+mod run;
 pub use hostile::HostileQueries;
+pub use run::{run, DemoOptions};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

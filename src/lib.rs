@@ -18,7 +18,8 @@
 //!
 //! This crate wires them: [`config`] is the one TOML file, [`engine`] the consume → process →
 //! publish → commit loop, and [`demo`] the embedded default that runs everything against an
-//! in-process Kafka mock cluster. [`backtest`] runs the same detector and forecaster over a
+//! in-process Kafka mock cluster. [`serve`] holds what the long-running commands share (the SQL
+//! server, probes, the stop signal). [`backtest`] runs the same detector and forecaster over a
 //! user's own history (CSV or Parquet) and writes a report with charts.
 
 pub mod backtest;
@@ -28,6 +29,7 @@ pub mod bench_memory;
 pub mod bench_sql;
 pub mod demo;
 pub mod eval;
+pub mod serve;
 
 pub use vigil_pipeline::{config, engine};
 pub use vigil_pipeline::config::Config;
