@@ -84,8 +84,9 @@ pub struct KafkaBenchReport {
     /// The close that came latest (its number, from 1, in order of closing).
     pub latest_close: usize,
     /// With `--checkpoints`: checkpoints written, the loop's pause for each (p50, p99, max ms)
-    /// and each one's whole time to be written (p50, p99, max ms).
-    pub checkpoints: Option<(u64, [f64; 3], [f64; 3])>,
+    /// and each one's whole time to be written (p50, p99, max ms), and its copy of the states
+    /// still shared, beside the loop (p50, p99, max ms).
+    pub checkpoints: Option<(u64, [f64; 3], [f64; 3], [f64; 3])>,
 }
 
 /// The `k` largest of `us` (microseconds, in order of closing): their number from 1 and
@@ -195,9 +196,9 @@ impl KafkaBenchReport {
                 None => "-".into(),
             },
             match self.checkpoints {
-                Some((n, pause, whole)) => format!(
-                    "{n} written; the loop paused p50 {:.1} ms, max {:.1} ms for each (taking the state); written in p50 {:.0} ms, max {:.0} ms beside it; {} series states copied by the loop because a checkpoint still held them",
-                    pause[0], pause[2], whole[0], whole[2], self.stages.copied_on_write
+                Some((n, pause, whole, copy)) => format!(
+                    "{n} written; the loop paused p50 {:.1} ms, max {:.1} ms for each (taking the state); written in p50 {:.0} ms, max {:.0} ms beside it, of which copying the shared states p50 {:.0} ms, max {:.0} ms; {} series states copied by the loop because a checkpoint still held them",
+                    pause[0], pause[2], whole[0], whole[2], copy[0], copy[2], self.stages.copied_on_write
                 ),
                 None => "off (--checkpoints keeps them on)".into(),
             },
@@ -325,6 +326,7 @@ pub async fn run(
     let mut produced_s = None;
     let (mut longest_step, mut pauses, mut writes) = (Duration::ZERO, Vec::new(), Vec::new());
     let mut longest_parts = String::new();
+    let mut copies = Vec::new();
     let mut behind = Vec::new();
     while stats.records.load(Ordering::Relaxed) < events {
         if Instant::now() > deadline {
@@ -350,6 +352,7 @@ pub async fn run(
         if stats.checkpoints.load(Ordering::Relaxed) > written {
             pauses.push(stats.checkpoint_pause_us.load(Ordering::Relaxed));
             writes.push(stats.checkpoint_us.load(Ordering::Relaxed));
+            copies.push(stats.checkpoint_copy_us.load(Ordering::Relaxed));
         }
         let new_closes = (stats.close_latency.count() - closes) as usize;
         if new_closes > 0 && produced_s.is_none() && producing.is_some() {
@@ -396,7 +399,7 @@ pub async fn run(
         longest_step_parts: longest_parts,
         behind_ms: (!behind.is_empty()).then(|| quantiles_ms(&behind.iter().map(|b| b.1).collect::<Vec<_>>())),
         latest_close: behind.iter().max_by_key(|b| b.1).map_or(0, |b| b.0),
-        checkpoints: checkpoints.then(|| (pauses.len() as u64, quantiles_ms(&pauses), quantiles_ms(&writes))),
+        checkpoints: checkpoints.then(|| (pauses.len() as u64, quantiles_ms(&pauses), quantiles_ms(&writes), quantiles_ms(&copies))),
         multi_window_closes,
         rate: rate.map(|r| (r, produced_s.map_or(0.0, |s| events as f64 / s.max(1e-9)))),
         broker: broker_name,

@@ -34,6 +34,9 @@ struct Done {
     partitions: usize,
     took: Duration,
     pause: Duration,
+    /// Copying what the stages still shared, beside the loop (until then a close copies each
+    /// state it changes).
+    copy: Duration,
 }
 
 /// What writing a checkpoint did: the history files written (recorded in the tables whatever
@@ -55,6 +58,7 @@ impl Taken {
     /// of lower priority: postcard over every series' state) and writes them.
     async fn write(self) -> Outcome {
         let Taken { store, member, sections, history, meta, series, partitions, started, pause } = self;
+        let copying = Instant::now();
         let detached = crate::background::run_now("vigil-checkpoint", move || {
             let mut sections = sections;
             for (_, w) in &mut sections {
@@ -63,6 +67,7 @@ impl Taken {
             sections
         })
         .await;
+        let copy = copying.elapsed();
         // The history's rows are written to their files whatever becomes of the rest.
         let mut files = Vec::new();
         let mut listed = None;
@@ -84,7 +89,7 @@ impl Taken {
             .await
             .ok_or_else(|| EngineError::Checkpoint("encoding it stopped".into()))??;
             let written = store.write(&member, encoded, meta).await?;
-            Ok(Done { written, series, partitions, took: started.elapsed(), pause })
+            Ok(Done { written, series, partitions, took: started.elapsed(), pause, copy })
         }
         .await;
         Outcome { files, done }
@@ -198,8 +203,11 @@ impl Engine {
     /// or the shutdown waits for it before taking its own.
     ///
     /// A checkpoint due is taken right after a close (`closed`): the next close is then a window
-    /// away, so the pause of taking the state delays none while it is shorter than a window.
-    /// Without closes (input idle or held back), it is taken a window after it was due.
+    /// away, so the pause of taking the state delays none while it is shorter than a window, and
+    /// the states are copied beside the loop before that close changes them. Without closes
+    /// (input idle or held back), it is taken two windows after it was due: one window let a
+    /// close that came a little late find the checkpoint just taken and its states still
+    /// shared (measured: up to 85,586 of 100,000 states copied by the loop in one run).
     pub(super) async fn checkpoint_beside(&mut self, closed: bool) {
         if let Some(w) = &self.writing {
             if !w.handle.is_finished() {
@@ -211,7 +219,7 @@ impl Engine {
         if due < self.checkpoint_interval {
             return;
         }
-        if !closed && due < self.checkpoint_interval + self.window {
+        if !closed && due < self.checkpoint_interval + 2 * self.window {
             return;
         }
         match self.take_checkpoint(None).await {
@@ -287,6 +295,7 @@ impl Engine {
         self.stats.checkpoint_bytes.store(done.written.bytes, Ordering::Relaxed);
         self.stats.checkpoint_us.store(done.took.as_micros() as u64, Ordering::Relaxed);
         self.stats.checkpoint_pause_us.store(done.pause.as_micros() as u64, Ordering::Relaxed);
+        self.stats.checkpoint_copy_us.store(done.copy.as_micros() as u64, Ordering::Relaxed);
         self.stats.checkpoint_series.store(done.series as u64, Ordering::Relaxed);
         tracing::debug!(
             id = %done.written.id,
@@ -295,6 +304,7 @@ impl Engine {
             partitions = done.partitions,
             ms = done.took.as_millis() as u64,
             loop_ms = done.pause.as_millis() as u64,
+            copy_ms = done.copy.as_millis() as u64,
             "checkpoint written"
         );
         Ok(done.written.bytes)

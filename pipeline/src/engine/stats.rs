@@ -154,6 +154,9 @@ pub struct Stats {
     pub checkpoint_us: AtomicU64,
     /// The part of the last checkpoint the loop waited for (taking the state), microseconds.
     pub checkpoint_pause_us: AtomicU64,
+    /// The last checkpoint's copy of what the stages still shared, beside the loop,
+    /// microseconds (a close before it ended copied the states it changed itself).
+    pub checkpoint_copy_us: AtomicU64,
     /// Series whose state the last checkpoint held.
     pub checkpoint_series: AtomicU64,
     /// Parquet files of the result history written.
@@ -264,6 +267,11 @@ pub fn metrics_fn(stats: Arc<Stats>, formats: Arc<vigil_ingest::FormatCounters>)
             "vigil_checkpoint_pause_seconds",
             "Time the loop stopped for the last checkpoint (taking the state; encoding and writing run beside it).",
             g(&s.checkpoint_pause_us) / 1e6,
+        ));
+        out.push(gauge(
+            "vigil_checkpoint_copy_seconds",
+            "Time the last checkpoint took to copy, beside the loop, the states the stages still shared (a close before it ended copied those it changed).",
+            g(&s.checkpoint_copy_us) / 1e6,
         ));
         out.push(gauge("vigil_checkpoint_series", "Series whose state the last checkpoint held.", g(&s.checkpoint_series)));
         out.push(counter("vigil_history_files_written_total", "Parquet files of the result history written.", g(&s.history_files)));
