@@ -127,7 +127,8 @@ pub const FETCH_PROPERTIES: &[(&str, &str)] = &[("fetch.queue.backoff.ms", "10")
 /// with `cooperative-sticky` unless the consumer properties say otherwise, so a member joining
 /// or leaving moves only the partitions it must; [`KafkaSource::take_rebalances`] says which.
 pub struct KafkaSource {
-    /// Shared only with a broker check in flight ([`KafkaSource::check_broker`]).
+    /// Shared only with the batch being gathered ahead and a broker check in flight
+    /// ([`KafkaSource::check_broker`]).
     consumer: Arc<ClosedWithin<StreamConsumer<RebalanceLog>>>,
     topics: Arc<HashMap<String, Arc<str>>>,
     cfg: KafkaSourceConfig,
