@@ -78,8 +78,8 @@ pub struct KafkaBenchReport {
     /// part of a millisecond or more.
     pub longest_step_parts: String,
     /// In a live run: the wall clock minus the watermark when each close began, p50, p99 and
-    /// max (ms). Above the median it is time the close came late because the loop was not
-    /// reading.
+    /// max (ms). Above the median it is time the close came late: the loop was not reading, or
+    /// the producer fell behind.
     pub behind_ms: Option<[f64; 3]>,
     /// The close that came latest (its number, from 1, in order of closing).
     pub latest_close: usize,
@@ -337,9 +337,9 @@ pub async fn run(
         }
         let before = Instant::now();
         let io_before = engine.io_times();
-        let (closes, scored, rows, windows) = (stats.close_latency.count(), engine.stage_times().1, stats.feature_rows.load(Ordering::Relaxed), stats.windows_closed.load(Ordering::Relaxed));
+        let (stages_before, scored) = engine.stage_times();
+        let (closes, rows, windows) = (stats.close_latency.count(), stats.feature_rows.load(Ordering::Relaxed), stats.windows_closed.load(Ordering::Relaxed));
         let written = stats.checkpoints.load(Ordering::Relaxed);
-        let stages_before = engine.stage_times().0;
         decisions += engine.step().await?.len() as u64;
         if let Some(t) = t0 {
             let took = before.elapsed();
@@ -358,7 +358,7 @@ pub async fn run(
         if new_closes > 0 && produced_s.is_none() && producing.is_some() {
             // Wall clock against the watermark when the close began, while records are produced
             // live (their event time keeps pace with the clock): what it adds above its median
-            // is time the loop was not reading, by which the close came late.
+            // is how late the close came (the loop not reading, or the producer behind).
             behind.push((stats.close_latency.count() as usize, stats.close_behind_ms.load(Ordering::Relaxed).max(0) as u64 * 1000));
         }
         if new_closes > 0 {

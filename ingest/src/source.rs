@@ -385,26 +385,15 @@ impl KafkaSource {
             .collect()
     }
 
-    /// Whether the client currently has a connection to a broker that answers (a metadata
-    /// request within `timeout`). Blocks the calling thread for as long as the request takes:
-    /// the engine's loop uses [`KafkaSource::check_broker`] instead.
-    pub fn broker_reachable(&self, timeout: Duration) -> bool {
-        Self::answers(&self.consumer, self.cfg.topics.first().map(String::as_str), timeout)
-    }
-
-    /// [`KafkaSource::broker_reachable`] on a blocking thread of the runtime, so the caller
-    /// goes on while the request is out (a request waits up to `timeout`, all of it when no
-    /// broker answers, and a busy broker may take as long). The consumer is closed when the
+    /// Whether the client currently has a connection to a broker that answers: a request for
+    /// the first subscribed topic's metadata within `timeout`, on a blocking thread of the
+    /// runtime, so the caller goes on while it is out (it waits up to `timeout`, all of it when
+    /// no broker answers, and a busy broker may take as long). The consumer is closed when the
     /// check, if still running, ends.
     pub fn check_broker(&self, timeout: Duration) -> tokio::task::JoinHandle<bool> {
         let consumer = Arc::clone(&self.consumer);
         let topic = self.cfg.topics.first().cloned();
-        tokio::task::spawn_blocking(move || Self::answers(&consumer, topic.as_deref(), timeout))
-    }
-
-    /// One subscribed topic's metadata is asked for, not the whole cluster's.
-    fn answers(consumer: &StreamConsumer<RebalanceLog>, topic: Option<&str>, timeout: Duration) -> bool {
-        consumer.fetch_metadata(topic, timeout).is_ok()
+        tokio::task::spawn_blocking(move || consumer.fetch_metadata(topic.as_deref(), timeout).is_ok())
     }
 
     /// The offsets this group has committed for `partitions` (missing: none committed).
