@@ -35,6 +35,7 @@
 mod columns;
 pub mod cost;
 mod decision;
+mod any_value;
 mod detector;
 mod error;
 mod fleet;

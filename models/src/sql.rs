@@ -230,7 +230,7 @@ pub fn sql_functions() -> SqlFunctions {
         }),
     );
 
-    SqlFunctions { scalar: vec![anomaly_score, vigil_forecast, vigil_period, vigil_scores], aggregate: vec![robust_sigma, crate::percentile::percentile_cont()] }
+    SqlFunctions { scalar: vec![anomaly_score, vigil_forecast, vigil_period, vigil_scores], aggregate: vec![robust_sigma, crate::percentile::percentile_cont(), crate::any_value::any_value()] }
 }
 
 /// DataFusion settings for Vigil's plans over `partitions` partitions.
