@@ -8,10 +8,15 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float64Type;
 use vigil_ingest::{DecodedBatch, DrainConfig, OtlpEncoding, OtlpLogsDecoder, OtlpMetricsDecoder, RawRecord, SourcePos};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/otlp/");
+/// The fixtures' directory, from the package directory `cargo test` gives the run (a test binary
+/// reused from a build of another checkout would otherwise look in that one), else the build's.
+fn dir() -> String {
+    let package = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    format!("{package}/tests/fixtures/otlp/")
+}
 
 fn fixture(name: &str) -> RawRecord {
-    let payload = std::fs::read(format!("{DIR}{name}")).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let payload = std::fs::read(format!("{}{name}", dir())).unwrap_or_else(|e| panic!("{name}: {e}"));
     RawRecord { payload: Some(payload), key: None, pos: SourcePos { topic: "otlp".into(), partition: 0, offset: 0 } }
 }
 
@@ -24,7 +29,7 @@ fn by_name(b: &DecodedBatch) -> BTreeMap<String, (String, f64)> {
 }
 
 fn check_metrics(encoding: OtlpEncoding, ext: &str) {
-    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{DIR}metrics-expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}metrics-expected.json", dir())).unwrap()).unwrap();
     let mut d = OtlpMetricsDecoder::new(encoding, Default::default());
     let first = d.decode(&[fixture(&format!("metrics-1.{ext}"))]).unwrap();
     assert!(first.rejected.is_empty(), "{:?}", first.rejected.first().map(|r| &r.reason));
@@ -54,7 +59,7 @@ fn sdk_metrics_in_otlp_json_decode_to_the_same_values() {
 }
 
 fn check_logs(encoding: OtlpEncoding, file: &str) {
-    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{DIR}logs-expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}logs-expected.json", dir())).unwrap()).unwrap();
     let mut d = OtlpLogsDecoder::new(encoding, DrainConfig::default(), Default::default());
     let out = d.decode(&[fixture(file)]).unwrap();
     assert!(out.rejected.is_empty(), "{:?}", out.rejected.first().map(|r| &r.reason));

@@ -8,7 +8,10 @@ use std::process::Command;
 use vigil::Config;
 
 fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("vigil.example.toml")
+    // The package directory `cargo test` gives the run, else the build's (a binary reused from a
+    // build of another checkout would otherwise read that checkout's file).
+    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    package.join("vigil.example.toml")
 }
 
 /// Runs `vigil config -c <file>` with the given extra environment; returns (success, stdout, stderr).

@@ -125,18 +125,21 @@ fn twenty_sigkills_against_tansu_lose_no_window_and_publish_each_decision_once()
     let mut kills = 0;
     let began = Instant::now();
     let mut run = Vigil::start(&cfg, port, &log);
-    while kills < KILLS {
-        // tansu 0.6 sometimes keeps a SIGKILLed member in the group and hands the new one an
-        // empty assignment for good (the broker's bug, not Vigil's: /readyz stays 503). What a
-        // liveness probe would do, the test does: restart it, at most twice.
+    // tansu 0.6 sometimes keeps a SIGKILLed member in the group and hands the new one an empty
+    // assignment for good (the broker's bug, not Vigil's: /readyz stays 503). What a liveness
+    // probe would do, the test does: restart it, at most twice each time.
+    let ready_or_restart = |run: &mut Vigil| {
         let mut wedged = 0;
         while !run.wait_ready(Duration::from_secs(45)) {
             wedged += 1;
             assert!(wedged <= 2, "vigil never became ready; log:\n{}", tail(&log));
             eprintln!("no partitions assigned after 45 s (tansu kept the killed member): restarting vigil");
             run.kill9();
-            run = Vigil::start(&cfg, port, &log);
+            *run = Vigil::start(&cfg, port, &log);
         }
+    };
+    while kills < KILLS {
+        ready_or_restart(&mut run);
         // A random moment once the run is processing input.
         let deadline = Instant::now() + Duration::from_secs(30);
         while run.metric("vigil_records_total") == 0.0 && Instant::now() < deadline {
@@ -152,7 +155,7 @@ fn twenty_sigkills_against_tansu_lose_no_window_and_publish_each_decision_once()
     }
     release.store(true, Ordering::SeqCst);
     producer.join().unwrap();
-    assert!(run.wait_ready(Duration::from_secs(60)), "vigil never became ready; log:\n{}", tail(&log));
+    ready_or_restart(&mut run);
     wait_closed(&log, WINDOWS - 2, Duration::from_secs(120));
     let before = manifests(&state);
     let status = run.terminate(Duration::from_secs(30)).expect("vigil stopped on SIGTERM");

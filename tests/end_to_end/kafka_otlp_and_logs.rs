@@ -94,7 +94,8 @@ async fn otlp_metrics_otlp_logs_and_json_logs_feed_points_logs_and_features() {
     }
     // OTLP/JSON: the OpenTelemetry Python SDK's two consecutive collections (golden fixtures).
     for f in ["metrics-1.json", "metrics-2.json"] {
-        let body = std::fs::read(format!("{}/ingest/tests/fixtures/otlp/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let package = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+        let body = std::fs::read(format!("{package}/ingest/tests/fixtures/otlp/{f}")).unwrap();
         send(&p, "otel-metrics-json", &body).await;
     }
     send(&p, "app-logs", b"GET /search 200").await;
