@@ -46,21 +46,24 @@ use crate::forecast::detect_period;
 pub(crate) use batch::fmt;
 #[cfg(test)]
 use batch::explain;
-use crate::Result;
 
 mod ahead;
 mod baseline;
 mod batch;
 mod compact;
+mod observe;
 mod order;
 mod ring;
+mod series;
 mod values;
 use ahead::{Ahead, AHEAD};
 use baseline::{Baselines, Prepared};
-use compact::{History, Refractory, Tail};
-use order::Hint;
+use compact::History;
+#[cfg(test)]
+use compact::Tail;
 use ring::Ring;
-use values::Values;
+pub use series::{SeriesSnapshot, SeriesState};
+use series::{Bands, ARC_COUNTS};
 
 /// Detector settings.
 #[derive(Debug, Clone)]
@@ -87,6 +90,7 @@ pub struct DetectorConfig {
 impl DetectorConfig {
     /// Values a baseline needs: half the warm-up (the other half fills each part's
     /// calibration, so the first score comes after `warmup` values).
+    #[inline]
     fn half_warm(&self) -> usize {
         (self.warmup / 2).max(3)
     }
@@ -155,119 +159,6 @@ pub struct Score {
     pub repeat: bool,
 }
 
-/// A forecast handed over by the engine: expected value and 95% band per window from
-/// `first_ms` on, one every `step_ms` (single precision: a band is itself an estimate), and the
-/// calibration of the forecast part, which only a series with forecasts needs.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct Bands {
-    first_ms: i64,
-    step_ms: i64,
-    point: Vec<f32>,
-    lower: Vec<f32>,
-    upper: Vec<f32>,
-    tail: Tail,
-}
-
-impl Bands {
-    fn at(&self, t: i64) -> Option<(f64, f64, f64)> {
-        if self.step_ms <= 0 || t < self.first_ms || (t - self.first_ms) % self.step_ms != 0 {
-            return None;
-        }
-        let k = usize::try_from((t - self.first_ms) / self.step_ms).ok()?;
-        Some((f64::from(*self.point.get(k)?), f64::from(*self.lower.get(k)?), f64::from(*self.upper.get(k)?)))
-    }
-    fn heap_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + 4 * (self.point.capacity() + self.lower.capacity() + self.upper.capacity())
-    }
-}
-
-/// One series' state, as a checkpoint holds it (see [`Detector::export`]). Every part is of
-/// bounded size: the recent values in single precision, the recent residuals in half precision,
-/// the seasonal history at reduced resolution in 16-bit codes, 16-bit calibration counts.
-#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SeriesState {
-    /// The last `history + shift_windows` values, as offsets from `anchor` (single precision,
-    /// in 16-bit multiples of a decimal quantum where that is exact).
-    values: Values,
-    anchor: f64,
-    /// The last `history` seasonal residuals, in half precision about their median.
-    resid: Ring,
-    /// The values at reduced resolution, when seasons are looked for.
-    history: Option<Box<History>>,
-    period: Option<usize>,
-    /// Values seen.
-    seen: u64,
-    /// Next value count at which the period is (re)detected.
-    next_period_check: u64,
-    /// Calibration of the level, seasonal and shift parts (the forecast's is with its bands).
-    tails: [Tail; 3],
-    forecast: Option<Box<Bands>>,
-    /// Time of the last value (epoch ms) and the smallest spacing seen, when times are given.
-    last_ms: Option<i64>,
-    step_ms: i64,
-    /// The sliding minimum of p over the refractory span.
-    recent_p: Refractory,
-    /// Last medians of the level, residual and shift-baseline windows (speed only).
-    #[serde(skip)]
-    hints: [Hint; 3],
-    /// Where its shard keeps the baselines computed ahead for this state, plus one (see
-    /// [`Detector::prepare`]).
-    #[serde(skip)]
-    prepared: Option<std::num::NonZeroU32>,
-}
-
-impl SeriesState {
-    /// The state of a series before its first value, with what that value would allocate.
-    fn admitted(cfg: &DetectorConfig) -> Self {
-        let mut st = Self::default();
-        st.values.reserve(cfg.history + cfg.shift_windows);
-        if cfg.max_period >= 4 {
-            st.history = Some(Box::default());
-        }
-        st
-    }
-
-    /// Bytes this state occupies (the struct and what it owns).
-    pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.values.heap_bytes()
-            + self.resid.heap_bytes()
-            + self.history.as_ref().map_or(0, |_| std::mem::size_of::<History>())
-            + self.forecast.as_ref().map_or(0, |b| b.heap_bytes())
-            + self.recent_p.heap_bytes()
-    }
-}
-
-/// The counts of an [`Arc`] before the state it holds.
-const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
-
-/// A series' state as a checkpoint takes it: the detector's own, shared, so that taking the
-/// state of every series costs the loop a pointer per series rather than a copy of each.
-/// The detector copies a state it changes while a snapshot still holds it; the checkpoint's
-/// writer calls [`Self::detach`] first, beside the loop, so that the next close rarely has to.
-/// Encoded as the state itself.
-#[derive(Debug, Clone)]
-pub struct SeriesSnapshot(Arc<SeriesState>);
-
-impl SeriesSnapshot {
-    /// Makes this snapshot's copy its own, if the detector still shares it.
-    pub fn detach(&mut self) {
-        Arc::make_mut(&mut self.0);
-    }
-}
-
-impl serde::Serialize for SeriesSnapshot {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for SeriesSnapshot {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        SeriesState::deserialize(d).map(|s| Self(Arc::new(s)))
-    }
-}
-
 /// Per-series detector ensemble. See the module docs.
 ///
 /// Series are spread over shards by id; [`Self::score_batch`] scores the shards on every core
@@ -316,6 +207,7 @@ struct Shard {
 /// the engine starts) would otherwise all run a detection (4 to 30 µs each) in the same close,
 /// at 64, 128, 256, … values and every `seasons × max_period` after: a close of 100,000 series
 /// took 2-3 times as long. Series 0 (a series alone, as `vigil eval` scores it) starts at 64.
+#[inline]
 pub(crate) fn first_period_check(series_id: u64) -> u64 {
     64 + (series_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
 }
@@ -608,217 +500,6 @@ impl Detector {
     }
 }
 
-impl Shard {
-    /// Scores and learns one value of a series. Compiled twice, for the baseline x86-64 target
-    /// and for AVX2 (chosen at run time): the rings are decoded and searched four values at a
-    /// time instead of two. Floating-point operations are not fused or reordered by either, so
-    /// both give the same bits.
-    fn observe(&mut self, cfg: &DetectorConfig, series_id: u64, time_ms: Option<i64>, value: f64) -> Option<Score> {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the processor was just found to support AVX2.
-            return unsafe { self.observe_avx2(cfg, series_id, time_ms, value) };
-        }
-        self.observe_inlined(cfg, series_id, time_ms, value)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn observe_avx2(&mut self, cfg: &DetectorConfig, series_id: u64, time_ms: Option<i64>, value: f64) -> Option<Score> {
-        self.observe_inlined(cfg, series_id, time_ms, value)
-    }
-
-    #[inline(always)]
-    fn observe_inlined(&mut self, cfg: &DetectorConfig, series_id: u64, time_ms: Option<i64>, value: f64) -> Option<Score> {
-        if !value.is_finite() {
-            return None;
-        }
-        // A state a checkpoint still holds is copied before it changes.
-        let held = self.states.entry(series_id).or_default();
-        self.copied_on_write += u64::from(Arc::strong_count(held) > 1);
-        let st = Arc::make_mut(held);
-        // The baselines computed ahead for this state, if they are what judging this value
-        // would compute (see `baseline.rs`).
-        let ahead = st
-            .prepared
-            .and_then(|slot| self.prepared.get(slot.get() as usize - 1))
-            .filter(|p| p.id == series_id && p.seen == st.seen && p.hold_for(st, time_ms, value))
-            .map(|p| p.baselines);
-        st.seen += 1;
-        let band = time_ms.and_then(|t| st.forecast.as_ref()?.at(t));
-        let cover = cfg.seasons * cfg.max_period + 1;
-        if cfg.max_period >= 4 && st.history.is_none() {
-            st.history = Some(Box::default());
-        }
-        if let Some(t) = time_ms {
-            st.fill_gap(cfg, t);
-        }
-
-        // Period (re)detection: at 64-127 values (see `first_period_check`), then at twice the
-        // count, and so on, then every `seasons` longest periods, over the history at its
-        // resolution (a period is a whole number of its slots). Never due for a state prepared
-        // ahead.
-        if let Some(h) = st.history.as_ref().filter(|_| st.seen >= st.next_period_check.max(first_period_check(series_id))) {
-            self.period_checks += 1;
-            let every = (cfg.seasons.max(1) * cfg.max_period) as u64;
-            st.next_period_check = if st.seen < every { st.seen * 2 } else { st.seen + every };
-            h.values(&mut self.flat);
-            let stride = h.stride();
-            let found = detect_period(&self.flat, cfg.max_period / stride).map(|p| p * stride);
-            // A short period found earlier stays while the history is too coarse to see it.
-            let keep = st.period.is_some_and(|p| p < 4 * stride) && found.is_none();
-            if found != st.period && !keep {
-                st.period = found;
-                st.resid.clear();
-            }
-        }
-
-        let half_warm = cfg.half_warm();
-        let w = cfg.shift_windows;
-        self.scored_ahead += u64::from(ahead.is_some());
-        let baselines = match ahead {
-            Some(b) => b,
-            None => {
-                self.baselines_at_close += u64::from(st.values.len() >= half_warm);
-                Baselines::of(st, cfg, &mut self.held, &mut self.scratch, Some(value))
-            }
-        };
-        let (mut readings, resid) = baselines.readings(value, w);
-
-        // Forecast: the value against the forecast's 95% band.
-        if let Some((point, lower, upper)) = band {
-            let sigma = ((upper - lower) / (2.0 * 1.959_964)).max(1e-9 * point.abs().max(1.0));
-            if sigma.is_finite() && point.is_finite() {
-                readings[Part::Forecast.index()] = Some(Reading { z: (value - point) / sigma, expected: point, sigma, support: 0 });
-            }
-        }
-
-        // Calibrate each part against its own past statistics, then learn them.
-        let voters = readings.iter().filter(|r| r.is_some()).count().max(1) as f64;
-        let mut best: Option<(f64, Part, Reading)> = None;
-        for part in Part::ALL {
-            let Some(r) = readings[part.index()] else { continue };
-            let Some(tail) = st.tail(part) else { continue };
-            // A forecast's errors are learned only while forecasts exist: it votes once it has a
-            // real calibration, not after a handful of steps.
-            let need = if part == Part::Forecast { 5 * cfg.warmup } else { half_warm };
-            if tail.total() as usize >= need && st.seen as usize > cfg.warmup {
-                let p = tail.survival(r.z.abs());
-                if best.as_ref().is_none_or(|b| p < b.0) {
-                    best = Some((p, part, r));
-                }
-            }
-        }
-        // The normal band: where the winning part's tail probability stays above the threshold's.
-        let band_z = best.as_ref().and_then(|(_, part, _)| st.tail(*part)).map(|t| t.quantile((1.0 - cfg.anomaly_threshold) / voters));
-        let cap = cfg.calibration;
-        for part in Part::ALL {
-            if let (Some(r), Some(tail)) = (readings[part.index()], st.tail_mut(part)) {
-                tail.push(r.z.abs(), cap);
-            }
-        }
-        // Learn the value.
-        if let Some(r) = resid {
-            st.resid.push(r, cfg.history);
-        }
-        st.learn(value, cfg.history + w);
-        if let Some(h) = st.history.as_mut() {
-            h.push(value, cover, st.period);
-        }
-
-        let (p, part, r) = best?;
-        let p = (p * voters).min(1.0);
-        // Refractory span: a value no more surprising than one in the span is the same event.
-        let repeat = st.recent_p.check(st.seen, p, cfg.refractory);
-        let band_z = band_z.unwrap_or(0.0);
-        // Only an anomalous score is explained; only a confirmed period is named.
-        let period = match (st.period, st.history.as_ref()) {
-            (Some(per), Some(h)) if !repeat && 1.0 - p >= cfg.anomaly_threshold => {
-                h.values(&mut self.scratch);
-                let stride = h.stride();
-                crate::forecast::confirm_period(&self.scratch, (per + stride / 2) / stride).then_some(per)
-            }
-            (other, _) => other,
-        };
-        Some(Score {
-            score: if repeat { 0.0 } else { 1.0 - p },
-            p,
-            repeat,
-            part,
-            z: r.z,
-            expected: r.expected,
-            lower: r.expected - band_z * r.sigma,
-            upper: r.expected + band_z * r.sigma,
-            support: r.support,
-            period,
-        })
-    }
-}
-
-impl SeriesState {
-    /// Before a value at `t`: windows without data are not observed, so the last value is
-    /// carried through them, so that "one period ago" stays one period of time ago (the
-    /// seasonal part counts values).
-    #[inline(always)]
-    fn fill_gap(&mut self, cfg: &DetectorConfig, t: i64) {
-        let cover = cfg.seasons * cfg.max_period + 1;
-        if let Some((step, missed)) = self.windows_missed(t) {
-            self.step_ms = step;
-            let missing = missed.clamp(0, cover as i64) as usize;
-            if let Some(prev) = self.values.back() {
-                let prev = self.anchor + f64::from(prev);
-                for _ in 0..missing.min(cfg.history + cfg.shift_windows) {
-                    self.learn(prev, cfg.history + cfg.shift_windows);
-                }
-                if let Some(h) = self.history.as_mut() {
-                    for _ in 0..missing {
-                        h.push(prev, cover, self.period);
-                    }
-                }
-            }
-        }
-        self.last_ms = Some(t);
-    }
-
-    /// For a value at `t` after the last one: the smallest spacing seen, this gap included,
-    /// and how many windows of it are missing in between.
-    fn windows_missed(&self, t: i64) -> Option<(i64, i64)> {
-        let gap = t - self.last_ms.filter(|l| t > *l)?;
-        let step = if self.step_ms > 0 { self.step_ms.min(gap) } else { gap };
-        Some((step, gap / step - 1))
-    }
-
-    /// Whether a value at `t` finds windows missing before it (which [`Self::fill_gap`] learns).
-    fn gap_before(&self, t: i64) -> bool {
-        !self.values.is_empty() && self.windows_missed(t).is_some_and(|(_, missed)| missed > 0)
-    }
-
-    /// Remembers `value` among the last `cap` values (as its offset from the anchor).
-    fn learn(&mut self, value: f64, cap: usize) {
-        if self.values.is_empty() {
-            self.anchor = value;
-        }
-        self.values.push((value - self.anchor) as f32, cap);
-    }
-    /// Moves the values' anchor to `to`.
-    fn reanchor(&mut self, to: f64) {
-        let from = self.anchor;
-        self.values.remap(|d| (from + f64::from(d) - to) as f32);
-        self.anchor = to;
-    }
-    fn tail(&self, part: Part) -> Option<&Tail> {
-        match part {
-            Part::Forecast => self.forecast.as_ref().map(|b| &b.tail),
-            p => Some(&self.tails[p.index()]),
-        }
-    }
-    fn tail_mut(&mut self, part: Part) -> Option<&mut Tail> {
-        match part {
-            Part::Forecast => self.forecast.as_mut().map(|b| &mut b.tail),
-            p => Some(&mut self.tails[p.index()]),
-        }
-    }
-}
 
 fn median(v: &mut [f64]) -> f64 {
     let n = v.len();

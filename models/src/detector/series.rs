@@ -1,0 +1,194 @@
+//! A series' state: what the detector keeps per series, as a checkpoint holds it, and the
+//! pointer a checkpoint shares it by.
+
+use std::sync::Arc;
+
+use super::compact::{History, Refractory, Tail};
+use super::order::Hint;
+use super::ring::Ring;
+use super::values::Values;
+use super::{DetectorConfig, Part};
+
+/// A forecast handed over by the engine: expected value and 95% band per window from
+/// `first_ms` on, one every `step_ms` (single precision: a band is itself an estimate), and the
+/// calibration of the forecast part, which only a series with forecasts needs.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Bands {
+    pub(super) first_ms: i64,
+    pub(super) step_ms: i64,
+    pub(super) point: Vec<f32>,
+    pub(super) lower: Vec<f32>,
+    pub(super) upper: Vec<f32>,
+    pub(super) tail: Tail,
+}
+
+impl Bands {
+    pub(super) fn at(&self, t: i64) -> Option<(f64, f64, f64)> {
+        if self.step_ms <= 0 || t < self.first_ms || (t - self.first_ms) % self.step_ms != 0 {
+            return None;
+        }
+        let k = usize::try_from((t - self.first_ms) / self.step_ms).ok()?;
+        Some((f64::from(*self.point.get(k)?), f64::from(*self.lower.get(k)?), f64::from(*self.upper.get(k)?)))
+    }
+    pub(super) fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + 4 * (self.point.capacity() + self.lower.capacity() + self.upper.capacity())
+    }
+}
+
+/// One series' state, as a checkpoint holds it (see [`Detector::export`]). Every part is of
+/// bounded size: the recent values in single precision, the recent residuals in half precision,
+/// the seasonal history at reduced resolution in 16-bit codes, 16-bit calibration counts.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SeriesState {
+    /// The last `history + shift_windows` values, as offsets from `anchor` (single precision,
+    /// in 16-bit multiples of a decimal quantum where that is exact).
+    pub(super) values: Values,
+    pub(super) anchor: f64,
+    /// The last `history` seasonal residuals, in half precision about their median.
+    pub(super) resid: Ring,
+    /// The values at reduced resolution, when seasons are looked for.
+    pub(super) history: Option<Box<History>>,
+    pub(super) period: Option<usize>,
+    /// Values seen.
+    pub(super) seen: u64,
+    /// Next value count at which the period is (re)detected.
+    pub(super) next_period_check: u64,
+    /// Calibration of the level, seasonal and shift parts (the forecast's is with its bands).
+    pub(super) tails: [Tail; 3],
+    pub(super) forecast: Option<Box<Bands>>,
+    /// Time of the last value (epoch ms) and the smallest spacing seen, when times are given.
+    pub(super) last_ms: Option<i64>,
+    pub(super) step_ms: i64,
+    /// The sliding minimum of p over the refractory span.
+    pub(super) recent_p: Refractory,
+    /// Last medians of the level, residual and shift-baseline windows (speed only).
+    #[serde(skip)]
+    pub(super) hints: [Hint; 3],
+    /// Where its shard keeps the baselines computed ahead for this state, plus one (see
+    /// [`Detector::prepare`]).
+    #[serde(skip)]
+    pub(super) prepared: Option<std::num::NonZeroU32>,
+}
+
+impl SeriesState {
+    /// The state of a series before its first value, with what that value would allocate.
+    pub(super) fn admitted(cfg: &DetectorConfig) -> Self {
+        let mut st = Self::default();
+        st.values.reserve(cfg.history + cfg.shift_windows);
+        if cfg.max_period >= 4 {
+            st.history = Some(Box::default());
+        }
+        st
+    }
+
+    /// Bytes this state occupies (the struct and what it owns).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.values.heap_bytes()
+            + self.resid.heap_bytes()
+            + self.history.as_ref().map_or(0, |_| std::mem::size_of::<History>())
+            + self.forecast.as_ref().map_or(0, |b| b.heap_bytes())
+            + self.recent_p.heap_bytes()
+    }
+}
+
+/// The counts of an [`Arc`] before the state it holds.
+pub(super) const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
+
+/// A series' state as a checkpoint takes it: the detector's own, shared, so that taking the
+/// state of every series costs the loop a pointer per series rather than a copy of each.
+/// The detector copies a state it changes while a snapshot still holds it; the checkpoint's
+/// writer calls [`Self::detach`] first, beside the loop, so that the next close rarely has to.
+/// Encoded as the state itself.
+#[derive(Debug, Clone)]
+pub struct SeriesSnapshot(pub(super) Arc<SeriesState>);
+
+impl SeriesSnapshot {
+    /// Makes this snapshot's copy its own, if the detector still shares it.
+    pub fn detach(&mut self) {
+        Arc::make_mut(&mut self.0);
+    }
+}
+
+impl serde::Serialize for SeriesSnapshot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SeriesSnapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SeriesState::deserialize(d).map(|s| Self(Arc::new(s)))
+    }
+}
+
+impl SeriesState {
+    /// Before a value at `t`: windows without data are not observed, so the last value is
+    /// carried through them, so that "one period ago" stays one period of time ago (the
+    /// seasonal part counts values).
+    #[inline(always)]
+    pub(super) fn fill_gap(&mut self, cfg: &DetectorConfig, t: i64) {
+        let cover = cfg.seasons * cfg.max_period + 1;
+        if let Some((step, missed)) = self.windows_missed(t) {
+            self.step_ms = step;
+            let missing = missed.clamp(0, cover as i64) as usize;
+            if let Some(prev) = self.values.back() {
+                let prev = self.anchor + f64::from(prev);
+                for _ in 0..missing.min(cfg.history + cfg.shift_windows) {
+                    self.learn(prev, cfg.history + cfg.shift_windows);
+                }
+                if let Some(h) = self.history.as_mut() {
+                    for _ in 0..missing {
+                        h.push(prev, cover, self.period);
+                    }
+                }
+            }
+        }
+        self.last_ms = Some(t);
+    }
+
+    /// For a value at `t` after the last one: the smallest spacing seen, this gap included,
+    /// and how many windows of it are missing in between.
+    #[inline]
+    pub(super) fn windows_missed(&self, t: i64) -> Option<(i64, i64)> {
+        let gap = t - self.last_ms.filter(|l| t > *l)?;
+        let step = if self.step_ms > 0 { self.step_ms.min(gap) } else { gap };
+        Some((step, gap / step - 1))
+    }
+
+    /// Whether a value at `t` finds windows missing before it (which [`Self::fill_gap`] learns).
+    #[inline]
+    pub(super) fn gap_before(&self, t: i64) -> bool {
+        !self.values.is_empty() && self.windows_missed(t).is_some_and(|(_, missed)| missed > 0)
+    }
+
+    /// Remembers `value` among the last `cap` values (as its offset from the anchor).
+    #[inline]
+    pub(super) fn learn(&mut self, value: f64, cap: usize) {
+        if self.values.is_empty() {
+            self.anchor = value;
+        }
+        self.values.push((value - self.anchor) as f32, cap);
+    }
+    /// Moves the values' anchor to `to`.
+    #[inline]
+    pub(super) fn reanchor(&mut self, to: f64) {
+        let from = self.anchor;
+        self.values.remap(|d| (from + f64::from(d) - to) as f32);
+        self.anchor = to;
+    }
+    #[inline]
+    pub(super) fn tail(&self, part: Part) -> Option<&Tail> {
+        match part {
+            Part::Forecast => self.forecast.as_ref().map(|b| &b.tail),
+            p => Some(&self.tails[p.index()]),
+        }
+    }
+    #[inline]
+    pub(super) fn tail_mut(&mut self, part: Part) -> Option<&mut Tail> {
+        match part {
+            Part::Forecast => self.forecast.as_mut().map(|b| &mut b.tail),
+            p => Some(&mut self.tails[p.index()]),
+        }
+    }
+}
