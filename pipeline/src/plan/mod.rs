@@ -54,10 +54,14 @@ const REQUIRED: [&str; 5] = ["window_start", "window_end", "series_id", "series"
 /// instead, so that it sees the time of that close.
 pub struct FeaturePlan {
     ctx: SessionContext,
+    /// The context of the windows' runs while they are open, on one partition.
+    stream_ctx: SessionContext,
     points_schema: SchemaRef,
     logs_schema: SchemaRef,
     output_schema: SchemaRef,
     points: Query,
+    /// The points query of the windows' runs while they are open ([`Self::feed_window`]).
+    streamed: Query,
     logs: Query,
     /// One run at a time: a run fills the tables its plan reads.
     running: tokio::sync::Mutex<()>,
@@ -126,18 +130,27 @@ impl FeaturePlan {
         };
         let points_schema = windowed(vigil_ingest::points_schema());
         let logs_schema = windowed(vigil_ingest::logs_schema());
-        let mut config = vigil_models::session_config(cores);
-        vigil_models::prepared::reusable_plans(&mut config);
-        // The points arrive dealt out by `series_id`: grouping by it (and more) needs no shuffle,
-        // on any number of cores.
-        config.options_mut().optimizer.subset_repartition_threshold = 1;
-        let ctx = SessionContext::new_with_config(config);
-        for f in scalar {
-            ctx.register_udf(f);
-        }
-        for f in aggregate {
-            ctx.register_udaf(f);
-        }
+        let context = |partitions: usize| {
+            let mut config = vigil_models::session_config(partitions);
+            vigil_models::prepared::reusable_plans(&mut config);
+            // The points arrive dealt out by `series_id`: grouping by it (and more) needs no
+            // shuffle, on any number of cores.
+            config.options_mut().optimizer.subset_repartition_threshold = 1;
+            let ctx = SessionContext::new_with_config(config);
+            for f in &scalar {
+                ctx.register_udf(f.clone());
+            }
+            for f in &aggregate {
+                ctx.register_udaf(f.clone());
+            }
+            ctx
+        };
+        let ctx = context(cores);
+        // A window's run while it is open takes a poll's rows at a time, beside decoding and
+        // scoring: on one partition, it does not hash every row to deal it out to a partition
+        // per core and copy each partition's rows (measured on the 5M-event file: the engine's
+        // CPU 2.01-2.04 -> 1.86-1.89 s, close to ack with 100,000 series unchanged).
+        let stream_ctx = context(1);
         let log_err = |e| match e {
             Error::Plan(m) => Error::Plan(format!("log signals: {m}")),
             e => e,
@@ -146,12 +159,15 @@ impl FeaturePlan {
         let logs_table = SwappedTable::new(logs_schema.clone(), cores, None);
         let logs = Query::new(&ctx, "logs", logs_table, log_sql).await.map_err(log_err)?;
         let points = Query::new(&ctx, "points", points_table, sql).await?;
+        let streamed = Query::new(&stream_ctx, "points", SwappedTable::new(points_schema.clone(), 1, Some("series_id")), sql).await?;
         let mut plan = Self {
             ctx,
+            stream_ctx,
             points_schema: points_schema.clone(),
             logs_schema,
             output_schema: points_schema,
             points,
+            streamed,
             logs,
             running: tokio::sync::Mutex::new(()),
             streamable: false,
@@ -184,7 +200,7 @@ impl FeaturePlan {
             }
             Err(_) => unreachable!("checked above"),
         }
-        plan.streamable = plan.points.prepared.plan().is_some_and(|p| plan.points.table.scanned_once_by(p));
+        plan.streamable = plan.streamed.prepared.plan().is_some_and(|p| plan.streamed.table.scanned_once_by(p));
         Ok(plan)
     }
 
@@ -207,7 +223,7 @@ impl FeaturePlan {
         let seen = self.streams.sent(start_ms);
         for b in batches.get(seen..).unwrap_or_default() {
             let b = with_window_span(&self.points_schema, b, start_ms, end_ms)?;
-            self.streams.feed(start_ms, end_ms, b, || Ok(self.points.prepared.stream(&self.ctx, &self.points.table)?))?;
+            self.streams.feed(start_ms, end_ms, b, || Ok(self.streamed.prepared.stream(&self.stream_ctx, &self.streamed.table)?))?;
         }
         Ok(())
     }
