@@ -83,9 +83,12 @@ fn rows(batches: &[RecordBatch]) -> BTreeMap<i64, Row> {
     out
 }
 
+/// A group's non-NULL values of `s`, of `i`, and of `s` where `f` holds.
+type Candidates = (BTreeSet<String>, BTreeSet<i64>, BTreeSet<String>);
+
 /// Each group's non-NULL values of each column, from the input itself.
-fn candidates(input: &[RecordBatch]) -> BTreeMap<i64, (BTreeSet<String>, BTreeSet<i64>, BTreeSet<String>)> {
-    let mut out: BTreeMap<i64, (BTreeSet<String>, BTreeSet<i64>, BTreeSet<String>)> = BTreeMap::new();
+fn candidates(input: &[RecordBatch]) -> BTreeMap<i64, Candidates> {
+    let mut out: BTreeMap<i64, Candidates> = BTreeMap::new();
     for b in input {
         let k = b.column(0).as_primitive::<Int64Type>();
         let s = b.column(1).as_string::<i32>();
