@@ -60,8 +60,10 @@ pub struct FeaturePlan {
     logs_schema: SchemaRef,
     output_schema: SchemaRef,
     points: Query,
-    /// The points query of the windows' runs while they are open ([`Self::feed_window`]).
-    streamed: Query,
+    /// The points query of the windows' runs while they are open ([`Self::feed_window`]);
+    /// `None` for a text that reads only what the other context has (windows then run at
+    /// their close).
+    streamed: Option<Query>,
     logs: Query,
     /// One run at a time: a run fills the tables its plan reads.
     running: tokio::sync::Mutex<()>,
@@ -159,7 +161,9 @@ impl FeaturePlan {
         let logs_table = SwappedTable::new(logs_schema.clone(), cores, None);
         let logs = Query::new(&ctx, "logs", logs_table, log_sql).await.map_err(log_err)?;
         let points = Query::new(&ctx, "points", points_table, sql).await?;
-        let streamed = Query::new(&stream_ctx, "points", SwappedTable::new(points_schema.clone(), 1, Some("series_id")), sql).await?;
+        // The text is checked against the main context below; one that plans there but not
+        // here (it reads a table only the main context holds) runs every window at its close.
+        let streamed = Query::new(&stream_ctx, "points", SwappedTable::new(points_schema.clone(), 1, Some("series_id")), sql).await.ok();
         let mut plan = Self {
             ctx,
             stream_ctx,
@@ -200,7 +204,7 @@ impl FeaturePlan {
             }
             Err(_) => unreachable!("checked above"),
         }
-        plan.streamable = plan.streamed.prepared.plan().is_some_and(|p| plan.streamed.table.scanned_once_by(p));
+        plan.streamable = plan.streamed.as_ref().is_some_and(|q| q.prepared.plan().is_some_and(|p| q.table.scanned_once_by(p)));
         Ok(plan)
     }
 
@@ -223,7 +227,10 @@ impl FeaturePlan {
         let seen = self.streams.sent(start_ms);
         for b in batches.get(seen..).unwrap_or_default() {
             let b = with_window_span(&self.points_schema, b, start_ms, end_ms)?;
-            self.streams.feed(start_ms, end_ms, b, || Ok(self.streamed.prepared.stream(&self.stream_ctx, &self.streamed.table)?))?;
+            self.streams.feed(start_ms, end_ms, b, || match &self.streamed {
+                Some(q) => Ok(q.prepared.stream(&self.stream_ctx, &q.table)?),
+                None => Ok(None),
+            })?;
         }
         Ok(())
     }

@@ -224,4 +224,24 @@ mod tests {
         let points: usize = closed.iter().flat_map(|w| &w.batches).map(RecordBatch::num_rows).sum();
         assert!(total.values().iter().all(|t| *t as usize > points), "every point and log signal of the close");
     }
+
+    #[tokio::test]
+    async fn sql_reading_a_table_the_runs_while_open_do_not_have_plans_and_runs_at_the_close() {
+        // The runs while a window is open have a context of their own, with `points` only.
+        let sql = "SELECT window_start, window_end, series_id, any_value(series) AS series, any_value(name) AS name, avg(value) AS mean,                    (SELECT count(*) FROM logs) AS log_rows FROM points GROUP BY window_start, window_end, series_id";
+        let p = FeaturePlan::new(sql, "mean").await.unwrap();
+        assert!(!p.streams());
+        let closed = windows(10);
+        for w in &closed {
+            feed_as_they_came(&p, w, &w.batches);
+        }
+        assert_eq!(p.streaming_windows(), 0);
+        let f = p.run(&closed).await.unwrap().features;
+        let series: std::collections::HashSet<u64> = closed
+            .iter()
+            .flat_map(|w| &w.batches)
+            .flat_map(|b| b.column(1).as_primitive::<UInt64Type>().values().to_vec())
+            .collect();
+        assert!(f.num_rows() >= series.len(), "a row per series and window: {} rows for {} series", f.num_rows(), series.len());
+    }
 }
