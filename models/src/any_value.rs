@@ -5,7 +5,8 @@
 //! every batch. This one keeps, per group, where its value is (which input array, which row),
 //! set by the group's first non-NULL value and never looked at again, so a row of a group that
 //! has its value costs one check. The arrays that gave a group its value are held until the
-//! group is emitted; the values are copied out at the end.
+//! group is emitted, at most [`MAX_ARRAYS`] of them: past that, the values are copied into one
+//! array; the values are copied out at the end.
 //!
 //! [`any_value`] wraps DataFusion's own function and changes nothing but the groups
 //! accumulator: the name, signature, return field, row accumulator and partial state (the
@@ -17,7 +18,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, Array, ArrayRef, AsArray, BooleanArray};
+use arrow::array::{new_empty_array, new_null_array, Array, ArrayRef, AsArray, BooleanArray};
 use arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -81,6 +82,10 @@ impl AggregateUDFImpl for FirstSeenAnyValue {
     }
 }
 
+/// Input arrays held before the groups' values are copied into one: holding whole arrays for
+/// a value or two each would grow with the input rather than with the groups.
+const MAX_ARRAYS: usize = 32;
+
 /// Where each group's value is: an index into `arrays` and a row of that array.
 #[derive(Debug)]
 struct FirstSeen {
@@ -115,36 +120,52 @@ impl FirstSeen {
         if used {
             self.held += values.get_array_memory_size();
             self.arrays.push(values.clone());
+            if self.arrays.len() > MAX_ARRAYS {
+                self.compact()?;
+            }
         }
         Ok(())
     }
 
+    /// Copies every group's value into one array, which is then the only one held.
+    fn compact(&mut self) -> Result<()> {
+        let all = self.gather(&self.picks)?;
+        for (i, p) in self.picks.iter_mut().enumerate() {
+            if p.is_some() {
+                *p = Some((0, u32::try_from(i).map_err(|_| too_many("groups"))?));
+            }
+        }
+        self.held = all.get_array_memory_size();
+        self.arrays = vec![all];
+        Ok(())
+    }
+
     /// The values of the groups `emit_to` names (NULL for a group without one); the others
-    /// stay, renumbered from 0, and only the arrays they need are held on.
+    /// stay, renumbered from 0 (an early emit costs the groups it emits, not those left).
     fn take(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let picks = emit_to.take_needed(&mut self.picks);
         let out = self.gather(&picks)?;
         if self.picks.is_empty() {
             self.arrays.clear();
             self.held = 0;
-        } else if !picks.is_empty() {
-            // The groups left keep their values in one array of their own.
-            let rest = self.gather(&self.picks)?;
-            self.held = rest.get_array_memory_size();
-            for (i, p) in self.picks.iter_mut().enumerate() {
-                if p.is_some() {
-                    *p = Some((0, i as u32));
-                }
-            }
-            self.arrays = vec![rest];
         }
         Ok(out)
     }
 
+    /// The values at `picks`, NULL where there is none.
     fn gather(&self, picks: &[Option<(u32, u32)>]) -> Result<ArrayRef> {
-        let null = new_null_array(&self.data_type, 1);
+        // The arrays' own type: the one planned may differ in what `interleave` compares
+        // (a nested field's name or nullability, a string view).
+        let data_type = self.arrays.first().map_or(&self.data_type, |a| a.data_type());
+        if picks.is_empty() {
+            return Ok(new_empty_array(data_type));
+        }
         let mut sources: Vec<&dyn Array> = self.arrays.iter().map(|a| a.as_ref()).collect();
-        sources.push(null.as_ref());
+        let null;
+        if picks.iter().any(Option::is_none) {
+            null = new_null_array(data_type, 1);
+            sources.push(null.as_ref());
+        }
         let none = (self.arrays.len(), 0);
         let indices: Vec<(usize, usize)> = picks.iter().map(|p| p.map_or(none, |(a, r)| (a as usize, r as usize))).collect();
         Ok(arrow::compute::interleave(&sources, &indices)?)

@@ -159,8 +159,11 @@ mod tests {
         }
     }
 
+    /// The shipped plan with the functions the engine registers (its `any_value` and
+    /// `percentile_cont` among them).
     async fn plan(partitions: usize) -> FeaturePlan {
-        FeaturePlan::build(DEFAULT_FEATURES_SQL, DEFAULT_LOG_SIGNALS_SQL, "mean", Vec::new(), Vec::new(), partitions).await.unwrap()
+        let f = vigil_models::sql_functions();
+        FeaturePlan::build(DEFAULT_FEATURES_SQL, DEFAULT_LOG_SIGNALS_SQL, "mean", f.scalar, f.aggregate, partitions).await.unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
