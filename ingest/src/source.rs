@@ -301,7 +301,6 @@ async fn gather_records(consumer: &StreamConsumer<RebalanceLog>, topics: &HashMa
 }
 
 impl KafkaSource {
-
     /// Commits, for each `(topic, partition)`, the offset of the next record to read, without
     /// waiting: the request goes to the group coordinator in the background and a failure comes
     /// back through [`Self::take_commit_failures`] after a later poll. librdkafka's synchronous

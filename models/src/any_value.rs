@@ -9,8 +9,8 @@
 //! array; the values are copied out at the end.
 //!
 //! [`any_value`] wraps DataFusion's own function and changes nothing but the groups
-//! accumulator: the name, signature, return field, row accumulator and partial state (the
-//! value and whether it is set) are DataFusion's. Its answer is the group's first non-NULL value
+//! accumulator ([`crate::grouped`]): the name, signature, return field, row accumulator and
+//! partial state (the value and whether it is set) are DataFusion's. Its answer is the group's first non-NULL value
 //! in arrival order (any value is a correct answer; this one is also deterministic).
 //!
 //! It lets the features SQL group by the series' number alone and still carry the series'
@@ -19,67 +19,16 @@
 use std::sync::Arc;
 
 use arrow::array::{new_empty_array, new_null_array, Array, ArrayRef, AsArray, BooleanArray};
-use arrow::datatypes::{DataType, FieldRef};
+use arrow::datatypes::DataType;
 use datafusion::common::Result;
-use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::utils::AggregateOrderSensitivity;
-use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator, Signature};
+use datafusion::logical_expr::{AggregateUDF, EmitTo, GroupsAccumulator};
 
 /// DataFusion's `any_value` with a groups accumulator. Registering it replaces the built-in
 /// one of the same name.
 pub fn any_value() -> AggregateUDF {
-    AggregateUDF::new_from_impl(FirstSeenAnyValue { inner: datafusion::functions_aggregate::any_value::any_value_udaf() })
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct FirstSeenAnyValue {
-    inner: Arc<AggregateUDF>,
-}
-
-impl AggregateUDFImpl for FirstSeenAnyValue {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(arg_types)
-    }
-
-    fn return_field(&self, arg_fields: &[FieldRef]) -> Result<FieldRef> {
-        self.inner.return_field(arg_fields)
-    }
-
-    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        self.inner.accumulator(args)
-    }
-
-    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        self.inner.state_fields(args)
-    }
-
-    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
-        true
-    }
-
-    fn create_groups_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(FirstSeen::new(args.return_field.data_type().clone())))
-    }
-
-    fn order_sensitivity(&self) -> AggregateOrderSensitivity {
-        AggregateOrderSensitivity::Insensitive
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        self.inner.documentation()
-    }
+    crate::grouped::with_groups(datafusion::functions_aggregate::any_value::any_value_udaf(), |args| {
+        Some(Box::new(FirstSeen::new(args.return_field.data_type().clone())))
+    })
 }
 
 /// Input arrays held before the groups' values are copied into one: holding whole arrays for

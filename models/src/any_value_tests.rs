@@ -161,7 +161,7 @@ async fn the_replacement_is_the_one_planned() {
     ctx.register_udaf(any_value());
     let f = ctx.udaf("any_value").unwrap();
     let any: &dyn std::any::Any = f.inner().as_ref();
-    assert!(any.downcast_ref::<FirstSeenAnyValue>().is_some());
+    assert!(any.downcast_ref::<crate::grouped::WithGroups>().is_some());
 }
 
 #[test]

@@ -32,14 +32,15 @@
 //! - [`HealthPlan`]: a 0-100 health score per service, composed in SQL (`sql/health.sql`).
 #![deny(missing_docs)]
 
+mod any_value;
 mod columns;
 pub mod cost;
 mod decision;
-mod any_value;
 mod detector;
 mod error;
 mod fleet;
 mod forecast;
+mod grouped;
 mod health;
 mod incident;
 mod percentile;

@@ -8,7 +8,7 @@
 //! the same interpolation, the same NULLs.
 //!
 //! [`percentile_cont`] wraps DataFusion's own function and changes nothing but the groups
-//! accumulator for `DOUBLE` input: the name, aliases, signature, `WITHIN GROUP` clause, the
+//! accumulator for `DOUBLE` input ([`crate::grouped`]): the name, aliases, signature, `WITHIN GROUP` clause, the
 //! simplification of 0 and 1 to `min`/`max`, the row accumulator and the partial state (a list
 //! of values per group) are DataFusion's.
 
@@ -16,20 +16,20 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, ListArray};
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
-use arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
+use arrow::datatypes::{DataType, Field, Float64Type};
 use datafusion::common::{Result, ScalarValue};
-use datafusion::logical_expr::function::{AccumulatorArgs, AggregateFunctionSimplification, StateFieldsArgs};
-use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, Documentation, EmitTo, GroupsAccumulator, Signature};
+use datafusion::logical_expr::function::AccumulatorArgs;
+use datafusion::logical_expr::{AggregateUDF, ColumnarValue, EmitTo, GroupsAccumulator};
 
 /// DataFusion's `percentile_cont` (alias `quantile_cont`) with a flat groups accumulator for
 /// `DOUBLE` input. Registering it replaces the built-in one of the same name.
 pub fn percentile_cont() -> AggregateUDF {
-    AggregateUDF::new_from_impl(FlatPercentileCont { inner: datafusion::functions_aggregate::percentile_cont::percentile_cont_udaf() })
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct FlatPercentileCont {
-    inner: Arc<AggregateUDF>,
+    crate::grouped::with_groups(datafusion::functions_aggregate::percentile_cont::percentile_cont_udaf(), |args| {
+        match (args.expr_fields[0].data_type(), percentile_of(args)) {
+            (DataType::Float64, Some(p)) if !args.is_distinct => Some(Box::new(FlatGroups::new(p))),
+            _ => None,
+        }
+    })
 }
 
 /// The percentile a call asks for, as DataFusion reads it (a descending `WITHIN GROUP` order
@@ -47,55 +47,6 @@ fn percentile_of(args: &AccumulatorArgs) -> Option<f64> {
     }
     let descending = args.order_bys.first().is_some_and(|s| s.options.descending);
     Some(if descending { 1.0 - p } else { p })
-}
-
-impl AggregateUDFImpl for FlatPercentileCont {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(arg_types)
-    }
-
-    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        self.inner.accumulator(args)
-    }
-
-    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        self.inner.state_fields(args)
-    }
-
-    fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
-        self.inner.groups_accumulator_supported(args)
-    }
-
-    fn create_groups_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
-        match (args.expr_fields[0].data_type(), percentile_of(&args)) {
-            (DataType::Float64, Some(p)) if !args.is_distinct => Ok(Box::new(FlatGroups::new(p))),
-            _ => self.inner.create_groups_accumulator(args),
-        }
-    }
-
-    fn simplify(&self) -> Option<AggregateFunctionSimplification> {
-        self.inner.simplify()
-    }
-
-    fn supports_within_group_clause(&self) -> bool {
-        self.inner.supports_within_group_clause()
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        self.inner.documentation()
-    }
 }
 
 /// Every value of every group, flat, in arrival order.

@@ -99,7 +99,7 @@ async fn the_replacement_is_the_one_planned() {
     for name in ["percentile_cont", "quantile_cont"] {
         let f = ctx.udaf(name).unwrap();
         let any: &dyn std::any::Any = f.inner().as_ref();
-        assert!(any.downcast_ref::<FlatPercentileCont>().is_some(), "{name}");
+        assert!(any.downcast_ref::<crate::grouped::WithGroups>().is_some(), "{name}");
     }
 }
 

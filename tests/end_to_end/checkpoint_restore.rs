@@ -133,7 +133,7 @@ async fn a_broker_outage_of_a_minute_holds_results_back_and_loses_nothing() {
 
 /// A periodic checkpoint that falls due waits for a close and is taken right after it (the next
 /// close is then a window away), not at the first step after it is due; with no close at all,
-/// it is taken a window after it was due.
+/// it is taken two windows after it was due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_periodic_checkpoint_is_taken_right_after_a_close_or_two_windows_after_it_is_due() {
     init_tracing();

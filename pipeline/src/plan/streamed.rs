@@ -211,10 +211,9 @@ mod tests {
         assert_same(&p.run(&closed).await.unwrap().features, &want);
     }
 
-    #[tokio::test]
-    async fn sql_reading_points_twice_is_run_at_the_close() {
-        let sql = "SELECT window_start, window_end, series_id, series, name, avg(value) AS mean, (SELECT count(*) FROM points) AS total \
-                   FROM points GROUP BY window_start, window_end, series_id, series, name";
+    /// Plans `sql`, which cannot run while a window is open, feeds it ten windows as their rows
+    /// came, and runs them at their close: (the windows, their features).
+    async fn run_at_the_close(sql: &str) -> (Vec<ClosedWindow>, RecordBatch) {
         let p = FeaturePlan::new(sql, "mean").await.unwrap();
         assert!(!p.streams());
         let closed = windows(10);
@@ -223,6 +222,14 @@ mod tests {
         }
         assert_eq!(p.streaming_windows(), 0);
         let f = p.run(&closed).await.unwrap().features;
+        (closed, f)
+    }
+
+    #[tokio::test]
+    async fn sql_reading_points_twice_is_run_at_the_close() {
+        let sql = "SELECT window_start, window_end, series_id, series, name, avg(value) AS mean, (SELECT count(*) FROM points) AS total \
+                   FROM points GROUP BY window_start, window_end, series_id, series, name";
+        let (closed, f) = run_at_the_close(sql).await;
         let total = f.column_by_name("total").unwrap().as_primitive::<arrow::datatypes::Int64Type>();
         let points: usize = closed.iter().flat_map(|w| &w.batches).map(RecordBatch::num_rows).sum();
         assert!(total.values().iter().all(|t| *t as usize > points), "every point and log signal of the close");
@@ -231,15 +238,9 @@ mod tests {
     #[tokio::test]
     async fn sql_reading_a_table_the_runs_while_open_do_not_have_plans_and_runs_at_the_close() {
         // The runs while a window is open have a context of their own, with `points` only.
-        let sql = "SELECT window_start, window_end, series_id, any_value(series) AS series, any_value(name) AS name, avg(value) AS mean,                    (SELECT count(*) FROM logs) AS log_rows FROM points GROUP BY window_start, window_end, series_id";
-        let p = FeaturePlan::new(sql, "mean").await.unwrap();
-        assert!(!p.streams());
-        let closed = windows(10);
-        for w in &closed {
-            feed_as_they_came(&p, w, &w.batches);
-        }
-        assert_eq!(p.streaming_windows(), 0);
-        let f = p.run(&closed).await.unwrap().features;
+        let sql = "SELECT window_start, window_end, series_id, any_value(series) AS series, any_value(name) AS name, avg(value) AS mean, \
+                   (SELECT count(*) FROM logs) AS log_rows FROM points GROUP BY window_start, window_end, series_id";
+        let (closed, f) = run_at_the_close(sql).await;
         let series: std::collections::HashSet<u64> = closed
             .iter()
             .flat_map(|w| &w.batches)
