@@ -28,9 +28,9 @@
 //! `history + shift_windows` values in single precision and the last `history` seasonal
 //! residuals in half precision about their median ([`ring`]; the level, seasonal and shift
 //! parts take exact medians over them); for the seasonal part,
-//! 256 slots of 16-bit codes holding the last `seasons × max_period` values at reduced
+//! 256 slots of 8-bit codes holding the last `seasons × max_period` values at reduced
 //! resolution (each slot the mean of a power-of-two number of values, so a daily season of
-//! minutes costs 512 bytes rather than 35 KB); per part a calibration histogram of 40
+//! minutes costs 256 bytes rather than 35 KB); per part a calibration histogram of 40
 //! log-spaced bins of 16-bit counts. See [`compact`] for the pieces.
 
 use rayon::prelude::*;

@@ -1,17 +1,17 @@
 //! The compact parts of a series' detector state, each of bounded size whatever the series
-//! sends: the seasonal history at reduced resolution in 16-bit codes ([`History`]), the
+//! sends: the seasonal history at reduced resolution in 8-bit codes ([`History`]), the
 //! calibration histogram ([`Tail`]) and the refractory span's minima ([`Refractory`]).
 
 use serde::{Deserialize, Serialize};
 
-type Code = u16;
+type Code = u8;
 const CODE_MAX: f64 = Code::MAX as f64;
 
 /// Slots of a [`History`].
 pub(crate) const RING: usize = 256;
 
 /// A series' recent values at reduced resolution, for the seasonal part: at most [`RING`]
-/// slots, each the mean of `stride` consecutive values as a 16-bit code in the ring's frame
+/// slots, each the mean of `stride` consecutive values as an 8-bit code in the ring's frame
 /// (`lo + code × step`). While the ring covers less than the seasons it must hold, a full ring
 /// merges its slots in pairs and doubles the stride; otherwise the oldest slot goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -37,7 +37,7 @@ impl Bands {
 
 /// One series' state, as a checkpoint holds it (see [`Detector::export`]). Every part is of
 /// bounded size: the recent values in single precision, the recent residuals in half precision,
-/// the seasonal history at reduced resolution in 16-bit codes, 16-bit calibration counts.
+/// the seasonal history at reduced resolution in 8-bit codes, 16-bit calibration counts.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SeriesState {
     /// The last `history + shift_windows` values, as offsets from `anchor` (single precision,
