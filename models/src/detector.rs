@@ -418,7 +418,8 @@ impl Detector {
         let history = if c.max_period >= 4 { std::mem::size_of::<History>() } else { 0 };
         // A table just grown holds 7 series in 16 buckets.
         let bucket = (std::mem::size_of::<(u64, Arc<SeriesState>)>() + 1) * 16 / 7;
-        bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + 4 * (c.history + c.shift_windows) + Ring::max_heap_bytes(c.history) + history
+        let resid = std::mem::size_of::<Ring>() + Ring::max_heap_bytes(c.history);
+        bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + 4 * (c.history + c.shift_windows) + resid + history
     }
 
     /// Bytes of state held over every series (what [`Self::max_bytes_per_series`] bounds, plus
@@ -850,7 +851,7 @@ mod tests {
         let bound = d.max_bytes_per_series();
         assert!(st.bytes() <= bound + 8 * cfg.refractory, "{} > {bound}", st.bytes());
         assert!(bound < 3_500, "{bound}");
-        assert!(st.values.len() <= cfg.history + cfg.shift_windows && st.resid.len() <= cfg.history);
+        assert!(st.values.len() <= cfg.history + cfg.shift_windows && st.resid.as_ref().map_or(0, |r| r.len()) <= cfg.history);
         assert!(st.tails.iter().all(|t| t.total() as usize <= cfg.calibration));
         // The held bytes add the hash table's buckets (a few, for one series).
         assert!(d.state_bytes() > st.bytes() && d.state_bytes() < st.bytes() + 256, "{} vs {}", d.state_bytes(), st.bytes());

@@ -14,7 +14,8 @@
 
 use std::collections::VecDeque;
 
-use super::{FeatureColumns, History, SeriesState, Shard};
+use super::ring::Ring;
+use super::{FeatureColumns, SeriesState, Shard};
 
 /// Rows ahead whose blocks are requested while a row is scored.
 pub(super) const AHEAD: usize = 2;
@@ -68,8 +69,12 @@ pub(super) struct Ahead {
     pub(super) value: f64,
     /// The state struct, the values ring, the residual ring, the refractory queue.
     at: [usize; 4],
-    /// The history's two lines a value touches: its counters and the slot it writes.
-    history: [usize; 2],
+    /// The history (boxed), and the offsets in it of the two lines a value touches: its
+    /// counters and the slot it writes.
+    history: usize,
+    history_lines: [u16; 2],
+    /// The residual ring's own struct (boxed), if the series has one.
+    ring: usize,
     /// Lengths of the values ring, the residual ring and the refractory queue, bytes.
     len: [u16; 3],
     pub(super) row: u32,
@@ -77,12 +82,18 @@ pub(super) struct Ahead {
 
 impl Ahead {
     fn new(row: u32, id: u64, time_ms: i64, value: f64, state: Option<&SeriesState>) -> Self {
-        let mut a = Self { id, time_ms, value, at: [0; 4], history: [0; 2], len: [0; 3], row };
+        let mut a = Self { id, time_ms, value, at: [0; 4], history: 0, history_lines: [0; 2], ring: 0, len: [0; 3], row };
         if let Some(st) = state {
-            let blocks = [st.values.block(), st.resid.block(), st.recent_p.block()];
+            let resid = st.resid.as_deref();
+            a.ring = resid.map_or(0, |r| std::ptr::from_ref(r) as usize);
+            let blocks = [st.values.block(), resid.map_or_else(Default::default, Ring::block), st.recent_p.block()];
             a.at = [std::ptr::from_ref(st) as usize, blocks[0].at, blocks[1].at, blocks[2].at];
             a.len = blocks.map(|b| u16::try_from(b.len).unwrap_or(u16::MAX));
-            a.history = st.history.as_deref().map_or([0; 2], History::hot_lines);
+            if let Some(h) = st.history.as_deref() {
+                a.history = std::ptr::from_ref(h) as usize;
+                // Both lines lie within the struct (a few hundred bytes).
+                a.history_lines = h.hot_lines().map(|l| u16::try_from(l - a.history).unwrap_or(0));
+            }
         }
         a
     }
@@ -97,8 +108,13 @@ impl Ahead {
         for (at, len) in self.at[1..].iter().zip(self.len) {
             Block { at: *at, len: usize::from(len) }.fetch();
         }
-        for at in self.history {
-            Block { at, len: 1 }.fetch();
+        if self.history != 0 {
+            for off in self.history_lines {
+                Block { at: self.history + usize::from(off), len: 1 }.fetch();
+            }
+        }
+        if self.ring != 0 {
+            Block { at: self.ring, len: std::mem::size_of::<Ring>() }.fetch();
         }
     }
 }

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 use super::order::location_scale_near;
+use super::ring::Ring;
 use super::{median, DetectorConfig, Part, Reading, SeriesState, Shard};
 
 /// The level part's baseline: median and robust sigma of the last `support` values.
@@ -116,9 +117,9 @@ impl Baselines {
             if !s.is_empty() {
                 let k = s.len();
                 let expected = median(s);
-                let resid = (st.resid.len() >= half_warm).then(|| {
+                let resid = st.resid.as_deref().filter(|r| r.len() >= half_warm).map(|r| {
                     s.clear();
-                    st.resid.extend_into(0..st.resid.len(), s);
+                    r.extend_into(0..r.len(), s);
                     location_scale_near(s, &mut st.hints[1])
                 });
                 b.seasonal = Some(Seasonal { expected, support: (k * p) as u32, resid });
@@ -126,11 +127,12 @@ impl Baselines {
         }
 
         // Shift: the median of the last `w` values (or residuals) against the baseline before.
-        let on_resid = b.seasonal.is_some() && st.resid.len() >= half_warm.max(2 * w);
-        let m = if on_resid { st.resid.len() } else { n };
+        let ring = st.resid.as_deref().filter(|r| b.seasonal.is_some() && r.len() >= half_warm.max(2 * w));
+        let on_resid = ring.is_some();
+        let m = ring.map_or(n, Ring::len);
         let window = |range: std::ops::Range<usize>, out: &mut Vec<f64>| {
-            if on_resid {
-                st.resid.extend_into(range, out);
+            if let Some(ring) = ring {
+                ring.extend_into(range, out);
             } else {
                 out.extend_from_slice(&held[range]);
             }

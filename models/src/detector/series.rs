@@ -44,8 +44,10 @@ pub struct SeriesState {
     /// in 16-bit multiples of a decimal quantum where that is exact).
     pub(super) values: Values,
     pub(super) anchor: f64,
-    /// The last `history` seasonal residuals, in half precision about their median.
-    pub(super) resid: Ring,
+    /// The last `history` seasonal residuals, in half precision about their median; boxed,
+    /// from the first residual on, so that a series without a season carries a pointer
+    /// rather than the ring's 64 bytes.
+    pub(super) resid: Option<Box<Ring>>,
     /// The values at reduced resolution, when seasons are looked for.
     pub(super) history: Option<Box<History>>,
     pub(super) period: Option<usize>,
@@ -85,7 +87,7 @@ impl SeriesState {
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.values.heap_bytes()
-            + self.resid.heap_bytes()
+            + self.resid.as_ref().map_or(0, |r| std::mem::size_of::<Ring>() + r.heap_bytes())
             + self.history.as_ref().map_or(0, |_| std::mem::size_of::<History>())
             + self.forecast.as_ref().map_or(0, |b| b.heap_bytes())
             + self.recent_p.heap_bytes()
