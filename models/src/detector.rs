@@ -832,6 +832,20 @@ mod tests {
         }
     }
 
+    /// The sizes docs/MODELS.md and docs/BENCHMARKS.md give: the seasonal history's 256 slots
+    /// take a byte each, and a series without a season carries a pointer for its residual ring.
+    #[test]
+    fn a_state_takes_488_bytes_and_its_history_304() {
+        assert_eq!(std::mem::size_of::<History>(), 256 + 48);
+        assert_eq!(std::mem::size_of::<SeriesState>(), 488);
+        let mut d = Detector::new(DetectorConfig { warmup: 4, ..Default::default() });
+        for i in 0..50 {
+            d.observe(1, 10.0 + (i % 3) as f64);
+        }
+        let st = d.state(1).expect("a state");
+        assert!(st.resid.is_none(), "no season, no residual ring");
+    }
+
     #[test]
     fn state_per_series_is_bounded_whatever_the_season() {
         let cfg = DetectorConfig { max_period: 1440, ..Default::default() };
