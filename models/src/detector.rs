@@ -418,7 +418,7 @@ impl Detector {
         let history = if c.max_period >= 4 { std::mem::size_of::<History>() } else { 0 };
         // A table just grown holds 7 series in 16 buckets.
         let bucket = (std::mem::size_of::<(u64, Arc<SeriesState>)>() + 1) * 16 / 7;
-        let resid = std::mem::size_of::<Ring>() + Ring::max_heap_bytes(c.history);
+        let resid = std::mem::size_of::<series::Seasonal>() + Ring::max_heap_bytes(c.history);
         bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + 4 * (c.history + c.shift_windows) + resid + history
     }
 
@@ -833,17 +833,18 @@ mod tests {
     }
 
     /// The sizes docs/MODELS.md and docs/BENCHMARKS.md give: the seasonal history's 256 slots
-    /// take a byte each, and a series without a season carries a pointer for its residual ring.
+    /// take a byte each, and a series without a season carries a pointer for its residual ring
+    /// and the seasonal part's calibration.
     #[test]
-    fn a_state_takes_488_bytes_and_its_history_304() {
+    fn a_state_takes_400_bytes_and_its_history_304() {
         assert_eq!(std::mem::size_of::<History>(), 256 + 48);
-        assert_eq!(std::mem::size_of::<SeriesState>(), 488);
+        assert_eq!(std::mem::size_of::<SeriesState>(), 400);
         let mut d = Detector::new(DetectorConfig { warmup: 4, ..Default::default() });
         for i in 0..50 {
             d.observe(1, 10.0 + (i % 3) as f64);
         }
         let st = d.state(1).expect("a state");
-        assert!(st.resid.is_none(), "no season, no residual ring");
+        assert!(st.seasonal.is_none(), "no season, no residual ring or seasonal calibration");
     }
 
     #[test]
@@ -865,8 +866,8 @@ mod tests {
         let bound = d.max_bytes_per_series();
         assert!(st.bytes() <= bound + 8 * cfg.refractory, "{} > {bound}", st.bytes());
         assert!(bound < 3_500, "{bound}");
-        assert!(st.values.len() <= cfg.history + cfg.shift_windows && st.resid.as_ref().map_or(0, |r| r.len()) <= cfg.history);
-        assert!(st.tails.iter().all(|t| t.total() as usize <= cfg.calibration));
+        assert!(st.values.len() <= cfg.history + cfg.shift_windows && st.resid().map_or(0, Ring::len) <= cfg.history);
+        assert!(Part::ALL.iter().filter_map(|p| st.tail(*p)).all(|t| t.total() as usize <= cfg.calibration));
         // The held bytes add the hash table's buckets (a few, for one series).
         assert!(d.state_bytes() > st.bytes() && d.state_bytes() < st.bytes() + 256, "{} vs {}", d.state_bytes(), st.bytes());
     }

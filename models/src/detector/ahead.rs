@@ -73,8 +73,9 @@ pub(super) struct Ahead {
     /// counters and the slot it writes.
     history: usize,
     history_lines: [u16; 2],
-    /// The residual ring's own struct (boxed), if the series has one.
-    ring: usize,
+    /// The seasonal part's own state (boxed: its residual ring's struct and calibration), if
+    /// the series has one.
+    seasonal: usize,
     /// Lengths of the values ring, the residual ring and the refractory queue, bytes.
     len: [u16; 3],
     pub(super) row: u32,
@@ -82,11 +83,10 @@ pub(super) struct Ahead {
 
 impl Ahead {
     fn new(row: u32, id: u64, time_ms: i64, value: f64, state: Option<&SeriesState>) -> Self {
-        let mut a = Self { id, time_ms, value, at: [0; 4], history: 0, history_lines: [0; 2], ring: 0, len: [0; 3], row };
+        let mut a = Self { id, time_ms, value, at: [0; 4], history: 0, history_lines: [0; 2], seasonal: 0, len: [0; 3], row };
         if let Some(st) = state {
-            let resid = st.resid.as_deref();
-            a.ring = resid.map_or(0, |r| std::ptr::from_ref(r) as usize);
-            let blocks = [st.values.block(), resid.map_or_else(Default::default, Ring::block), st.recent_p.block()];
+            a.seasonal = st.seasonal.as_deref().map_or(0, |s| std::ptr::from_ref(s) as usize);
+            let blocks = [st.values.block(), st.resid().map_or_else(Default::default, Ring::block), st.recent_p.block()];
             a.at = [std::ptr::from_ref(st) as usize, blocks[0].at, blocks[1].at, blocks[2].at];
             a.len = blocks.map(|b| u16::try_from(b.len).unwrap_or(u16::MAX));
             if let Some(h) = st.history.as_deref() {
@@ -113,8 +113,8 @@ impl Ahead {
                 Block { at: self.history + usize::from(off), len: 1 }.fetch();
             }
         }
-        if self.ring != 0 {
-            Block { at: self.ring, len: std::mem::size_of::<Ring>() }.fetch();
+        if self.seasonal != 0 {
+            Block { at: self.seasonal, len: std::mem::size_of::<super::series::Seasonal>() }.fetch();
         }
     }
 }

@@ -117,7 +117,7 @@ impl Baselines {
             if !s.is_empty() {
                 let k = s.len();
                 let expected = median(s);
-                let resid = st.resid.as_deref().filter(|r| r.len() >= half_warm).map(|r| {
+                let resid = st.seasonal.as_deref().map(|s| &s.resid).filter(|r| r.len() >= half_warm).map(|r| {
                     s.clear();
                     r.extend_into(0..r.len(), s);
                     location_scale_near(s, &mut st.hints[1])
@@ -127,7 +127,7 @@ impl Baselines {
         }
 
         // Shift: the median of the last `w` values (or residuals) against the baseline before.
-        let ring = st.resid.as_deref().filter(|r| b.seasonal.is_some() && r.len() >= half_warm.max(2 * w));
+        let ring = st.seasonal.as_deref().map(|s| &s.resid).filter(|r| b.seasonal.is_some() && r.len() >= half_warm.max(2 * w));
         let on_resid = ring.is_some();
         let m = ring.map_or(n, Ring::len);
         let window = |range: std::ops::Range<usize>, out: &mut Vec<f64>| {

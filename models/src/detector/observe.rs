@@ -64,8 +64,8 @@ impl Shard {
             let keep = st.period.is_some_and(|p| p < 4 * stride) && found.is_none();
             if found != st.period && !keep {
                 st.period = found;
-                if let Some(r) = st.resid.as_mut() {
-                    r.clear();
+                if let Some(s) = st.seasonal.as_mut() {
+                    s.resid.clear();
                 }
             }
         }
@@ -116,7 +116,7 @@ impl Shard {
         }
         // Learn the value.
         if let Some(r) = resid {
-            st.resid.get_or_insert_with(Box::default).push(r, cfg.history);
+            st.seasonal.get_or_insert_with(Box::default).resid.push(r, cfg.history);
         }
         st.learn(value, cfg.history + w);
         if let Some(h) = st.history.as_mut() {

@@ -35,6 +35,14 @@ impl Bands {
     }
 }
 
+/// The seasonal part's own state: the last `history` seasonal residuals, in half precision
+/// about their median, and the part's calibration.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Seasonal {
+    pub(super) resid: Ring,
+    pub(super) tail: Tail,
+}
+
 /// One series' state, as a checkpoint holds it (see [`Detector::export`]). Every part is of
 /// bounded size: the recent values in single precision, the recent residuals in half precision,
 /// the seasonal history at reduced resolution in 8-bit codes, 16-bit calibration counts.
@@ -44,10 +52,10 @@ pub struct SeriesState {
     /// in 16-bit multiples of a decimal quantum where that is exact).
     pub(super) values: Values,
     pub(super) anchor: f64,
-    /// The last `history` seasonal residuals, in half precision about their median; boxed,
-    /// from the first residual on, so that a series without a season carries a pointer
-    /// rather than the ring's 64 bytes.
-    pub(super) resid: Option<Box<Ring>>,
+    /// What only a series with a season holds (its residuals and the seasonal part's
+    /// calibration), boxed from its first residual on: a series without a season carries a
+    /// pointer rather than 160 bytes.
+    pub(super) seasonal: Option<Box<Seasonal>>,
     /// The values at reduced resolution, when seasons are looked for.
     pub(super) history: Option<Box<History>>,
     pub(super) period: Option<usize>,
@@ -55,8 +63,9 @@ pub struct SeriesState {
     pub(super) seen: u64,
     /// Next value count at which the period is (re)detected.
     pub(super) next_period_check: u64,
-    /// Calibration of the level, seasonal and shift parts (the forecast's is with its bands).
-    pub(super) tails: [Tail; 3],
+    /// Calibration of the level and shift parts (the seasonal part's is in [`Self::seasonal`],
+    /// the forecast's with its bands).
+    pub(super) tails: [Tail; 2],
     pub(super) forecast: Option<Box<Bands>>,
     /// Time of the last value (epoch ms) and the smallest spacing seen, when times are given.
     pub(super) last_ms: Option<i64>,
@@ -87,7 +96,7 @@ impl SeriesState {
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.values.heap_bytes()
-            + self.resid.as_ref().map_or(0, |r| std::mem::size_of::<Ring>() + r.heap_bytes())
+            + self.seasonal.as_ref().map_or(0, |s| std::mem::size_of::<Seasonal>() + s.resid.heap_bytes())
             + self.history.as_ref().map_or(0, |_| std::mem::size_of::<History>())
             + self.forecast.as_ref().map_or(0, |b| b.heap_bytes())
             + self.recent_p.heap_bytes()
@@ -179,18 +188,29 @@ impl SeriesState {
         self.values.remap(|d| (from + f64::from(d) - to) as f32);
         self.anchor = to;
     }
+    /// The seasonal residuals, once there are any.
+    #[inline]
+    pub(super) fn resid(&self) -> Option<&Ring> {
+        self.seasonal.as_deref().map(|s| &s.resid)
+    }
+    /// A part's calibration. The seasonal part's exists from the series' first residual on,
+    /// before the part can read a value (it needs half the warm-up of residuals).
     #[inline]
     pub(super) fn tail(&self, part: Part) -> Option<&Tail> {
         match part {
+            Part::Level => Some(&self.tails[0]),
+            Part::Shift => Some(&self.tails[1]),
+            Part::Seasonal => self.seasonal.as_deref().map(|s| &s.tail),
             Part::Forecast => self.forecast.as_ref().map(|b| &b.tail),
-            p => Some(&self.tails[p.index()]),
         }
     }
     #[inline]
     pub(super) fn tail_mut(&mut self, part: Part) -> Option<&mut Tail> {
         match part {
+            Part::Level => Some(&mut self.tails[0]),
+            Part::Shift => Some(&mut self.tails[1]),
+            Part::Seasonal => self.seasonal.as_deref_mut().map(|s| &mut s.tail),
             Part::Forecast => self.forecast.as_mut().map(|b| &mut b.tail),
-            p => Some(&mut self.tails[p.index()]),
         }
     }
 }

@@ -86,7 +86,8 @@ macro_rules! per_series {
 
 // Version 5: the detector's values in single precision, as 16-bit multiples of a decimal quantum
 // where that is exact (version 3 held them all as floats); the seasonal residuals in half
-// precision about their median (boxed, from a series' first residual on), a reduced-resolution
+// precision about their median (boxed with the seasonal part's calibration, from a series' first
+// residual on), a reduced-resolution
 // seasonal history in 8-bit codes (16-bit in version 4), 16-bit calibration counts. An older checkpoint is refused, naming the stage. (A snapshot shares the detector's
 // states; it is encoded as the states themselves.)
 per_series!(Detector, Vec<(u64, vigil_models::SeriesSnapshot)>, 5, shared);
