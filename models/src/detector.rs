@@ -717,6 +717,31 @@ mod tests {
         assert!(text.contains("48-window cycle"), "{text}");
     }
 
+    /// A short cycle while a day-long one is looked for: the history merges its slots to span
+    /// three days of values, and must keep enough slots to a 48-value cycle for a precise
+    /// expectation. (With half the slots it had six to a cycle, its expectation at a peak was
+    /// off by several times the noise, and it missed every anomaly of the seasonal corpus'
+    /// 48-value files.)
+    #[test]
+    fn a_short_cycle_keeps_its_season_while_a_day_long_one_is_looked_for() {
+        let cfg = DetectorConfig { max_period: 288, ..Default::default() };
+        let mut d = Detector::new(cfg);
+        let mut rng = StdRng::seed_from_u64(5);
+        let noise = Normal::new(0.0, 0.3).unwrap();
+        let y = |i: usize| 50.0 + 10.0 * (2.0 * std::f64::consts::PI * i as f64 / 48.0).sin();
+        let mut i = 0;
+        while i < 48 * 70 + 12 {
+            d.observe(2, y(i) + noise.sample(&mut rng));
+            i += 1;
+        }
+        assert_eq!(d.period(2), Some(48));
+        // At a peak (60), a value of 57: ten times the noise below it, well inside the range the
+        // level part has seen; only a precise seasonal expectation tells it apart.
+        let s = d.observe(2, 57.0).unwrap();
+        assert_eq!(s.part, Part::Seasonal, "{s:?}");
+        assert!(s.score > 0.999, "{s:?}");
+    }
+
     #[test]
     fn a_short_history_of_a_long_cycle_gets_no_spurious_period_in_its_explanation() {
         // A 360-window cycle (a day of 4-minute windows) seen for 64 to 300 windows looks like a
