@@ -694,20 +694,23 @@ mod tests {
         assert!(worse.score > 0.999, "{worse:?}");
     }
 
+    /// A detector looking for seasons up to `max_period` that has seen `cycles` cycles of 48
+    /// values (50 ± 10, noise 0.3) on series 2, and the next value's phase: 12 of 48, a peak
+    /// (60).
+    fn after_cycles_of_48(max_period: usize, cycles: usize, seed: u64) -> Detector {
+        let mut d = Detector::new(DetectorConfig { max_period, ..Default::default() });
+        let mut rng = StdRng::seed_from_u64(seed);
+        let noise = Normal::new(0.0, 0.3).unwrap();
+        for i in 0..48 * cycles + 12 {
+            d.observe(2, 50.0 + 10.0 * (2.0 * std::f64::consts::PI * i as f64 / 48.0).sin() + noise.sample(&mut rng));
+        }
+        d
+    }
+
     #[test]
     fn a_missing_daily_peak_is_found_by_the_seasonal_part() {
-        // Period 48 with noise; after six cycles a value at the trough where the peak should be.
-        let cfg = DetectorConfig { max_period: 100, ..Default::default() };
-        let mut d = Detector::new(cfg);
-        let mut rng = StdRng::seed_from_u64(11);
-        let noise = Normal::new(0.0, 0.3).unwrap();
-        let y = |i: usize| 50.0 + 10.0 * (2.0 * std::f64::consts::PI * i as f64 / 48.0).sin();
-        let mut i = 0;
-        while i < 48 * 12 + 12 {
-            d.observe(2, y(i) + noise.sample(&mut rng));
-            i += 1;
-        }
-        // i is now at a peak (phase 12 of 48): send the trough value instead.
+        // After twelve cycles, the trough value where the peak should be.
+        let mut d = after_cycles_of_48(100, 12, 11);
         assert_eq!(d.period(2), Some(48));
         let s = d.observe(2, 40.0).unwrap();
         assert_eq!(s.part, Part::Seasonal, "{s:?}");
@@ -724,16 +727,7 @@ mod tests {
     /// 48-value files.)
     #[test]
     fn a_short_cycle_keeps_its_season_while_a_day_long_one_is_looked_for() {
-        let cfg = DetectorConfig { max_period: 288, ..Default::default() };
-        let mut d = Detector::new(cfg);
-        let mut rng = StdRng::seed_from_u64(5);
-        let noise = Normal::new(0.0, 0.3).unwrap();
-        let y = |i: usize| 50.0 + 10.0 * (2.0 * std::f64::consts::PI * i as f64 / 48.0).sin();
-        let mut i = 0;
-        while i < 48 * 70 + 12 {
-            d.observe(2, y(i) + noise.sample(&mut rng));
-            i += 1;
-        }
+        let mut d = after_cycles_of_48(288, 70, 5);
         assert_eq!(d.period(2), Some(48));
         // At a peak (60), a value of 57: ten times the noise below it, well inside the range the
         // level part has seen; only a precise seasonal expectation tells it apart.
