@@ -42,8 +42,8 @@ pub struct MemoryReport {
     pub detector_bytes_per_series: usize,
     /// Bytes of detector state held over every series at the end.
     pub detector_bytes: usize,
-    /// Series whose recent values are held in 16 bits each (quantised: exact multiples of a
-    /// decimal step), at the end.
+    /// Series whose recent values are held as codes (quantised: exact multiples of a unit,
+    /// packed in the bits they span), at the end.
     pub coded_series: usize,
     /// Wall seconds of the run (records made in the loop included).
     pub wall_s: f64,
@@ -64,7 +64,7 @@ impl MemoryReport {
              rss at end        {:.1} MiB (all windows closed, allocator collected) -> {:.0} bytes per series above the start\n\
              rss high water    {:.1} MiB (the kernel's, over the whole process)\n\
              detector state    {:.1} MiB held, {:.0} bytes per series; {} bytes per series at most\n\
-             values in 16 bits {} of {} series (quantised values; the others in single precision)\n\
+             values coded      {} of {} series (exact multiples of a unit, in the bits they span; the others in single precision)\n\
              wall              {:.1} s (records made in the loop: not a throughput figure)\n",
             self.events,
             self.series,

@@ -400,7 +400,7 @@ impl Detector {
         self.shards.iter().map(|s| s.copied_on_write).sum()
     }
 
-    /// Series whose values are held as 16-bit multiples of a quantum (see `values.rs`).
+    /// Series whose values are held as codes, multiples of a unit (see `values.rs`).
     pub fn coded_series(&self) -> usize {
         self.shards.iter().flat_map(|sh| sh.states.values()).filter(|s| s.values.is_coded()).count()
     }
@@ -419,7 +419,7 @@ impl Detector {
         // A table just grown holds 7 series in 16 buckets.
         let bucket = (std::mem::size_of::<(u64, Arc<SeriesState>)>() + 1) * 16 / 7;
         let resid = std::mem::size_of::<series::Seasonal>() + Ring::max_heap_bytes(c.history);
-        bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + 4 * (c.history + c.shift_windows) + resid + history
+        bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + values::Values::max_heap_bytes(c.history + c.shift_windows) + resid + history
     }
 
     /// Bytes of state held over every series (what [`Self::max_bytes_per_series`] bounds, plus
@@ -857,7 +857,7 @@ mod tests {
     #[test]
     fn a_state_takes_400_bytes_and_its_history_304() {
         assert_eq!(std::mem::size_of::<History>(), 256 + 48);
-        assert_eq!(std::mem::size_of::<SeriesState>(), 400);
+        assert_eq!(std::mem::size_of::<SeriesState>(), 392);
         let mut d = Detector::new(DetectorConfig { warmup: 4, ..Default::default() });
         for i in 0..50 {
             d.observe(1, 10.0 + (i % 3) as f64);

@@ -28,6 +28,11 @@ pub(crate) struct Block {
 }
 
 impl Block {
+    /// The memory of a slice.
+    pub(crate) fn of_slice<T>(s: &[T]) -> Self {
+        Self { at: s.as_ptr() as usize, len: std::mem::size_of_val(s) }
+    }
+
     /// The part of a ring's buffer that holds its values (both halves when it wraps: then the
     /// second half starts the buffer and the first ends it).
     pub(crate) fn of_deque<T>(q: &VecDeque<T>) -> Self {

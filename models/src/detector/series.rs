@@ -49,7 +49,7 @@ pub(super) struct Seasonal {
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SeriesState {
     /// The last `history + shift_windows` values, as offsets from `anchor` (single precision,
-    /// in 16-bit multiples of a decimal quantum where that is exact).
+    /// as multiples of a unit where that is exact, packed in the bits they span).
     pub(super) values: Values,
     pub(super) anchor: f64,
     /// What only a series with a season holds (its residuals and the seasonal part's

@@ -6,17 +6,30 @@
 //! see the residual ring). Most operational metrics are quantised, though: counts, bytes,
 //! percentages with one or two decimals, milliseconds. When every offset of the ring is a whole
 //! multiple of one decimal quantum (10⁻⁶ … 10⁶) within ±32,767 of it, and that multiple converts
-//! back to the very same single precision float, the ring holds 16-bit multiples instead of
-//! floats: half the bytes, and bit for bit the same values. A value that no quantum codes
-//! turns the ring into floats, for good.
+//! back to the very same single precision float, the ring holds those multiples instead of
+//! floats, bit for bit the same values, packed in as many bits as the multiples held span: a
+//! metric with two decimals moving within ±5 takes 10 bits a value instead of 32. A value that
+//! no quantum codes turns the ring into floats until the ring is coded anew (at a new anchor).
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-/// Decimal quanta tried, coarsest first (the coarsest that codes every value is kept, which
-/// leaves the most room for values far from the anchor).
-const QUANTA: [f64; 13] = [1e6, 1e5, 1e4, 1e3, 1e2, 1e1, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6];
+/// Units a ring's codes count in: the powers of ten (the only units of checkpoints written
+/// before the others were added: the index is what a checkpoint holds), then 5, 2.5, 2 and 1.25
+/// times them, so that the mean of two, four, five or eight values with two decimals is coded
+/// too. The coarsest unit that codes every value is kept: the codes span the fewest steps.
+const QUANTA: [f64; 65] = [
+    1e6, 1e5, 1e4, 1e3, 1e2, 1e1, 1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 5e5, 2.5e5, 2e5, 1.25e5, 5e4, 2.5e4, 2e4, 1.25e4, 5e3,
+    2.5e3, 2e3, 1.25e3, 5e2, 2.5e2, 2e2, 1.25e2, 5e1, 2.5e1, 2e1, 1.25e1, 5e0, 2.5e0, 2e0, 1.25e0, 5e-1, 2.5e-1, 2e-1, 1.25e-1, 5e-2,
+    2.5e-2, 2e-2, 1.25e-2, 5e-3, 2.5e-3, 2e-3, 1.25e-3, 5e-4, 2.5e-4, 2e-4, 1.25e-4, 5e-5, 2.5e-5, 2e-5, 1.25e-5, 5e-6, 2.5e-6, 2e-6,
+    1.25e-6, 5e-7, 2.5e-7, 2e-7, 1.25e-7,
+];
+/// Indices of [`QUANTA`], coarsest unit first.
+const COARSEST_FIRST: [u8; 65] = [
+    0, 13, 14, 15, 16, 1, 17, 18, 19, 20, 2, 21, 22, 23, 24, 3, 25, 26, 27, 28, 4, 29, 30, 31, 32, 5, 33, 34, 35, 36, 6, 37, 38, 39, 40, 7,
+    41, 42, 43, 44, 8, 45, 46, 47, 48, 9, 49, 50, 51, 52, 10, 53, 54, 55, 56, 11, 57, 58, 59, 60, 12, 61, 62, 63, 64,
+];
 
 /// The code of `offset` in units of `QUANTA[q]`, if it decodes to exactly `offset`.
 fn code(offset: f32, q: usize) -> Option<i16> {
@@ -35,165 +48,366 @@ fn decode(k: i16, q: usize) -> f32 {
     (f64::from(k) * QUANTA[q.min(QUANTA.len() - 1)]) as f32
 }
 
-/// The last values of a series as single precision offsets (see the module docs).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) enum Values {
-    /// Multiples of `QUANTA[quantum]`.
-    Coded { quantum: u8, codes: VecDeque<i16> },
-    /// The offsets themselves.
-    Floats(VecDeque<f32>),
+/// `quantum` of a ring that holds the offsets' own bits.
+const FLOATS: u8 = u8::MAX;
+
+/// The last values of a series as single precision offsets (see the module docs), in a ring of
+/// `cap` slots of `width` bits each, packed: a slot holds a float's bits, or a
+/// code less `base`, in as many bits as the codes held span (none when they are all the same).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Values {
+    /// The slots, and eight spare bytes (a slot is read as the eight bytes it starts in);
+    /// empty when the slots take no bits.
+    bytes: Box<[u8]>,
+    /// Slot of the oldest value, values held, and slots.
+    head: u32,
+    len: u32,
+    cap: u32,
+    /// Bits a slot takes: 32 for floats, at most 16 for codes.
+    width: u8,
+    /// Index in `QUANTA` of the codes' unit, or [`FLOATS`].
+    quantum: u8,
+    /// The code a slot of 0 stands for.
+    base: i16,
 }
 
 impl Default for Values {
     fn default() -> Self {
-        Values::Coded { quantum: 0, codes: VecDeque::new() }
+        Self { bytes: Box::default(), head: 0, len: 0, cap: 0, width: 0, quantum: 0, base: 0 }
     }
+}
+
+/// Bytes that `cap` slots of `width` bits take, with the spare ones (a slot is read as the
+/// eight bytes it starts in).
+fn bytes_for(cap: usize, width: u8) -> usize {
+    if width == 0 {
+        0
+    } else {
+        (cap * usize::from(width)).div_ceil(8) + 8
+    }
+}
+
+/// Bits that codes from `lo` to `hi` take as offsets from `lo`.
+fn width_for(lo: i16, hi: i16) -> u8 {
+    let span = (i32::from(hi) - i32::from(lo)) as u32;
+    (32 - span.leading_zeros()) as u8
+}
+
+/// The eight bytes of `bytes` from `i`, little-endian.
+#[inline(always)]
+fn eight(bytes: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"))
+}
+
+/// The slot at `bit` of `bytes` (`mask`: as many low bits set as a slot has, at most 32).
+#[inline(always)]
+fn read(bytes: &[u8], bit: usize, mask: u64) -> u64 {
+    (eight(bytes, bit >> 3) >> (bit & 7)) & mask
 }
 
 impl Values {
     pub(crate) fn len(&self) -> usize {
-        match self {
-            Values::Coded { codes, .. } => codes.len(),
-            Values::Floats(v) => v.len(),
-        }
+        self.len as usize
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     /// Bytes held on the heap.
     pub(crate) fn heap_bytes(&self) -> usize {
-        match self {
-            Values::Coded { codes, .. } => 2 * codes.capacity(),
-            Values::Floats(v) => 4 * v.capacity(),
-        }
+        self.bytes.len()
+    }
+
+    /// Bytes a ring of `cap` values holds at most (as floats).
+    pub(crate) fn max_heap_bytes(cap: usize) -> usize {
+        bytes_for(cap, 32)
     }
 
     /// The memory holding the values.
     pub(crate) fn block(&self) -> super::ahead::Block {
-        match self {
-            Values::Coded { codes, .. } => super::ahead::Block::of_deque(codes),
-            Values::Floats(v) => super::ahead::Block::of_deque(v),
+        super::ahead::Block::of_slice(&self.bytes)
+    }
+
+    /// Whether the ring holds codes rather than floats.
+    pub(crate) fn is_coded(&self) -> bool {
+        self.quantum != FLOATS
+    }
+
+    fn mask(&self) -> u64 {
+        (1u64 << self.width) - 1
+    }
+
+    /// The offset a slot's bits stand for.
+    #[inline(always)]
+    fn offset(&self, raw: u64) -> f32 {
+        if self.quantum == FLOATS {
+            f32::from_bits(raw as u32)
+        } else {
+            decode((i32::from(self.base) + raw as i32) as i16, usize::from(self.quantum))
         }
     }
 
-    /// Whether the ring holds 16-bit multiples.
-    pub(crate) fn is_coded(&self) -> bool {
-        matches!(self, Values::Coded { .. })
+    fn slot_bits(&self, slot: usize) -> u64 {
+        if self.width == 0 {
+            0
+        } else {
+            read(&self.bytes, slot * usize::from(self.width), self.mask())
+        }
     }
 
     pub(crate) fn back(&self) -> Option<f32> {
-        match self {
-            Values::Coded { quantum, codes } => codes.back().map(|k| decode(*k, usize::from(*quantum))),
-            Values::Floats(v) => v.back().copied(),
+        if self.len == 0 {
+            return None;
         }
+        let slot = (self.head + self.len - 1) % self.cap;
+        Some(self.offset(self.slot_bits(slot as usize)))
     }
 
     /// The offsets at `range`, oldest first, each as `anchor + offset`.
     #[inline(always)]
     pub(crate) fn extend_into(&self, range: std::ops::Range<usize>, anchor: f64, out: &mut Vec<f64>) {
-        match self {
-            Values::Coded { quantum, codes } => {
-                let q = usize::from(*quantum);
-                let (a, b) = slices(codes, range);
-                out.extend(a.iter().map(|k| anchor + f64::from(decode(*k, q))));
-                out.extend(b.iter().map(|k| anchor + f64::from(decode(*k, q))));
+        let n = range.len();
+        if n == 0 {
+            return;
+        }
+        out.reserve(n);
+        let cap = self.cap as usize;
+        let first = (self.head as usize + range.start) % cap;
+        let straight = n.min(cap - first);
+        self.decode_slots(first..first + straight, anchor, out);
+        self.decode_slots(0..n - straight, anchor, out);
+    }
+
+    /// Slots `slots` (not wrapping), decoded, as `anchor + offset`.
+    #[inline(always)]
+    fn decode_slots(&self, slots: std::ops::Range<usize>, anchor: f64, out: &mut Vec<f64>) {
+        if slots.is_empty() {
+            return;
+        }
+        let (w, mask) = (usize::from(self.width), self.mask());
+        let start = out.len();
+        out.resize(start + slots.len(), anchor);
+        let out = &mut out[start..];
+        let bytes = &self.bytes[..];
+        // Every slot's eight bytes lie in the block (the spare bytes see to the last slot's):
+        // checked once here, for the last slot, so that the loops need not check each read.
+        assert!(w == 0 || slots.end <= self.cap as usize && ((slots.end - 1) * w >> 3) + 8 <= bytes.len());
+        let read = |s: usize| {
+            let bit = s * w;
+            // SAFETY: `bit >> 3` is at most the last slot's first byte, and the eight bytes from
+            // there lie in `bytes` (asserted above); an unaligned read of a `u64` from them.
+            let word = unsafe { bytes.as_ptr().add(bit >> 3).cast::<u64>().read_unaligned() };
+            (u64::from_le(word) >> (bit & 7)) & mask
+        };
+        if self.quantum == FLOATS {
+            for (o, s) in out.iter_mut().zip(slots) {
+                *o += f64::from(f32::from_bits(read(s) as u32));
             }
-            Values::Floats(v) => {
-                let (a, b) = slices(v, range);
-                out.extend(a.iter().map(|d| anchor + f64::from(*d)));
-                out.extend(b.iter().map(|d| anchor + f64::from(*d)));
+        } else if w == 0 {
+            let d = f64::from(decode(self.base, usize::from(self.quantum)));
+            for o in out.iter_mut() {
+                *o += d;
+            }
+        } else {
+            let (base, unit) = (i32::from(self.base), QUANTA[usize::from(self.quantum).min(QUANTA.len() - 1)]);
+            for (o, s) in out.iter_mut().zip(slots) {
+                *o += f64::from((f64::from(base + read(s) as i32) * unit) as f32);
             }
         }
     }
 
-    /// Allocates the ring at `cap` values, as the first [`Self::push`] would.
+    /// Makes room for `cap` values, as the first [`Self::push`] would (the slots' width is
+    /// known only with the values: this only sets the number of slots).
     pub(crate) fn reserve(&mut self, cap: usize) {
-        match self {
-            Values::Coded { codes, .. } => codes.reserve_exact(cap.saturating_sub(codes.len())),
-            Values::Floats(v) => v.reserve_exact(cap.saturating_sub(v.len())),
+        if self.cap as usize != cap {
+            let all = self.offsets();
+            *self = Self::from_offsets(&all[all.len().saturating_sub(cap)..], cap, Box::default());
         }
     }
 
-    /// Appends `offset`, dropping the oldest beyond `cap`; the ring is allocated once, at
-    /// exactly `cap`.
+    /// Appends `offset`, dropping the oldest beyond `cap`. The slots are reallocated only when
+    /// a value needs more bits than they have, and after a full turn when the values held need
+    /// fewer.
     #[inline]
     pub(crate) fn push(&mut self, offset: f32, cap: usize) {
-        if let Values::Coded { quantum, codes } = self {
-            if let Some(k) = code(offset, usize::from(*quantum)) {
-                push_bounded(codes, k, cap);
+        if self.cap as usize == cap && cap > 0 {
+            let fits = if self.quantum == FLOATS {
+                Some(u64::from(offset.to_bits()))
+            } else {
+                code(offset, usize::from(self.quantum))
+                    .map(|k| i32::from(k) - i32::from(self.base))
+                    .filter(|r| *r >= 0 && (*r as u64) <= self.mask())
+                    .map(|r| r as u64)
+            };
+            if let Some(raw) = fits {
+                let slot = if self.len < self.cap {
+                    self.len += 1;
+                    (self.head + self.len - 1) % self.cap
+                } else {
+                    let s = self.head;
+                    self.head = (self.head + 1) % self.cap;
+                    s
+                };
+                self.write(slot as usize, raw);
+                if self.head == 0 && self.len == self.cap && self.quantum != FLOATS {
+                    self.narrow();
+                }
                 return;
             }
         }
-        if let Values::Floats(v) = self {
-            push_bounded(v, offset, cap);
+        // The slots do not hold it: code everything anew (wider, with a finer quantum, or as
+        // floats).
+        let mut all = self.offsets();
+        let drop = (all.len() + 1).saturating_sub(cap);
+        all.drain(..drop.min(all.len()));
+        all.push(offset);
+        let reuse = std::mem::take(&mut self.bytes);
+        *self = Self::from_offsets(&all, cap, reuse);
+    }
+
+    fn write(&mut self, slot: usize, raw: u64) {
+        let w = usize::from(self.width);
+        if w == 0 {
             return;
         }
-        // The quantum does not code it: code everything with a finer one, or turn to floats.
-        let mut all = self.offsets();
-        if all.len() >= cap {
-            all.remove(0);
+        let bit = slot * w;
+        let (i, off) = (bit >> 3, bit & 7);
+        let word = (eight(&self.bytes, i) & !(self.mask() << off)) | (raw << off);
+        self.bytes[i..i + 8].copy_from_slice(&word.to_le_bytes());
+    }
+
+    /// After a full turn: the codes held anew in as few bits as they need, in a block of that
+    /// size, when they need fewer than they have.
+    fn narrow(&mut self) {
+        let codes: Vec<i16> = (0..self.len as usize).map(|i| self.code_at(i)).collect();
+        let (lo, hi) = codes.iter().fold((i16::MAX, i16::MIN), |(lo, hi), k| (lo.min(*k), hi.max(*k)));
+        if bytes_for(self.cap as usize, width_for(lo, hi)) < self.bytes.len() {
+            *self = Self::from_codes(self.quantum, &codes, self.cap as usize, Box::default());
         }
-        all.push(offset);
-        self.recode(&all, cap);
+    }
+
+    /// The code of value `i` (oldest first) of a coded ring.
+    fn code_at(&self, i: usize) -> i16 {
+        let slot = (self.head as usize + i) % self.cap as usize;
+        (i32::from(self.base) + self.slot_bits(slot) as i32) as i16
     }
 
     /// Rewrites every offset as `f(offset)` (a new anchor).
     pub(crate) fn remap(&mut self, f: impl Fn(f32) -> f32) {
-        if let Values::Floats(v) = self {
-            for d in v.iter_mut() {
-                *d = f(*d);
-            }
-            return;
-        }
-        let cap = self.capacity();
         let all: Vec<f32> = self.offsets().into_iter().map(f).collect();
-        self.recode(&all, cap);
-    }
-
-    fn capacity(&self) -> usize {
-        match self {
-            Values::Coded { codes, .. } => codes.capacity(),
-            Values::Floats(v) => v.capacity(),
-        }
+        let reuse = std::mem::take(&mut self.bytes);
+        *self = Self::from_offsets(&all, self.cap as usize, reuse);
     }
 
     fn offsets(&self) -> Vec<f32> {
-        match self {
-            Values::Coded { quantum, codes } => codes.iter().map(|k| decode(*k, usize::from(*quantum))).collect(),
-            Values::Floats(v) => v.iter().copied().collect(),
+        let mut out = Vec::with_capacity(self.len as usize);
+        if self.cap > 0 {
+            let cap = self.cap as usize;
+            out.extend((0..self.len as usize).map(|i| self.offset(self.slot_bits((self.head as usize + i) % cap))));
         }
+        out
     }
 
-    /// Codes `offsets` anew: with the coarsest quantum that codes them all, if any, in the
-    /// ring's own block when it holds codes (a series' first values finding their quantum
-    /// allocate nothing), else as floats.
-    fn recode(&mut self, offsets: &[f32], cap: usize) {
-        let reuse = match self {
-            Values::Coded { codes, .. } => std::mem::take(codes),
-            Values::Floats(_) => VecDeque::new(),
-        };
-        *self = Self::from_offsets(offsets, cap, reuse);
-    }
-
-    /// The ring of `offsets`, coded with the coarsest quantum that codes them all, if any
-    /// (in `codes`' block when it is large enough).
-    fn from_offsets(offsets: &[f32], cap: usize, mut codes: VecDeque<i16>) -> Self {
+    /// The ring of `offsets` (at most `cap`, which grows to hold them all otherwise), coded
+    /// with the coarsest quantum that codes them all, if any, else as floats; in `reuse` when
+    /// that is the size the ring needs.
+    fn from_offsets(offsets: &[f32], cap: usize, reuse: Box<[u8]>) -> Self {
         let cap = cap.max(offsets.len());
-        codes.clear();
-        if codes.capacity() < cap {
-            codes.reserve_exact(cap);
-        }
-        for q in 0..QUANTA.len() {
+        let mut codes = Vec::with_capacity(offsets.len());
+        for q in COARSEST_FIRST {
             codes.clear();
-            if offsets.iter().all(|d| code(*d, q).map(|k| codes.push_back(k)).is_some()) {
-                return Values::Coded { quantum: q as u8, codes };
+            if offsets.iter().all(|d| code(*d, usize::from(q)).map(|k| codes.push(k)).is_some()) {
+                return Self::from_codes(q, &codes, cap, reuse);
             }
         }
-        let mut v = VecDeque::with_capacity(cap);
-        v.extend(offsets.iter().copied());
-        Values::Floats(v)
+        let bytes = Self::block_of(bytes_for(cap, 32), reuse);
+        let mut v = Self { bytes, cap: cap as u32, width: 32, quantum: FLOATS, ..Self::default() };
+        for d in offsets {
+            v.write(v.len as usize, u64::from(d.to_bits()));
+            v.len += 1;
+        }
+        v
+    }
+
+    /// The ring of `codes` in units of `QUANTA[quantum]`, in as few bits as they need. A ring
+    /// still filling is given the block of 16-bit slots, which its first values' recoding
+    /// reuses; it takes the block its codes need once full (see [`Self::narrow`]).
+    fn from_codes(quantum: u8, codes: &[i16], cap: usize, reuse: Box<[u8]>) -> Self {
+        let (lo, hi) = codes.iter().fold((i16::MAX, i16::MIN), |(lo, hi), k| (lo.min(*k), hi.max(*k)));
+        let (base, width) = if codes.is_empty() { (0, 0) } else { (lo, width_for(lo, hi)) };
+        let bytes = Self::block_of(bytes_for(cap, if codes.len() < cap { 16 } else { width }), reuse);
+        let mut v = Self { bytes, cap: cap as u32, width, quantum, base, ..Self::default() };
+        for k in codes {
+            v.write(v.len as usize, (i32::from(*k) - i32::from(base)) as u64);
+            v.len += 1;
+        }
+        v
+    }
+
+    /// `n` zeroed bytes: `reuse`, when it has that many.
+    fn block_of(n: usize, mut reuse: Box<[u8]>) -> Box<[u8]> {
+        if reuse.len() == n {
+            reuse.fill(0);
+            reuse
+        } else {
+            vec![0; n].into_boxed_slice()
+        }
+    }
+}
+
+/// A checkpoint holds a ring as its values in order: the codes and their quantum, or the
+/// floats (the encoding of the 16-bit ring before it, unchanged).
+#[derive(Deserialize)]
+#[serde(rename = "Values")]
+enum Repr {
+    Coded { quantum: u8, codes: Vec<i16> },
+    Floats(Vec<f32>),
+}
+
+impl From<Repr> for Values {
+    fn from(r: Repr) -> Self {
+        match r {
+            // A quantum out of range can only come from a damaged checkpoint: its codes are
+            // read as offsets and coded anew.
+            Repr::Coded { quantum, codes } if usize::from(quantum) < QUANTA.len() => {
+                let cap = codes.len();
+                Self::from_codes(quantum, &codes, cap, Box::default())
+            }
+            Repr::Coded { quantum, codes } => {
+                let all: Vec<f32> = codes.iter().map(|k| decode(*k, usize::from(quantum))).collect();
+                Self::from_offsets(&all, all.len(), Box::default())
+            }
+            Repr::Floats(v) => Self::from_offsets(&v, v.len(), Box::default()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Values {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Repr::deserialize(d).map(Self::from)
+    }
+}
+
+impl Serialize for Values {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        /// The slots in order, as a sequence of `T`.
+        struct Seq<'a, T>(&'a Values, fn(&Values, usize) -> T);
+        impl<T: Serialize> Serialize for Seq<'_, T> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq((0..self.0.len as usize).map(|i| (self.1)(self.0, i)))
+            }
+        }
+        if self.quantum == FLOATS {
+            let at = |v: &Values, i: usize| f32::from_bits(v.slot_bits((v.head as usize + i) % v.cap as usize) as u32);
+            s.serialize_newtype_variant("Values", 1, "Floats", &Seq(self, at))
+        } else {
+            let mut sv = s.serialize_struct_variant("Values", 0, "Coded", 2)?;
+            sv.serialize_field("quantum", &self.quantum)?;
+            sv.serialize_field("codes", &Seq(self, Values::code_at))?;
+            sv.end()
+        }
     }
 }
 
@@ -211,6 +425,7 @@ pub(crate) fn slices<T>(q: &VecDeque<T>, range: std::ops::Range<usize>) -> (&[T]
     }
 }
 
+#[cfg(test)]
 fn push_bounded<T>(q: &mut VecDeque<T>, v: T, cap: usize) {
     if q.len() >= cap {
         q.pop_front();
@@ -253,8 +468,8 @@ mod tests {
             ring.extend_into(100..200, 5.0, &mut out);
             assert_eq!(out, plain.range(100..200).map(|d| 5.0 + f64::from(*d)).collect::<Vec<_>>());
             match case % 4 {
-                0 | 3 => assert!(ring.is_coded() && ring.heap_bytes() == 2 * 264, "case {case}: {ring:?}"),
-                _ => assert!(!ring.is_coded() && ring.heap_bytes() == 4 * 264, "case {case}"),
+                0 | 3 => assert!(ring.is_coded() && ring.heap_bytes() <= bytes_for(264, 16), "case {case}: {ring:?}"),
+                _ => assert!(!ring.is_coded() && ring.heap_bytes() == bytes_for(264, 32), "case {case}"),
             }
         }
     }
@@ -280,28 +495,88 @@ mod tests {
         }
     }
 
-    /// A series' first values find their quantum (0, then 3.5, then 0.25 away from the anchor)
-    /// in the ring allocated when the series arrived: recoding allocates nothing.
+    /// A ring takes the bits its codes span: 1,000 steps of 0.01 take 10 bits a value, a spike
+    /// widens it while the spike is held, and a full turn after it the ring is back to 10 bits.
     #[test]
-    fn values_that_need_a_finer_quantum_are_recoded_in_the_rings_own_block() {
+    fn a_ring_takes_the_bits_its_values_span_and_narrows_once_a_spike_has_left() {
         let mut ring = Values::default();
         ring.reserve(264);
-        let codes = |v: &Values| match v {
-            Values::Coded { codes, quantum } => (codes.as_slices().0.as_ptr() as usize, codes.capacity(), *quantum),
-            Values::Floats(_) => panic!("floats: {v:?}"),
+        let mut x = 1u64;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (((x >> 33) % 1000) as f64 * 0.01) as f32
         };
-        let (block, cap, _) = codes(&ring);
+        for _ in 0..600 {
+            ring.push(next(), 264);
+        }
+        assert!(ring.is_coded());
+        assert_eq!(ring.width, 10, "{ring:?}");
+        assert_eq!(ring.heap_bytes(), (264 * 10usize).div_ceil(8) + 8);
+        ring.push(300.0, 264);
+        assert_eq!(ring.width, 15, "a spike of 300 is 30,000 steps");
+        let mut plain: VecDeque<f32> = ring.offsets().into();
+        for _ in 0..300 {
+            let d = next();
+            ring.push(d, 264);
+            push_bounded(&mut plain, d, 264);
+            assert_eq!(held(&ring), plain.iter().map(|d| d.to_bits()).collect::<Vec<_>>());
+        }
+        assert_eq!(ring.width, 10, "a turn after the spike left");
+        // Equal values take no bits at all.
+        let mut flat = Values::default();
+        for _ in 0..300 {
+            flat.push(42.5, 264);
+        }
+        assert_eq!((flat.heap_bytes(), flat.back(), flat.len()), (0, Some(42.5), 264));
+    }
+
+    /// A series' first values find their quantum (0, then 3.5, then 0.25 away from the anchor)
+    /// in the block of 16-bit slots allocated when the series arrived: recoding while the ring
+    /// fills allocates nothing. Once full, the ring takes the block its codes need.
+    #[test]
+    fn a_filling_ring_is_recoded_in_its_own_block_and_fitted_once_full() {
+        let mut ring = Values::default();
+        ring.reserve(264);
+        let block = ring.bytes.as_ptr();
+        assert_eq!(ring.heap_bytes(), bytes_for(264, 16));
         let mut quanta = Vec::new();
-        // Checked after every push: a new block per recode, with the old one freed and handed
-        // back by the next, would end where it began.
         for d in [0.0f32, 3.5, 0.25, 7.0] {
             ring.push(d, 264);
-            let (at, cap_after, quantum) = codes(&ring);
-            assert_eq!((at, cap_after), (block, cap), "the ring was reallocated at {d}");
-            quanta.push(QUANTA[usize::from(quantum)]);
+            assert_eq!(ring.bytes.as_ptr(), block, "the ring was reallocated at {d}");
+            quanta.push(QUANTA[usize::from(ring.quantum)]);
         }
-        assert_eq!(quanta, [1e6, 1e-1, 1e-2, 1e-2], "a finer quantum twice");
+        assert_eq!(quanta, [1e6, 5e-1, 2.5e-1, 2.5e-1], "a finer quantum twice");
         assert_eq!(held(&ring), [0.0f32, 3.5, 0.25, 7.0].map(f32::to_bits));
+        for i in 4..264 {
+            ring.push((i % 29) as f32 * 0.25, 264);
+        }
+        // 0 to 28 quarters: 5 bits a value.
+        assert_eq!((ring.width, ring.heap_bytes()), (5, bytes_for(264, 5)));
+    }
+
+    /// A checkpoint holds the ring as its values in order, in the encoding of the 16-bit ring
+    /// before it, and reads back the same values.
+    #[test]
+    fn a_ring_is_encoded_as_its_values_in_order() {
+        let mut ring = Values::default();
+        for i in 0..300 {
+            ring.push(f64::from(i % 37).mul_add(0.25, -3.0) as f32, 264);
+        }
+        let json = serde_json::to_value(&ring).expect("encodes");
+        // Quarters: codes in units of QUANTA[38], 0.25.
+        let codes: Vec<i64> = (36..300).map(|i| i64::from(i % 37 - 12)).collect();
+        assert_eq!(json, serde_json::json!({"Coded": {"quantum": 38, "codes": codes}}));
+        let back: Values = postcard::from_bytes(&postcard::to_stdvec(&ring).expect("encodes")).expect("decodes");
+        assert_eq!(held(&back), held(&ring));
+        let mut floats = Values::default();
+        for i in 0..10 {
+            floats.push(0.1 + i as f32 / 3.0, 264);
+        }
+        assert!(!floats.is_coded());
+        let json = serde_json::to_value(&floats).expect("encodes");
+        assert_eq!(json["Floats"].as_array().map(Vec::len), Some(10));
+        let back: Values = postcard::from_bytes(&postcard::to_stdvec(&floats).expect("encodes")).expect("decodes");
+        assert_eq!(held(&back), held(&floats));
     }
 
     #[test]

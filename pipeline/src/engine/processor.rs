@@ -514,7 +514,7 @@ impl Processor {
         self.detector.state_bytes()
     }
 
-    /// Series whose recent values the detector holds in 16 bits each (quantised values).
+    /// Series whose recent values the detector holds as codes (quantised values).
     pub fn coded_series(&self) -> usize {
         self.detector.coded_series()
     }

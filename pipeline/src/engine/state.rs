@@ -26,9 +26,11 @@ use crate::PartitionPosition;
 pub trait Stateful {
     /// The state as written (serde, encoded with postcard, possibly on another thread).
     type State: Serialize + DeserializeOwned + Send + 'static;
-    /// Version of `State`'s encoding. A checkpoint holding another version is refused with an
-    /// error naming the stage, rather than misread.
+    /// Version of `State`'s encoding. A checkpoint holding another version (and none of
+    /// [`Self::ALSO_READS`]) is refused with an error naming the stage, rather than misread.
     const VERSION: u32;
+    /// Earlier versions whose encoding `State` still reads as written.
+    const ALSO_READS: &'static [u32] = &[];
     /// The state of the series `keep` selects (all of it for state that is not per series).
     fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State;
     /// The state split over `n` sections by `part_of` (series it places nowhere are left
@@ -51,20 +53,21 @@ pub trait Stateful {
 /// The per-series stages: `export(keep)`, `import`, `forget(drop)` of their own; with
 /// `shared`, a snapshot shares the stage's states until detached.
 macro_rules! per_series {
-    ($stage:ty, $state:ty, $version:literal, shared) => {
-        per_series!($stage, $state, $version, |state: &mut $state| {
+    ($stage:ty, $state:ty, $version:literal reads [$($old:literal),*], shared) => {
+        per_series!($stage, $state, $version, [$($old),*], |state: &mut $state| {
             for (_, s) in state.iter_mut() {
                 s.detach();
             }
         });
     };
     ($stage:ty, $state:ty, $version:literal) => {
-        per_series!($stage, $state, $version, |_: &mut $state| {});
+        per_series!($stage, $state, $version, [], |_: &mut $state| {});
     };
-    ($stage:ty, $state:ty, $version:literal, $detach:expr) => {
+    ($stage:ty, $state:ty, $version:literal, [$($old:literal),*], $detach:expr) => {
         impl Stateful for $stage {
             type State = $state;
             const VERSION: u32 = $version;
+            const ALSO_READS: &'static [u32] = &[$($old),*];
             fn snapshot(&self, keep: &dyn Fn(u64) -> bool) -> Self::State {
                 self.export(keep)
             }
@@ -84,13 +87,15 @@ macro_rules! per_series {
     };
 }
 
-// Version 5: the detector's values in single precision, as 16-bit multiples of a decimal quantum
-// where that is exact (version 3 held them all as floats); the seasonal residuals in half
-// precision about their median (boxed with the seasonal part's calibration, from a series' first
-// residual on), a reduced-resolution
-// seasonal history in 8-bit codes (16-bit in version 4), 16-bit calibration counts. An older checkpoint is refused, naming the stage. (A snapshot shares the detector's
-// states; it is encoded as the states themselves.)
-per_series!(Detector, Vec<(u64, vigil_models::SeriesSnapshot)>, 5, shared);
+// Version 6: the detector's values in single precision, as multiples of a unit where that is
+// exact (version 3 held them all as floats): a power of ten, or, new in version 6, 5, 2.5, 2 or
+// 1.25 times one (a build that reads only version 5 would misread those: it refuses version 6);
+// the seasonal residuals in half precision about their median (boxed with the seasonal part's
+// calibration, from a series' first residual on), a reduced-resolution seasonal history in 8-bit
+// codes (16-bit in version 4), 16-bit calibration counts. Version 5 is read as written (its units
+// are the powers of ten); an older checkpoint is refused, naming the stage. (A snapshot shares
+// the detector's states; it is encoded as the states themselves.)
+per_series!(Detector, Vec<(u64, vigil_models::SeriesSnapshot)>, 6 reads [5], shared);
 per_series!(Forecaster, Vec<(u64, vigil_models::ForecastHistory)>, 1);
 
 /// Open incidents span partitions (a service's series come from several): global.
@@ -371,7 +376,7 @@ impl SectionReader {
     }
     /// Restores `stage` from the entry `name`, if the section has it. Returns whether it did.
     pub fn get<T: Stateful>(&self, name: &str, stage: &mut T) -> Result<bool, StateError> {
-        match self.value::<T::State>(name, T::VERSION)? {
+        match self.value_of::<T::State>(name, T::VERSION, T::ALSO_READS)? {
             Some(v) => {
                 stage.restore(v);
                 Ok(true)
@@ -381,8 +386,12 @@ impl SectionReader {
     }
     /// Reads a plain serde value written by [`SectionWriter::put_value`]; `None` when absent.
     pub fn value<S: DeserializeOwned>(&self, name: &str, supported: u32) -> Result<Option<S>, StateError> {
+        self.value_of(name, supported, &[])
+    }
+    /// [`Self::value`], also reading the versions of `also`.
+    fn value_of<S: DeserializeOwned>(&self, name: &str, supported: u32, also: &[u32]) -> Result<Option<S>, StateError> {
         let Some(e) = self.entries.iter().find(|e| e.name == name) else { return Ok(None) };
-        if e.version != supported {
+        if e.version != supported && !also.contains(&e.version) {
             return Err(StateError::Version { section: self.section.clone(), name: name.into(), found: e.version, supported });
         }
         postcard::from_bytes(&e.bytes).map(Some).map_err(|err| StateError::Decode { section: self.section.clone(), name: name.into(), problem: err.to_string() })
@@ -653,6 +662,38 @@ mod tests {
         assert!(Detector::new(cfg).observe_at(1, 460 * 60_000, value(460)).is_none());
         Stateful::forget(&mut b, &|id| id == 1);
         assert_eq!(b.series(), 0);
+    }
+
+    /// Version 5's encoding is version 6's (only the units its codes count in are more in 6):
+    /// a checkpoint of version 5 restores; one of version 4 is refused by name.
+    #[test]
+    fn a_detector_checkpoint_of_version_5_restores_and_one_of_version_4_is_refused() {
+        let mut a = Detector::new(vigil_models::DetectorConfig::default());
+        for i in 0..300 {
+            a.observe_at(1, i * 60_000, 10.0 + f64::from((i * 37 % 100) as i32) / 100.0);
+        }
+        let state = Stateful::snapshot(&a, &|_| true);
+        // The snapshot keeps the state as taken while `a` goes on.
+        let v = 10.5;
+        let expected = a.observe_at(1, 300 * 60_000, v).map(|s| (s.score, s.p));
+        assert!(expected.is_some(), "warm");
+        for (version, restores) in [(5, true), (4, false), (6, true)] {
+            let mut w = SectionWriter::default();
+            w.put_value("detector", version, &state).unwrap();
+            let bytes = w.finish().unwrap();
+            let mut b = Detector::new(vigil_models::DetectorConfig::default());
+            match SectionReader::new("s", &bytes).unwrap().get("detector", &mut b) {
+                Ok(got) => {
+                    assert!(restores && got, "version {version}");
+                    assert_eq!(b.observe_at(1, 300 * 60_000, v).map(|s| (s.score, s.p)), expected, "version {version}");
+                }
+                Err(e) => {
+                    assert!(!restores, "version {version}: {e}");
+                    assert!(matches!(e, StateError::Version { found: 4, supported: 6, .. }), "{e}");
+                    assert!(e.to_string().contains("`detector`"), "{e}");
+                }
+            }
+        }
     }
 
     #[test]
