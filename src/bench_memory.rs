@@ -40,11 +40,8 @@ pub struct MemoryReport {
     pub rss_hwm: u64,
     /// Detector state per series at most, bytes (the model's own bound).
     pub detector_bytes_per_series: usize,
-    /// Bytes of detector state held over every series at the end.
-    pub detector_bytes: usize,
-    /// Series whose recent values are held as codes (quantised: exact multiples of a unit,
-    /// packed in the bits they span), at the end.
-    pub coded_series: usize,
+    /// Bytes of detector state held over every series at the end, by part.
+    pub detector: vigil_models::StateBytes,
     /// Wall seconds of the run (records made in the loop included).
     pub wall_s: f64,
 }
@@ -64,6 +61,7 @@ impl MemoryReport {
              rss at end        {:.1} MiB (all windows closed, allocator collected) -> {:.0} bytes per series above the start\n\
              rss high water    {:.1} MiB (the kernel's, over the whole process)\n\
              detector state    {:.1} MiB held, {:.0} bytes per series; {} bytes per series at most\n\
+             by part           {}\n\
              values coded      {} of {} series (exact multiples of a unit, in the bits they span; the others in single precision)\n\
              wall              {:.1} s (records made in the loop: not a throughput figure)\n",
             self.events,
@@ -77,12 +75,32 @@ impl MemoryReport {
             mb(self.rss_end),
             per(self.rss_end),
             mb(self.rss_hwm),
-            mb(self.detector_bytes as u64),
-            self.detector_bytes as f64 / self.series.max(1) as f64,
+            mb(self.detector.total() as u64),
+            self.detector.total() as f64 / self.series.max(1) as f64,
             self.detector_bytes_per_series,
-            self.coded_series,
+            self.by_part(),
+            self.detector.coded,
             self.series,
             self.wall_s,
+        )
+    }
+}
+
+impl MemoryReport {
+    /// The detector's state per series, by part.
+    fn by_part(&self) -> String {
+        let d = &self.detector;
+        let per = |b: usize| b as f64 / d.series.max(1) as f64;
+        format!(
+            "map {:.0}, structs {:.0}, values {:.0}, seasonal {:.0} ({} series with a season), history {:.0}, refractory {:.0}, forecast {:.0} bytes per series",
+            per(d.tables),
+            per(d.structs),
+            per(d.values),
+            per(d.seasonal),
+            d.seasonal_series,
+            per(d.history),
+            per(d.refractory),
+            per(d.forecast),
         )
     }
 }
@@ -125,8 +143,7 @@ pub async fn run(cfg: &Config, synth: Synth, batch: usize) -> Result<MemoryRepor
     r.scored = core.scored();
     r.feature_rows = feature_rows;
     r.detector_bytes_per_series = vigil_models::Detector::new(cfg.detector.model_config(cfg.window.size)).max_bytes_per_series();
-    r.detector_bytes = core.detector_bytes();
-    r.coded_series = core.coded_series();
+    r.detector = core.detector_bytes();
     Ok(r)
 }
 

@@ -62,7 +62,7 @@ use compact::History;
 #[cfg(test)]
 use compact::Tail;
 use ring::Ring;
-pub use series::{SeriesSnapshot, SeriesState};
+pub use series::{SeriesSnapshot, SeriesState, StateBytes};
 use series::{Bands, ARC_COUNTS};
 
 /// Detector settings.
@@ -400,11 +400,6 @@ impl Detector {
         self.shards.iter().map(|s| s.copied_on_write).sum()
     }
 
-    /// Series whose values are held as codes, multiples of a unit (see `values.rs`).
-    pub fn coded_series(&self) -> usize {
-        self.shards.iter().flat_map(|sh| sh.states.values()).filter(|s| s.values.is_coded()).count()
-    }
-
     /// Number of series with state.
     pub fn series(&self) -> usize {
         self.shards.iter().map(|s| s.states.len()).sum()
@@ -425,17 +420,25 @@ impl Detector {
     /// Bytes of state held over every series (what [`Self::max_bytes_per_series`] bounds, plus
     /// forecast bands), and the hash tables' buckets, empty ones included.
     pub fn state_bytes(&self) -> usize {
+        self.state_by_part().total()
+    }
+
+    /// [`Self::state_bytes`] by part.
+    pub fn state_by_part(&self) -> StateBytes {
         let bucket = std::mem::size_of::<(u64, Arc<SeriesState>)>() + 1;
         // hashbrown's capacity is 7/8 of its buckets (all of them, less one, below 8), and its
         // control bytes are one per bucket and a group of 16 more.
         let buckets = |cap: usize| if cap < 8 { cap + 1 } else { cap / 7 * 8 };
-        let tables: usize = self.shards.iter().map(|sh| buckets(sh.states.capacity()) * bucket + 16).sum();
-        tables + self.shards.iter().flat_map(|sh| sh.states.values()).map(|s| ARC_COUNTS + s.bytes()).sum::<usize>()
+        let mut b = StateBytes { tables: self.shards.iter().map(|sh| buckets(sh.states.capacity()) * bucket + 16).sum(), ..Default::default() };
+        for st in self.shards.iter().flat_map(|sh| sh.states.values()) {
+            b.add(st);
+        }
+        b
     }
 
     /// The season found for a series, if any.
     pub fn period(&self, series_id: u64) -> Option<usize> {
-        self.state(series_id).and_then(|s| s.period)
+        self.state(series_id).and_then(|s| s.period())
     }
 
     /// Hands the series' latest forecast to the [`Part::Forecast`] part: expected values and 95%
@@ -852,18 +855,26 @@ mod tests {
     }
 
     /// The sizes docs/MODELS.md and docs/BENCHMARKS.md give: the seasonal history's 256 slots
-    /// take a byte each, and a series without a season carries a pointer for its residual ring
-    /// and the seasonal part's calibration.
+    /// take a byte each, a series without a season carries a pointer for its residual ring
+    /// and the seasonal part's calibration, and its values of 0 to 2 take 2 bits each.
     #[test]
-    fn a_state_takes_400_bytes_and_its_history_304() {
+    fn a_state_takes_376_bytes_its_history_304_and_its_values_the_bits_they_span() {
         assert_eq!(std::mem::size_of::<History>(), 256 + 48);
-        assert_eq!(std::mem::size_of::<SeriesState>(), 392);
+        assert_eq!(std::mem::size_of::<SeriesState>(), 376);
         let mut d = Detector::new(DetectorConfig { warmup: 4, ..Default::default() });
         for i in 0..50 {
             d.observe(1, 10.0 + (i % 3) as f64);
         }
         let st = d.state(1).expect("a state");
         assert!(st.seasonal.is_none(), "no season, no residual ring or seasonal calibration");
+        // Still filling: 16-bit slots, which the first values' recoding reuses.
+        assert_eq!(st.values.heap_bytes(), 2 * 264 + 8);
+        for i in 50..264 {
+            d.observe(1, 10.0 + (i % 3) as f64);
+        }
+        let st = d.state(1).expect("a state");
+        assert_eq!(st.values.heap_bytes(), 2 * 264 / 8 + 8, "full: 2 bits a value");
+        assert_eq!(d.state_by_part().values, 2 * 264 / 8 + 8);
     }
 
     #[test]

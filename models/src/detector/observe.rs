@@ -61,9 +61,9 @@ impl Shard {
             let stride = h.stride();
             let found = detect_period(&self.flat, cfg.max_period / stride).map(|p| p * stride);
             // A short period found earlier stays while the history is too coarse to see it.
-            let keep = st.period.is_some_and(|p| p < 4 * stride) && found.is_none();
-            if found != st.period && !keep {
-                st.period = found;
+            let keep = st.period().is_some_and(|p| p < 4 * stride) && found.is_none();
+            if found != st.period() && !keep {
+                st.period = found.and_then(|p| u32::try_from(p).ok());
                 if let Some(s) = st.seasonal.as_mut() {
                     s.resid.clear();
                 }
@@ -120,7 +120,7 @@ impl Shard {
         }
         st.learn(value, cfg.history + w);
         if let Some(h) = st.history.as_mut() {
-            h.push(value, cover, st.period);
+            h.push(value, cover, st.period.map(|p| p as usize));
         }
 
         let (p, part, r) = best?;
@@ -129,7 +129,7 @@ impl Shard {
         let repeat = st.recent_p.check(st.seen, p, cfg.refractory);
         let band_z = band_z.unwrap_or(0.0);
         // Only an anomalous score is explained; only a confirmed period is named.
-        let period = match (st.period, st.history.as_ref()) {
+        let period = match (st.period(), st.history.as_ref()) {
             (Some(per), Some(h)) if !repeat && 1.0 - p >= cfg.anomaly_threshold => {
                 h.values(&mut self.scratch);
                 let stride = h.stride();

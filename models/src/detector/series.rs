@@ -58,7 +58,8 @@ pub struct SeriesState {
     pub(super) seasonal: Option<Box<Seasonal>>,
     /// The values at reduced resolution, when seasons are looked for.
     pub(super) history: Option<Box<History>>,
-    pub(super) period: Option<usize>,
+    /// The season found, in values (32 bits: a period is at most `max_period`).
+    pub(super) period: Option<u32>,
     /// Values seen.
     pub(super) seen: u64,
     /// Next value count at which the period is (re)detected.
@@ -68,7 +69,7 @@ pub struct SeriesState {
     pub(super) tails: [Tail; 2],
     pub(super) forecast: Option<Box<Bands>>,
     /// Time of the last value (epoch ms) and the smallest spacing seen, when times are given.
-    pub(super) last_ms: Option<i64>,
+    pub(super) last_ms: LastMs,
     pub(super) step_ms: i64,
     /// The sliding minimum of p over the refractory span.
     pub(super) recent_p: Refractory,
@@ -82,6 +83,12 @@ pub struct SeriesState {
 }
 
 impl SeriesState {
+    /// The season found, in values.
+    #[inline(always)]
+    pub(super) fn period(&self) -> Option<usize> {
+        self.period.map(|p| p as usize)
+    }
+
     /// The state of a series before its first value, with what that value would allocate.
     pub(super) fn admitted(cfg: &DetectorConfig) -> Self {
         let mut st = Self::default();
@@ -100,6 +107,82 @@ impl SeriesState {
             + self.history.as_ref().map_or(0, |_| std::mem::size_of::<History>())
             + self.forecast.as_ref().map_or(0, |b| b.heap_bytes())
             + self.recent_p.heap_bytes()
+    }
+}
+
+/// Bytes of detector state over every series, by part (see [`super::Detector::state_by_part`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateBytes {
+    /// Series with state.
+    pub series: usize,
+    /// The hash tables' buckets, empty ones included, and their control bytes.
+    pub tables: usize,
+    /// Each state's struct and the counts of its shared pointer.
+    pub structs: usize,
+    /// The recent values.
+    pub values: usize,
+    /// Series whose recent values are codes (multiples of a unit) rather than floats.
+    pub coded: usize,
+    /// The seasonal part's boxes (residuals and calibration).
+    pub seasonal: usize,
+    /// Series with such a box.
+    pub seasonal_series: usize,
+    /// The seasonal histories at reduced resolution.
+    pub history: usize,
+    /// Forecast bands handed over.
+    pub forecast: usize,
+    /// The refractory queues.
+    pub refractory: usize,
+}
+
+impl StateBytes {
+    /// All of it.
+    pub fn total(&self) -> usize {
+        self.tables + self.structs + self.values + self.seasonal + self.history + self.forecast + self.refractory
+    }
+
+    /// Adds one state's bytes.
+    pub(super) fn add(&mut self, st: &SeriesState) {
+        self.series += 1;
+        self.structs += ARC_COUNTS + std::mem::size_of::<SeriesState>();
+        self.values += st.values.heap_bytes();
+        self.coded += usize::from(st.values.is_coded());
+        if let Some(s) = &st.seasonal {
+            self.seasonal += std::mem::size_of::<Seasonal>() + s.resid.heap_bytes();
+            self.seasonal_series += 1;
+        }
+        self.history += st.history.as_ref().map_or(0, |_| std::mem::size_of::<History>());
+        self.forecast += st.forecast.as_ref().map_or(0, |b| b.heap_bytes());
+        self.refractory += st.recent_p.heap_bytes();
+    }
+}
+
+/// A time in epoch milliseconds, or none (`i64::MIN`): half the bytes of an `Option<i64>`, and
+/// encoded as one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct LastMs(pub(super) i64);
+
+impl Default for LastMs {
+    fn default() -> Self {
+        Self(i64::MIN)
+    }
+}
+
+impl LastMs {
+    pub(super) fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+}
+
+impl serde::Serialize for LastMs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LastMs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::<i64>::deserialize(d).map(|t| Self(t.unwrap_or(i64::MIN)))
     }
 }
 
@@ -150,19 +233,19 @@ impl SeriesState {
                 }
                 if let Some(h) = self.history.as_mut() {
                     for _ in 0..missing {
-                        h.push(prev, cover, self.period);
+                        h.push(prev, cover, self.period.map(|p| p as usize));
                     }
                 }
             }
         }
-        self.last_ms = Some(t);
+        self.last_ms = LastMs(t);
     }
 
     /// For a value at `t` after the last one: the smallest spacing seen, this gap included,
     /// and how many windows of it are missing in between.
     #[inline]
     pub(super) fn windows_missed(&self, t: i64) -> Option<(i64, i64)> {
-        let gap = t - self.last_ms.filter(|l| t > *l)?;
+        let gap = t - self.last_ms.get().filter(|l| t > *l)?;
         let step = if self.step_ms > 0 { self.step_ms.min(gap) } else { gap };
         Some((step, gap / step - 1))
     }

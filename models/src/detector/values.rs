@@ -201,8 +201,15 @@ impl Values {
             (u64::from_le(word) >> (bit & 7)) & mask
         };
         if self.quantum == FLOATS {
-            for (o, s) in out.iter_mut().zip(slots) {
-                *o += f64::from(f32::from_bits(read(s) as u32));
+            // Whole 32-bit slots: read as plain floats.
+            for (o, c) in out.iter_mut().zip(bytes[4 * slots.start..4 * slots.end].chunks_exact(4)) {
+                *o += f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            }
+        } else if w == 16 {
+            // A filling ring's 16-bit slots: read as plain 16-bit integers.
+            let (base, unit) = (i32::from(self.base), QUANTA[usize::from(self.quantum).min(QUANTA.len() - 1)]);
+            for (o, c) in out.iter_mut().zip(bytes[2 * slots.start..2 * slots.end].chunks_exact(2)) {
+                *o += f64::from((f64::from(base + i32::from(u16::from_le_bytes([c[0], c[1]]))) * unit) as f32);
             }
         } else if w == 0 {
             let d = f64::from(decode(self.base, usize::from(self.quantum)));
@@ -211,8 +218,29 @@ impl Values {
             }
         } else {
             let (base, unit) = (i32::from(self.base), QUANTA[usize::from(self.quantum).min(QUANTA.len() - 1)]);
-            for (o, s) in out.iter_mut().zip(slots) {
-                *o += f64::from((f64::from(base + read(s) as i32) * unit) as f32);
+            let value = |raw: u64| f64::from((f64::from(base + raw as i32) * unit) as f32);
+            // Eight slots take `w` whole bytes: in runs of eight from a multiple of eight, each
+            // slot's byte and shift within its run are the same from run to run.
+            let first_run = slots.start.div_ceil(8) * 8;
+            let head = (first_run - slots.start).min(slots.len());
+            let (out_head, rest) = out.split_at_mut(head);
+            for (o, s) in out_head.iter_mut().zip(slots.start..) {
+                *o += value(read(s));
+            }
+            let (at, shift): ([usize; 8], [u32; 8]) = (std::array::from_fn(|j| (j * w) >> 3), std::array::from_fn(|j| ((j * w) & 7) as u32));
+            let mut runs = rest.chunks_exact_mut(8);
+            let mut run = first_run;
+            for o in &mut runs {
+                let from = (run * w) >> 3;
+                for j in 0..8 {
+                    // SAFETY: as for `read`: this slot is at most the last one asserted above.
+                    let word = unsafe { bytes.as_ptr().add(from + at[j]).cast::<u64>().read_unaligned() };
+                    o[j] += value((u64::from_le(word) >> shift[j]) & mask);
+                }
+                run += 8;
+            }
+            for (o, s) in runs.into_remainder().iter_mut().zip(run..) {
+                *o += value(read(s));
             }
         }
     }
@@ -331,12 +359,19 @@ impl Values {
     }
 
     /// The ring of `codes` in units of `QUANTA[quantum]`, in as few bits as they need. A ring
-    /// still filling is given the block of 16-bit slots, which its first values' recoding
-    /// reuses; it takes the block its codes need once full (see [`Self::narrow`]).
+    /// still filling holds 16-bit slots from `i16::MIN` (any code fits, and they are read as
+    /// fast as plain 16-bit integers), in a block its first values' recoding reuses; once full,
+    /// it takes the block its codes need (see [`Self::narrow`]).
     fn from_codes(quantum: u8, codes: &[i16], cap: usize, reuse: Box<[u8]>) -> Self {
         let (lo, hi) = codes.iter().fold((i16::MAX, i16::MIN), |(lo, hi), k| (lo.min(*k), hi.max(*k)));
-        let (base, width) = if codes.is_empty() { (0, 0) } else { (lo, width_for(lo, hi)) };
-        let bytes = Self::block_of(bytes_for(cap, if codes.len() < cap { 16 } else { width }), reuse);
+        let (base, width) = if codes.len() < cap {
+            (i16::MIN, 16)
+        } else if codes.is_empty() {
+            (0, 0)
+        } else {
+            (lo, width_for(lo, hi))
+        };
+        let bytes = Self::block_of(bytes_for(cap, width), reuse);
         let mut v = Self { bytes, cap: cap as u32, width, quantum, base, ..Self::default() };
         for k in codes {
             v.write(v.len as usize, (i32::from(*k) - i32::from(base)) as u64);
@@ -464,9 +499,12 @@ mod tests {
                 assert_eq!(held(&ring), plain.iter().map(|d| d.to_bits()).collect::<Vec<_>>(), "case {case} at {i}");
                 assert_eq!(ring.back(), plain.back().copied());
             }
-            let mut out = Vec::new();
-            ring.extend_into(100..200, 5.0, &mut out);
-            assert_eq!(out, plain.range(100..200).map(|d| 5.0 + f64::from(*d)).collect::<Vec<_>>());
+            for range in [100..200, 0..264, 1..263, 7..9, 13..13, 250..264] {
+                let mut out = vec![1.0];
+                ring.extend_into(range.clone(), 5.0, &mut out);
+                let expect: Vec<f64> = std::iter::once(1.0).chain(plain.range(range.clone()).map(|d| 5.0 + f64::from(*d))).collect();
+                assert_eq!(out, expect, "case {case}, {range:?}, {} bits", ring.width);
+            }
             match case % 4 {
                 0 | 3 => assert!(ring.is_coded() && ring.heap_bytes() <= bytes_for(264, 16), "case {case}: {ring:?}"),
                 _ => assert!(!ring.is_coded() && ring.heap_bytes() == bytes_for(264, 32), "case {case}"),

@@ -509,14 +509,9 @@ impl Processor {
         self.detector.series()
     }
 
-    /// Bytes of detector state held over every series.
-    pub fn detector_bytes(&self) -> usize {
-        self.detector.state_bytes()
-    }
-
-    /// Series whose recent values the detector holds as codes (quantised values).
-    pub fn coded_series(&self) -> usize {
-        self.detector.coded_series()
+    /// Bytes of detector state held over every series, by part.
+    pub fn detector_bytes(&self) -> vigil_models::StateBytes {
+        self.detector.state_by_part()
     }
 
     /// The windower (watermark, open windows, offsets).
