@@ -351,6 +351,12 @@ impl Refractory {
         if span > 0 {
             self.q.push_back((now, pf));
         }
+        // A queue that grew for a run of rising values gives the room back once it holds a
+        // quarter of it (usually a handful of entries: kept, it would hold the largest run
+        // ever seen).
+        if self.q.capacity() >= 16 && self.q.len() * 4 <= self.q.capacity() {
+            self.q.shrink_to(self.q.len() * 2);
+        }
         repeat
     }
     /// Entries held.
@@ -410,5 +416,28 @@ mod tests {
         assert!(!r.check(3, 1e-5, 10), "more surprising");
         assert!(!r.check(14, 1e-3, 10), "after the span");
         assert_eq!(r.len(), 1, "only the minimum of the span is left");
+    }
+
+    /// The queue answers as a plain sliding minimum does, and gives back the room a long run of
+    /// rising values took.
+    #[test]
+    fn refractory_queue_answers_as_a_sliding_minimum_and_gives_room_back() {
+        let mut r = Refractory::default();
+        let mut x = 7u64;
+        let mut ps = Vec::new();
+        for seen in 0..5000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            // Runs of rising values now and then.
+            let p = if (1000..1100).contains(&seen) { seen as f64 * 1e-4 } else { (x >> 11) as f64 / (1u64 << 53) as f64 };
+            let span = 120;
+            let window = &ps[ps.len().saturating_sub(span - 1)..];
+            let expect = window.iter().any(|m: &f32| *m <= p as f32);
+            assert_eq!(r.check(seen, p, span), expect, "value {seen}");
+            ps.push(p as f32);
+            if seen == 1099 {
+                assert!(r.heap_bytes() >= 8 * 100, "the run is held");
+            }
+        }
+        assert!(r.heap_bytes() <= 8 * 4 * r.len().max(4), "{} bytes for {} entries", r.heap_bytes(), r.len());
     }
 }
