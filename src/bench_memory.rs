@@ -198,7 +198,11 @@ mod tests {
         assert!(r.windows >= 20, "{r:?}");
         assert!(r.scored > 0, "{r:?}");
         assert!(r.rss_start > 0 && r.rss_peak > 0 && r.rss_end > 0 && r.rss_hwm >= r.rss_peak, "{r:?}");
-        assert!(r.detector_bytes > 0 && r.detector_bytes <= 50 * r.detector_bytes_per_series, "{r:?}");
+        let held = r.detector.total();
+        assert!(held > 0 && held <= 50 * r.detector_bytes_per_series, "{r:?}");
+        assert_eq!(r.detector.series, 50);
+        assert!(r.detector.structs > 0 && r.detector.values > 0 && r.detector.history > 0, "{r:?}");
         assert!(r.render().contains("bytes per series above the start"));
+        assert!(r.render().contains("by part           map "), "{}", r.render());
     }
 }
