@@ -259,8 +259,9 @@ pub enum StateError {
     },
     /// The stage's state was written in another version of its encoding.
     #[error(
-        "checkpoint section `{section}` holds state `{name}` in version {found}; this Vigil reads version {supported}: \
-         run the Vigil version that wrote it, or move the checkpoints aside to rebuild state from the input"
+        "checkpoint section `{section}` holds state `{name}` in version {found}; this Vigil reads version {supported}{}: \
+         run the Vigil version that wrote it, or move the checkpoints aside to rebuild state from the input",
+        also.iter().map(|v| format!(" or {v}")).collect::<String>()
     )]
     Version {
         /// The section.
@@ -269,8 +270,10 @@ pub enum StateError {
         name: String,
         /// Version found.
         found: u32,
-        /// Version this build reads.
+        /// Version this build writes and reads.
         supported: u32,
+        /// Earlier versions it reads too.
+        also: Vec<u32>,
     },
 }
 
@@ -392,7 +395,7 @@ impl SectionReader {
     fn value_of<S: DeserializeOwned>(&self, name: &str, supported: u32, also: &[u32]) -> Result<Option<S>, StateError> {
         let Some(e) = self.entries.iter().find(|e| e.name == name) else { return Ok(None) };
         if e.version != supported && !also.contains(&e.version) {
-            return Err(StateError::Version { section: self.section.clone(), name: name.into(), found: e.version, supported });
+            return Err(StateError::Version { section: self.section.clone(), name: name.into(), found: e.version, supported, also: also.to_vec() });
         }
         postcard::from_bytes(&e.bytes).map(Some).map_err(|err| StateError::Decode { section: self.section.clone(), name: name.into(), problem: err.to_string() })
     }
@@ -690,7 +693,7 @@ mod tests {
                 Err(e) => {
                     assert!(!restores, "version {version}: {e}");
                     assert!(matches!(e, StateError::Version { found: 4, supported: 6, .. }), "{e}");
-                    assert!(e.to_string().contains("`detector`"), "{e}");
+                    assert!(e.to_string().contains("`detector` in version 4; this Vigil reads version 6 or 5:"), "{e}");
                 }
             }
         }
