@@ -5,11 +5,12 @@
 //! the median (16-bit codes over the ring's range, or half precision, cost NAB 2.1 to 4.2 points;
 //! see the residual ring). Most operational metrics are quantised, though: counts, bytes,
 //! percentages with one or two decimals, milliseconds. When every offset of the ring is a whole
-//! multiple of one decimal quantum (10⁻⁶ … 10⁶) within ±32,767 of it, and that multiple converts
-//! back to the very same single precision float, the ring holds those multiples instead of
-//! floats, bit for bit the same values, packed in as many bits as the multiples held span: a
-//! metric with two decimals moving within ±5 takes 10 bits a value instead of 32. A value that
-//! no quantum codes turns the ring into floats until the ring is coded anew (at a new anchor).
+//! multiple of one unit (a power of ten from 10⁻⁶ to 10⁶, or 5, 2.5, 2 or 1.25 times one) within
+//! ±32,767 of it, and that multiple converts back to the very same single precision float, the
+//! ring holds those multiples instead of floats, bit for bit the same values; a full ring packs
+//! them in as many bits as the multiples held span (a metric with two decimals moving within ±5
+//! takes 10 bits a value instead of 32), a filling one in 16. A value that no unit codes turns
+//! the ring into floats until the ring is coded anew (at a new anchor).
 
 use std::collections::VecDeque;
 
