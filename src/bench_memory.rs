@@ -84,9 +84,7 @@ impl MemoryReport {
             self.wall_s,
         )
     }
-}
 
-impl MemoryReport {
     /// The detector's state per series, by part.
     fn by_part(&self) -> String {
         let d = &self.detector;

@@ -101,12 +101,9 @@ impl SeriesState {
 
     /// Bytes this state occupies (the struct and what it owns).
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.values.heap_bytes()
-            + self.seasonal.as_ref().map_or(0, |s| std::mem::size_of::<Seasonal>() + s.resid.heap_bytes())
-            + self.history.as_ref().map_or(0, |_| std::mem::size_of::<History>())
-            + self.forecast.as_ref().map_or(0, |b| b.heap_bytes())
-            + self.recent_p.heap_bytes()
+        let mut b = StateBytes::default();
+        b.add(self);
+        b.total() - ARC_COUNTS
     }
 }
 

@@ -32,9 +32,16 @@ const COARSEST_FIRST: [u8; 65] = [
     41, 42, 43, 44, 8, 45, 46, 47, 48, 9, 49, 50, 51, 52, 10, 53, 54, 55, 56, 11, 57, 58, 59, 60, 12, 61, 62, 63, 64,
 ];
 
+/// `QUANTA[q]`. A unit index out of range can only come from a damaged checkpoint: it reads as
+/// the finest decimal unit instead of stopping the process.
+#[inline(always)]
+fn unit(q: usize) -> f64 {
+    QUANTA.get(q).copied().unwrap_or(1e-6)
+}
+
 /// The code of `offset` in units of `QUANTA[q]`, if it decodes to exactly `offset`.
 fn code(offset: f32, q: usize) -> Option<i16> {
-    let k = (f64::from(offset) / QUANTA[q.min(QUANTA.len() - 1)]).round();
+    let k = (f64::from(offset) / unit(q)).round();
     if !(-32767.0..=32767.0).contains(&k) {
         return None;
     }
@@ -44,9 +51,7 @@ fn code(offset: f32, q: usize) -> Option<i16> {
 
 #[inline]
 fn decode(k: i16, q: usize) -> f32 {
-    // A quantum index out of range can only come from a damaged checkpoint: it reads as the
-    // finest quantum instead of stopping the process.
-    (f64::from(k) * QUANTA[q.min(QUANTA.len() - 1)]) as f32
+    (f64::from(k) * unit(q)) as f32
 }
 
 /// `quantum` of a ring that holds the offsets' own bits.
@@ -55,7 +60,7 @@ const FLOATS: u8 = u8::MAX;
 /// The last values of a series as single precision offsets (see the module docs), in a ring of
 /// `cap` slots of `width` bits each, packed: a slot holds a float's bits, or a
 /// code less `base`, in as many bits as the codes held span (none when they are all the same).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Values {
     /// The slots, and eight spare bytes (a slot is read as the eight bytes it starts in);
     /// empty when the slots take no bits.
@@ -86,6 +91,11 @@ fn bytes_for(cap: usize, width: u8) -> usize {
     } else {
         (cap * usize::from(width)).div_ceil(8) + 8
     }
+}
+
+/// The smallest and largest of `codes` (`(i16::MAX, i16::MIN)` for none).
+fn bounds(codes: &[i16]) -> (i16, i16) {
+    codes.iter().fold((i16::MAX, i16::MIN), |(lo, hi), k| (lo.min(*k), hi.max(*k)))
 }
 
 /// Bits that codes from `lo` to `hi` take as offsets from `lo`.
@@ -149,6 +159,16 @@ impl Values {
         }
     }
 
+    /// The slot of value `i`, oldest first.
+    fn slot(&self, i: usize) -> usize {
+        (self.head as usize + i) % self.cap as usize
+    }
+
+    /// Value `i`, oldest first.
+    fn offset_at(&self, i: usize) -> f32 {
+        self.offset(self.slot_bits(self.slot(i)))
+    }
+
     fn slot_bits(&self, slot: usize) -> u64 {
         if self.width == 0 {
             0
@@ -158,11 +178,7 @@ impl Values {
     }
 
     pub(crate) fn back(&self) -> Option<f32> {
-        if self.len == 0 {
-            return None;
-        }
-        let slot = (self.head + self.len - 1) % self.cap;
-        Some(self.offset(self.slot_bits(slot as usize)))
+        self.len.checked_sub(1).map(|i| self.offset_at(i as usize))
     }
 
     /// The offsets at `range`, oldest first, each as `anchor + offset`.
@@ -208,9 +224,9 @@ impl Values {
             }
         } else if w == 16 {
             // A filling ring's 16-bit slots: read as plain 16-bit integers.
-            let (base, unit) = (i32::from(self.base), QUANTA[usize::from(self.quantum).min(QUANTA.len() - 1)]);
+            let (base, step) = (i32::from(self.base), unit(usize::from(self.quantum)));
             for (o, c) in out.iter_mut().zip(bytes[2 * slots.start..2 * slots.end].chunks_exact(2)) {
-                *o += f64::from((f64::from(base + i32::from(u16::from_le_bytes([c[0], c[1]]))) * unit) as f32);
+                *o += f64::from((f64::from(base + i32::from(u16::from_le_bytes([c[0], c[1]]))) * step) as f32);
             }
         } else if w == 0 {
             let d = f64::from(decode(self.base, usize::from(self.quantum)));
@@ -218,8 +234,8 @@ impl Values {
                 *o += d;
             }
         } else {
-            let (base, unit) = (i32::from(self.base), QUANTA[usize::from(self.quantum).min(QUANTA.len() - 1)]);
-            let value = |raw: u64| f64::from((f64::from(base + raw as i32) * unit) as f32);
+            let (base, step) = (i32::from(self.base), unit(usize::from(self.quantum)));
+            let value = |raw: u64| f64::from((f64::from(base + raw as i32) * step) as f32);
             // Eight slots take `w` whole bytes: in runs of eight from a multiple of eight, each
             // slot's byte and shift within its run are the same from run to run.
             let first_run = slots.start.div_ceil(8) * 8;
@@ -310,7 +326,7 @@ impl Values {
     /// size, when they need fewer than they have.
     fn narrow(&mut self) {
         let codes: Vec<i16> = (0..self.len as usize).map(|i| self.code_at(i)).collect();
-        let (lo, hi) = codes.iter().fold((i16::MAX, i16::MIN), |(lo, hi), k| (lo.min(*k), hi.max(*k)));
+        let (lo, hi) = bounds(&codes);
         if bytes_for(self.cap as usize, width_for(lo, hi)) < self.bytes.len() {
             *self = Self::from_codes(self.quantum, &codes, self.cap as usize, Box::default());
         }
@@ -318,8 +334,7 @@ impl Values {
 
     /// The code of value `i` (oldest first) of a coded ring.
     fn code_at(&self, i: usize) -> i16 {
-        let slot = (self.head as usize + i) % self.cap as usize;
-        (i32::from(self.base) + self.slot_bits(slot) as i32) as i16
+        (i32::from(self.base) + self.slot_bits(self.slot(i)) as i32) as i16
     }
 
     /// Rewrites every offset as `f(offset)` (a new anchor).
@@ -330,12 +345,7 @@ impl Values {
     }
 
     fn offsets(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.len as usize);
-        if self.cap > 0 {
-            let cap = self.cap as usize;
-            out.extend((0..self.len as usize).map(|i| self.offset(self.slot_bits((self.head as usize + i) % cap))));
-        }
-        out
+        (0..self.len as usize).map(|i| self.offset_at(i)).collect()
     }
 
     /// The ring of `offsets` (at most `cap`, which grows to hold them all otherwise), coded
@@ -364,7 +374,7 @@ impl Values {
     /// fast as plain 16-bit integers), in a block its first values' recoding reuses; once full,
     /// it takes the block its codes need (see [`Self::narrow`]).
     fn from_codes(quantum: u8, codes: &[i16], cap: usize, reuse: Box<[u8]>) -> Self {
-        let (lo, hi) = codes.iter().fold((i16::MAX, i16::MIN), |(lo, hi), k| (lo.min(*k), hi.max(*k)));
+        let (lo, hi) = bounds(codes);
         let (base, width) = if codes.len() < cap {
             (i16::MIN, 16)
         } else if codes.is_empty() {
@@ -436,8 +446,7 @@ impl Serialize for Values {
             }
         }
         if self.quantum == FLOATS {
-            let at = |v: &Values, i: usize| f32::from_bits(v.slot_bits((v.head as usize + i) % v.cap as usize) as u32);
-            s.serialize_newtype_variant("Values", 1, "Floats", &Seq(self, at))
+            s.serialize_newtype_variant("Values", 1, "Floats", &Seq(self, Values::offset_at))
         } else {
             let mut sv = s.serialize_struct_variant("Values", 0, "Coded", 2)?;
             sv.serialize_field("quantum", &self.quantum)?;
