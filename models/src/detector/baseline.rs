@@ -117,10 +117,10 @@ impl Baselines {
             if !s.is_empty() {
                 let k = s.len();
                 let expected = median(s);
-                let resid = st.seasonal.as_deref().map(|s| &s.resid).filter(|r| r.len() >= half_warm).map(|r| {
+                let resid = st.seasonal.as_deref_mut().filter(|sea| sea.resid.len() >= half_warm).map(|sea| {
                     s.clear();
-                    r.extend_into(0..r.len(), s);
-                    location_scale_near(s, &mut st.hints[1])
+                    sea.resid.extend_into(0..sea.resid.len(), s);
+                    location_scale_near(s, &mut sea.hint)
                 });
                 b.seasonal = Some(Seasonal { expected, support: (k * p) as u32, resid });
             }
@@ -141,7 +141,7 @@ impl Baselines {
             let hb = cfg.history.min(m + 1 - w);
             s.clear();
             window(m + 1 - w - hb..m + 1 - w, s);
-            let (base, sigma) = location_scale_near(s, &mut st.hints[2]);
+            let (base, sigma) = location_scale_near(s, &mut st.hints[1]);
             s.clear();
             window(m + 1 - w..m, s);
             let around = around_middle(s);

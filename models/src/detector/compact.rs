@@ -334,6 +334,9 @@ pub(crate) struct Refractory {
     q: std::collections::VecDeque<(u32, f32)>,
 }
 
+/// Entries a [`Refractory`] queue's room grows by, and keeps spare after it shrinks.
+const ROOM: usize = 2;
+
 impl Refractory {
     /// Whether value number `seen` with probability `p` repeats a value at least as surprising
     /// within the last `span` values; then remembers it.
@@ -349,13 +352,18 @@ impl Refractory {
             self.q.pop_back();
         }
         if span > 0 {
+            // Room grows two entries at a time rather than doubling: the queue holds about five
+            // entries on average and rarely a dozen, and doubled room stays mostly empty.
+            if self.q.len() == self.q.capacity() {
+                self.q.reserve_exact(ROOM);
+            }
             self.q.push_back((now, pf));
         }
-        // A queue that grew for a run of rising values gives the room back once it holds a
-        // quarter of it (usually a handful of entries: kept, it would hold the largest run
-        // ever seen).
-        if self.q.capacity() >= 16 && self.q.len() * 4 <= self.q.capacity() {
-            self.q.shrink_to(self.q.len() * 2);
+        // A queue that grew for a run of rising values gives the room back once it holds four
+        // times the growth step more than it needs (kept, it would hold the largest run ever
+        // seen).
+        if self.q.capacity() >= self.q.len() + 4 * ROOM {
+            self.q.shrink_to(self.q.len() + ROOM);
         }
         repeat
     }
@@ -437,7 +445,8 @@ mod tests {
             if seen == 1099 {
                 assert!(r.heap_bytes() >= 8 * 100, "the run is held");
             }
+            // Room is never more than a few entries beyond what is held.
+            assert!(r.heap_bytes() < 8 * (r.len() + 4 * ROOM), "{} bytes for {} entries at value {seen}", r.heap_bytes(), r.len());
         }
-        assert!(r.heap_bytes() <= 8 * 4 * r.len().max(4), "{} bytes for {} entries", r.heap_bytes(), r.len());
     }
 }

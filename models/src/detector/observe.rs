@@ -63,7 +63,7 @@ impl Shard {
             // A short period found earlier stays while the history is too coarse to see it.
             let keep = st.period().is_some_and(|p| p < 4 * stride) && found.is_none();
             if found != st.period() && !keep {
-                st.period = found.and_then(|p| u32::try_from(p).ok());
+                st.set_period(found);
                 if let Some(s) = st.seasonal.as_mut() {
                     s.resid.clear();
                 }
@@ -119,8 +119,9 @@ impl Shard {
             st.seasonal.get_or_insert_with(Box::default).resid.push(r, cfg.history);
         }
         st.learn(value, cfg.history + w);
+        let period = st.period();
         if let Some(h) = st.history.as_mut() {
-            h.push(value, cover, st.period.map(|p| p as usize));
+            h.push(value, cover, period);
         }
 
         let (p, part, r) = best?;

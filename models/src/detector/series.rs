@@ -41,6 +41,9 @@ impl Bands {
 pub(super) struct Seasonal {
     pub(super) resid: Ring,
     pub(super) tail: Tail,
+    /// Last median and MAD of the residual window (speed only).
+    #[serde(skip)]
+    pub(super) hint: Hint,
 }
 
 /// One series' state, as a checkpoint holds it (see [`Detector::export`]). Every part is of
@@ -58,8 +61,10 @@ pub struct SeriesState {
     pub(super) seasonal: Option<Box<Seasonal>>,
     /// The values at reduced resolution, when seasons are looked for.
     pub(super) history: Option<Box<History>>,
-    /// The season found, in values (32 bits: a period is at most `max_period`).
-    pub(super) period: Option<u32>,
+    /// The season found, in values (32 bits: a period is at most `max_period`; encoded as an
+    /// optional integer, a zero read as none).
+    #[serde(deserialize_with = "nonzero_or_none")]
+    pub(super) period: Option<std::num::NonZeroU32>,
     /// Values seen.
     pub(super) seen: u64,
     /// Next value count at which the period is (re)detected.
@@ -73,9 +78,10 @@ pub struct SeriesState {
     pub(super) step_ms: i64,
     /// The sliding minimum of p over the refractory span.
     pub(super) recent_p: Refractory,
-    /// Last medians of the level, residual and shift-baseline windows (speed only).
+    /// Last medians of the level and shift-baseline windows (speed only; the residual window's
+    /// is in [`Self::seasonal`]).
     #[serde(skip)]
-    pub(super) hints: [Hint; 3],
+    pub(super) hints: [Hint; 2],
     /// Where its shard keeps the baselines computed ahead for this state, plus one (see
     /// [`Detector::prepare`]).
     #[serde(skip)]
@@ -86,7 +92,12 @@ impl SeriesState {
     /// The season found, in values.
     #[inline(always)]
     pub(super) fn period(&self) -> Option<usize> {
-        self.period.map(|p| p as usize)
+        self.period.map(|p| p.get() as usize)
+    }
+    /// Sets the season found (none for a period of 0 or one beyond 32 bits).
+    #[inline]
+    pub(super) fn set_period(&mut self, p: Option<usize>) {
+        self.period = p.and_then(|p| u32::try_from(p).ok()).and_then(std::num::NonZeroU32::new);
     }
 
     /// The state of a series before its first value, with what that value would allocate.
@@ -105,6 +116,10 @@ impl SeriesState {
         b.add(self);
         b.total() - ARC_COUNTS
     }
+}
+
+fn nonzero_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::num::NonZeroU32>, D::Error> {
+    Ok(<Option<u32> as serde::Deserialize>::deserialize(d)?.and_then(std::num::NonZeroU32::new))
 }
 
 /// Bytes of detector state over every series, by part (see [`super::Detector::state_by_part`]).
@@ -228,9 +243,10 @@ impl SeriesState {
                 for _ in 0..missing.min(cfg.history + cfg.shift_windows) {
                     self.learn(prev, cfg.history + cfg.shift_windows);
                 }
+                let period = self.period();
                 if let Some(h) = self.history.as_mut() {
                     for _ in 0..missing {
-                        h.push(prev, cover, self.period.map(|p| p as usize));
+                        h.push(prev, cover, period);
                     }
                 }
             }
