@@ -83,6 +83,11 @@ impl FlatGroups {
     /// The values of the first `n` groups, sorted into groups (offsets, values); the rest
     /// stay, renumbered from 0.
     fn take(&mut self, emit_to: EmitTo) -> (Vec<usize>, Vec<f64>) {
+        self.take_as(emit_to, 0.0, |v| v)
+    }
+
+    /// [`Self::take`], each value taken out as `f(value)`.
+    fn take_as<T: Copy>(&mut self, emit_to: EmitTo, zero: T, f: impl Fn(f64) -> T) -> (Vec<usize>, Vec<T>) {
         let n = match emit_to {
             EmitTo::All => self.counts.len(),
             EmitTo::First(n) => n.min(self.counts.len()),
@@ -94,14 +99,14 @@ impl FlatGroups {
             total += c as usize;
             offsets.push(total);
         }
-        let mut out = vec![0.0; total];
+        let mut out = vec![zero; total];
         let mut next = offsets[..n].to_vec();
         let rest = self.groups.len() - total;
         let (mut groups, mut values) = (Vec::with_capacity(rest), Vec::with_capacity(rest));
         for (&g, &v) in self.groups.iter().zip(&self.values) {
             match next.get_mut(g as usize) {
                 Some(slot) => {
-                    out[*slot] = v;
+                    out[*slot] = f(v);
                     *slot += 1;
                 }
                 None => {
@@ -144,8 +149,10 @@ impl GroupsAccumulator for FlatGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let (offsets, mut values) = self.take(emit_to);
-        let out: Float64Array = offsets.windows(2).map(|w| percentile(&mut values[w[0]..w[1]], self.percentile)).collect();
+        // Each group's values as integers in IEEE total order: selecting among integers is
+        // cheaper than comparing floats in total order at every step.
+        let (offsets, mut keys) = self.take_as(emit_to, 0i64, |v| total_order_key(v.to_bits()));
+        let out: Float64Array = offsets.windows(2).map(|w| percentile_of_keys(&mut keys[w[0]..w[1]], self.percentile)).collect();
         Ok(Arc::new(out))
     }
 
@@ -197,28 +204,42 @@ impl GroupsAccumulator for FlatGroups {
     }
 }
 
-/// DataFusion 55's `calculate_percentile` for `f64`: NULL of no values; the minimum or maximum
-/// at 0 and 1; otherwise the order statistics around `p × (n − 1)` in IEEE total order,
-/// interpolated with the weight rounded down to a millionth.
-fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
+/// The bits of an `f64` as an integer in the order `f64::total_cmp` gives (the same map
+/// `total_cmp` uses; it is its own inverse).
+#[inline(always)]
+fn total_order_key(bits: u64) -> i64 {
+    let b = bits as i64;
+    b ^ ((((b >> 63) as u64) >> 1) as i64)
+}
+
+/// The `f64` whose [`total_order_key`] is `key`.
+#[inline(always)]
+fn from_total_order_key(key: i64) -> f64 {
+    f64::from_bits(total_order_key(key as u64) as u64)
+}
+
+/// DataFusion 55's `calculate_percentile` for `f64`, over the values' [`total_order_key`]s:
+/// NULL of no values; the minimum or maximum at 0 and 1; otherwise the order statistics around
+/// `p × (n − 1)` in IEEE total order, interpolated with the weight rounded down to a millionth.
+/// Equal keys are equal bits, so which of several equal values is taken does not matter.
+fn percentile_of_keys(keys: &mut [i64], p: f64) -> Option<f64> {
     const PRECISION: f64 = 1_000_000.0;
-    let cmp = |a: &f64, b: &f64| a.total_cmp(b);
-    let n = values.len();
+    let n = keys.len();
     match n {
         0 => None,
-        1 => Some(values[0]),
-        _ if p == 0.0 => values.iter().copied().min_by(cmp),
-        _ if p == 1.0 => values.iter().copied().max_by(cmp),
+        1 => Some(from_total_order_key(keys[0])),
+        _ if p == 0.0 => keys.iter().min().map(|k| from_total_order_key(*k)),
+        _ if p == 1.0 => keys.iter().max().map(|k| from_total_order_key(*k)),
         _ => {
             let index = p * ((n - 1) as f64);
             let (lower, upper) = (index.floor() as usize, index.ceil() as usize);
-            let (_, lo, _) = values.select_nth_unstable_by(lower, cmp);
-            let lo = *lo;
+            let (_, lo, above) = keys.select_nth_unstable(lower);
+            let lo = from_total_order_key(*lo);
             if lower == upper {
                 return Some(lo);
             }
-            let (_, hi, _) = values.select_nth_unstable_by(upper, cmp);
-            let hi = *hi;
+            // The next order statistic is the smallest of the values after the lower one.
+            let hi = from_total_order_key(*above.iter().min()?);
             let weight = ((index - lower as f64) * PRECISION) as usize as f64 / PRECISION;
             Some(lo + (hi - lo) * weight)
         }

@@ -126,3 +126,15 @@ fn a_group_without_values_is_null() {
     let out = out.as_primitive::<Float64Type>();
     assert_eq!((out.len(), out.value(0), out.is_null(1), out.is_null(2)), (3, 1.0, true, true));
 }
+
+/// The integer keys order values as `f64::total_cmp` does, and give each value back bit for bit.
+#[test]
+fn total_order_keys_order_as_total_cmp_and_map_back() {
+    let vals = [f64::NEG_INFINITY, -1e300, -1.5, -0.0, 0.0, 5e-324, 1.0, f64::INFINITY, f64::NAN, -f64::NAN, f64::MIN_POSITIVE, -f64::MIN_POSITIVE];
+    for a in vals {
+        assert_eq!(from_total_order_key(total_order_key(a.to_bits())).to_bits(), a.to_bits());
+        for b in vals {
+            assert_eq!(total_order_key(a.to_bits()).cmp(&total_order_key(b.to_bits())), a.total_cmp(&b), "{a} against {b}");
+        }
+    }
+}
