@@ -86,8 +86,12 @@ pub struct KafkaBenchReport {
     /// With `--checkpoints`: checkpoints written, the loop's pause for each (p50, p99, max ms)
     /// and each one's whole time to be written (p50, p99, max ms), and its copy of the states
     /// still shared, beside the loop (p50, p99, max ms).
-    pub checkpoints: Option<(u64, [f64; 3], [f64; 3], [f64; 3])>,
+    pub checkpoints: Option<CheckpointTimes>,
 }
+
+/// Checkpoints written, then the loop's pause for each, each one's whole time to be written and
+/// its copy of the shared states beside the loop (each p50, p99, max in ms).
+pub type CheckpointTimes = (u64, [f64; 3], [f64; 3], [f64; 3]);
 
 /// The `k` largest of `us` (microseconds, in order of closing): their number from 1 and
 /// milliseconds, slowest first.
@@ -116,7 +120,7 @@ fn step_parts(at_s: f64, before: (&StageTimes, &IoTimes), after: (&StageTimes, &
     ];
     let known: Duration = parts.iter().map(|(_, d)| *d).sum();
     parts.push(("other", total.saturating_sub(known)));
-    parts.sort_by(|a, b| b.1.cmp(&a.1));
+    parts.sort_by_key(|p| std::cmp::Reverse(p.1));
     let shown: Vec<String> = parts.iter().filter(|(_, d)| *d >= Duration::from_millis(1)).map(|(n, d)| format!("{n} {:.1}", d.as_secs_f64() * 1e3)).collect();
     format!("at {at_s:.1} s: {} (ms)", shown.join(", "))
 }

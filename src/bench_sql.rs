@@ -110,9 +110,7 @@ pub async fn run(series: usize, hours: usize, runs: usize, threads: usize) -> an
         tables.append("anomalies", batch(series, m))?;
         // An hourly file per hour, as the engine's checkpoints and compaction leave them; the
         // last 10 minutes stay in memory.
-        if (m + 1) % 60 == 0 && m + 1 < minutes {
-            writer.flush(&tables, T0 + m * MINUTE).await?;
-        } else if m + 1 == minutes - 10 {
+        if ((m + 1) % 60 == 0 && m + 1 < minutes) || m + 1 == minutes - 10 {
             writer.flush(&tables, T0 + m * MINUTE).await?;
         }
     }

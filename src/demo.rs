@@ -227,7 +227,7 @@ impl Simulation {
         use chrono::Datelike;
         let day = 86_400_000.0;
         let daily = 1.0 + 0.12 * (2.0 * std::f64::consts::PI * (t as f64) / day + svc as f64 * 0.7).sin();
-        let weekend = chrono::DateTime::from_timestamp_millis(t).map_or(false, |d| d.weekday().number_from_monday() >= 6);
+        let weekend = chrono::DateTime::from_timestamp_millis(t).is_some_and(|d| d.weekday().number_from_monday() >= 6);
         daily * if weekend { 0.85 } else { 1.0 }
     }
 

@@ -280,7 +280,7 @@ mod tests {
             let texts: Vec<String> = points.iter().map(|(ts, name, labels, value, spaced, rot)| {
                 let sp = if *spaced { " " } else { "" };
                 let labels = labels.iter().map(|(k, v)| format!("\"{k}\"{sp}:{sp}\"{v}\"")).collect::<Vec<_>>().join(&format!(",{sp}"));
-                let mut fields = vec![
+                let mut fields = [
                     format!("\"ts\":{sp}{ts}"),
                     format!("\"name\":\"{name}\""),
                     format!("\"labels\":{sp}{{{labels}}}"),

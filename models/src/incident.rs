@@ -537,7 +537,7 @@ pub(crate) fn linear_crossing(y: &[f64], limit: f64, horizon: usize) -> Option<L
     let a = my - b * mx;
     let sse: f64 = y.iter().enumerate().map(|(i, v)| (v - a - b * i as f64).powi(2)).sum();
     let s = (sse / (nf - 2.0)).sqrt();
-    if !(b > 0.0) || !b.is_finite() || b < 4.0 * s / sxx.sqrt() {
+    if b.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !b.is_finite() || b < 4.0 * s / sxx.sqrt() {
         return None;
     }
     let at = |h: usize| {

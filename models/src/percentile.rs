@@ -158,7 +158,7 @@ impl GroupsAccumulator for FlatGroups {
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         let (offsets, values) = self.take(emit_to);
-        let offsets = offsets.into_iter().map(|o| i32::try_from(o)).collect::<std::result::Result<Vec<i32>, _>>().map_err(|_| {
+        let offsets = offsets.into_iter().map(i32::try_from).collect::<std::result::Result<Vec<i32>, _>>().map_err(|_| {
             datafusion::common::DataFusionError::Execution("percentile_cont: more values than a list holds".into())
         })?;
         let list = ListArray::new(

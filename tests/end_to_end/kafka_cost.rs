@@ -88,7 +88,7 @@ async fn idle_instances_a_budget_at_risk_and_an_slo_burn_become_decisions_with_t
     costs.push(focus(T0, 5.0, "checkout-idle-01"));
     costs.push(focus(T0 + HOUR, 10.0, "checkout-asg"));
     produce_costs(&kafka.brokers, &costs).await;
-    published.extend(step_until(&mut engine, Duration::from_secs(120), |s| Stats::get(&s.cost_hours) >= 21 * 24 + 1).await);
+    published.extend(step_until(&mut engine, Duration::from_secs(120), |s| Stats::get(&s.cost_hours) > 21 * 24).await);
     // A row for an hour that has closed: late.
     produce_costs(&kafka.brokers, &[focus(T0 - 5 * HOUR, 3.0, "checkout-asg")]).await;
     published.extend(step_until(&mut engine, Duration::from_secs(30), |s| Stats::get(&s.late) >= 1).await);

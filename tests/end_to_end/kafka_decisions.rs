@@ -54,7 +54,7 @@ async fn one_spike_among_many_normal_series_yields_exactly_one_decision_and_repl
     let spiking = vigil_ingest::series_key("cpu_utilization", [("host", "h07"), ("service", "checkout")]);
     assert_eq!(first.len(), 1, "{first:#?}");
     assert_eq!(first[0].evidence.series, spiking);
-    assert_eq!(first[0].incident.members, [spiking.clone()]);
+    assert_eq!(first[0].incident.members, std::slice::from_ref(&spiking));
 
     let on_topic = kafka.read_all("vigil.decisions", 1, Duration::from_secs(10));
     assert_eq!(on_topic.len(), 1, "no decision for any normal series");

@@ -257,7 +257,7 @@ async fn credentials_are_refused_and_accepted_and_a_bad_certificate_stops_the_st
     let (http, pg) = (server.http, server.pg.unwrap());
 
     // SCRAM-SHA-256: a wrong password and an unknown user are refused, the right one accepted.
-    let e = pg_client(pg, "grafana", Some("wrong")).await.err().expect("a wrong password is refused");
+    let e = pg_client(pg, "grafana", Some("wrong")).await.expect_err("a wrong password is refused");
     assert!(e.to_string().contains("password") || e.as_db_error().is_some_and(|d| d.code().code() == "28P01"), "{e}");
     assert!(pg_client(pg, "mallory", Some("s3cret-pw")).await.is_err());
     let client = pg_client(pg, "grafana", Some("s3cret-pw")).await.expect("the right password is accepted");

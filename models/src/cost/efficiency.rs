@@ -118,7 +118,8 @@ pub fn recommend(cfg: &EfficiencyConfig, idle: bool, recent: &VecDeque<f64>, hou
         return None;
     }
     let peak = recent.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !(peak < 0.5 * cfg.target_utilization) {
+    // Not below half the target, or not comparable (NaN): no recommendation.
+    if peak.partial_cmp(&(0.5 * cfg.target_utilization)) != Some(std::cmp::Ordering::Less) {
         return None;
     }
     let size = ((peak / cfg.target_utilization * 4.0).ceil() / 4.0).clamp(0.25, 1.0);

@@ -212,7 +212,7 @@ mod as_bytes {
         }
 
         fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Self::Value, E> {
-            if b.len() % 2 != 0 {
+            if !b.len().is_multiple_of(2) {
                 return Err(E::invalid_length(b.len(), &self));
             }
             Ok(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())

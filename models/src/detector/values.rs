@@ -60,7 +60,7 @@ const FLOATS: u8 = u8::MAX;
 /// The last values of a series as single precision offsets (see the module docs), in a ring of
 /// `cap` slots of `width` bits each, packed: a slot holds a float's bits, or a
 /// code less `base`, in as many bits as the codes held span (none when they are all the same).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Values {
     /// The slots, and eight spare bytes (a slot is read as the eight bytes it starts in);
     /// empty when the slots take no bits.
@@ -75,12 +75,6 @@ pub(crate) struct Values {
     quantum: u8,
     /// The code a slot of 0 stands for.
     base: i16,
-}
-
-impl Default for Values {
-    fn default() -> Self {
-        Self { bytes: Box::default(), head: 0, len: 0, cap: 0, width: 0, quantum: 0, base: 0 }
-    }
 }
 
 /// Bytes that `cap` slots of `width` bits take, with the spare ones (a slot is read as the
@@ -209,7 +203,7 @@ impl Values {
         let bytes = &self.bytes[..];
         // Every slot's eight bytes lie in the block (the spare bytes see to the last slot's):
         // checked once here, for the last slot, so that the loops need not check each read.
-        assert!(w == 0 || slots.end <= self.cap as usize && ((slots.end - 1) * w >> 3) + 8 <= bytes.len());
+        assert!(w == 0 || slots.end <= self.cap as usize && (((slots.end - 1) * w) >> 3) + 8 <= bytes.len());
         let read = |s: usize| {
             let bit = s * w;
             // SAFETY: `bit >> 3` is at most the last slot's first byte, and the eight bytes from

@@ -9,6 +9,9 @@ use vigil_ingest::{DecodedBatch, JsonPointDecoder, RawRecord};
 
 use super::EngineError;
 
+/// A slice of a poll with the decoder lent to decode it, until a thread claims both.
+type Slot<'d, 'r> = Mutex<Option<(&'d mut JsonPointDecoder, &'r [RawRecord])>>;
+
 /// The fewest records in a slice: below it, a poll is decoded in one piece on the calling thread.
 const MIN_SLICE: usize = 2048;
 
@@ -65,7 +68,7 @@ pub(super) fn decode_in_order(
         return Ok(waited);
     }
     let size = raw.len().div_ceil(k);
-    let slots: Vec<Mutex<Option<(&mut JsonPointDecoder, &[RawRecord])>>> =
+    let slots: Vec<Slot<'_, '_>> =
         decoders.iter_mut().zip(raw.chunks(size)).map(|slice| Mutex::new(Some(slice))).collect();
     let n = slots.len();
     let next = AtomicUsize::new(0);

@@ -18,6 +18,8 @@
 #[cfg(test)]
 mod decide_tests;
 mod checkpoint;
+mod commit;
+mod delivery;
 pub mod late;
 mod closed;
 mod decide;
@@ -39,6 +41,8 @@ use crate::config::{Config, ConfigError};
 use crate::store::CheckpointStore;
 use crate::ResultTables;
 
+pub use delivery::IoTimes;
+use delivery::retry;
 pub use processor::{Answered, Closed, Processor, StageTimes};
 pub use state::{PublishedIds, SectionReader, SectionWriter, StateError, Stateful, GLOBAL_SECTION};
 pub use stats::{metrics_fn, Histogram, Metric, MetricKind, MetricsFn, Stats, LATENCY_BUCKETS};
@@ -64,9 +68,10 @@ pub enum EngineError {
     /// A checkpoint's contents are unusable.
     #[error(transparent)]
     State(#[from] StateError),
-    /// The checkpoint store failed or holds a checkpoint this build cannot read.
+    /// The checkpoint store failed or holds a checkpoint this build cannot read (boxed: the
+    /// object store's errors are large, and every result of the loop would carry their size).
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(Box<crate::store::StoreError>),
     /// The Parquet history could not be written or restored.
     #[error(transparent)]
     History(#[from] crate::history::HistoryError),
@@ -81,6 +86,12 @@ pub enum EngineError {
     /// The final checkpoint, commit and flush did not finish within `shutdown.grace`.
     #[error("shutdown did not finish within shutdown.grace ({0:?}); the next start resumes from the previous checkpoint")]
     ShutdownTimeout(Duration),
+}
+
+impl From<crate::store::StoreError> for EngineError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Store(Box::new(e))
+    }
 }
 
 /// Names of the result tables the engine keeps.
@@ -523,62 +534,6 @@ impl Engine {
         Ok(fresh)
     }
 
-    /// Commits the offsets whose results are durable, without waiting for the coordinator
-    /// (see [`KafkaSource::commit`]); commits refused since the last call are counted, and the
-    /// offsets are committed again.
-    fn commit_offsets(&mut self) -> Result<(), EngineError> {
-        self.commit_offsets_waiting(None)
-    }
-
-    /// Counts the commits refused since the last call and marks the offsets to commit again.
-    fn note_commit_failures(&mut self) {
-        for e in self.source.take_commit_failures() {
-            // During a rebalance the group refuses commits (stale generation, unknown member),
-            // and during an outage nobody answers: the offsets are committed again at the next
-            // chance, and a restore starts from the checkpoint's offsets anyway. Nothing is lost
-            // by waiting.
-            Stats::add(&self.stats.commit_failures, 1);
-            self.dirty = true;
-            tracing::warn!(error = %e, "offset commit refused; committing again at the next chance");
-        }
-    }
-
-    fn commit_offsets_waiting(&mut self, wait: Option<Duration>) -> Result<(), EngineError> {
-        self.note_commit_failures();
-        let pos: Vec<(Arc<str>, i32, i64)> =
-            self.core.windower().commit_positions().into_iter().filter(|(t, p, _)| self.assigned.iter().any(|(at, ap)| at == t && ap == p)).collect();
-        self.last_commit = Instant::now();
-        let res = match wait {
-            None => self.source.commit(&pos),
-            Some(t) => self.source.commit_within(&pos, t),
-        };
-        match res {
-            Ok(()) => {
-                Stats::add(&self.stats.commits, 1);
-                self.dirty = false;
-            }
-            Err(e) => {
-                Stats::add(&self.stats.commit_failures, 1);
-                tracing::warn!(error = %e, "offset commit refused; committing again at the next chance");
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes a checkpoint (when they are on) and commits the input offsets whose results are
-    /// durable.
-    pub async fn commit(&mut self) -> Result<(), EngineError> {
-        if self.store.is_some() {
-            self.checkpoint(None).await?;
-        }
-        self.commit_offsets_waiting(Some(Duration::from_secs(10)))
-    }
-
-    /// The offsets the group has committed (for tests and diagnostics).
-    pub fn committed(&self) -> Result<Vec<(String, i32, i64)>, EngineError> {
-        Ok(self.source.committed(Duration::from_secs(5))?)
-    }
-
     /// Runs steps until `shutdown` resolves or an error stops it; calls `on_decision` for each
     /// acknowledged decision. On shutdown: stops polling, takes a final checkpoint, commits
     /// what is durable and flushes the producers, all within `shutdown.grace`.
@@ -640,46 +595,5 @@ impl Engine {
         }
         self.commit().await?;
         Ok(out)
-    }
-}
-
-/// Time spent on the Kafka side of the engine's loop.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IoTimes {
-    /// Waiting for polls and copying their records.
-    pub poll: Duration,
-    /// Publishing decisions (until the broker acknowledged them) and appending results to
-    /// their tables.
-    pub publish: Duration,
-    /// Committing input offsets after a close.
-    pub commit: Duration,
-}
-
-/// Delivers with `f` until it succeeds: a broker outage holds results back (nothing is
-/// committed past them) instead of stopping the engine. Gives up only when a stop is asked.
-async fn retry<'a, T, Fut>(
-    what: &'static str,
-    stop: &tokio::sync::watch::Receiver<bool>,
-    failures: &std::sync::atomic::AtomicU64,
-    mut f: impl FnMut() -> Fut,
-) -> Result<T, EngineError>
-where
-    Fut: Future<Output = vigil_sinks::Result<T>> + 'a,
-{
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, retry_in = ?wait, "{what} not delivered; holding them and retrying");
-                let mut stop = stop.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => return Err(EngineError::StoppedUndelivered(what)),
-                }
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
     }
 }
