@@ -17,7 +17,7 @@ const QUERIES: [&str; 3] = [
     "select count(*) from features a cross join features b where a.mean + b.mean < 0",
 ];
 
-/// Clients sending [`QUERIES`] over HTTP until stopped.
+/// Clients sending the hostile queries (`QUERIES`) over HTTP until stopped.
 #[derive(Debug)]
 pub struct HostileQueries {
     stop: Arc<AtomicBool>,

@@ -16,7 +16,7 @@
 //! Detection's definitions), and the root causes: the dimension values whose spend moved most,
 //! each with its share of the impact. Each closed day gets a daily row the same way. An impact
 //! above both the absolute and the percentage threshold is a `cost.anomaly` signal. Budgets and
-//! efficiency are computed at the same close; see [`budget`] and [`efficiency`].
+//! efficiency are computed at the same close (the `budget` and `efficiency` modules).
 
 mod budget;
 mod config;
@@ -310,7 +310,7 @@ impl CostEngine {
         late
     }
 
-    /// Notes utilisation from the metrics (see [`efficiency`]).
+    /// Notes utilisation from the metrics (see the `efficiency` module).
     pub fn observe_usage(&mut self, hour_ms: i64, resource: &str, service: Option<&str>, u: ResourceUse) {
         let hour = hour_ms.div_euclid(HOUR_MS) * HOUR_MS;
         if self.state.closed_until.is_some_and(|c| hour < c) {

@@ -46,7 +46,7 @@ pub(super) struct Seasonal {
     pub(super) hint: Hint,
 }
 
-/// One series' state, as a checkpoint holds it (see [`Detector::export`]). Every part is of
+/// One series' state, as a checkpoint holds it (see [`super::Detector::export`]). Every part is of
 /// bounded size: the recent values in single precision, the recent residuals in half precision,
 /// the seasonal history at reduced resolution in 8-bit codes, 16-bit calibration counts.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
