@@ -418,12 +418,7 @@ impl Detector {
     }
 
     /// Bytes of state held over every series (what [`Self::max_bytes_per_series`] bounds, plus
-    /// forecast bands), and the hash tables' buckets, empty ones included.
-    pub fn state_bytes(&self) -> usize {
-        self.state_by_part().total()
-    }
-
-    /// [`Self::state_bytes`] by part.
+    /// forecast bands), and the hash tables' buckets, empty ones included, by part.
     pub fn state_by_part(&self) -> StateBytes {
         let bucket = std::mem::size_of::<(u64, Arc<SeriesState>)>() + 1;
         // hashbrown's capacity is 7/8 of its buckets (all of them, less one, below 8), and its
@@ -899,7 +894,8 @@ mod tests {
         assert!(st.values.len() <= cfg.history + cfg.shift_windows && st.resid().map_or(0, Ring::len) <= cfg.history);
         assert!(Part::ALL.iter().filter_map(|p| st.tail(*p)).all(|t| t.total() as usize <= cfg.calibration));
         // The held bytes add the hash table's buckets (a few, for one series).
-        assert!(d.state_bytes() > st.bytes() && d.state_bytes() < st.bytes() + 256, "{} vs {}", d.state_bytes(), st.bytes());
+        let held = d.state_by_part().total();
+        assert!(held > st.bytes() && held < st.bytes() + 256, "{held} vs {}", st.bytes());
     }
 
     /// The engine creates a series' state when its first points arrive, before the close of

@@ -211,6 +211,9 @@ impl Values {
             let word = unsafe { bytes.as_ptr().add(bit >> 3).cast::<u64>().read_unaligned() };
             (u64::from_le(word) >> (bit & 7)) & mask
         };
+        // A code's value: `decode` with the unit looked up once.
+        let (base, step) = (i32::from(self.base), unit(usize::from(self.quantum)));
+        let value = |raw: u64| f64::from((f64::from(base + raw as i32) * step) as f32);
         if self.quantum == FLOATS {
             // Whole 32-bit slots: read as plain floats.
             for (o, c) in out.iter_mut().zip(bytes[4 * slots.start..4 * slots.end].chunks_exact(4)) {
@@ -218,18 +221,15 @@ impl Values {
             }
         } else if w == 16 {
             // A filling ring's 16-bit slots: read as plain 16-bit integers.
-            let (base, step) = (i32::from(self.base), unit(usize::from(self.quantum)));
             for (o, c) in out.iter_mut().zip(bytes[2 * slots.start..2 * slots.end].chunks_exact(2)) {
-                *o += f64::from((f64::from(base + i32::from(u16::from_le_bytes([c[0], c[1]]))) * step) as f32);
+                *o += value(u64::from(u16::from_le_bytes([c[0], c[1]])));
             }
         } else if w == 0 {
-            let d = f64::from(decode(self.base, usize::from(self.quantum)));
+            let d = value(0);
             for o in out.iter_mut() {
                 *o += d;
             }
         } else {
-            let (base, step) = (i32::from(self.base), unit(usize::from(self.quantum)));
-            let value = |raw: u64| f64::from((f64::from(base + raw as i32) * step) as f32);
             // Eight slots take `w` whole bytes: in runs of eight from a multiple of eight, each
             // slot's byte and shift within its run are the same from run to run.
             let first_run = slots.start.div_ceil(8) * 8;
