@@ -90,7 +90,7 @@ impl MemoryReport {
         let d = &self.detector;
         let per = |b: usize| b as f64 / d.series.max(1) as f64;
         format!(
-            "map {:.0}, structs {:.0}, values {:.0}, seasonal {:.0} ({} series with a season), history {:.0}, refractory {:.0}, forecast {:.0} bytes per series",
+            "map {:.0}, structs {:.0}, values {:.0}, seasonal {:.0} ({} series with a season), history {:.0}, refractory {:.0}, calibration {:.0}, forecast {:.0} bytes per series",
             per(d.tables),
             per(d.structs),
             per(d.values),
@@ -98,6 +98,7 @@ impl MemoryReport {
             d.seasonal_series,
             per(d.history),
             per(d.refractory),
+            per(d.calibration),
             per(d.forecast),
         )
     }

@@ -58,7 +58,7 @@ mod series;
 mod values;
 use ahead::{Ahead, AHEAD};
 use baseline::{Baselines, Prepared};
-use compact::History;
+use compact::{History, TAIL_MAX_HEAP_BYTES};
 #[cfg(test)]
 use compact::Tail;
 use ring::Ring;
@@ -413,8 +413,9 @@ impl Detector {
         let history = if c.max_period >= 4 { std::mem::size_of::<History>() } else { 0 };
         // A table just grown holds 7 series in 16 buckets.
         let bucket = (std::mem::size_of::<(u64, Arc<SeriesState>)>() + 1) * 16 / 7;
-        let resid = std::mem::size_of::<series::Seasonal>() + Ring::max_heap_bytes(c.history);
-        bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + values::Values::max_heap_bytes(c.history + c.shift_windows) + resid + history
+        let resid = std::mem::size_of::<series::Seasonal>() + Ring::max_heap_bytes(c.history) + TAIL_MAX_HEAP_BYTES;
+        let calibration = 2 * TAIL_MAX_HEAP_BYTES;
+        bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + values::Values::max_heap_bytes(c.history + c.shift_windows) + resid + history + calibration
     }
 
     /// Bytes of state held over every series (what [`Self::max_bytes_per_series`] bounds, plus
@@ -853,9 +854,9 @@ mod tests {
     /// take a byte each, a series without a season carries a pointer for its residual ring
     /// and the seasonal part's calibration, and its values of 0 to 2 take 2 bits each.
     #[test]
-    fn a_state_takes_352_bytes_its_history_304_and_its_values_the_bits_they_span() {
+    fn a_state_takes_216_bytes_its_history_304_and_its_values_the_bits_they_span() {
         assert_eq!(std::mem::size_of::<History>(), 256 + 48);
-        assert_eq!(std::mem::size_of::<SeriesState>(), 352);
+        assert_eq!(std::mem::size_of::<SeriesState>(), 216);
         let mut d = Detector::new(DetectorConfig { warmup: 4, ..Default::default() });
         for i in 0..50 {
             d.observe(1, 10.0 + (i % 3) as f64);
@@ -990,7 +991,7 @@ mod tests {
         for _ in 0..2_000 {
             t.push(f64::abs(noise.sample(&mut rng)), 4_000);
         }
-        let p = |z: f64| t.survival(z);
+        let p = |z: f64| t.get().survival(z);
         assert!((p(0.6745) - 0.5).abs() < 0.05, "median of |z| {}", p(0.6745));
         assert!((p(1.96) - 0.05).abs() < 0.015, "{}", p(1.96));
         let mut last = 1.0;
@@ -1002,7 +1003,7 @@ mod tests {
         assert!(p(8.0) > 0.0 && p(8.0) < 1e-4, "beyond the largest seen: {}", p(8.0));
         // Where the bins hold a few statistics above (1e-3 of 2,000 is two, inside the top bin).
         for q in [0.1, 0.01, 3e-3, 1e-5] {
-            let z = t.quantile(q);
+            let z = t.get().quantile(q);
             assert!((p(z) - q).abs() / q < 0.2, "quantile({q}) = {z}, survival there {}", p(z));
         }
     }

@@ -1,8 +1,8 @@
 //! Fetching a row's state into the cache before the row is scored.
 //!
-//! A close touches every series' state once, and a state is five blocks of memory: the struct,
-//! the values ring, the residual ring, the seasonal history and the refractory queue, each its
-//! own heap allocation. With 100,000 series none of them is in the cache when its row comes,
+//! A close touches every series' state once, and a state is six blocks of memory: the struct,
+//! the values ring, the residual ring, the seasonal history, the refractory queue and the
+//! level and shift parts' calibration bins, each its own heap allocation. With 100,000 series none of them is in the cache when its row comes,
 //! and each is found only through the one before it (the map's bucket, then the struct, then the
 //! rings' pointers in it): taken one row at a time, a row waited for several round trips to
 //! memory in turn. So a shard first lists its rows in the order their structs lie in memory,
@@ -66,14 +66,15 @@ impl Block {
 /// A row to score: its inputs, read from the feature columns in row order (taken in memory
 /// order, each column read was a cache miss), and where its series' state lies (nothing for a
 /// series without state yet). The struct and the history have fixed sizes; the rings' spans
-/// are at most a few kilobytes, so their lengths fit 16 bits. 88 bytes.
+/// are at most a few kilobytes, so their lengths fit 16 bits. 96 bytes.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ahead {
     pub(super) id: u64,
     pub(super) time_ms: i64,
     pub(super) value: f64,
-    /// The state struct, the values ring, the residual ring, the refractory queue.
-    at: [usize; 4],
+    /// The state struct, the values ring, the residual ring, the refractory queue, the level
+    /// and shift parts' calibration bins.
+    at: [usize; 5],
     /// The history (boxed), and the offsets in it of the two lines a value touches: its
     /// counters and the slot it writes.
     history: usize,
@@ -81,18 +82,19 @@ pub(super) struct Ahead {
     /// The seasonal part's own state (boxed: its residual ring's struct and calibration), if
     /// the series has one.
     seasonal: usize,
-    /// Lengths of the values ring, the residual ring and the refractory queue, bytes.
-    len: [u16; 3],
+    /// Lengths of the values ring, the residual ring, the refractory queue and the
+    /// calibrations' bins, bytes.
+    len: [u16; 4],
     pub(super) row: u32,
 }
 
 impl Ahead {
     fn new(row: u32, id: u64, time_ms: i64, value: f64, state: Option<&SeriesState>) -> Self {
-        let mut a = Self { id, time_ms, value, at: [0; 4], history: 0, history_lines: [0; 2], seasonal: 0, len: [0; 3], row };
+        let mut a = Self { id, time_ms, value, at: [0; 5], history: 0, history_lines: [0; 2], seasonal: 0, len: [0; 4], row };
         if let Some(st) = state {
             a.seasonal = st.seasonal.as_deref().map_or(0, |s| std::ptr::from_ref(s) as usize);
-            let blocks = [st.values.block(), st.resid().map_or_else(Default::default, Ring::block), st.recent_p.block()];
-            a.at = [std::ptr::from_ref(st) as usize, blocks[0].at, blocks[1].at, blocks[2].at];
+            let blocks = [st.values.block(), st.resid().map_or_else(Default::default, Ring::block), st.recent_p.block(), st.tails.block()];
+            a.at = [std::ptr::from_ref(st) as usize, blocks[0].at, blocks[1].at, blocks[2].at, blocks[3].at];
             a.len = blocks.map(|b| u16::try_from(b.len).unwrap_or(u16::MAX));
             if let Some(h) = st.history.as_deref() {
                 a.history = std::ptr::from_ref(h) as usize;
@@ -151,8 +153,8 @@ mod tests {
     /// The list of a close's rows is held between closes: what its documentation (and
     /// docs/BENCHMARKS.md) says a row costs.
     #[test]
-    fn a_row_ahead_takes_88_bytes() {
-        assert_eq!(std::mem::size_of::<Ahead>(), 88);
+    fn a_row_ahead_takes_96_bytes() {
+        assert_eq!(std::mem::size_of::<Ahead>(), 96);
     }
 
     /// A ring's block spans every value it holds, in one piece or wrapped around its buffer.

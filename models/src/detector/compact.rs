@@ -207,14 +207,44 @@ const UNIT: u16 = 4;
 /// Tail counts of a part's recent statistics: log-spaced bins of 16-bit fixed-point counts.
 /// When they hold `calibration` statistics every count is halved (the older statistics fade
 /// out), so between half and all of the last `calibration` weigh in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Only the bins up to the highest one counted are held, on the heap: a part's deviations
+/// mostly stay within a few robust standard deviations (ten of the forty bins reach |z| = 1.6,
+/// seventeen |z| = 13), and the bins above them would be zeros (80 bytes in the struct before).
+/// [`Tails`] holds two parts' bins in one block.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "TailRepr", into = "TailRepr")]
 pub(crate) struct Tail {
-    bins: [u16; BINS],
+    /// Bins `0..bins.len()`; every bin above is 0, and the last one held is not.
+    bins: Box<[u16]>,
+    counts: Counts,
+}
+
+/// The level and shift parts' calibrations ([`Tail`]), their bins one after the other in one
+/// block: one allocation and one block to fetch ahead, where two tails take two.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Tails {
+    /// The first part's bins, then the second's.
+    bins: Box<[u16]>,
+    /// Bins of the first part.
+    split: u8,
+    counts: [Counts; 2],
+}
+
+/// What a calibration keeps beside its bins.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Counts {
     /// Sum of the bins.
     n: u32,
     /// Largest statistic since the last halving, and before it.
     max: [f32; 2],
+}
+
+/// A calibration as read: its bins (up to the highest one counted) and counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TailRef<'a> {
+    bins: &'a [u16],
+    counts: Counts,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -223,61 +253,227 @@ struct TailRepr {
     max: [f32; 2],
 }
 
+/// [`TailRepr`] borrowed: encoded the same.
+#[derive(Serialize)]
+struct TailReprRef<'a> {
+    bins: &'a [u16],
+    max: [f32; 2],
+}
+
+impl TailRepr {
+    /// The bins up to the highest one counted, and their counts.
+    fn into_parts(self) -> (Vec<u16>, Counts) {
+        let mut bins = self.bins;
+        bins.truncate(BINS);
+        bins.truncate(held(&bins));
+        let n = bins.iter().map(|c| u32::from(*c)).sum();
+        (bins, Counts { n, max: self.max })
+    }
+}
+
 impl From<Tail> for TailRepr {
     fn from(t: Tail) -> Self {
-        Self { bins: t.bins.to_vec(), max: t.max }
+        Self { bins: t.bins.into_vec(), max: t.counts.max }
     }
 }
 
 impl From<TailRepr> for Tail {
     fn from(r: TailRepr) -> Self {
-        let mut t = Tail { max: r.max, ..Tail::default() };
-        for (b, c) in t.bins.iter_mut().zip(r.bins) {
-            *b = c;
-        }
-        t.n = t.bins.iter().map(|c| u32::from(*c)).sum();
-        t
+        let (bins, counts) = r.into_parts();
+        Tail { bins: bins.into_boxed_slice(), counts }
     }
 }
 
-impl Default for Tail {
-    fn default() -> Self {
-        Self { bins: [0; BINS], n: 0, max: [0.0; 2] }
+impl Serialize for Tails {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        // As `[Tail; 2]` was: a tuple of two.
+        let mut t = s.serialize_tuple(2)?;
+        for k in 0..2 {
+            t.serialize_element(&TailReprRef { bins: self.bins_of(k), max: self.counts[k].max })?;
+        }
+        t.end()
     }
 }
+
+impl<'de> Deserialize<'de> for Tails {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let [a, b] = <[TailRepr; 2]>::deserialize(d)?;
+        let ((mut bins, first), (rest, second)) = (a.into_parts(), b.into_parts());
+        let split = bins.len() as u8;
+        bins.extend(rest);
+        Ok(Tails { bins: bins.into_boxed_slice(), split, counts: [first, second] })
+    }
+}
+
+/// Bins up to the highest nonzero one.
+fn held(bins: &[u16]) -> usize {
+    bins.iter().rposition(|c| *c > 0).map_or(0, |b| b + 1)
+}
+
+fn position(z: f64) -> f64 {
+    if z <= Z0 { 0.0 } else { (1.0 + (z / Z0).ln() / STEP).min((BINS - 1) as f64) }
+}
+
+/// Bytes a calibration's bins take on the heap at most.
+pub(crate) const TAIL_MAX_HEAP_BYTES: usize = BINS * std::mem::size_of::<u16>();
 
 impl Tail {
-    fn position(z: f64) -> f64 {
-        if z <= Z0 { 0.0 } else { (1.0 + (z / Z0).ln() / STEP).min((BINS - 1) as f64) }
+    /// The calibration, to read.
+    #[inline(always)]
+    pub fn get(&self) -> TailRef<'_> {
+        TailRef { bins: &self.bins, counts: self.counts }
     }
+    /// Bytes the bins take on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.bins)
+    }
+    /// Remembers `z`; `cap` statistics (or a full bin) make every count halve.
+    #[inline]
+    pub fn push(&mut self, z: f64, cap: usize) {
+        let bins = &mut self.bins;
+        learn(&mut self.counts, z, cap, bins, |bins, len| {
+            let mut v = Vec::with_capacity(len);
+            v.extend(bins.iter().copied().take(len));
+            v.resize(len, 0);
+            *bins = v.into_boxed_slice();
+        });
+    }
+}
+
+impl Tails {
+    /// Part `k`'s bins (0 or 1).
+    #[inline(always)]
+    fn bins_of(&self, k: usize) -> &[u16] {
+        let split = usize::from(self.split);
+        if k == 0 { &self.bins[..split] } else { &self.bins[split..] }
+    }
+    /// Part `k`'s calibration (0 or 1), to read.
+    #[inline(always)]
+    pub fn get(&self, k: usize) -> TailRef<'_> {
+        TailRef { bins: self.bins_of(k), counts: self.counts[k] }
+    }
+    /// Bytes the bins take on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.bins)
+    }
+    /// The memory holding the bins.
+    pub(crate) fn block(&self) -> super::ahead::Block {
+        super::ahead::Block::of_slice(&self.bins)
+    }
+    /// Remembers `z` in part `k`'s calibration (see [`Tail::push`]).
+    #[inline]
+    pub fn push(&mut self, k: usize, z: f64, cap: usize) {
+        let split = usize::from(self.split);
+        let (all, counts) = (&mut self.bins, &mut self.counts[k]);
+        let mut part = PartBins { all, split, k };
+        learn(counts, z, cap, &mut part, |p, len| p.resize(len));
+        self.split = part.split as u8;
+    }
+}
+
+/// One part's bins inside a [`Tails`] block, as [`learn`] changes them.
+struct PartBins<'a> {
+    all: &'a mut Box<[u16]>,
+    split: usize,
+    k: usize,
+}
+
+impl PartBins<'_> {
+    /// Holds `len` bins for this part: new ones at 0, only zeros given back.
+    fn resize(&mut self, len: usize) {
+        let (first, second) = self.all.split_at(self.split);
+        let (mine, other) = if self.k == 0 { (first, second) } else { (second, first) };
+        let mut v = Vec::with_capacity(len + other.len());
+        if self.k == 1 {
+            v.extend_from_slice(other);
+        }
+        v.extend(mine.iter().copied().take(len));
+        v.resize(v.len() + len.saturating_sub(mine.len()), 0);
+        if self.k == 0 {
+            self.split = v.len();
+            v.extend_from_slice(other);
+        }
+        *self.all = v.into_boxed_slice();
+    }
+}
+
+impl std::ops::Deref for PartBins<'_> {
+    type Target = [u16];
+    fn deref(&self) -> &[u16] {
+        if self.k == 0 { &self.all[..self.split] } else { &self.all[self.split..] }
+    }
+}
+
+impl std::ops::DerefMut for PartBins<'_> {
+    fn deref_mut(&mut self) -> &mut [u16] {
+        if self.k == 0 { &mut self.all[..self.split] } else { &mut self.all[self.split..] }
+    }
+}
+
+/// Remembers `z` in a calibration whose bins `bins` hold (`resize` holds that many, new ones
+/// at 0); `cap` statistics (or a full bin) make every count halve.
+#[inline(always)]
+fn learn<B: std::ops::DerefMut<Target = [u16]>>(counts: &mut Counts, z: f64, cap: usize, bins: &mut B, resize: impl Fn(&mut B, usize)) {
+    let b = position(z) as usize;
+    let cap = u32::try_from(cap).unwrap_or(u32::MAX / 8).saturating_mul(u32::from(UNIT));
+    if counts.n >= cap || bins.get(b).is_some_and(|c| *c > u16::MAX - UNIT) {
+        halve(counts, bins, &resize);
+    }
+    if b >= bins.len() {
+        resize(bins, b + 1);
+    }
+    bins[b] += UNIT;
+    counts.n += u32::from(UNIT);
+    counts.max[0] = counts.max[0].max(z as f32);
+}
+
+/// Halves every count: the statistics of the epoch before the last are forgotten with their
+/// maximum, and the bins above the highest one still counted are given back.
+#[cold]
+fn halve<B: std::ops::DerefMut<Target = [u16]>>(counts: &mut Counts, bins: &mut B, resize: &impl Fn(&mut B, usize)) {
+    for c in bins.iter_mut() {
+        *c /= 2;
+    }
+    counts.n = bins.iter().map(|c| u32::from(*c)).sum();
+    let held = held(bins);
+    // The largest statistic left is no larger than the top of the highest bin still counted.
+    let top = held.checked_sub(1).map_or(0.0, |b| Z0 * (b as f64 * STEP).exp());
+    counts.max = [0.0, (f64::from(counts.max[0]).min(top)) as f32];
+    if held < bins.len() {
+        resize(bins, held);
+    }
+}
+
+impl TailRef<'_> {
     /// Statistics remembered (halved ones count half).
     pub fn total(&self) -> u32 {
-        self.n / u32::from(UNIT)
+        self.counts.n / u32::from(UNIT)
     }
     fn max(&self) -> f64 {
-        f64::from(self.max[0].max(self.max[1]))
+        f64::from(self.counts.max[0].max(self.counts.max[1]))
     }
     fn count(&self, b: usize) -> f64 {
-        f64::from(self.bins[b]) / f64::from(UNIT)
+        f64::from(self.bins.get(b).copied().unwrap_or(0)) / f64::from(UNIT)
     }
     /// Probability that a statistic at least `z` occurs: the share of remembered statistics at
     /// least as large; beyond the largest one a power-law tail, so that a deviation beyond
     /// anything seen still gets a finite, ordered probability.
     #[inline]
     pub fn survival(&self, z: f64) -> f64 {
-        let n = f64::from(self.n) / f64::from(UNIT);
+        let n = f64::from(self.counts.n) / f64::from(UNIT);
         let max = self.max();
         // Compared at the precision the maximum is kept in: a statistic equal to the largest
         // one seen is not beyond it.
         if f64::from(z as f32) > max {
             return if max <= 0.0 { 0.0 } else { (max / z).powf(TAIL_POWER) / (n + 1.0) };
         }
-        let pos = Self::position(z);
+        let pos = position(z);
         let b = pos as usize;
         let frac = pos - b as f64;
         // The whole bins above are counted in integers: one vectorised sum instead of a chain of
-        // forty dependent floating-point additions (a tenth of the detector's time per value).
-        let whole: u32 = self.bins[b + 1..].iter().map(|c| u32::from(*c)).sum();
+        // dependent floating-point additions (a tenth of the detector's time per value).
+        let whole: u32 = self.bins.get(b + 1..).unwrap_or_default().iter().map(|c| u32::from(*c)).sum();
         let above = self.count(b) * (1.0 - frac) + f64::from(whole) / f64::from(UNIT);
         ((above + 1.0) / (n + 1.0)).min(1.0)
     }
@@ -285,14 +481,15 @@ impl Tail {
     /// within a bin as [`Self::survival`] does.
     #[inline]
     pub fn quantile(&self, p: f64) -> f64 {
-        let n = f64::from(self.n) / f64::from(UNIT);
+        let n = f64::from(self.counts.n) / f64::from(UNIT);
         let p = p.max(1e-300);
         if p < 1.0 / (n + 1.0) {
             return self.max() * (1.0 / ((n + 1.0) * p)).powf(1.0 / TAIL_POWER);
         }
         let target = p * (n + 1.0) - 1.0; // count at or above the answer
         let mut above = 0.0;
-        for b in (0..BINS).rev() {
+        // The bins above those held count 0: none of them holds the answer.
+        for b in (0..self.bins.len()).rev() {
             let c = self.count(b);
             if above + c > target {
                 if b == 0 {
@@ -305,25 +502,6 @@ impl Tail {
             above += c;
         }
         0.0
-    }
-    /// Remembers `z`; `cap` statistics (or a full bin) make every count halve.
-    #[inline]
-    pub fn push(&mut self, z: f64, cap: usize) {
-        let b = Self::position(z) as usize;
-        let cap = u32::try_from(cap).unwrap_or(u32::MAX / 8).saturating_mul(u32::from(UNIT));
-        if self.n >= cap || self.bins[b] > u16::MAX - UNIT {
-            for c in &mut self.bins {
-                *c /= 2;
-            }
-            self.n = self.bins.iter().map(|c| u32::from(*c)).sum();
-            // The statistics of the epoch before the last are forgotten with their maximum; and
-            // the largest one left is no larger than the top of the highest bin still counted.
-            let top = self.bins.iter().rposition(|c| *c > 0).map_or(0.0, |b| Z0 * (b as f64 * STEP).exp());
-            self.max = [0.0, (f64::from(self.max[0]).min(top)) as f32];
-        }
-        self.bins[b] += UNIT;
-        self.n += u32::from(UNIT);
-        self.max[0] = self.max[0].max(z as f32);
     }
 }
 
@@ -414,6 +592,46 @@ mod tests {
         h.push(1e4, 1000, None);
         assert!((h.value_at(50).unwrap() - 50.0).abs() < 30.0);
         assert!((h.value_at(100).unwrap() - 1e4).abs() < 30.0);
+    }
+
+    /// Two parts' calibrations sharing one block answer as two calibrations of their own do,
+    /// through growth, halving and bins given back, hold only the bins up to the highest one
+    /// counted, and are encoded as two of their own were.
+    #[test]
+    fn tails_sharing_a_block_answer_and_encode_as_two_tails() {
+        let (mut pair, mut alone) = (Tails::default(), [Tail::default(), Tail::default()]);
+        let mut x = 11u64;
+        for i in 0..6_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            // Mostly small deviations, now and then a large one (new bins), and a calibration
+            // of 500 so that the counts halve and the top bins empty again.
+            let z = if i % 211 == 0 { 50.0 + 5_000.0 * u } else { -u.ln() };
+            let k = (x >> 3) as usize % 2;
+            pair.push(k, z, 500);
+            alone[k].push(z, 500);
+            for k in 0..2 {
+                let (a, b) = (pair.get(k), alone[k].get());
+                assert_eq!(a.bins, b.bins, "part {k} at {i}");
+                assert_eq!((a.total(), a.counts), (b.total(), b.counts));
+                for z in [0.05, 0.5, 1.0, 3.0, 20.0, 300.0, 1e4] {
+                    assert_eq!(a.survival(z).to_bits(), b.survival(z).to_bits());
+                }
+                for q in [0.5, 0.01, 1e-3, 1e-6] {
+                    assert_eq!(a.quantile(q).to_bits(), b.quantile(q).to_bits());
+                }
+                assert!(a.bins.last().is_none_or(|c| *c > 0), "only bins up to the highest counted");
+            }
+        }
+        assert_eq!(pair.heap_bytes(), alone[0].heap_bytes() + alone[1].heap_bytes());
+        let bytes = postcard::to_stdvec(&pair).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&alone).unwrap(), "encoded as [Tail; 2]");
+        let back: Tails = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, pair);
+        // A checkpoint's forty bins with zeros on top are read back as the bins held.
+        let full = TailRepr { bins: (0..BINS as u16).map(|b| if b < 3 { 4 } else { 0 }).collect(), max: [0.5, 0.0] };
+        let t = Tail::from(full);
+        assert_eq!((t.heap_bytes(), t.get().total()), (6, 3));
     }
 
     #[test]

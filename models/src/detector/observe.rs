@@ -110,8 +110,8 @@ impl Shard {
         let band_z = best.as_ref().and_then(|(_, part, _)| st.tail(*part)).map(|t| t.quantile((1.0 - cfg.anomaly_threshold) / voters));
         let cap = cfg.calibration;
         for part in Part::ALL {
-            if let (Some(r), Some(tail)) = (readings[part.index()], st.tail_mut(part)) {
-                tail.push(r.z.abs(), cap);
+            if let Some(r) = readings[part.index()] {
+                st.learn_tail(part, r.z.abs(), cap);
             }
         }
         // Learn the value.

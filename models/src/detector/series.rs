@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::compact::{History, Refractory, Tail};
+use super::compact::{History, Refractory, Tail, TailRef, Tails};
 use super::order::Hint;
 use super::ring::Ring;
 use super::values::Values;
@@ -31,7 +31,7 @@ impl Bands {
         Some((f64::from(*self.point.get(k)?), f64::from(*self.lower.get(k)?), f64::from(*self.upper.get(k)?)))
     }
     pub(super) fn heap_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + 4 * (self.point.capacity() + self.lower.capacity() + self.upper.capacity())
+        std::mem::size_of::<Self>() + 4 * (self.point.capacity() + self.lower.capacity() + self.upper.capacity()) + self.tail.heap_bytes()
     }
 }
 
@@ -71,7 +71,7 @@ pub struct SeriesState {
     pub(super) next_period_check: u64,
     /// Calibration of the level and shift parts (the seasonal part's is in [`Self::seasonal`],
     /// the forecast's with its bands).
-    pub(super) tails: [Tail; 2],
+    pub(super) tails: Tails,
     pub(super) forecast: Option<Box<Bands>>,
     /// Time of the last value (epoch ms) and the smallest spacing seen, when times are given.
     pub(super) last_ms: LastMs,
@@ -145,12 +145,15 @@ pub struct StateBytes {
     pub forecast: usize,
     /// The refractory queues.
     pub refractory: usize,
+    /// The level and shift parts' calibration bins (the seasonal part's are counted with its
+    /// box, the forecast's with its bands).
+    pub calibration: usize,
 }
 
 impl StateBytes {
     /// All of it.
     pub fn total(&self) -> usize {
-        self.tables + self.structs + self.values + self.seasonal + self.history + self.forecast + self.refractory
+        self.tables + self.structs + self.values + self.seasonal + self.history + self.forecast + self.refractory + self.calibration
     }
 
     /// Adds one state's bytes.
@@ -160,12 +163,13 @@ impl StateBytes {
         self.values += st.values.heap_bytes();
         self.coded += usize::from(st.values.is_coded());
         if let Some(s) = &st.seasonal {
-            self.seasonal += std::mem::size_of::<Seasonal>() + s.resid.heap_bytes();
+            self.seasonal += std::mem::size_of::<Seasonal>() + s.resid.heap_bytes() + s.tail.heap_bytes();
             self.seasonal_series += 1;
         }
         self.history += st.history.as_ref().map_or(0, |_| std::mem::size_of::<History>());
         self.forecast += st.forecast.as_ref().map_or(0, |b| b.heap_bytes());
         self.refractory += st.recent_p.heap_bytes();
+        self.calibration += st.tails.heap_bytes();
     }
 }
 
@@ -292,21 +296,30 @@ impl SeriesState {
     /// A part's calibration. The seasonal part's exists from the series' first residual on,
     /// before the part can read a value (it needs half the warm-up of residuals).
     #[inline]
-    pub(super) fn tail(&self, part: Part) -> Option<&Tail> {
+    pub(super) fn tail(&self, part: Part) -> Option<TailRef<'_>> {
         match part {
-            Part::Level => Some(&self.tails[0]),
-            Part::Shift => Some(&self.tails[1]),
-            Part::Seasonal => self.seasonal.as_deref().map(|s| &s.tail),
-            Part::Forecast => self.forecast.as_ref().map(|b| &b.tail),
+            Part::Level => Some(self.tails.get(0)),
+            Part::Shift => Some(self.tails.get(1)),
+            Part::Seasonal => self.seasonal.as_deref().map(|s| s.tail.get()),
+            Part::Forecast => self.forecast.as_ref().map(|b| b.tail.get()),
         }
     }
+    /// Remembers `z` in a part's calibration, if the part has one.
     #[inline]
-    pub(super) fn tail_mut(&mut self, part: Part) -> Option<&mut Tail> {
+    pub(super) fn learn_tail(&mut self, part: Part, z: f64, cap: usize) {
         match part {
-            Part::Level => Some(&mut self.tails[0]),
-            Part::Shift => Some(&mut self.tails[1]),
-            Part::Seasonal => self.seasonal.as_deref_mut().map(|s| &mut s.tail),
-            Part::Forecast => self.forecast.as_mut().map(|b| &mut b.tail),
+            Part::Level => self.tails.push(0, z, cap),
+            Part::Shift => self.tails.push(1, z, cap),
+            Part::Seasonal => {
+                if let Some(s) = self.seasonal.as_deref_mut() {
+                    s.tail.push(z, cap);
+                }
+            }
+            Part::Forecast => {
+                if let Some(b) = self.forecast.as_mut() {
+                    b.tail.push(z, cap);
+                }
+            }
         }
     }
 }
