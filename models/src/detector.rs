@@ -854,9 +854,9 @@ mod tests {
     /// take a byte each, a series without a season carries a pointer for its residual ring
     /// and the seasonal part's calibration, and its values of 0 to 2 take 2 bits each.
     #[test]
-    fn a_state_takes_216_bytes_its_history_304_and_its_values_the_bits_they_span() {
+    fn a_state_takes_200_bytes_its_history_304_and_its_values_the_bits_they_span() {
         assert_eq!(std::mem::size_of::<History>(), 256 + 48);
-        assert_eq!(std::mem::size_of::<SeriesState>(), 216);
+        assert_eq!(std::mem::size_of::<SeriesState>(), 200);
         let mut d = Detector::new(DetectorConfig { warmup: 4, ..Default::default() });
         for i in 0..50 {
             d.observe(1, 10.0 + (i % 3) as f64);

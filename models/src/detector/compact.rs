@@ -507,56 +507,105 @@ impl TailRef<'_> {
 
 /// The sliding minimum of `p` over the refractory span: (value number, p) with increasing `p`
 /// (at most one entry per value of the span, usually a handful), in single precision.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// The entries lie at the start of one boxed slice, oldest first, and the room after them is
+/// marked by a NaN `p` (no entry's is): the queue is a 16-byte pointer where a `VecDeque` took
+/// 32 bytes of the struct. An entry leaves at the front by the others moving down one slot,
+/// a handful of them.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Refractory {
-    q: std::collections::VecDeque<(u32, f32)>,
+    q: Box<[(u32, f32)]>,
 }
+
+/// A slot of a [`Refractory`] queue's room.
+const ROOM_SLOT: (u32, f32) = (0, f32::NAN);
 
 /// Entries a [`Refractory`] queue's room grows by, and keeps spare after it shrinks.
 const ROOM: usize = 2;
 
+impl PartialEq for Refractory {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries() == other.entries()
+    }
+}
+
+impl Serialize for Refractory {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // As the `VecDeque` of entries it was.
+        s.collect_seq(self.entries())
+    }
+}
+
+impl<'de> Deserialize<'de> for Refractory {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut q = Vec::<(u32, f32)>::deserialize(d)?;
+        // A NaN would read as room; a damaged checkpoint's are dropped.
+        q.retain(|e| !e.1.is_nan());
+        Ok(Self { q: q.into_boxed_slice() })
+    }
+}
+
 impl Refractory {
+    /// Entries held.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.q.iter().position(|e| e.1.is_nan()).unwrap_or(self.q.len())
+    }
+    /// The entries, oldest first.
+    fn entries(&self) -> &[(u32, f32)] {
+        &self.q[..self.len()]
+    }
+    /// Makes room for `room` entries, keeping the first `len`.
+    #[cold]
+    fn resize(&mut self, len: usize, room: usize) {
+        let mut q = Vec::with_capacity(room);
+        q.extend_from_slice(&self.q[..len]);
+        q.resize(room, ROOM_SLOT);
+        self.q = q.into_boxed_slice();
+    }
     /// Whether value number `seen` with probability `p` repeats a value at least as surprising
     /// within the last `span` values; then remembers it.
     #[inline]
     pub fn check(&mut self, seen: u64, p: f64, span: usize) -> bool {
         let now = seen as u32;
-        while self.q.front().is_some_and(|(at, _)| now.wrapping_sub(*at) as usize >= span) {
-            self.q.pop_front();
+        let mut len = self.len();
+        let gone = self.q[..len].iter().take_while(|(at, _)| now.wrapping_sub(*at) as usize >= span).count();
+        if gone > 0 {
+            self.q.copy_within(gone..len, 0);
+            self.q[len - gone..len].fill(ROOM_SLOT);
+            len -= gone;
         }
-        let pf = p as f32;
-        let repeat = self.q.front().is_some_and(|(_, m)| *m <= pf);
-        while self.q.back().is_some_and(|(_, b)| *b >= pf) {
-            self.q.pop_back();
+        // (A NaN cannot come: a probability is at most 1.)
+        let pf = if p.is_nan() { 1.0 } else { p as f32 };
+        let repeat = len > 0 && self.q[0].1 <= pf;
+        while len > 0 && self.q[len - 1].1 >= pf {
+            len -= 1;
+            self.q[len] = ROOM_SLOT;
         }
         if span > 0 {
             // Room grows two entries at a time rather than doubling: the queue holds about five
             // entries on average and rarely a dozen, and doubled room stays mostly empty.
-            if self.q.len() == self.q.capacity() {
-                self.q.reserve_exact(ROOM);
+            if len == self.q.len() {
+                self.resize(len, len + ROOM);
             }
-            self.q.push_back((now, pf));
+            self.q[len] = (now, pf);
+            len += 1;
         }
         // A queue that grew for a run of rising values gives the room back once it holds four
         // times the growth step more than it needs (kept, it would hold the largest run ever
         // seen).
-        if self.q.capacity() >= self.q.len() + 4 * ROOM {
-            self.q.shrink_to(self.q.len() + ROOM);
+        if self.q.len() >= len + 4 * ROOM {
+            self.resize(len, len + ROOM);
         }
         repeat
     }
-    /// Entries held.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.q.len()
-    }
     /// The memory holding the entries.
     pub(crate) fn block(&self) -> super::ahead::Block {
-        super::ahead::Block::of_deque(&self.q)
+        super::ahead::Block::of_slice(&self.q)
     }
     /// Bytes owned beyond the struct.
     pub fn heap_bytes(&self) -> usize {
-        8 * self.q.capacity()
+        std::mem::size_of_val(&*self.q)
     }
 }
 
@@ -665,6 +714,15 @@ mod tests {
             }
             // Room is never more than a few entries beyond what is held.
             assert!(r.heap_bytes() < 8 * (r.len() + 4 * ROOM), "{} bytes for {} entries at value {seen}", r.heap_bytes(), r.len());
+            if seen % 97 == 0 {
+                // Encoded as the `VecDeque` of its entries was, and read back the same.
+                let bytes = postcard::to_stdvec(&r).unwrap();
+                let deque: std::collections::VecDeque<(u32, f32)> = r.entries().iter().copied().collect();
+                assert_eq!(bytes, postcard::to_stdvec(&deque).unwrap());
+                let back: Refractory = postcard::from_bytes(&bytes).unwrap();
+                assert_eq!(back, r);
+                assert_eq!(back.len(), r.len());
+            }
         }
     }
 }
