@@ -59,6 +59,8 @@ mod values;
 use ahead::{Ahead, AHEAD};
 use baseline::{Baselines, Prepared};
 use compact::{History, TAIL_MAX_HEAP_BYTES};
+/// The longest refractory span, in values (an entry of the queue keeps its age in 16 bits).
+pub use compact::MAX_SPAN as MAX_REFRACTORY_WINDOWS;
 #[cfg(test)]
 use compact::Tail;
 use ring::Ring;
@@ -81,7 +83,8 @@ pub struct DetectorConfig {
     /// Statistics per part the calibration remembers (between half and all of them are used).
     pub calibration: usize,
     /// Values after a surprising one during which a value scores only if it is more surprising
-    /// still (one event, one alarm; 0 = off).
+    /// still (one event, one alarm; 0 = off; at most [`MAX_REFRACTORY_WINDOWS`], and read as
+    /// that beyond it).
     pub refractory: usize,
     /// Scores at or above this go into the `anomalies` table.
     pub anomaly_threshold: f64,
@@ -854,8 +857,8 @@ mod tests {
     /// take a byte each, a series without a season carries a pointer for its residual ring
     /// and the seasonal part's calibration, and its values of 0 to 2 take 2 bits each.
     #[test]
-    fn a_state_takes_200_bytes_its_history_304_and_its_values_the_bits_they_span() {
-        assert_eq!(std::mem::size_of::<History>(), 256 + 48);
+    fn a_state_takes_200_bytes_its_history_296_and_its_values_the_bits_they_span() {
+        assert_eq!(std::mem::size_of::<History>(), 256 + 40);
         assert_eq!(std::mem::size_of::<SeriesState>(), 200);
         let mut d = Detector::new(DetectorConfig { warmup: 4, ..Default::default() });
         for i in 0..50 {

@@ -55,7 +55,7 @@ pub use decision::{
 };
 pub use incident::{incidents_batch, incidents_schema, CapacityForecast, Changes, Correlator, Incident, IncidentConfig, Member, Signal};
 pub use policy::{Feedback, FeedbackError, Gate, GateOutput, GateState, Match, PolicyError, PolicySet, PolicySpec, DEFAULT_POLICIES};
-pub use detector::{Detector, DetectorConfig, Part, Score, SeriesSnapshot, SeriesState, StateBytes};
+pub use detector::{Detector, DetectorConfig, Part, Score, SeriesSnapshot, SeriesState, StateBytes, MAX_REFRACTORY_WINDOWS};
 pub use error::{Error, Result};
 pub use fleet::{Algorithm as FleetAlgorithm, FleetConfig, FleetDetector, FleetSnapshot, Group as FleetGroup};
 pub use sql::{never_skip_partial_aggregation, session_config, sql_functions, SqlFunctions};

@@ -111,9 +111,8 @@ impl Baselines {
 
         // Seasonal: median of the same phase in the last `seasons` periods.
         if let (Some(p), Some(hist)) = (st.period(), st.history.as_ref()) {
-            let now = hist.total();
             s.clear();
-            s.extend((1..=cfg.seasons as u64).map_while(|j| now.checked_sub(j * p as u64).and_then(|g| hist.value_at(g))));
+            s.extend((1..=cfg.seasons as u64).map_while(|j| hist.value_back(j * p as u64)));
             if !s.is_empty() {
                 let k = s.len();
                 let expected = median(s);

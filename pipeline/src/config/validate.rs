@@ -99,6 +99,13 @@ impl Config {
         if d.seasons == 0 || d.seasons > 10 {
             return Err(invalid("detector.seasons", format!("is {}", d.seasons), "use 1 to 10 (3 is the default)"));
         }
+        if d.refractory_windows > vigil_models::MAX_REFRACTORY_WINDOWS {
+            return Err(invalid(
+                "detector.refractory_windows",
+                format!("is {}", d.refractory_windows),
+                format!("use at most {} (120 is the default)", vigil_models::MAX_REFRACTORY_WINDOWS),
+            ));
+        }
         if d.shift_windows < 2 || d.shift_windows >= d.history_windows {
             return Err(invalid(
                 "detector.shift_windows",

@@ -92,10 +92,13 @@ macro_rules! per_series {
 // 1.25 times one (a build that reads only version 5 would misread those: it refuses version 6);
 // the seasonal residuals in half precision about their median (boxed with the seasonal part's
 // calibration, from a series' first residual on), a reduced-resolution seasonal history in 8-bit
-// codes (16-bit in version 4), 16-bit calibration counts. Version 5 is read as written (its units
-// are the powers of ten); an older checkpoint is refused, naming the stage. (A snapshot shares
-// the detector's states; it is encoded as the states themselves.)
-per_series!(Detector, Vec<(u64, vigil_models::SeriesSnapshot)>, 6 reads [5], shared);
+// codes (16-bit in version 4), 16-bit calibration counts. Version 7 encodes the same types: the
+// refractory queue's value numbers are taken modulo 2^16 (an older build would age them wrongly:
+// it refuses version 7). Versions 6 and 5 are read as
+// written (5's units are the powers of ten; their 32-bit value numbers are the same modulo
+// 2^16); an older checkpoint is refused, naming the stage. (A snapshot shares the detector's
+// states; it is encoded as the states themselves.)
+per_series!(Detector, Vec<(u64, vigil_models::SeriesSnapshot)>, 7 reads [6, 5], shared);
 per_series!(Forecaster, Vec<(u64, vigil_models::ForecastHistory)>, 1);
 
 /// Open incidents span partitions (a service's series come from several): global.
@@ -667,10 +670,11 @@ mod tests {
         assert_eq!(b.series(), 0);
     }
 
-    /// Version 5's encoding is version 6's (only the units its codes count in are more in 6):
-    /// a checkpoint of version 5 restores; one of version 4 is refused by name.
+    /// Versions 5 and 6 encode what version 7 does (5 has fewer units for its codes, 6 and 5
+    /// wider value numbers in the refractory queue, the same modulo 2^16): checkpoints of both
+    /// restore; one of version 4 is refused by name.
     #[test]
-    fn a_detector_checkpoint_of_version_5_restores_and_one_of_version_4_is_refused() {
+    fn detector_checkpoints_of_versions_5_and_6_restore_and_one_of_version_4_is_refused() {
         let mut a = Detector::new(vigil_models::DetectorConfig::default());
         for i in 0..300 {
             a.observe_at(1, i * 60_000, 10.0 + f64::from((i * 37 % 100) as i32) / 100.0);
@@ -680,7 +684,7 @@ mod tests {
         let v = 10.5;
         let expected = a.observe_at(1, 300 * 60_000, v).map(|s| (s.score, s.p));
         assert!(expected.is_some(), "warm");
-        for (version, restores) in [(5, true), (4, false), (6, true)] {
+        for (version, restores) in [(5, true), (4, false), (6, true), (7, true)] {
             let mut w = SectionWriter::default();
             w.put_value("detector", version, &state).unwrap();
             let bytes = w.finish().unwrap();
@@ -692,8 +696,8 @@ mod tests {
                 }
                 Err(e) => {
                     assert!(!restores, "version {version}: {e}");
-                    assert!(matches!(e, StateError::Version { found: 4, supported: 6, .. }), "{e}");
-                    assert!(e.to_string().contains("`detector` in version 4; this Vigil reads version 6 or 5:"), "{e}");
+                    assert!(matches!(e, StateError::Version { found: 4, supported: 7, .. }), "{e}");
+                    assert!(e.to_string().contains("`detector` in version 4; this Vigil reads version 7 or 6 or 5:"), "{e}");
                 }
             }
         }
