@@ -35,7 +35,6 @@
 
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
-use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, TimestampMillisecondType};
@@ -65,7 +64,7 @@ pub use compact::MAX_SPAN as MAX_REFRACTORY_WINDOWS;
 use compact::Tail;
 use ring::Ring;
 pub use series::{SeriesSnapshot, SeriesState, StateBytes};
-use series::{Bands, ARC_COUNTS};
+use series::{Bands, Shared, ARC_COUNTS};
 
 /// Detector settings.
 #[derive(Debug, Clone)]
@@ -181,7 +180,7 @@ struct Shard {
     /// bucket; a pointer wastes eight. Shared (copy on write): a checkpoint takes every state
     /// by its pointer, and a state changed while the checkpoint still holds it is copied first
     /// (see [`SeriesSnapshot`]).
-    states: FxHashMap<u64, Arc<SeriesState>>,
+    states: FxHashMap<u64, Shared<SeriesState>>,
     scratch: Vec<f64>,
     flat: Vec<f64>,
     /// The values of the series being scored, decoded.
@@ -290,7 +289,7 @@ impl Detector {
     /// The state of the series `keep` selects, for a checkpoint: shared, not copied (see
     /// [`SeriesSnapshot`]).
     pub fn export(&self, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, SeriesSnapshot)> {
-        self.shards.iter().flat_map(|sh| sh.states.iter()).filter(|(id, _)| keep(**id)).map(|(id, s)| (*id, SeriesSnapshot(Arc::clone(s)))).collect()
+        self.shards.iter().flat_map(|sh| sh.states.iter()).filter(|(id, _)| keep(**id)).map(|(id, s)| (*id, SeriesSnapshot(Shared::clone(s)))).collect()
     }
 
     /// The state of every series `part_of` places in one of `n` parts, shared, in one pass
@@ -303,7 +302,7 @@ impl Detector {
                 let mut out: Vec<Vec<(u64, SeriesSnapshot)>> = (0..n).map(|_| Vec::new()).collect();
                 for (id, st) in &sh.states {
                     if let Some(part) = part_of(*id).and_then(|i| out.get_mut(i)) {
-                        part.push((*id, SeriesSnapshot(Arc::clone(st))));
+                        part.push((*id, SeriesSnapshot(Shared::clone(st))));
                     }
                 }
                 out
@@ -321,7 +320,7 @@ impl Detector {
     /// Takes series state from a checkpoint (replacing what is held for those series).
     pub fn import(&mut self, states: Vec<(u64, SeriesSnapshot)>) {
         for (id, SeriesSnapshot(mut st)) in states {
-            Arc::make_mut(&mut st).prepared = None;
+            Shared::make_mut(&mut st).prepared = None;
             let i = self.shard_of(id);
             self.shards[i].states.insert(id, st);
         }
@@ -343,7 +342,7 @@ impl Detector {
         for k in 0..self.shards.len() {
             for (&id, _) in ids.iter().zip(&shard).filter(|(_, s)| **s == k) {
                 if let std::collections::hash_map::Entry::Vacant(e) = self.shards[k].states.entry(id) {
-                    e.insert(Arc::new(SeriesState::admitted(&self.cfg)));
+                    e.insert(Shared::new(SeriesState::admitted(&self.cfg)));
                     new += 1;
                 }
             }
@@ -415,7 +414,7 @@ impl Detector {
         let c = &self.cfg;
         let history = if c.max_period >= 4 { std::mem::size_of::<History>() } else { 0 };
         // A table just grown holds 7 series in 16 buckets.
-        let bucket = (std::mem::size_of::<(u64, Arc<SeriesState>)>() + 1) * 16 / 7;
+        let bucket = (std::mem::size_of::<(u64, Shared<SeriesState>)>() + 1) * 16 / 7;
         let resid = std::mem::size_of::<series::Seasonal>() + Ring::max_heap_bytes(c.history) + TAIL_MAX_HEAP_BYTES;
         let calibration = 2 * TAIL_MAX_HEAP_BYTES;
         bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + values::Values::max_heap_bytes(c.history + c.shift_windows) + resid + history + calibration
@@ -424,7 +423,7 @@ impl Detector {
     /// Bytes of state held over every series (what [`Self::max_bytes_per_series`] bounds, plus
     /// forecast bands), and the hash tables' buckets, empty ones included, by part.
     pub fn state_by_part(&self) -> StateBytes {
-        let bucket = std::mem::size_of::<(u64, Arc<SeriesState>)>() + 1;
+        let bucket = std::mem::size_of::<(u64, Shared<SeriesState>)>() + 1;
         // hashbrown's capacity is 7/8 of its buckets (all of them, less one, below 8), and its
         // control bytes are one per bucket and a group of 16 more.
         let buckets = |cap: usize| if cap < 8 { cap + 1 } else { cap / 7 * 8 };
@@ -447,7 +446,7 @@ impl Detector {
     pub fn set_forecast(&mut self, series_id: u64, first_ms: i64, step_ms: i64, point: &[f64], lower_95: &[f64], upper_95: &[f64]) {
         let n = point.len().min(lower_95.len()).min(upper_95.len()).min(4096);
         let i = self.shard_of(series_id);
-        let st = Arc::make_mut(self.shards[i].states.entry(series_id).or_default());
+        let st = Shared::make_mut(self.shards[i].states.entry(series_id).or_default());
         let f32s = |v: &[f64]| v[..n].iter().map(|x| *x as f32).collect::<Vec<f32>>();
         let tail = st.forecast.take().map(|b| b.tail).unwrap_or_default();
         st.forecast = Some(Box::new(Bands { first_ms, step_ms, point: f32s(point), lower: f32s(lower_95), upper: f32s(upper_95), tail }));

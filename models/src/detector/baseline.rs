@@ -14,11 +14,10 @@
 //! judged from scratch, as without them. Both ways run the same code on the same state, so
 //! the scores are the same bits.
 
-use std::sync::Arc;
 
 use super::order::location_scale_near;
 use super::ring::Ring;
-use super::{median, DetectorConfig, Part, Reading, SeriesState, Shard};
+use super::{median, DetectorConfig, Part, Reading, SeriesState, Shard, Shared};
 
 /// The level part's baseline: median and robust sigma of the last `support` values.
 #[derive(Debug, Clone, Copy)]
@@ -208,8 +207,8 @@ impl Shard {
         let mut order: Vec<(u64, &mut SeriesState)> = states
             .iter_mut()
             .map(|(id, st)| {
-                *copied_on_write += u64::from(Arc::strong_count(st) > 1);
-                (*id, Arc::make_mut(st))
+                *copied_on_write += u64::from(!st.is_unique());
+                (*id, Shared::make_mut(st))
             })
             .collect();
         order.sort_unstable_by_key(|(_, st)| std::ptr::from_ref::<SeriesState>(st) as usize);

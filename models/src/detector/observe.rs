@@ -30,8 +30,8 @@ impl Shard {
         }
         // A state a checkpoint still holds is copied before it changes.
         let held = self.states.entry(series_id).or_default();
-        self.copied_on_write += u64::from(Arc::strong_count(held) > 1);
-        let st = Arc::make_mut(held);
+        self.copied_on_write += u64::from(!held.is_unique());
+        let st = Shared::make_mut(held);
         // The baselines computed ahead for this state, if they are what judging this value
         // would compute (see `baseline.rs`).
         let ahead = st

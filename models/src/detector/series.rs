@@ -1,7 +1,6 @@
 //! A series' state: what the detector keeps per series, as a checkpoint holds it, and the
 //! pointer a checkpoint shares it by.
 
-use std::sync::Arc;
 
 use super::compact::{History, Refractory, Tail, TailRef, Tails};
 use super::order::Hint;
@@ -202,8 +201,12 @@ impl<'de> serde::Deserialize<'de> for LastMs {
     }
 }
 
-/// The counts of an [`Arc`] before the state it holds.
-pub(super) const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
+/// A state shared with checkpoints: an `Arc` without a weak count (a series' state is never
+/// referred to weakly), whose count before the state takes 8 bytes instead of 16.
+pub(super) type Shared<T> = triomphe::Arc<T>;
+
+/// The count of a [`Shared`] state before the state.
+pub(super) const ARC_COUNTS: usize = std::mem::size_of::<usize>();
 
 /// A series' state as a checkpoint takes it: the detector's own, shared, so that taking the
 /// state of every series costs the loop a pointer per series rather than a copy of each.
@@ -211,12 +214,12 @@ pub(super) const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
 /// writer calls [`Self::detach`] first, beside the loop, so that the next close rarely has to.
 /// Encoded as the state itself.
 #[derive(Debug, Clone)]
-pub struct SeriesSnapshot(pub(super) Arc<SeriesState>);
+pub struct SeriesSnapshot(pub(super) Shared<SeriesState>);
 
 impl SeriesSnapshot {
     /// Makes this snapshot's copy its own, if the detector still shares it.
     pub fn detach(&mut self) {
-        Arc::make_mut(&mut self.0);
+        Shared::make_mut(&mut self.0);
     }
 }
 
@@ -228,7 +231,7 @@ impl serde::Serialize for SeriesSnapshot {
 
 impl<'de> serde::Deserialize<'de> for SeriesSnapshot {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        SeriesState::deserialize(d).map(|s| Self(Arc::new(s)))
+        SeriesState::deserialize(d).map(|s| Self(Shared::new(s)))
     }
 }
 
