@@ -231,11 +231,19 @@ pub(crate) struct Tail {
 /// block: one allocation and one block to fetch ahead, where two tails take two.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Tails {
-    /// The first part's bins, then the second's.
-    bins: Box<[u16]>,
-    /// Bins of the first part.
-    split: u8,
+    /// The number of the first part's bins, then its bins, then the second's (nothing while
+    /// neither holds a bin). The count is kept in the block rather than in the struct, where
+    /// it would take 8 bytes with the padding after it.
+    words: Box<[u16]>,
     counts: [Counts; 2],
+}
+
+/// Where part `k`'s bins lie in a [`Tails`] block.
+#[inline(always)]
+fn part_range(words: &[u16], k: usize) -> std::ops::Range<usize> {
+    let Some(&split) = words.first() else { return 0..0 };
+    let split = 1 + usize::from(split);
+    if k == 0 { 1..split } else { split..words.len() }
 }
 
 /// What a calibration keeps beside its bins.
@@ -297,7 +305,7 @@ impl Serialize for Tails {
         // As `[Tail; 2]` was: a tuple of two.
         let mut t = s.serialize_tuple(2)?;
         for k in 0..2 {
-            t.serialize_element(&TailReprRef { bins: self.bins_of(k), max: self.counts[k].max })?;
+            t.serialize_element(&TailReprRef { bins: &self.words[part_range(&self.words, k)], max: self.counts[k].max })?;
         }
         t.end()
     }
@@ -306,10 +314,8 @@ impl Serialize for Tails {
 impl<'de> Deserialize<'de> for Tails {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let [a, b] = <[TailRepr; 2]>::deserialize(d)?;
-        let ((mut bins, first), (rest, second)) = (a.into_parts(), b.into_parts());
-        let split = bins.len() as u8;
-        bins.extend(rest);
-        Ok(Tails { bins: bins.into_boxed_slice(), split, counts: [first, second] })
+        let ((first_bins, first), (second_bins, second)) = (a.into_parts(), b.into_parts());
+        Ok(Tails { words: tails_block(&first_bins, &second_bins), counts: [first, second] })
     }
 }
 
@@ -348,73 +354,71 @@ impl Tail {
     }
 }
 
-impl Tails {
-    /// Part `k`'s bins (0 or 1).
-    #[inline(always)]
-    fn bins_of(&self, k: usize) -> &[u16] {
-        let split = usize::from(self.split);
-        if k == 0 { &self.bins[..split] } else { &self.bins[split..] }
+/// A [`Tails`] block of two parts' bins (nothing when both are empty).
+fn tails_block(first: &[u16], second: &[u16]) -> Box<[u16]> {
+    if first.is_empty() && second.is_empty() {
+        return Box::default();
     }
+    let mut v = Vec::with_capacity(1 + first.len() + second.len());
+    // At most `BINS` bins a part.
+    v.push(first.len() as u16);
+    v.extend_from_slice(first);
+    v.extend_from_slice(second);
+    v.into_boxed_slice()
+}
+
+impl Tails {
     /// Part `k`'s calibration (0 or 1), to read.
     #[inline(always)]
     pub fn get(&self, k: usize) -> TailRef<'_> {
-        TailRef { bins: self.bins_of(k), counts: self.counts[k] }
+        TailRef { bins: &self.words[part_range(&self.words, k)], counts: self.counts[k] }
     }
-    /// Bytes the bins take on the heap.
+    /// Bytes the block takes on the heap.
     pub fn heap_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.bins)
+        std::mem::size_of_val(&*self.words)
     }
     /// The memory holding the bins.
     pub(crate) fn block(&self) -> super::ahead::Block {
-        super::ahead::Block::of_slice(&self.bins)
+        super::ahead::Block::of_slice(&self.words)
     }
     /// Remembers `z` in part `k`'s calibration (see [`Tail::push`]).
     #[inline]
     pub fn push(&mut self, k: usize, z: f64, cap: usize) {
-        let split = usize::from(self.split);
-        let (all, counts) = (&mut self.bins, &mut self.counts[k]);
-        let mut part = PartBins { all, split, k };
-        learn(counts, z, cap, &mut part, |p, len| p.resize(len));
-        self.split = part.split as u8;
+        let mut part = PartBins { words: &mut self.words, k };
+        learn(&mut self.counts[k], z, cap, &mut part, |p, len| p.resize(len));
     }
 }
 
 /// One part's bins inside a [`Tails`] block, as [`learn`] changes them.
 struct PartBins<'a> {
-    all: &'a mut Box<[u16]>,
-    split: usize,
+    words: &'a mut Box<[u16]>,
     k: usize,
 }
 
 impl PartBins<'_> {
     /// Holds `len` bins for this part: new ones at 0, only zeros given back.
     fn resize(&mut self, len: usize) {
-        let (first, second) = self.all.split_at(self.split);
-        let (mine, other) = if self.k == 0 { (first, second) } else { (second, first) };
-        let mut v = Vec::with_capacity(len + other.len());
-        if self.k == 1 {
-            v.extend_from_slice(other);
-        }
-        v.extend(mine.iter().copied().take(len));
-        v.resize(v.len() + len.saturating_sub(mine.len()), 0);
-        if self.k == 0 {
-            self.split = v.len();
-            v.extend_from_slice(other);
-        }
-        *self.all = v.into_boxed_slice();
+        let mine = &self.words[part_range(self.words, self.k)];
+        let mut bins = Vec::with_capacity(len);
+        bins.extend(mine.iter().copied().take(len));
+        bins.resize(len, 0);
+        let other = &self.words[part_range(self.words, 1 - self.k)];
+        let block = if self.k == 0 { tails_block(&bins, other) } else { tails_block(other, &bins) };
+        *self.words = block;
     }
 }
 
 impl std::ops::Deref for PartBins<'_> {
     type Target = [u16];
     fn deref(&self) -> &[u16] {
-        if self.k == 0 { &self.all[..self.split] } else { &self.all[self.split..] }
+        &self.words[part_range(self.words, self.k)]
     }
 }
 
 impl std::ops::DerefMut for PartBins<'_> {
     fn deref_mut(&mut self) -> &mut [u16] {
-        if self.k == 0 { &mut self.all[..self.split] } else { &mut self.all[self.split..] }
+        let r = part_range(self.words, self.k);
+        &mut self.words[r]
     }
 }
 
@@ -718,7 +722,7 @@ mod tests {
                 assert!(a.bins.last().is_none_or(|c| *c > 0), "only bins up to the highest counted");
             }
         }
-        assert_eq!(pair.heap_bytes(), alone[0].heap_bytes() + alone[1].heap_bytes());
+        assert_eq!(pair.heap_bytes(), 2 + alone[0].heap_bytes() + alone[1].heap_bytes(), "the bins and the first part's count");
         let bytes = postcard::to_stdvec(&pair).unwrap();
         assert_eq!(bytes, postcard::to_stdvec(&alone).unwrap(), "encoded as [Tail; 2]");
         let back: Tails = postcard::from_bytes(&bytes).unwrap();
