@@ -856,9 +856,9 @@ mod tests {
     /// take a byte each, a series without a season carries a pointer for its residual ring
     /// and the seasonal part's calibration, and its values of 0 to 2 take 2 bits each.
     #[test]
-    fn a_state_takes_192_bytes_its_history_296_and_its_values_the_bits_they_span() {
+    fn a_state_takes_184_bytes_its_history_296_and_its_values_the_bits_they_span() {
         assert_eq!(std::mem::size_of::<History>(), 256 + 40);
-        assert_eq!(std::mem::size_of::<SeriesState>(), 192);
+        assert_eq!(std::mem::size_of::<SeriesState>(), 184);
         let mut d = Detector::new(DetectorConfig { warmup: 4, ..Default::default() });
         for i in 0..50 {
             d.observe(1, 10.0 + (i % 3) as f64);

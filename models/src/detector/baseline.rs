@@ -218,7 +218,7 @@ impl Shard {
             }
             let (id, st) = &mut order[k];
             st.prepared = None;
-            let period_due = st.history.is_some() && st.seen + 1 >= st.next_period_check.max(super::first_period_check(*id));
+            let period_due = st.history.is_some() && st.period_check_due(st.seen + 1, *id);
             if period_due {
                 continue;
             }

@@ -53,10 +53,10 @@ impl Shard {
         // count, and so on, then every `seasons` longest periods, over the history at its
         // resolution (a period is a whole number of its slots). Never due for a state prepared
         // ahead.
-        if let Some(h) = st.history.as_ref().filter(|_| st.seen >= st.next_period_check.max(first_period_check(series_id))) {
+        if let Some(h) = st.history.as_ref().filter(|_| st.period_check_due(st.seen, series_id)) {
             self.period_checks += 1;
             let every = (cfg.seasons.max(1) * cfg.max_period) as u64;
-            st.next_period_check = if st.seen < every { st.seen * 2 } else { st.seen + every };
+            st.next_period_check = SeriesState::next_check_after(st.seen, every);
             h.values(&mut self.flat);
             let stride = h.stride();
             let found = detect_period(&self.flat, cfg.max_period / stride).map(|p| p * stride);

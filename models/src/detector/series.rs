@@ -66,15 +66,19 @@ pub struct SeriesState {
     pub(super) period: Option<std::num::NonZeroU32>,
     /// Values seen.
     pub(super) seen: u64,
-    /// Next value count at which the period is (re)detected.
-    pub(super) next_period_check: u64,
+    /// Next value count at which the period is (re)detected, modulo 2³² (it is at most
+    /// `seasons × max_period` values ahead: see [`Self::period_check_due`]).
+    #[serde(deserialize_with = "low_32_bits")]
+    pub(super) next_period_check: u32,
     /// Calibration of the level and shift parts (the seasonal part's is in [`Self::seasonal`],
     /// the forecast's with its bands).
     pub(super) tails: Tails,
     pub(super) forecast: Option<Box<Bands>>,
     /// Time of the last value (epoch ms) and the smallest spacing seen, when times are given.
     pub(super) last_ms: LastMs,
-    pub(super) step_ms: i64,
+    /// In 32 bits: a spacing of 2³² ms (49.7 days) or more is held as that (0: none seen).
+    #[serde(deserialize_with = "saturating_u32")]
+    pub(super) step_ms: u32,
     /// The sliding minimum of p over the refractory span.
     pub(super) recent_p: Refractory,
     /// Last medians of the level and shift-baseline windows (speed only; the residual window's
@@ -99,6 +103,21 @@ impl SeriesState {
         self.period = p.and_then(|p| u32::try_from(p).ok()).and_then(std::num::NonZeroU32::new);
     }
 
+    /// Whether the period is due to be (re)detected when the state has seen `seen` values:
+    /// from the series' first check on (see [`super::first_period_check`]), once `seen` has
+    /// reached the next check. The next check is kept modulo 2³² and is never more than 2³¹
+    /// values away, so the difference modulo 2³² orders them.
+    #[inline(always)]
+    pub(super) fn period_check_due(&self, seen: u64, series_id: u64) -> bool {
+        seen >= super::first_period_check(series_id) && (seen as u32).wrapping_sub(self.next_period_check) as i32 >= 0
+    }
+    /// After a check at `seen` values, the next one (as [`Self::next_period_check`] holds it):
+    /// at twice the values seen, or `every` values on once that many have been seen.
+    #[inline]
+    pub(super) fn next_check_after(seen: u64, every: u64) -> u32 {
+        (if seen < every { seen * 2 } else { seen + every }) as u32
+    }
+
     /// The state of a series before its first value, with what that value would allocate.
     pub(super) fn admitted(cfg: &DetectorConfig) -> Self {
         let mut st = Self::default();
@@ -115,6 +134,16 @@ impl SeriesState {
         b.add(self);
         b.total() - ARC_COUNTS
     }
+}
+
+/// A value count written in 64 bits (version 6 and earlier), modulo 2³².
+fn low_32_bits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    Ok(<u64 as serde::Deserialize>::deserialize(d)? as u32)
+}
+
+/// A spacing written in 64 bits (version 6 and earlier), at most `u32::MAX`.
+fn saturating_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    Ok(u32::try_from(<i64 as serde::Deserialize>::deserialize(d)?.max(0)).unwrap_or(u32::MAX))
 }
 
 fn nonzero_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<std::num::NonZeroU32>, D::Error> {
@@ -243,7 +272,7 @@ impl SeriesState {
     pub(super) fn fill_gap(&mut self, cfg: &DetectorConfig, t: i64) {
         let cover = cfg.seasons * cfg.max_period + 1;
         if let Some((step, missed)) = self.windows_missed(t) {
-            self.step_ms = step;
+            self.step_ms = u32::try_from(step).unwrap_or(u32::MAX);
             let missing = missed.clamp(0, cover as i64) as usize;
             if let Some(prev) = self.values.back() {
                 let prev = self.anchor + f64::from(prev);
@@ -266,7 +295,7 @@ impl SeriesState {
     #[inline]
     pub(super) fn windows_missed(&self, t: i64) -> Option<(i64, i64)> {
         let gap = t - self.last_ms.get().filter(|l| t > *l)?;
-        let step = if self.step_ms > 0 { self.step_ms.min(gap) } else { gap };
+        let step = if self.step_ms > 0 { i64::from(self.step_ms).min(gap) } else { gap };
         Some((step, gap / step - 1))
     }
 
@@ -323,6 +352,50 @@ impl SeriesState {
                     b.tail.push(z, cap);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next period check, kept modulo 2³², falls due when the count reaches it, across the
+    /// wrap of its 32 bits as before it, and not before the series' first check.
+    #[test]
+    fn period_checks_fall_due_when_the_count_reaches_them_across_the_32_bit_wrap() {
+        let id = 42;
+        let first = super::super::first_period_check(id);
+        let st = SeriesState::default();
+        assert!(!st.period_check_due(first - 1, id) && st.period_check_due(first, id), "the first check at {first}");
+        for seen in [1_000u64, (1 << 32) - 10, (1 << 33) + 5] {
+            let st = SeriesState { next_period_check: SeriesState::next_check_after(seen, 4_320), ..Default::default() };
+            let next = if seen < 4_320 { 2 * seen } else { seen + 4_320 };
+            assert!(!st.period_check_due(seen, id) && !st.period_check_due(next - 1, id), "{seen}: not before {next}");
+            assert!(st.period_check_due(next, id) && st.period_check_due(next + 1, id), "{seen}: due at {next}");
+        }
+    }
+
+    /// A checkpoint of version 6 held the next check and the spacing in 64 bits: read as the
+    /// count modulo 2³² and the spacing at most `u32::MAX` ms.
+    #[test]
+    fn sixty_four_bit_counts_and_spacings_of_older_checkpoints_read_back() {
+        #[derive(serde::Serialize)]
+        struct Wide {
+            next: u64,
+            step: i64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Narrow {
+            #[serde(deserialize_with = "low_32_bits")]
+            next: u32,
+            #[serde(deserialize_with = "saturating_u32")]
+            step: u32,
+        }
+        for (next, step, want) in [(5_000_000_000u64, 60_000i64, (705_032_704u32, 60_000u32)), (300, 5_000_000_000, (300, u32::MAX)), (7, 0, (7, 0))] {
+            let bytes = postcard::to_stdvec(&Wide { next, step }).unwrap();
+            let n: Narrow = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!((n.next, n.step), want);
         }
     }
 }

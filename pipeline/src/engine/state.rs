@@ -93,8 +93,9 @@ macro_rules! per_series {
 // the seasonal residuals in half precision about their median (boxed with the seasonal part's
 // calibration, from a series' first residual on), a reduced-resolution seasonal history in 8-bit
 // codes (16-bit in version 4), 16-bit calibration counts. Version 7 encodes the same types: the
-// refractory queue's value numbers are taken modulo 2^16 (an older build would age them wrongly:
-// it refuses version 7). Versions 6 and 5 are read as
+// refractory queue's value numbers are taken modulo 2^16 and the next period check modulo 2^32
+// (an older build would misread them: it refuses version 7), a series' smallest spacing is at
+// most 2^32 - 1 ms. Versions 6 and 5 are read as
 // written (5's units are the powers of ten; their 32-bit value numbers are the same modulo
 // 2^16); an older checkpoint is refused, naming the stage. (A snapshot shares the detector's
 // states; it is encoded as the states themselves.)
