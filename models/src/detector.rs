@@ -34,7 +34,6 @@
 //! log-spaced bins of 16-bit counts. See [`compact`] for the pieces.
 
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, TimestampMillisecondType};
@@ -50,6 +49,7 @@ mod ahead;
 mod baseline;
 mod batch;
 mod compact;
+mod states;
 mod observe;
 mod order;
 mod ring;
@@ -65,6 +65,7 @@ use compact::Tail;
 use ring::Ring;
 pub use series::{SeriesSnapshot, SeriesState, StateBytes};
 use series::{Bands, Shared, ARC_COUNTS};
+use states::States;
 
 /// Detector settings.
 #[derive(Debug, Clone)]
@@ -175,12 +176,7 @@ pub struct Detector {
 /// The series of one shard and its working buffers.
 #[derive(Debug, Default)]
 struct Shard {
-    /// Behind a pointer: a hash table's buckets are up to half empty after it grows, and a
-    /// bucket holding the state itself (hundreds of bytes) would waste that much per empty
-    /// bucket; a pointer wastes eight. Shared (copy on write): a checkpoint takes every state
-    /// by its pointer, and a state changed while the checkpoint still holds it is copied first
-    /// (see [`SeriesSnapshot`]).
-    states: FxHashMap<u64, Shared<SeriesState>>,
+    states: States,
     scratch: Vec<f64>,
     flat: Vec<f64>,
     /// The values of the series being scored, decoded.
@@ -278,7 +274,7 @@ impl Detector {
     }
 
     fn state(&self, series_id: u64) -> Option<&SeriesState> {
-        self.shards[self.shard_of(series_id)].states.get(&series_id).map(|b| &**b)
+        self.shards[self.shard_of(series_id)].states.get(series_id).map(|b| &**b)
     }
 
     /// The settings.
@@ -289,7 +285,7 @@ impl Detector {
     /// The state of the series `keep` selects, for a checkpoint: shared, not copied (see
     /// [`SeriesSnapshot`]).
     pub fn export(&self, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, SeriesSnapshot)> {
-        self.shards.iter().flat_map(|sh| sh.states.iter()).filter(|(id, _)| keep(**id)).map(|(id, s)| (*id, SeriesSnapshot(Shared::clone(s)))).collect()
+        self.shards.iter().flat_map(|sh| sh.states.iter()).filter(|(id, _)| keep(*id)).map(|(id, s)| (id, SeriesSnapshot(Shared::clone(s)))).collect()
     }
 
     /// The state of every series `part_of` places in one of `n` parts, shared, in one pass
@@ -300,9 +296,9 @@ impl Detector {
             .par_iter()
             .map(|sh| {
                 let mut out: Vec<Vec<(u64, SeriesSnapshot)>> = (0..n).map(|_| Vec::new()).collect();
-                for (id, st) in &sh.states {
-                    if let Some(part) = part_of(*id).and_then(|i| out.get_mut(i)) {
-                        part.push((*id, SeriesSnapshot(Shared::clone(st))));
+                for (id, st) in sh.states.iter() {
+                    if let Some(part) = part_of(id).and_then(|i| out.get_mut(i)) {
+                        part.push((id, SeriesSnapshot(Shared::clone(st))));
                     }
                 }
                 out
@@ -341,10 +337,8 @@ impl Detector {
         let shard: Vec<usize> = ids.iter().map(|&id| self.shard_of(id)).collect();
         for k in 0..self.shards.len() {
             for (&id, _) in ids.iter().zip(&shard).filter(|(_, s)| **s == k) {
-                if let std::collections::hash_map::Entry::Vacant(e) = self.shards[k].states.entry(id) {
-                    e.insert(Shared::new(SeriesState::admitted(&self.cfg)));
-                    new += 1;
-                }
+                let cfg = &self.cfg;
+                new += usize::from(self.shards[k].states.get_or_insert_with(id, || SeriesState::admitted(cfg)).1);
             }
         }
         new
@@ -353,7 +347,7 @@ impl Detector {
     /// Forgets the series `drop` selects (their partition went to another member).
     pub fn forget(&mut self, drop: &dyn Fn(u64) -> bool) {
         for sh in &mut self.shards {
-            sh.states.retain(|id, _| !drop(*id));
+            sh.states.retain(|id| !drop(id));
         }
     }
 
@@ -414,7 +408,7 @@ impl Detector {
         let c = &self.cfg;
         let history = if c.max_period >= 4 { std::mem::size_of::<History>() } else { 0 };
         // A table just grown holds 7 series in 16 buckets.
-        let bucket = (std::mem::size_of::<(u64, Shared<SeriesState>)>() + 1) * 16 / 7;
+        let bucket = (std::mem::size_of::<Shared<SeriesState>>() + 1) * 16 / 7;
         let resid = std::mem::size_of::<series::Seasonal>() + Ring::max_heap_bytes(c.history) + TAIL_MAX_HEAP_BYTES;
         let calibration = 2 * TAIL_MAX_HEAP_BYTES;
         bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + values::Values::max_heap_bytes(c.history + c.shift_windows) + resid + history + calibration
@@ -423,12 +417,12 @@ impl Detector {
     /// Bytes of state held over every series (what [`Self::max_bytes_per_series`] bounds, plus
     /// forecast bands), and the hash tables' buckets, empty ones included, by part.
     pub fn state_by_part(&self) -> StateBytes {
-        let bucket = std::mem::size_of::<(u64, Shared<SeriesState>)>() + 1;
+        let bucket = std::mem::size_of::<Shared<SeriesState>>() + 1;
         // hashbrown's capacity is 7/8 of its buckets (all of them, less one, below 8), and its
         // control bytes are one per bucket and a group of 16 more.
         let buckets = |cap: usize| if cap < 8 { cap + 1 } else { cap / 7 * 8 };
         let mut b = StateBytes { tables: self.shards.iter().map(|sh| buckets(sh.states.capacity()) * bucket + 16).sum(), ..Default::default() };
-        for st in self.shards.iter().flat_map(|sh| sh.states.values()) {
+        for (_, st) in self.shards.iter().flat_map(|sh| sh.states.iter()) {
             b.add(st);
         }
         b
@@ -446,7 +440,7 @@ impl Detector {
     pub fn set_forecast(&mut self, series_id: u64, first_ms: i64, step_ms: i64, point: &[f64], lower_95: &[f64], upper_95: &[f64]) {
         let n = point.len().min(lower_95.len()).min(upper_95.len()).min(4096);
         let i = self.shard_of(series_id);
-        let st = Shared::make_mut(self.shards[i].states.entry(series_id).or_default());
+        let st = Shared::make_mut(self.shards[i].states.get_or_default(series_id));
         let f32s = |v: &[f64]| v[..n].iter().map(|x| *x as f32).collect::<Vec<f32>>();
         let tail = st.forecast.take().map(|b| b.tail).unwrap_or_default();
         st.forecast = Some(Box::new(Bands { first_ms, step_ms, point: f32s(point), lower: f32s(lower_95), upper: f32s(upper_95), tail }));
@@ -606,9 +600,9 @@ mod tests {
             }
         }
         assert!(scored > 5000, "{scored}");
-        let held = |sh: &Shard| state_bytes(sh.states.iter().map(|(id, s)| (*id, SeriesState::clone(s))).collect());
+        let held = |sh: &Shard| state_bytes(sh.states.iter().map(|(id, s)| (id, SeriesState::clone(s))).collect());
         assert!(held(&base) == held(&avx2), "the states are the same bytes");
-        assert!(base.states.values().any(|s| s.period.is_some()), "a season was found, so the residual ring was used");
+        assert!(base.states.iter().any(|(_, s)| s.period.is_some()), "a season was found, so the residual ring was used");
     }
 
     /// Series states as a checkpoint would serialise them, in id order.
@@ -856,9 +850,9 @@ mod tests {
     /// take a byte each, a series without a season carries a pointer for its residual ring
     /// and the seasonal part's calibration, and its values of 0 to 2 take 2 bits each.
     #[test]
-    fn a_state_takes_184_bytes_its_history_296_and_its_values_the_bits_they_span() {
+    fn a_state_takes_192_bytes_with_its_id_its_history_296_and_its_values_the_bits_they_span() {
         assert_eq!(std::mem::size_of::<History>(), 256 + 40);
-        assert_eq!(std::mem::size_of::<SeriesState>(), 184);
+        assert_eq!(std::mem::size_of::<SeriesState>(), 192);
         let mut d = Detector::new(DetectorConfig { warmup: 4, ..Default::default() });
         for i in 0..50 {
             d.observe(1, 10.0 + (i % 3) as f64);
@@ -914,7 +908,7 @@ mod tests {
         assert_eq!(admitted.admit(&ids[..20]), 20);
         assert_eq!(admitted.admit(&ids), 10, "a series with state is not admitted again");
         assert!(admitted.shards.iter().all(|sh| !sh.states.is_empty()), "both shards hold series");
-        assert!(ids.iter().all(|id| admitted.shards[admitted.shard_of(*id)].states.contains_key(id)), "each in its own shard");
+        assert!(ids.iter().all(|id| admitted.shards[admitted.shard_of(*id)].states.contains(*id)), "each in its own shard");
         assert_eq!(admitted.series(), 30);
         let mut rng = StdRng::seed_from_u64(9);
         for t in 0..200i64 {

@@ -134,7 +134,7 @@ impl Shard {
     /// and the blocks listed here are requested ahead (see the module docs).
     pub(super) fn plan_ahead(&self, rows: &[u32], c: &FeatureColumns<'_>, out: &mut Vec<Ahead>) {
         let addr = |s: Option<&SeriesState>| s.map_or(usize::MAX, |s| std::ptr::from_ref(s) as usize);
-        let mut states: Vec<(Option<&SeriesState>, u32)> = rows.iter().map(|&i| (self.states.get(&c.series_id.value(i as usize)).map(|b| &**b), i)).collect();
+        let mut states: Vec<(Option<&SeriesState>, u32)> = rows.iter().map(|&i| (self.states.get(c.series_id.value(i as usize)).map(|b| &**b), i)).collect();
         // Row numbers are distinct, so the order is total and rows of one series stay in order.
         states.sort_unstable_by_key(|&(s, i)| (addr(s), i));
         // In address order, the structs' pointers are read with the hardware's own prefetching.

@@ -206,9 +206,10 @@ impl Shard {
         // before it takes a checkpoint, so this is rare).
         let mut order: Vec<(u64, &mut SeriesState)> = states
             .iter_mut()
-            .map(|(id, st)| {
+            .map(|st| {
                 *copied_on_write += u64::from(!st.is_unique());
-                (*id, Shared::make_mut(st))
+                let st = Shared::make_mut(st);
+                (st.id, st)
             })
             .collect();
         order.sort_unstable_by_key(|(_, st)| std::ptr::from_ref::<SeriesState>(st) as usize);

@@ -29,7 +29,7 @@ impl Shard {
             return None;
         }
         // A state a checkpoint still holds is copied before it changes.
-        let held = self.states.entry(series_id).or_default();
+        let held = self.states.get_or_default(series_id);
         self.copied_on_write += u64::from(!held.is_unique());
         let st = Shared::make_mut(held);
         // The baselines computed ahead for this state, if they are what judging this value

@@ -50,6 +50,9 @@ pub(super) struct Seasonal {
 /// the seasonal history at reduced resolution in 8-bit codes, 16-bit calibration counts.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SeriesState {
+    /// The series' id (the key a checkpoint holds it under: not encoded with it).
+    #[serde(skip)]
+    pub(super) id: u64,
     /// The last `history + shift_windows` values, as offsets from `anchor` (single precision,
     /// as multiples of a unit where that is exact, packed in the bits they span).
     pub(super) values: Values,
