@@ -709,8 +709,8 @@ mod tests {
             let k = (x >> 3) as usize % 2;
             pair.push(k, z, 500);
             alone[k].push(z, 500);
-            for k in 0..2 {
-                let (a, b) = (pair.get(k), alone[k].get());
+            for (k, one) in alone.iter().enumerate() {
+                let (a, b) = (pair.get(k), one.get());
                 assert_eq!(a.bins, b.bins, "part {k} at {i}");
                 assert_eq!((a.total(), a.counts), (b.total(), b.counts));
                 for z in [0.05, 0.5, 1.0, 3.0, 20.0, 300.0, 1e4] {

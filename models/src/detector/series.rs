@@ -160,7 +160,7 @@ pub struct StateBytes {
     pub series: usize,
     /// The hash tables' buckets, empty ones included, and their control bytes.
     pub tables: usize,
-    /// Each state's struct and the counts of its shared pointer.
+    /// Each state's struct and the count of its shared pointer.
     pub structs: usize,
     /// The recent values.
     pub values: usize,
