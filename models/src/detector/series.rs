@@ -71,7 +71,7 @@ pub struct SeriesState {
     pub(super) seen: u64,
     /// Next value count at which the period is (re)detected, modulo 2³² (it is at most
     /// `seasons × max_period` values ahead: see [`Self::period_check_due`]).
-    #[serde(deserialize_with = "low_32_bits")]
+    #[serde(deserialize_with = "low_32_bits", serialize_with = "as_u64")]
     pub(super) next_period_check: u32,
     /// Calibration of the level and shift parts (the seasonal part's is in [`Self::seasonal`],
     /// the forecast's with its bands).
@@ -80,7 +80,8 @@ pub struct SeriesState {
     /// Time of the last value (epoch ms) and the smallest spacing seen, when times are given.
     pub(super) last_ms: LastMs,
     /// In 32 bits: a spacing of 2³² ms (49.7 days) or more is held as that (0: none seen).
-    #[serde(deserialize_with = "saturating_u32")]
+    /// Encoded as the 64-bit signed integer it was.
+    #[serde(deserialize_with = "saturating_u32", serialize_with = "as_i64")]
     pub(super) step_ms: u32,
     /// The sliding minimum of p over the refractory span.
     pub(super) recent_p: Refractory,
@@ -142,6 +143,17 @@ impl SeriesState {
 /// A value count written in 64 bits (version 6 and earlier), modulo 2³².
 fn low_32_bits<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     Ok(<u64 as serde::Deserialize>::deserialize(d)? as u32)
+}
+
+/// A count as the 64-bit integer it is encoded as.
+fn as_u64<S: serde::Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::from(*v))
+}
+
+/// A spacing as the 64-bit signed integer it is encoded as (a format may encode the two
+/// differently: postcard's signed integers are zigzag-coded).
+fn as_i64<S: serde::Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_i64(i64::from(*v))
 }
 
 /// A spacing written in 64 bits (version 6 and earlier), at most `u32::MAX`.
@@ -376,6 +388,29 @@ mod tests {
             let next = if seen < 4_320 { 2 * seen } else { seen + 4_320 };
             assert!(!st.period_check_due(seen, id) && !st.period_check_due(next - 1, id), "{seen}: not before {next}");
             assert!(st.period_check_due(next, id) && st.period_check_due(next + 1, id), "{seen}: due at {next}");
+        }
+    }
+
+    /// A state with times, a season and the 32-bit fields encoded and read back scores as the
+    /// one it was taken from (the spacing is encoded as the signed 64-bit integer it was).
+    #[test]
+    fn a_state_with_times_reads_back_and_scores_as_the_one_taken() {
+        let cfg = super::super::DetectorConfig { max_period: 48, ..Default::default() };
+        let mut a = super::super::Detector::new(cfg.clone());
+        let value = |i: i64| 10.0 + (i as f64 * std::f64::consts::TAU / 24.0).sin() + 0.1 * ((i * 7919) % 13) as f64;
+        for i in 0..400 {
+            a.observe_at(1, i * 60_000, value(i));
+        }
+        let st = a.state(1).unwrap();
+        assert_eq!(st.step_ms, 60_000);
+        let bytes = postcard::to_stdvec(st).unwrap();
+        let back: SeriesState = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!((back.step_ms, back.next_period_check, back.seen), (st.step_ms, st.next_period_check, st.seen));
+        let mut b = super::super::Detector::new(cfg);
+        b.import(vec![(1, SeriesSnapshot(Shared::new(back)))]);
+        for i in 400..460 {
+            let v = if i == 450 { 25.0 } else { value(i) };
+            assert_eq!(a.observe_at(1, i * 60_000, v), b.observe_at(1, i * 60_000, v), "window {i}");
         }
     }
 
