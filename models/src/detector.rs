@@ -410,7 +410,8 @@ impl Detector {
         // A table just grown holds 7 series in 16 buckets.
         let bucket = (std::mem::size_of::<Shared<SeriesState>>() + 1) * 16 / 7;
         let resid = std::mem::size_of::<series::Seasonal>() + Ring::max_heap_bytes(c.history) + TAIL_MAX_HEAP_BYTES;
-        let calibration = 2 * TAIL_MAX_HEAP_BYTES;
+        // The level and shift parts' bins, and the first part's count heading their block.
+        let calibration = 2 * TAIL_MAX_HEAP_BYTES + std::mem::size_of::<u16>();
         bucket + ARC_COUNTS + std::mem::size_of::<SeriesState>() + values::Values::max_heap_bytes(c.history + c.shift_windows) + resid + history + calibration
     }
 
