@@ -48,7 +48,9 @@ use batch::explain;
 mod ahead;
 mod baseline;
 mod batch;
-mod compact;
+mod calibration;
+mod history;
+mod refractory;
 mod states;
 mod observe;
 mod order;
@@ -57,11 +59,12 @@ mod series;
 mod values;
 use ahead::{Ahead, AHEAD};
 use baseline::{Baselines, Prepared};
-use compact::{History, TAIL_MAX_HEAP_BYTES};
+use calibration::TAIL_MAX_HEAP_BYTES;
+use history::History;
 /// The longest refractory span, in values (an entry of the queue keeps its age in 16 bits).
-pub use compact::MAX_SPAN as MAX_REFRACTORY_WINDOWS;
+pub use refractory::MAX_SPAN as MAX_REFRACTORY_WINDOWS;
 #[cfg(test)]
-use compact::Tail;
+use calibration::Tail;
 use ring::Ring;
 pub use series::{SeriesSnapshot, SeriesState, StateBytes};
 use series::{Bands, Shared, ARC_COUNTS};

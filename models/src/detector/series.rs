@@ -2,7 +2,9 @@
 //! pointer a checkpoint shares it by.
 
 
-use super::compact::{History, Refractory, Tail, TailRef, Tails};
+use super::calibration::{Tail, TailRef, Tails};
+use super::history::History;
+use super::refractory::Refractory;
 use super::order::Hint;
 use super::ring::Ring;
 use super::values::Values;
