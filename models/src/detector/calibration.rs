@@ -302,6 +302,11 @@ impl TailRef<'_> {
             return self.max() * (1.0 / ((n + 1.0) * p)).powf(1.0 / TAIL_POWER);
         }
         let target = p * (n + 1.0) - 1.0; // count at or above the answer
+        if target < 0.0 {
+            // Rounding, at p = 1 / (n + 1): the top bin holds the answer, at its top edge, as it
+            // did when all forty bins were searched.
+            return (Z0 * ((BINS - 1) as f64 * STEP).exp()).min(self.max());
+        }
         let mut above = 0.0;
         // The bins above those held count 0: none of them holds the answer.
         for b in (0..self.bins.len()).rev() {

@@ -124,7 +124,11 @@ impl Shard {
             h.push(value, cover, period);
         }
 
-        let (p, part, r) = best?;
+        let Some((p, part, r)) = best else {
+            // Not scored (no part's calibration is ready): the span's entries still age.
+            st.recent_p.expire(st.seen, cfg.refractory);
+            return None;
+        };
         let p = (p * voters).min(1.0);
         // Refractory span: a value no more surprising than one in the span is the same event.
         let repeat = st.recent_p.check(st.seen, p, cfg.refractory);

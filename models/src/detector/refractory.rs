@@ -96,21 +96,32 @@ impl Refractory {
         }
         self.q = q.into_boxed_slice();
     }
-    /// Whether value number `seen` with probability `p` repeats a value at least as surprising
-    /// within the last `span` values (at most [`MAX_SPAN`]); then remembers it.
+    /// Lets the entries a span old or older go, at value number `seen`; the entries left. The
+    /// detector calls it for every value it learns, scored or not ([`Self::check`] does for a
+    /// scored one): an entry's age is read modulo 2¹⁶, so it must leave when it reaches the
+    /// span, before its age wraps (an entry left through 2¹⁶ − span unscored values would read
+    /// as young again).
     #[inline]
-    pub fn check(&mut self, seen: u64, p: f64, span: usize) -> bool {
+    pub fn expire(&mut self, seen: u64, span: usize) -> usize {
         let span = span.min(MAX_SPAN);
         let now = seen as u16;
-        let mut len = self.len();
+        let len = self.len();
         let gone = (0..len).take_while(|&i| usize::from(now.wrapping_sub(self.at(i))) >= span).count();
         if gone > 0 {
             self.q.copy_within(ENTRY * gone..ENTRY * len, 0);
             for i in len - gone..len {
                 self.set(i, ROOM_SLOT);
             }
-            len -= gone;
         }
+        len - gone
+    }
+    /// Whether value number `seen` with probability `p` repeats a value at least as surprising
+    /// within the last `span` values (at most [`MAX_SPAN`]); then remembers it.
+    #[inline]
+    pub fn check(&mut self, seen: u64, p: f64, span: usize) -> bool {
+        let span = span.min(MAX_SPAN);
+        let now = seen as u16;
+        let mut len = self.expire(seen, span);
         // (A NaN cannot come: a probability is at most 1.)
         let pf = if p.is_nan() { 1.0 } else { p as f32 };
         let repeat = len > 0 && self.p(0) <= pf;
@@ -157,6 +168,20 @@ mod tests {
         assert!(!r.check(3, 1e-5, 10), "more surprising");
         assert!(!r.check(14, 1e-3, 10), "after the span");
         assert_eq!(r.len(), 1, "only the minimum of the span is left");
+    }
+
+    /// An entry leaves when it is a span old though no value is scored meanwhile (the detector
+    /// lets the span's entries age through unscored values): read modulo 2¹⁶ later, it would
+    /// look young again and silence a new alarm.
+    #[test]
+    fn an_entry_leaves_at_its_spans_end_through_unscored_values() {
+        let mut r = Refractory::default();
+        assert!(!r.check(0, 1e-6, MAX_SPAN));
+        for seen in 1..=70_000u64 {
+            r.expire(seen, MAX_SPAN);
+        }
+        assert_eq!(r.len(), 0, "gone at its span's end");
+        assert!(!r.check(70_001, 0.5, MAX_SPAN), "a value 70,001 values on is no repeat");
     }
 
     /// The queue answers as a plain sliding minimum does, across the wrap of its 16-bit value
