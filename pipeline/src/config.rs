@@ -198,7 +198,7 @@ pub struct DetectorConfig {
     /// thousand of these).
     pub calibration_windows: usize,
     /// Windows after a surprising one during which a window scores only if it is more
-    /// surprising still: one event, one alarm (0 = off).
+    /// surprising still: one event, one alarm (0 = off; at most 65,535).
     pub refractory_windows: usize,
     /// Anomaly scores at or above this are kept in the `anomalies` table.
     pub anomaly_threshold: f64,
@@ -556,6 +556,9 @@ mod tests {
         assert!(e.contains("`decisions.threshold`"), "{e}");
         let e = load_str("[fleet]\nalgorithm = \"kmeans\"\n").unwrap_err().to_string();
         assert!(e.contains("`fleet.algorithm`") && e.contains("dbscan"), "{e}");
+        let e = load_str("[detector]\nrefractory_windows = 70000\n").unwrap_err().to_string();
+        assert!(e.contains("`detector.refractory_windows`") && e.contains("at most 65535"), "{e}");
+        assert!(load_str("[detector]\nrefractory_windows = 65535\n").is_ok());
     }
 
     #[test]

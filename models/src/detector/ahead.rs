@@ -2,7 +2,8 @@
 //!
 //! A close touches every series' state once, and a state is six blocks of memory: the struct,
 //! the values ring, the residual ring, the seasonal history, the refractory queue and the
-//! level and shift parts' calibration bins, each its own heap allocation. With 100,000 series none of them is in the cache when its row comes,
+//! level and shift parts' calibration bins, each its own heap allocation. With 100,000 series
+//! none of them is in the cache when its row comes,
 //! and each is found only through the one before it (the map's bucket, then the struct, then the
 //! rings' pointers in it): taken one row at a time, a row waited for several round trips to
 //! memory in turn. So a shard first lists its rows in the order their structs lie in memory,

@@ -148,14 +148,16 @@ impl Tail {
     /// Remembers `z`; `cap` statistics (or a full bin) make every count halve.
     #[inline]
     pub fn push(&mut self, z: f64, cap: usize) {
-        let bins = &mut self.bins;
-        learn(&mut self.counts, z, cap, bins, |bins, len| {
-            let mut v = Vec::with_capacity(len);
-            v.extend(bins.iter().copied().take(len));
-            v.resize(len, 0);
-            *bins = v.into_boxed_slice();
-        });
+        learn(&mut self.counts, z, cap, &mut self.bins, |bins, len| *bins = resized(bins, len).into_boxed_slice());
     }
+}
+
+/// The first `len` of `bins`, with zeros after them up to `len`.
+fn resized(bins: &[u16], len: usize) -> Vec<u16> {
+    let mut v = Vec::with_capacity(len);
+    v.extend(bins.iter().copied().take(len));
+    v.resize(len, 0);
+    v
 }
 
 /// A [`Tails`] block of two parts' bins (nothing when both are empty).
@@ -202,10 +204,7 @@ struct PartBins<'a> {
 impl PartBins<'_> {
     /// Holds `len` bins for this part: new ones at 0, only zeros given back.
     fn resize(&mut self, len: usize) {
-        let mine = &self.words[part_range(self.words, self.k)];
-        let mut bins = Vec::with_capacity(len);
-        bins.extend(mine.iter().copied().take(len));
-        bins.resize(len, 0);
+        let bins = resized(&self.words[part_range(self.words, self.k)], len);
         let other = &self.words[part_range(self.words, 1 - self.k)];
         let block = if self.k == 0 { tails_block(&bins, other) } else { tails_block(other, &bins) };
         *self.words = block;
