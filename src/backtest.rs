@@ -596,6 +596,5 @@ pub fn run(input: &Path, out: &Path, cfg: &Config) -> Result<BacktestSummary, Ba
     Ok(summary)
 }
 
-
 #[cfg(test)]
 mod tests;

@@ -501,7 +501,6 @@ impl Detector {
     }
 }
 
-
 fn median(v: &mut [f64]) -> f64 {
     let n = v.len();
     let mid = n / 2;

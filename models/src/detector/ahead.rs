@@ -3,14 +3,13 @@
 //! A close touches every series' state once, and a state is six blocks of memory: the struct,
 //! the values ring, the residual ring, the seasonal history, the refractory queue and the
 //! level and shift parts' calibration bins, each its own heap allocation. With 100,000 series
-//! none of them is in the cache when its row comes,
-//! and each is found only through the one before it (the map's bucket, then the struct, then the
-//! rings' pointers in it): taken one row at a time, a row waited for several round trips to
-//! memory in turn. So a shard first lists its rows in the order their structs lie in memory,
-//! with their inputs (read from the feature columns in row order) and the address and length
-//! of every block each state owns ([`Shard::plan_ahead`]), and
-//! while a row is scored the blocks of the row [`AHEAD`] places later are requested
-//! ([`Ahead::fetch`]). A prefetch never faults and changes nothing but timing: the scores are
+//! none of them is in the cache when its row comes, and each is found only through the one
+//! before it (the map's bucket, then the struct, then the rings' pointers in it): taken one row
+//! at a time, a row waited for several round trips to memory in turn. So a shard first lists
+//! its rows in the order their structs lie in memory, with their inputs (read from the feature
+//! columns in row order) and the address and length of every block each state owns
+//! ([`Shard::plan_ahead`]), and while a row is scored the blocks of the row [`AHEAD`] places
+//! later are requested ([`Ahead::fetch`]). A prefetch never faults and changes nothing but timing: the scores are
 //! the same bits whatever is fetched.
 
 use std::collections::VecDeque;

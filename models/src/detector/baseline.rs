@@ -14,7 +14,6 @@
 //! judged from scratch, as without them. Both ways run the same code on the same state, so
 //! the scores are the same bits.
 
-
 use super::order::location_scale_near;
 use super::ring::Ring;
 use super::{median, DetectorConfig, Part, Reading, SeriesState, Shard, Shared};

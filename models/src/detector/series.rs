@@ -1,7 +1,6 @@
 //! A series' state: what the detector keeps per series, as a checkpoint holds it, and the
 //! pointer a checkpoint shares it by.
 
-
 use super::calibration::{Tail, TailRef, Tails};
 use super::history::History;
 use super::refractory::Refractory;

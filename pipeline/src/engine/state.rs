@@ -410,7 +410,6 @@ type PartKey = (Arc<str>, i32);
 mod owners;
 pub use owners::Owners;
 
-
 /// Section name of a partition's state.
 pub fn partition_section(topic: &str, partition: i32) -> String {
     format!("partition/{topic}/{partition}")
