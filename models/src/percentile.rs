@@ -233,17 +233,64 @@ fn percentile_of_keys(keys: &mut [i64], p: f64) -> Option<f64> {
         _ => {
             let index = p * ((n - 1) as f64);
             let (lower, upper) = (index.floor() as usize, index.ceil() as usize);
-            let (_, lo, above) = keys.select_nth_unstable(lower);
-            let lo = from_total_order_key(*lo);
+            let (lo, hi) = if n - lower <= EXTREME {
+                // A high percentile of a small group (the p95 of ten values is between the two
+                // largest): one pass keeping the largest few, not a selection.
+                let m = n - lower;
+                let top = largest(keys.iter().copied(), m);
+                (top[0], top[(upper - lower).min(m - 1)])
+            } else if upper < EXTREME {
+                // A low one: the smallest few, as the largest of the keys' complements.
+                let m = upper + 1;
+                let bottom = largest(keys.iter().map(|k| !k), m);
+                (!bottom[m - 1 - lower], !bottom[0])
+            } else {
+                let (_, lo, above) = keys.select_nth_unstable(lower);
+                let lo = *lo;
+                // The next order statistic is the smallest of the values after the lower one.
+                (lo, if lower == upper { lo } else { *above.iter().min()? })
+            };
+            let lo = from_total_order_key(lo);
             if lower == upper {
                 return Some(lo);
             }
-            // The next order statistic is the smallest of the values after the lower one.
-            let hi = from_total_order_key(*above.iter().min()?);
+            let hi = from_total_order_key(hi);
             let weight = ((index - lower as f64) * PRECISION) as usize as f64 / PRECISION;
             Some(lo + (hi - lo) * weight)
         }
     }
+}
+
+/// The most order statistics at either end taken by one pass ([`largest`]) rather than a
+/// selection.
+const EXTREME: usize = 4;
+
+/// The `m` largest of `keys` (`1 ≤ m ≤` [`EXTREME`], at least `m` keys), ascending, in the first
+/// `m` places. Equal keys are equal bits, so which of several equal keys is kept does not matter.
+#[inline]
+fn largest(keys: impl Iterator<Item = i64>, m: usize) -> [i64; EXTREME] {
+    let mut top = [0i64; EXTREME];
+    let kept = &mut top[..m];
+    let mut filled = 0;
+    for k in keys {
+        if filled < m {
+            let mut i = filled;
+            while i > 0 && kept[i - 1] > k {
+                kept[i] = kept[i - 1];
+                i -= 1;
+            }
+            kept[i] = k;
+            filled += 1;
+        } else if k > kept[0] {
+            let mut i = 0;
+            while i + 1 < m && kept[i + 1] < k {
+                kept[i] = kept[i + 1];
+                i += 1;
+            }
+            kept[i] = k;
+        }
+    }
+    top
 }
 
 #[cfg(test)]

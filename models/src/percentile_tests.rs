@@ -138,3 +138,41 @@ fn total_order_keys_order_as_total_cmp_and_map_back() {
         }
     }
 }
+
+#[test]
+fn order_statistics_at_either_end_are_those_of_a_full_sort() {
+    // The one-pass path for the few largest or smallest keys and the selection give the
+    // percentile a sort gives, to the bit, for every group size and percentile around them.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let reference = |values: &[f64], p: f64| -> f64 {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let index = p * ((v.len() - 1) as f64);
+        let (lower, upper) = (index.floor() as usize, index.ceil() as usize);
+        if lower == upper {
+            return v[lower];
+        }
+        let weight = ((index - lower as f64) * 1_000_000.0) as usize as f64 / 1_000_000.0;
+        v[lower] + (v[upper] - v[lower]) * weight
+    };
+    for n in 2..40 {
+        for round in 0..30 {
+            let values: Vec<f64> = (0..n)
+                .map(|_| match rng.random_range(0..12) {
+                    0 => f64::NAN,
+                    1 => -0.0,
+                    2 => 0.0,
+                    3 => f64::NEG_INFINITY,
+                    4..=7 => rng.random_range(0..3) as f64,
+                    _ => rng.random_range(-50.0..50.0),
+                })
+                .collect();
+            for p in [0.01, 0.05, 0.1, 0.25, 0.3333, 0.5, 0.75, 0.9, 0.95, 0.99] {
+                let mut keys: Vec<i64> = values.iter().map(|v| total_order_key(v.to_bits())).collect();
+                let got = percentile_of_keys(&mut keys, p).unwrap();
+                let want = reference(&values, p);
+                assert_eq!(got.to_bits(), want.to_bits(), "n {n}, round {round}, p {p}: {values:?}");
+            }
+        }
+    }
+}
