@@ -152,7 +152,8 @@ impl GroupsAccumulator for FlatGroups {
         // Each group's values as integers in IEEE total order: selecting among integers is
         // cheaper than comparing floats in total order at every step.
         let (offsets, mut keys) = self.take_as(emit_to, 0i64, |v| total_order_key(v.to_bits()));
-        Ok(Arc::new(percentiles(&offsets, &mut keys, self.percentile)))
+        let out: Float64Array = offsets.windows(2).map(|w| percentile_of_keys(&mut keys[w[0]..w[1]], self.percentile)).collect();
+        Ok(Arc::new(out))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
@@ -201,38 +202,6 @@ impl GroupsAccumulator for FlatGroups {
     fn size(&self) -> usize {
         self.groups.capacity() * 4 + self.values.capacity() * 8 + self.counts.capacity() * 4
     }
-}
-
-/// Groups from which [`percentiles`] spreads the groups over the pool's threads: a close's
-/// features wait for them on one thread (10,000 series' groups took about a millisecond).
-const PARALLEL_GROUPS: usize = 4096;
-
-/// The percentile of each group, its keys `keys[offsets[g]..offsets[g + 1]]`; runs of groups on
-/// the pool's threads when there are many.
-fn percentiles(offsets: &[usize], keys: &mut [i64], p: f64) -> Float64Array {
-    use rayon::prelude::*;
-    let groups = offsets.len().saturating_sub(1);
-    if groups < PARALLEL_GROUPS {
-        return offsets.windows(2).map(|w| percentile_of_keys(&mut keys[w[0]..w[1]], p)).collect();
-    }
-    // Runs of groups, each with its own keys.
-    let per = groups.div_ceil(4 * rayon::current_num_threads()).max(1024);
-    let mut runs = Vec::with_capacity(groups.div_ceil(per));
-    let mut rest = keys;
-    for first in (0..groups).step_by(per) {
-        let last = (first + per).min(groups);
-        let (mine, after) = std::mem::take(&mut rest).split_at_mut(offsets[last] - offsets[first]);
-        runs.push((first, last, mine));
-        rest = after;
-    }
-    let parts: Vec<Vec<Option<f64>>> = runs
-        .into_par_iter()
-        .map(|(first, last, keys)| {
-            let base = offsets[first];
-            (first..last).map(|g| percentile_of_keys(&mut keys[offsets[g] - base..offsets[g + 1] - base], p)).collect()
-        })
-        .collect();
-    parts.into_iter().flatten().collect()
 }
 
 /// The bits of an `f64` as an integer in the order `f64::total_cmp` gives (the same map

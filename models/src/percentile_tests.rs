@@ -176,25 +176,3 @@ fn order_statistics_at_either_end_are_those_of_a_full_sort() {
         }
     }
 }
-
-#[test]
-fn many_groups_are_evaluated_on_the_pool_in_group_order() {
-    // Enough groups for the runs on the pool's threads, of sizes 0 to 12: each group's
-    // percentile is the one it gets alone.
-    let mut g = FlatGroups::new(0.95);
-    let groups = 3 * PARALLEL_GROUPS + 17;
-    g.grow(groups).unwrap();
-    for i in 0..groups {
-        for j in 0..(i * 7 % 13) {
-            g.push(i, ((i * 31 + j * 17) % 101) as f64 - 50.0);
-        }
-    }
-    let (offsets, mut keys) = g.take_as(EmitTo::All, 0i64, |v| total_order_key(v.to_bits()));
-    let mut alone = keys.clone();
-    let got = percentiles(&offsets, &mut keys, 0.95);
-    assert_eq!(got.len(), groups);
-    for i in 0..groups {
-        let want = percentile_of_keys(&mut alone[offsets[i]..offsets[i + 1]], 0.95);
-        assert_eq!(got.is_valid(i).then(|| got.value(i).to_bits()), want.map(f64::to_bits), "group {i}");
-    }
-}
