@@ -265,10 +265,10 @@ fn percentile_of_keys(keys: &mut [i64], p: f64) -> Option<f64> {
 /// selection.
 const EXTREME: usize = 4;
 
-/// The `m` largest of `keys` (`1 ≤ m ≤` [`EXTREME`], at least `m` keys), ascending, in the last
+/// The `m` largest of `keys` (`1 ≤ m ≤` [`EXTREME`], at least `m` keys), ascending, in the first
 /// `m` places: each key goes through a fixed row of minimums and maximums, without a branch.
-/// The places start at the least key; a key equal to it is the same bits, so the `m` places
-/// hold the right values whichever of several equal keys they came from.
+/// The kept places start at `i64::MIN`, the least key; a key equal to it has the same bits, so
+/// they hold the right values whichever of several equal keys they came from.
 #[inline]
 fn largest(keys: impl Iterator<Item = i64>, m: usize) -> [i64; EXTREME] {
     debug_assert!((1..=EXTREME).contains(&m));
