@@ -236,9 +236,9 @@ fn percentile_of_keys(keys: &mut [i64], p: f64) -> Option<f64> {
             let (lo, hi) = if n - lower <= EXTREME {
                 // A high percentile of a small group (the p95 of ten values is between the two
                 // largest): one pass keeping the largest few, not a selection.
-                let m = n - lower;
-                let top = largest(keys.iter().copied(), m);
-                (top[0], top[(upper - lower).min(m - 1)])
+                // (`upper` is `lower` or the next, which then is within the `m` kept.)
+                let top = largest(keys.iter().copied(), n - lower);
+                (top[0], top[upper - lower])
             } else if upper < EXTREME {
                 // A low one: the smallest few, as the largest of the keys' complements.
                 let m = upper + 1;

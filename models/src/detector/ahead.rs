@@ -9,8 +9,8 @@
 //! its rows in the order their structs lie in memory, with their inputs (read from the feature
 //! columns in row order) and the address and length of every block each state owns
 //! ([`Shard::plan_ahead`]), and while a row is scored the blocks of the row [`AHEAD`] places
-//! later are requested ([`Ahead::fetch`]). A prefetch never faults and changes nothing but timing: the scores are
-//! the same bits whatever is fetched.
+//! later are requested ([`Ahead::fetch`]). A prefetch never faults and changes nothing but
+//! timing: the scores are the same bits whatever is fetched.
 
 use std::collections::VecDeque;
 
