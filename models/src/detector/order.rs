@@ -18,17 +18,31 @@ const MAX_STEPS: usize = 6;
 
 /// Last answers of one window: its upper median and the upper median of its deviations (the
 /// values of rank ⌊n/2⌋, which are elements of the windows, so a window that did not move
-/// finds them again in one pass). Not checkpointed: a hint only makes the search faster.
+/// finds its median again in one pass). Not checkpointed: a hint only makes the search faster.
+///
+/// The deviations' median is kept in single precision, rounded down ([`below`]): from just
+/// under it the search takes one more pass (the smallest deviation above the hint) to find it
+/// again, unless it is a single precision float itself. So a hint is 12 bytes aligned to 4,
+/// and a state's two take 24 bytes where they took 32 (measured: 2-3% more time a point in
+/// `vigil eval nab`; one pass finding the counts and the value above together was slower).
 #[derive(Debug, Clone, Copy)]
+#[repr(C, packed(4))]
 pub(crate) struct Hint {
     med: f64,
-    mad: f64,
+    mad: f32,
 }
 
 impl Default for Hint {
     fn default() -> Self {
-        Self { med: f64::NAN, mad: f64::NAN }
+        Self { med: f64::NAN, mad: f32::NAN }
     }
+}
+
+/// The largest single precision float at most `x` (NaN for NaN).
+#[inline(always)]
+fn below(x: f64) -> f32 {
+    let f = x as f32;
+    if f64::from(f) > x { f.next_down() } else { f }
 }
 
 /// Values of `v` strictly below and at most `h`.
@@ -140,8 +154,8 @@ pub(crate) fn location_scale_near(v: &mut [f64], hint: &mut Hint) -> (f64, f64) 
     for x in v.iter_mut() {
         *x = (*x - med).abs();
     }
-    let (mad, mad_upper) = median_near(v, hint.mad);
-    *hint = Hint { med: upper, mad: mad_upper };
+    let (mad, mad_upper) = median_near(v, f64::from(hint.mad));
+    *hint = Hint { med: upper, mad: below(mad_upper) };
     (med, robust_sigma(med, mad, v))
 }
 
@@ -212,13 +226,42 @@ mod tests {
         }
     }
 
+    /// The deviations' hint is the largest single precision float at or below the answer, so
+    /// the search steps up to it.
+    #[test]
+    fn a_kept_hint_is_the_largest_single_float_at_or_below_the_answer() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..100_000 {
+            let x = rng.random_range(0.0..1.0f64) * 10f64.powi(rng.random_range(-8..8));
+            let h = below(x);
+            assert!(f64::from(h) <= x && f64::from(h.next_up()) > x, "{x}: {h}");
+        }
+        assert_eq!(below(0.25), 0.25);
+        assert!(below(f64::NAN).is_nan());
+        assert_eq!(std::mem::size_of::<[Hint; 2]>(), 24);
+    }
+
     #[test]
     fn a_rank_far_from_the_hint_is_left_to_the_selection() {
         let v: Vec<f64> = (0..100).map(f64::from).collect();
         assert_eq!(kth_near(&v, 50, 50.0), Some((50.0, 50)));
         assert_eq!(kth_near(&v, 52, 49.5), Some((52.0, 52)));
+        assert_eq!(kth_near(&v, 50, 49.5), Some((50.0, 50)), "from just below (a hint rounded down)");
         assert_eq!(kth_near(&v, 47, 50.0), Some((47.0, 47)));
         assert_eq!(kth_near(&v, 90, 50.0), None);
         assert_eq!(kth_near(&v, 0, f64::NAN), None);
+        // Over every rank and hints between, on and around the values (with ties), the search
+        // agrees with a sort when it answers.
+        let w: Vec<f64> = (0..37).map(|i| f64::from((i * 7) % 11)).collect();
+        let mut sorted = w.clone();
+        sorted.sort_by(f64::total_cmp);
+        for k in 0..w.len() {
+            for h in (0..48).map(|i| f64::from(i) * 0.25 - 0.5) {
+                let want = (sorted[k], sorted.iter().filter(|x| **x < sorted[k]).count());
+                if let Some(got) = kth_near(&w, k, h) {
+                    assert_eq!(got, want, "rank {k} from {h}");
+                }
+            }
+        }
     }
 }

@@ -62,8 +62,8 @@ const FLOATS: u8 = u8::MAX;
 /// code less `base`, in as many bits as the codes held span (none when they are all the same).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Values {
-    /// The slots, and eight spare bytes (a slot is read as the eight bytes it starts in);
-    /// empty when the slots take no bits.
+    /// The slots, in at least eight bytes (a slot is read as the eight bytes it starts in, or
+    /// as the block's last eight: see [`word_of`]); empty when the slots take no bits.
     bytes: Box<[u8]>,
     /// Slot of the oldest value, values held, and slots.
     head: u32,
@@ -77,13 +77,13 @@ pub(crate) struct Values {
     base: i16,
 }
 
-/// Bytes that `cap` slots of `width` bits take, with the spare ones (a slot is read as the
-/// eight bytes it starts in).
+/// Bytes that `cap` slots of `width` bits take: as many as their bits fill, and at least the
+/// eight a slot is read as.
 fn bytes_for(cap: usize, width: u8) -> usize {
     if width == 0 {
         0
     } else {
-        (cap * usize::from(width)).div_ceil(8) + 8
+        (cap * usize::from(width)).div_ceil(8).max(8)
     }
 }
 
@@ -104,10 +104,21 @@ fn eight(bytes: &[u8], i: usize) -> u64 {
     u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"))
 }
 
+/// The first of the eight bytes of a block of `len` (at least eight) that hold the slot at
+/// `bit`, and the slot's shift in them: the eight bytes the slot starts in, or, for the last
+/// few slots, the block's last eight, so that no slot needs bytes after the last one's. (A
+/// slot ends within the block, so its shift and width add up to at most 64.)
+#[inline(always)]
+fn word_of(len: usize, bit: usize) -> (usize, usize) {
+    let i = (bit >> 3).min(len - 8);
+    (i, bit - 8 * i)
+}
+
 /// The slot at `bit` of `bytes` (`mask`: as many low bits set as a slot has, at most 32).
 #[inline(always)]
 fn read(bytes: &[u8], bit: usize, mask: u64) -> u64 {
-    (eight(bytes, bit >> 3) >> (bit & 7)) & mask
+    let (i, shift) = word_of(bytes.len(), bit);
+    (eight(bytes, i) >> shift) & mask
 }
 
 impl Values {
@@ -201,9 +212,15 @@ impl Values {
         out.resize(start + slots.len(), anchor);
         let out = &mut out[start..];
         let bytes = &self.bytes[..];
-        // Every slot's eight bytes lie in the block (the spare bytes see to the last slot's):
-        // checked once here, for the last slot, so that the loops need not check each read.
-        assert!(w == 0 || slots.end <= self.cap as usize && (((slots.end - 1) * w) >> 3) + 8 <= bytes.len());
+        // The slots whose eight bytes from the one they start in lie in the block are read
+        // without a check each (checked once here, for the last of them); the last few slots of
+        // the block are read from its last eight bytes, after the others.
+        assert!(slots.end <= self.cap as usize);
+        let fast_end = if w == 0 || bytes.len() < 8 { slots.end } else { slots.end.min((8 * (bytes.len() - 8) + 7) / w + 1) };
+        let tail = fast_end.max(slots.start)..slots.end;
+        let slots = slots.start..fast_end.max(slots.start);
+        assert!(w == 0 || slots.is_empty() || (((slots.end - 1) * w) >> 3) + 8 <= bytes.len());
+        let (out, out_tail) = out.split_at_mut(slots.len());
         let read = |s: usize| {
             let bit = s * w;
             // SAFETY: `bit >> 3` is at most the last slot's first byte, and the eight bytes from
@@ -253,6 +270,10 @@ impl Values {
             for (o, s) in runs.into_remainder().iter_mut().zip(run..) {
                 *o += value(read(s));
             }
+        }
+        for (o, s) in out_tail.iter_mut().zip(tail) {
+            let raw = self::read(bytes, s * w, mask);
+            *o += if self.quantum == FLOATS { f64::from(f32::from_bits(raw as u32)) } else { value(raw) };
         }
     }
 
@@ -310,8 +331,7 @@ impl Values {
         if w == 0 {
             return;
         }
-        let bit = slot * w;
-        let (i, off) = (bit >> 3, bit & 7);
+        let (i, off) = word_of(self.bytes.len(), slot * w);
         let word = (eight(&self.bytes, i) & !(self.mask() << off)) | (raw << off);
         self.bytes[i..i + 8].copy_from_slice(&word.to_le_bytes());
     }

@@ -38,6 +38,47 @@ fn the_ring_reads_back_exactly_what_was_pushed_and_codes_quantised_values() {
     }
 }
 
+/// A ring of any size and slot width holds no byte beyond its slots' (at least eight), and
+/// reads back every range of its values, the last slots' included, and writes them without
+/// touching their neighbours.
+#[test]
+fn every_width_and_size_reads_and_writes_its_last_slots_within_the_block() {
+    for cap in (1..=20).chain([31, 63, 64, 65, 100, 264]) {
+        // Codes spanning 2^w - 1 steps of 0.5 take w bits; a value that no unit codes, floats.
+        for w in (1..=15u32).chain([32]) {
+            let (mut ring, mut plain) = (Values::default(), VecDeque::new());
+            let mut x = u64::from(w) * 977 + cap as u64;
+            for i in 0..3 * cap + 5 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let top = (1u64 << w.min(15)) - 1;
+                let k = match i % 7 {
+                    0 => 0,
+                    1 => top,
+                    _ => (x >> 33) % (top + 1),
+                };
+                let d = if w == 32 { (x >> 40) as f32 * 1e-3 + 0.123_456_7 } else { k as f32 * 0.5 };
+                ring.push(d, cap);
+                push_bounded(&mut plain, d, cap);
+                assert_eq!(held(&ring), plain.iter().map(|d| d.to_bits()).collect::<Vec<_>>(), "cap {cap}, {w} bits, value {i}");
+            }
+            if cap >= 64 {
+                // The last turn holds a 0 and the top code: the ring takes all `w` bits.
+                assert_eq!(u32::from(ring.width), w, "cap {cap}: {ring:?}");
+            }
+            let width = usize::from(ring.width);
+            assert_eq!(ring.heap_bytes(), if width == 0 { 0 } else { (cap * width).div_ceil(8).max(8) }, "cap {cap}, {w} bits");
+            for start in 0..=cap {
+                for end in [start, (start + 1).min(cap), (start + 9).min(cap), cap] {
+                    let mut out = vec![1.0];
+                    ring.extend_into(start..end, 5.0, &mut out);
+                    let expect: Vec<f64> = std::iter::once(1.0).chain(plain.range(start..end).map(|d| 5.0 + f64::from(*d))).collect();
+                    assert_eq!(out, expect, "cap {cap}, {w} bits, {start}..{end}");
+                }
+            }
+        }
+    }
+}
+
 /// Every range of a ring that wraps, and of one that does not, comes back as the elements
 /// at those positions, in order.
 #[test]
@@ -75,7 +116,7 @@ fn a_ring_takes_the_bits_its_values_span_and_narrows_once_a_spike_has_left() {
     }
     assert!(ring.is_coded());
     assert_eq!(ring.width, 10, "{ring:?}");
-    assert_eq!(ring.heap_bytes(), (264 * 10usize).div_ceil(8) + 8);
+    assert_eq!(ring.heap_bytes(), (264 * 10usize).div_ceil(8), "no byte beyond the slots'");
     ring.push(300.0, 264);
     assert_eq!(ring.width, 15, "a spike of 300 is 30,000 steps");
     let mut plain: VecDeque<f32> = ring.offsets().into();
