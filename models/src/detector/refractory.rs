@@ -30,8 +30,9 @@ const ROOM: usize = 2;
 
 /// Spare slots at which a [`Refractory`] queue gives its room back, down to [`ROOM`]. Measured
 /// over the bench's series, a give-back at 8 spare slots held 54 bytes a series and at 5 holds
-/// 46; for uniform `p` over the default span of 120 values the queue is reallocated for one
-/// scored value in nine rather than one in twenty-seven (a few nanoseconds a value).
+/// 46; in a simulation of uniform `p` over the default span of 120 values the queue is
+/// reallocated for one scored value in nine rather than one in twenty-seven (a few nanoseconds
+/// a value).
 const SLACK: usize = 5;
 
 impl PartialEq for Refractory {

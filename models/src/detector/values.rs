@@ -272,8 +272,7 @@ impl Values {
             }
         }
         for (o, s) in out_tail.iter_mut().zip(tail) {
-            let raw = self::read(bytes, s * w, mask);
-            *o += if self.quantum == FLOATS { f64::from(f32::from_bits(raw as u32)) } else { value(raw) };
+            *o += f64::from(self.offset(self.slot_bits(s)));
         }
     }
 
